@@ -1,0 +1,327 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Locabus XDP fast path (docs/FASTPATH.md).
+ *
+ * For every frame on the cluster NIC:
+ *   - other EtherTypes: XDP_PASS untouched (ARP/IPv4/IPv6 keep working);
+ *   - Locabus frames are validated (lengths, checksum, type, node ids) and
+ *     the bad ones dropped and counted by reason;
+ *   - pure ACKs are consumed here into locabus_peers and dropped, so they
+ *     never wake user space; NAKs are recorded there and passed on;
+ *   - everything else is redirected into the AF_XDP socket registered for
+ *     (RX queue, protocol), else the queue's default socket, else dropped.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <xdp/xdp_helpers.h>
+
+#include <locabus/wire.h>
+#include <locabus/xdp_maps.h>
+
+/* Configuration: set before load through the skeleton, updated at run time
+ * through the pinned "config" map (the object's .data section). */
+struct locabus_config locabus_cfg = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct locabus_xdp_stats);
+} locabus_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LOCABUS_PROTO_IDS);
+	__type(key, __u32);
+	__type(value, struct locabus_proto_stats);
+} locabus_proto SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LOCABUS_MAX_PEERS_DEFAULT);
+	__type(key, struct locabus_peer_key);
+	__type(value, struct locabus_peer);
+} locabus_peers SEC(".maps");
+
+/* XSKMAP keys/values have no BTF type (the kernel rejects one). */
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, LOCABUS_XSK_MAP_SIZE);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} locabus_xsks SEC(".maps");
+
+/* libxdp dispatcher: run early; on XDP_PASS continue with the next program. */
+struct {
+	__uint(priority, 10);
+	__uint(XDP_PASS, 1);
+} XDP_RUN_CONFIG(locabus_xdp);
+
+static __always_inline void count(struct locabus_xdp_stats *st, enum locabus_counter_id id)
+{
+	/* The stats struct is an array of u64 counters (static assert). */
+	if (st && id < LOCABUS_CTR__COUNT)
+		((__u64 *)st)[id]++;
+}
+
+static __always_inline int drop(struct locabus_xdp_stats *st, enum locabus_counter_id id)
+{
+	count(st, id);
+	return XDP_DROP;
+}
+
+/* Adds n bytes (a constant multiple of 4, at most 512: bpf_csum_diff's
+ * scratch limit) at data + *off to *acc, when *rem >= n. Returns 0, or -1
+ * when the packet is too short (cannot happen after the length checks, but
+ * the verifier needs the comparison) or the helper fails. */
+#define CSUM_CHUNK(n)                                                              \
+	do {                                                                       \
+		if (rem >= (n)) {                                                  \
+			void *p = data + off;                                      \
+			long r;                                                    \
+			if (p + (n) > end)                                         \
+				return -1;                                         \
+			r = bpf_csum_diff(NULL, 0, (__be32 *)p, (n), 0);           \
+			if (r < 0)                                                 \
+				return -1;                                         \
+			acc += (__u32)r;                                           \
+			off += (n);                                                \
+			rem -= (n);                                                \
+		}                                                                  \
+	} while (0)
+
+/* Verifies the RFC 1071 checksum over the len bytes of Locabus header and
+ * data (stored csum included): 1 if intact, 0 if not, -1 on a bounds
+ * failure. len is at most LOCABUS_MAX_LEN (checked by the caller), so two
+ * 512-byte chunks and a descending tail of constant sizes cover it with
+ * constant-size helper calls that the verifier can bound. */
+static __always_inline int csum_verify(struct xdp_md *ctx, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 off = LOCABUS_ETH_HLEN;
+	__u32 rem = len & 0x7ff;
+	__u64 acc = 0;
+
+	if (len > LOCABUS_MAX_LEN)
+		return -1;
+
+	CSUM_CHUNK(512);
+	CSUM_CHUNK(512);
+	CSUM_CHUNK(256);
+	CSUM_CHUNK(128);
+	CSUM_CHUNK(64);
+	CSUM_CHUNK(32);
+	CSUM_CHUNK(16);
+	CSUM_CHUNK(8);
+	CSUM_CHUNK(4);
+	if (rem >= 2) {
+		__u16 *w = data + off;
+		if ((void *)(w + 1) > end)
+			return -1;
+		acc += *w;
+		off += 2;
+		rem -= 2;
+	}
+	if (rem) {
+		__u8 *b = data + off;
+		if ((void *)(b + 1) > end)
+			return -1;
+		/* The odd byte is the first byte of a word padded with zero. */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+		acc += *b;
+#else
+		acc += (__u16)*b << 8;
+#endif
+	}
+	return locabus_csum_fold(acc) == 0xFFFF;
+}
+
+/* Serial-number comparison of 16-bit sequence numbers: a is at or after b. */
+static __always_inline int seq_geq(__u16 a, __u16 b)
+{
+	return (__s16)(__u16)(a - b) >= 0;
+}
+
+/* The peer entry for node, created on first contact. NULL when the table
+ * is full (counted). */
+static __always_inline struct locabus_peer *peer_get(struct locabus_xdp_stats *st, __u16 node)
+{
+	struct locabus_peer_key key = {.node_id = node};
+	struct locabus_peer *peer;
+	struct locabus_peer fresh = {};
+
+	peer = bpf_map_lookup_elem(&locabus_peers, &key);
+	if (peer)
+		return peer;
+	/* EEXIST means another CPU created it first: fine, look it up. */
+	bpf_map_update_elem(&locabus_peers, &key, &fresh, BPF_NOEXIST);
+	peer = bpf_map_lookup_elem(&locabus_peers, &key);
+	if (!peer)
+		count(st, LOCABUS_CTR_peer_table_full);
+	return peer;
+}
+
+/* A pure ACK: record the highest cumulative ACK and its window. */
+static __always_inline void consume_ack(struct locabus_xdp_stats *st, const struct locabus_hdr *h,
+					__u16 from)
+{
+	__u16 ack = bpf_ntohs(h->ack_num);
+	__u16 window = bpf_ntohs(h->window);
+	struct locabus_peer *peer = peer_get(st, from);
+	__u64 now = bpf_ktime_get_ns(); /* no helper calls under the lock */
+	int stale = 0;
+
+	if (!peer)
+		return;
+	bpf_spin_lock(&peer->lock);
+	peer->last_heard_ns = now;
+	peer->acks++;
+	if (!(peer->flags & LOCABUS_PEER_F_ACK_VALID) || seq_geq(ack, peer->ack_num)) {
+		peer->ack_num = ack;
+		peer->ack_window = window;
+		peer->flags |= LOCABUS_PEER_F_ACK_VALID;
+	} else {
+		peer->stale_acks++;
+		stale = 1;
+	}
+	bpf_spin_unlock(&peer->lock);
+	count(st, stale ? LOCABUS_CTR_ack_stale : LOCABUS_CTR_ack_consumed);
+}
+
+static __always_inline void record_nak(struct locabus_xdp_stats *st, const struct locabus_hdr *h,
+				       __u16 from)
+{
+	__u16 ack = bpf_ntohs(h->ack_num);
+	__u16 seq = bpf_ntohs(h->seq_num);
+	struct locabus_peer *peer = peer_get(st, from);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!peer)
+		return;
+	bpf_spin_lock(&peer->lock);
+	peer->last_heard_ns = now;
+	peer->last_nak_ns = now;
+	peer->naks++;
+	peer->nak_ack = ack;
+	peer->nak_seq = seq;
+	peer->flags |= LOCABUS_PEER_F_NAK_VALID;
+	bpf_spin_unlock(&peer->lock);
+	count(st, LOCABUS_CTR_nak_recorded);
+}
+
+/* Redirects to the socket of (queue, proto), else the queue's default
+ * socket. With no socket the frame is dropped, or passed when configured. */
+static __always_inline int deliver(struct xdp_md *ctx, struct locabus_xdp_stats *st, __u8 proto,
+				   __u32 flags)
+{
+	__u32 queue = ctx->rx_queue_index;
+	__u32 pkey = proto;
+	struct locabus_proto_stats *ps = bpf_map_lookup_elem(&locabus_proto, &pkey);
+	__u64 bytes = ctx->data_end - ctx->data;
+
+	if (ps)
+		ps->bytes += bytes;
+	if (queue < LOCABUS_MAX_QUEUES) {
+		/* Fallback action XDP_ABORTED (0) on an empty slot: try the next. */
+		if (proto < LOCABUS_XSK_PROTO_SLOTS &&
+		    bpf_redirect_map(&locabus_xsks, locabus_xsk_key(queue, proto), 0) ==
+			    XDP_REDIRECT) {
+			if (ps)
+				ps->to_proto_socket++;
+			count(st, LOCABUS_CTR_redirected);
+			return XDP_REDIRECT;
+		}
+		if (bpf_redirect_map(&locabus_xsks,
+				     locabus_xsk_key(queue, LOCABUS_XSK_DEFAULT_SLOT),
+				     0) == XDP_REDIRECT) {
+			if (ps)
+				ps->to_default_socket++;
+			count(st, LOCABUS_CTR_redirected);
+			return XDP_REDIRECT;
+		}
+	}
+	if (ps)
+		ps->no_socket++;
+	if (flags & LOCABUS_CFG_F_PASS_UNCLAIMED) {
+		count(st, LOCABUS_CTR_passed_unclaimed);
+		return XDP_PASS;
+	}
+	return drop(st, LOCABUS_CTR_drop_no_socket);
+}
+
+SEC("xdp")
+int locabus_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct locabus_hdr *h;
+	struct locabus_xdp_stats *st;
+	__u32 zero = 0, frame_len, len, flags;
+	__u16 node_to, node_from, our_id;
+
+	st = bpf_map_lookup_elem(&locabus_stats, &zero);
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(LOCABUS_ETH_P)) {
+		count(st, LOCABUS_CTR_pass_other);
+		return XDP_PASS;
+	}
+	count(st, LOCABUS_CTR_rx_locabus);
+
+	h = (void *)(eth + 1);
+	if ((void *)(h + 1) > end)
+		return drop(st, LOCABUS_CTR_drop_short);
+
+	/* Frames may carry Ethernet padding beyond len: the check is len <=
+	 * what the frame holds, never equality. */
+	frame_len = (__u32)(end - data) - LOCABUS_ETH_HLEN;
+	len = bpf_ntohs(h->len);
+	if (len < LOCABUS_HDR_LEN)
+		return drop(st, LOCABUS_CTR_drop_len_small);
+	if (len > LOCABUS_MAX_LEN)
+		return drop(st, LOCABUS_CTR_drop_len_max);
+	if (len > frame_len)
+		return drop(st, LOCABUS_CTR_drop_len_frame);
+
+	/* Checksum before any field is trusted, so corruption is counted as
+	 * such and not as whatever a flipped bit happens to look like. */
+	if (csum_verify(ctx, len) != 1)
+		return drop(st, LOCABUS_CTR_drop_csum);
+
+	/* csum_verify() is inlined but the verifier wants h re-checked. */
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	h = data + LOCABUS_ETH_HLEN;
+	if ((void *)(h + 1) > end)
+		return drop(st, LOCABUS_CTR_drop_short);
+
+	if (h->type < LOCABUS_T_MIN || h->type > LOCABUS_T_MAX)
+		return drop(st, LOCABUS_CTR_drop_type);
+
+	node_to = bpf_ntohs(h->node_to);
+	node_from = bpf_ntohs(h->node_from);
+	our_id = locabus_cfg.node_id;
+	flags = locabus_cfg.flags;
+	if (node_from == LOCABUS_NODE_BROADCAST)
+		return drop(st, LOCABUS_CTR_drop_src);
+	if (node_to != our_id && node_to != LOCABUS_NODE_BROADCAST)
+		return drop(st, LOCABUS_CTR_drop_not_ours);
+	if (node_from == our_id)
+		return drop(st, LOCABUS_CTR_drop_own);
+
+	if (h->type == LOCABUS_T_ACK && len == LOCABUS_HDR_LEN && node_to == our_id &&
+	    !(flags & LOCABUS_CFG_F_ACK_TO_USER)) {
+		consume_ack(st, h, node_from);
+		return XDP_DROP;
+	}
+	if (h->type == LOCABUS_T_NAK)
+		record_nak(st, h, node_from);
+
+	return deliver(ctx, st, h->proto, flags);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

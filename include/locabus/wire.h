@@ -1,0 +1,220 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Locabus wire format: the one definition of every on-the-wire layout.
+ *
+ * This header is compiled unchanged by the BPF programs (clang -target bpf)
+ * and by the C++ engine. It holds only fixed-width fields in network byte
+ * order, no bool/enum/bitfield/pointer members, and asserts every size and
+ * offset at compile time from C and from C++. A C++-only companion
+ * (wire.hpp) adds typed accessors; it never re-declares a layout.
+ *
+ * See docs/PROTOCOL.md for the byte diagrams and the rules.
+ */
+#ifndef LOCABUS_WIRE_H
+#define LOCABUS_WIRE_H
+
+#include <linux/types.h>
+
+#ifdef __cplusplus
+#define LOCABUS_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define LOCABUS_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+#define LOCABUS_OFFSETOF(type, member) __builtin_offsetof(type, member)
+
+/* EtherType of every Locabus frame: IEEE 802 "local experimental 1". */
+#define LOCABUS_ETH_P 0x88B5
+
+/* Ethernet framing we run on (no VLAN tag on the wire; see PROTOCOL.md). */
+#define LOCABUS_ETH_HLEN 14
+#define LOCABUS_ETH_ALEN 6
+#define LOCABUS_MTU 1500
+
+/* Node ids are 16 bits; 0xFFFF addresses every node on the segment. */
+#define LOCABUS_NODE_BROADCAST 0xFFFF
+
+/* ---------------------------------------------------------------------
+ * Locabus header (paper, Table 1): 16 bytes, network byte order.
+ *
+ *  0       1       2               4               6
+ *  +-------+-------+---------------+---------------+
+ *  | type  | proto |    node_to    |   node_from   |
+ *  +-------+-------+---------------+---------------+
+ *  8               10              12              14             16
+ *  |    seq_num    |    ack_num    |      len      |    window    | csum |
+ * ------------------------------------------------------------------- */
+struct locabus_hdr {
+	__u8 type;        /* packet type, LOCABUS_T_* */
+	__u8 proto;       /* application protocol, LOCABUS_P_* */
+	__be16 node_to;   /* recipient node, LOCABUS_NODE_BROADCAST = all */
+	__be16 node_from; /* sending node */
+	__be16 seq_num;   /* packet sequence number (packets, not bytes) */
+	__be16 ack_num;   /* cumulative ack: next sequence number expected */
+	__be16 len;       /* header + data, in bytes */
+	__be16 window;    /* sender's current credit window, in packets */
+	__be16 csum;      /* RFC 1071 checksum of header + data, csum = 0 */
+};
+
+#define LOCABUS_HDR_LEN 16
+/* Data bytes per frame: 1500 - 16 = 1484, as in the paper. */
+#define LOCABUS_MAX_PAYLOAD (LOCABUS_MTU - LOCABUS_HDR_LEN)
+/* Largest valid value of locabus_hdr.len. */
+#define LOCABUS_MAX_LEN LOCABUS_MTU
+/* Smallest and largest Ethernet frame (no FCS) carrying a Locabus packet. */
+#define LOCABUS_MIN_FRAME (LOCABUS_ETH_HLEN + LOCABUS_HDR_LEN)
+#define LOCABUS_MAX_FRAME (LOCABUS_ETH_HLEN + LOCABUS_MAX_LEN)
+
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_hdr) == LOCABUS_HDR_LEN, "Table 1 header is 16 bytes");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hdr, type) == 0, "type at 0");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hdr, proto) == 1, "proto at 1");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hdr, node_to) == 2, "node_to at 2");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hdr, node_from) == 4, "node_from at 4");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hdr, seq_num) == 6, "seq_num at 6");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hdr, ack_num) == 8, "ack_num at 8");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hdr, len) == 10, "len at 10");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hdr, window) == 12, "window at 12");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hdr, csum) == 14, "csum at 14");
+LOCABUS_STATIC_ASSERT(LOCABUS_MAX_PAYLOAD == 1484, "1484 data bytes at MTU 1500");
+
+/* ---------------------------------------------------------------------
+ * Locasock header (paper, Table 2): 8 bytes, first in the data of a
+ * LOCABUS_P_LOCASOCK DATA packet.
+ *
+ *  0               2               4               6       7       8
+ *  +---------------+---------------+---------------+-------+-------+
+ *  |     sport     |     dport     |     ident     | frag  |nfrags |
+ *  +---------------+---------------+---------------+-------+-------+
+ * ------------------------------------------------------------------- */
+struct locasock_hdr {
+	__be16 sport; /* source port */
+	__be16 dport; /* destination port */
+	__be16 ident; /* fragmentation identifier (per sender datagram) */
+	__u8 frag;    /* fragment number, 0 .. nfrags - 1 */
+	__u8 nfrags;  /* number of fragments of the datagram, >= 1 */
+};
+
+#define LOCASOCK_HDR_LEN 8
+#define LOCASOCK_FRAG_PAYLOAD (LOCABUS_MAX_PAYLOAD - LOCASOCK_HDR_LEN)
+
+LOCABUS_STATIC_ASSERT(sizeof(struct locasock_hdr) == LOCASOCK_HDR_LEN, "Table 2 header is 8 bytes");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, sport) == 0, "sport at 0");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, dport) == 2, "dport at 2");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, ident) == 4, "ident at 4");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, frag) == 6, "frag at 6");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, nfrags) == 7, "nfrags at 7");
+
+/* ---------------------------------------------------------------------
+ * Packet types (locabus_hdr.type). 0 is never valid; every value above
+ * LOCABUS_T_MAX is unknown and dropped by the fast path.
+ * ------------------------------------------------------------------- */
+#define LOCABUS_T_DATA 1           /* data; may piggy-back ack_num/window */
+#define LOCABUS_T_ACK 2            /* acknowledgement; "pure" when len == 16 */
+#define LOCABUS_T_NAK 3            /* negative ack: ack_num = first missing */
+#define LOCABUS_T_SYN 4            /* connect, step 1 */
+#define LOCABUS_T_SYN_ACK 5        /* connect, step 2 */
+#define LOCABUS_T_FIN 6            /* disconnect, step 1 */
+#define LOCABUS_T_FIN_ACK 7        /* disconnect, step 2 */
+#define LOCABUS_T_DISCOVER 8       /* broadcast self-discovery after boot */
+#define LOCABUS_T_DISCOVER_REPLY 9 /* reply with the known-node list */
+#define LOCABUS_T_PROBE 10         /* are you alive? (missing node) */
+#define LOCABUS_T_PROBE_REPLY 11   /* yes */
+#define LOCABUS_T_POLL 12          /* broadcast sender's poll: highest seq */
+#define LOCABUS_T_HEARTBEAT 13     /* periodic liveness */
+#define LOCABUS_T_MIN LOCABUS_T_DATA
+#define LOCABUS_T_MAX LOCABUS_T_HEARTBEAT
+
+/* ---------------------------------------------------------------------
+ * Protocol ids (locabus_hdr.proto): which service a packet belongs to.
+ * The fast path can steer ids below LOCABUS_XSK_PROTO_SLOTS (xdp_maps.h)
+ * to a socket of their own; every other id goes to the default socket.
+ * ------------------------------------------------------------------- */
+#define LOCABUS_P_CONTROL 0  /* transport control: handshake, discovery */
+#define LOCABUS_P_LOCASOCK 1 /* reliable datagrams with ports (Table 2) */
+#define LOCABUS_P_KCCM 2     /* KCCM send/recv and remote calls */
+#define LOCABUS_P_MONITOR 3  /* LocaMonitor statistics */
+#define LOCABUS_P_SPS 4      /* single process space */
+#define LOCABUS_P_MPI 5      /* MPI subset */
+#define LOCABUS_P_MAX LOCABUS_P_MPI
+
+/* ---------------------------------------------------------------------
+ * RFC 1071 Internet checksum.
+ *
+ * The checksum covers the Locabus header and its data (locabus_hdr.len
+ * bytes from the start of the header, never Ethernet padding), computed
+ * with the csum field taken as zero. A receiver sums the same bytes with
+ * the stored csum included; the packet is intact iff that folds to 0xFFFF.
+ *
+ * The sums are kept in memory byte order (16-bit words loaded natively),
+ * which RFC 1071 section 2(B) shows gives the same checksum bytes on any
+ * host; the value returned by locabus_csum_finish() is stored into
+ * locabus_hdr.csum without byte swapping.
+ * ------------------------------------------------------------------- */
+
+/* Adds a partial sum (any width up to 32 bits) into a 64-bit accumulator. */
+static inline __u64 locabus_csum_add(__u64 acc, __u32 partial)
+{
+	return acc + partial;
+}
+
+/* Folds a 64-bit one's-complement accumulator to 16 bits (not inverted). */
+static inline __u16 locabus_csum_fold(__u64 acc)
+{
+	acc = (acc & 0xffffffffULL) + (acc >> 32);
+	acc = (acc & 0xffffffffULL) + (acc >> 32);
+	acc = (acc & 0xffffULL) + (acc >> 16);
+	acc = (acc & 0xffffULL) + (acc >> 16);
+	acc = (acc & 0xffffULL) + (acc >> 16);
+	return (__u16)acc;
+}
+
+/* Sums len bytes at buf into acc, in memory byte order. For ordinary
+ * memory (user space, BPF stack); the XDP program sums packet memory with
+ * bpf_csum_diff() instead. An odd final byte is padded with a zero byte. */
+static inline __u64 locabus_csum_partial(const void *buf, __u32 len, __u64 acc)
+{
+	const __u8 *p = (const __u8 *)buf;
+	__u32 i;
+
+	for (i = 0; i + 1 < len; i += 2) {
+		__u16 word;
+		__builtin_memcpy(&word, p + i, sizeof(word));
+		acc += word;
+	}
+	if (len & 1) {
+		__u8 pad[2] = {p[len - 1], 0};
+		__u16 word;
+		__builtin_memcpy(&word, pad, sizeof(word));
+		acc += word;
+	}
+	return acc;
+}
+
+/* Final step when computing: the inverted fold, ready to store in csum. */
+static inline __u16 locabus_csum_finish(__u64 acc)
+{
+	return (__u16)~locabus_csum_fold(acc);
+}
+
+/* Checksum of a packet held in ordinary memory: hdr points at the Locabus
+ * header, len is the header's len. The csum field is skipped (taken as
+ * zero), so hdr->csum need not be cleared first. Returns the value to store
+ * in hdr->csum. */
+static inline __u16 locabus_csum_compute(const struct locabus_hdr *hdr, __u32 len)
+{
+	const __u8 *p = (const __u8 *)hdr;
+	__u64 acc = 0;
+
+	acc = locabus_csum_partial(p, LOCABUS_OFFSETOF(struct locabus_hdr, csum), acc);
+	if (len > LOCABUS_HDR_LEN)
+		acc = locabus_csum_partial(p + LOCABUS_HDR_LEN, len - LOCABUS_HDR_LEN, acc);
+	return locabus_csum_finish(acc);
+}
+
+/* Verification: nonzero iff the len bytes at hdr, stored csum included,
+ * sum to 0xFFFF. */
+static inline int locabus_csum_ok(const struct locabus_hdr *hdr, __u32 len)
+{
+	return locabus_csum_fold(locabus_csum_partial(hdr, len, 0)) == 0xFFFF;
+}
+
+#endif /* LOCABUS_WIRE_H */

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of Locabus from Debian 12's apt.
+# Idempotent: packages already present are left alone. Needs root.
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config clang llvm
+  # BPF: libbpf, libxdp (AF_XDP + dispatcher), bpftool for skeletons and map dumps
+  libbpf-dev libxdp-dev bpftool libelf-dev zlib1g-dev
+  # C++ libraries
+  libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
+  # tests
+  libgtest-dev libgmock-dev
+  # namespaces, veth, ping for the demo and the end-to-end tests
+  iproute2 iputils-ping util-linux
+  # formatting
+  clang-format
+)
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "setup.sh: installing packages needs root; run: sudo $0" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup.sh: all ${#packages[@]} packages present"
+fi

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+#include "fastpath/netdev.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if_arp.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+
+#include "common/error.hpp"
+
+namespace locabus::net {
+namespace {
+
+std::uint32_t count_rx_queues(const std::string& name) {
+  // /sys/class/net shows the namespace of whoever mounted /sys, which is not
+  // always ours; fall back to 1 queue when the entry is not ours to read.
+  std::error_code ec;
+  std::uint32_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/sys/class/net/" + name + "/queues", ec))
+    if (e.path().filename().string().starts_with("rx-")) ++n;
+  return n ? n : 1;
+}
+
+ino_t netns_inode(int fd) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0) throw Error("stat network namespace fd", errno);
+  return st.st_ino;
+}
+
+}  // namespace
+
+Interface lookup_interface(const std::string& name) {
+  Interface iface;
+  iface.name = name;
+  if (name.empty() || name.size() >= IFNAMSIZ)
+    throw Error("interface name '" + name + "' is not valid", 0,
+                "interface names are 1 to 15 characters; see `ip link`");
+  iface.ifindex = static_cast<int>(if_nametoindex(name.c_str()));
+  if (iface.ifindex == 0)
+    throw Error("no network interface named '" + name + "' in this network namespace", errno,
+                "list interfaces with `ip link`; inside a namespace use `ip netns exec NS ...`");
+
+  UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!sock) throw Error("open a socket to query interface " + name, errno);
+  ifreq req{};
+  std::memcpy(req.ifr_name, name.c_str(), name.size() + 1);
+  if (::ioctl(sock.get(), SIOCGIFHWADDR, &req) != 0)
+    throw Error("read the MAC address of " + name, errno);
+  if (req.ifr_hwaddr.sa_family != ARPHRD_ETHER)
+    throw Error("interface " + name + " is not an Ethernet device", 0,
+                "Locabus runs on Ethernet (or veth) interfaces only");
+  std::memcpy(iface.mac.bytes.data(), req.ifr_hwaddr.sa_data, iface.mac.bytes.size());
+
+  ifaddrs* raw = nullptr;
+  if (::getifaddrs(&raw) != 0) throw Error("list interface addresses", errno);
+  std::unique_ptr<ifaddrs, decltype(&::freeifaddrs)> addrs(raw, &::freeifaddrs);
+  for (const ifaddrs* a = raw; a; a = a->ifa_next) {
+    if (a->ifa_addr && a->ifa_addr->sa_family == AF_INET && name == a->ifa_name) {
+      sockaddr_in sin{};
+      std::memcpy(&sin, a->ifa_addr, sizeof sin);
+      iface.ipv4 = ntohl(sin.sin_addr.s_addr);
+      break;
+    }
+  }
+  iface.rx_queues = count_rx_queues(name);
+  return iface;
+}
+
+std::optional<std::uint16_t> node_id_from_ipv4(std::uint32_t addr) noexcept {
+  const auto id = static_cast<std::uint16_t>(addr & 0xFFFF);
+  if (id == wire::kBroadcast) return std::nullopt;
+  return id;
+}
+
+std::uint16_t default_node_id(const Interface& iface) {
+  if (!iface.ipv4)
+    throw Error("interface " + iface.name + " has no IPv4 address to derive a node id from", 0,
+                "give the node id explicitly (--node-id N, 0..65534)");
+  auto id = node_id_from_ipv4(*iface.ipv4);
+  if (!id)
+    throw Error("the low 16 bits of " + iface.name + "'s IPv4 address are 0xFFFF, the broadcast id", 0,
+                "give the node id explicitly (--node-id N, 0..65534)");
+  return *id;
+}
+
+std::optional<std::uint16_t> parse_node_id(std::string_view text) noexcept {
+  int base = 10;
+  if (text.starts_with("0x") || text.starts_with("0X")) {
+    text.remove_prefix(2);
+    base = 16;
+  }
+  unsigned v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v, base);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || v >= wire::kBroadcast)
+    return std::nullopt;
+  return static_cast<std::uint16_t>(v);
+}
+
+UniqueFd current_netns() {
+  UniqueFd fd(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!fd) throw Error("open /proc/thread-self/ns/net", errno, "is /proc mounted?");
+  return fd;
+}
+
+bool same_netns(int a, int b) { return netns_inode(a) == netns_inode(b); }
+
+std::string netns_label() {
+  UniqueFd self = current_netns();
+  UniqueFd init(::open("/proc/1/ns/net", O_RDONLY | O_CLOEXEC));
+  if (init && same_netns(self.get(), init.get())) return {};
+  const ino_t ino = netns_inode(self.get());
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/run/netns", ec)) {
+    struct stat st {};
+    if (::stat(e.path().c_str(), &st) == 0 && st.st_ino == ino) return e.path().filename().string();
+  }
+  return "ns" + std::to_string(ino);
+}
+
+NetnsScope::NetnsScope(int target) {
+  UniqueFd here = current_netns();
+  if (same_netns(here.get(), target)) return;
+  if (::setns(target, CLONE_NEWNET) != 0) throw Error("enter network namespace", errno);
+  saved_ = std::move(here);
+}
+
+NetnsScope::~NetnsScope() {
+  // Failing to return would leave the thread in the wrong namespace for good;
+  // there is no safe way to continue.
+  if (saved_ && ::setns(saved_.get(), CLONE_NEWNET) != 0) std::terminate();
+}
+
+}  // namespace locabus::net

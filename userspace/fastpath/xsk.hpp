@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// AF_XDP sockets (libxdp's xsk API) behind RAII: one UMEM per socket, half of
+// its frames for receiving, half for sending.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace locabus::fastpath {
+class Maps;
+}
+
+namespace locabus::xsk {
+
+enum class BindMode {
+  automatic,  // zero-copy, else copy mode (veth and many drivers)
+  zero_copy,
+  copy,
+};
+std::string_view to_string(BindMode m) noexcept;
+
+struct Options {
+  std::uint32_t queue = 0;
+  std::uint32_t frame_count = 4096;  // UMEM frames; a power of two
+  std::uint32_t frame_size = 2048;   // bytes per frame; 2048 or 4096
+  std::uint32_t ring_size = 2048;    // RX/TX/fill/completion entries; power of two
+  BindMode mode = BindMode::automatic;
+  /// XDP_USE_NEED_WAKEUP: the kernel tells us when it needs a syscall, so
+  /// nothing spins. Only turn off to measure what it saves.
+  bool need_wakeup = true;
+};
+
+/// Kernel counters of one socket (XDP_STATISTICS).
+struct Stats {
+  std::uint64_t rx_dropped = 0;
+  std::uint64_t rx_invalid_descs = 0;
+  std::uint64_t tx_invalid_descs = 0;
+  std::uint64_t rx_ring_full = 0;
+  std::uint64_t rx_fill_ring_empty_descs = 0;
+  std::uint64_t tx_ring_empty_descs = 0;
+};
+
+class Socket {
+ public:
+  /// Creates the UMEM and binds an AF_XDP socket to (iface, opts.queue) in
+  /// the calling thread's namespace. It receives only what an XDP program
+  /// redirects to it: register it in the fast path's XSKMAP. Throws Error.
+  Socket(const std::string& iface, const Options& opts = {});
+  ~Socket();
+  Socket(const Socket&) = delete;
+  Socket& operator=(const Socket&) = delete;
+
+  /// The socket fd: poll it for POLLIN, or register it in an XSKMAP.
+  int fd() const noexcept;
+  std::uint32_t queue() const noexcept;
+  bool zero_copy() const noexcept;
+
+  /// Hands up to `max` received frames to `on_frame` (the span is valid
+  /// only during the call) and recycles their buffers. Never blocks.
+  std::size_t receive(std::size_t max, const std::function<void(std::span<const std::byte>)>& on_frame);
+
+  /// Blocks until a frame can be received or `timeout` passes; true if one can.
+  bool wait_readable(std::chrono::milliseconds timeout);
+
+  /// Queues a copy of `frame` for transmission. False when every TX buffer
+  /// or ring slot is in use (back-pressure: flush(), reclaim(), retry).
+  /// Throws Error when the frame can never fit a buffer.
+  bool send(std::span<const std::byte> frame);
+  /// Makes the kernel transmit what is queued (a syscall only when needed).
+  void flush();
+  /// Takes back the buffers of completed transmissions; returns how many.
+  std::size_t reclaim();
+  /// Frames queued or in transmission, not yet completed.
+  std::size_t tx_in_flight() const noexcept;
+
+  Stats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Registers a socket in the fast path's XSKMAP for (its queue, slot) and
+/// removes it again on destruction. `maps` must outlive the registration.
+class Registration {
+ public:
+  Registration(fastpath::Maps& maps, const Socket& socket, std::uint32_t slot);
+  ~Registration();
+  Registration(const Registration&) = delete;
+  Registration& operator=(const Registration&) = delete;
+
+ private:
+  fastpath::Maps& maps_;
+  std::uint32_t queue_;
+  std::uint32_t slot_;
+};
+
+}  // namespace locabus::xsk
