@@ -77,20 +77,20 @@ static __always_inline int drop(struct locabus_xdp_stats *st, enum locabus_count
  * scratch limit) at data + *off to *acc, when *rem >= n. Returns 0, or -1
  * when the packet is too short (cannot happen after the length checks, but
  * the verifier needs the comparison) or the helper fails. */
-#define CSUM_CHUNK(n)                                                              \
-	do {                                                                       \
-		if (rem >= (n)) {                                                  \
-			void *p = data + off;                                      \
-			long r;                                                    \
-			if (p + (n) > end)                                         \
-				return -1;                                         \
-			r = bpf_csum_diff(NULL, 0, (__be32 *)p, (n), 0);           \
-			if (r < 0)                                                 \
-				return -1;                                         \
-			acc += (__u32)r;                                           \
-			off += (n);                                                \
-			rem -= (n);                                                \
-		}                                                                  \
+#define CSUM_CHUNK(n)                                                                              \
+	do {                                                                                       \
+		if (rem >= (n)) {                                                                  \
+			void *p = data + off;                                                      \
+			long r;                                                                    \
+			if (p + (n) > end)                                                         \
+				return -1;                                                         \
+			r = bpf_csum_diff(NULL, 0, (__be32 *)p, (n), 0);                           \
+			if (r < 0)                                                                 \
+				return -1;                                                         \
+			acc += (__u32)r;                                                           \
+			off += (n);                                                                \
+			rem -= (n);                                                                \
+		}                                                                                  \
 	} while (0)
 
 /* Verifies the RFC 1071 checksum over the len bytes of Locabus header and
@@ -130,7 +130,7 @@ static __always_inline int csum_verify(struct xdp_md *ctx, __u32 len)
 		__u8 *b = data + off;
 		if ((void *)(b + 1) > end)
 			return -1;
-		/* The odd byte is the first byte of a word padded with zero. */
+			/* The odd byte is the first byte of a word padded with zero. */
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 		acc += *b;
 #else

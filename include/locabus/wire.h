@@ -44,15 +44,15 @@
  *  |    seq_num    |    ack_num    |      len      |    window    | csum |
  * ------------------------------------------------------------------- */
 struct locabus_hdr {
-	__u8 type;        /* packet type, LOCABUS_T_* */
-	__u8 proto;       /* application protocol, LOCABUS_P_* */
-	__be16 node_to;   /* recipient node, LOCABUS_NODE_BROADCAST = all */
-	__be16 node_from; /* sending node */
-	__be16 seq_num;   /* packet sequence number (packets, not bytes) */
-	__be16 ack_num;   /* cumulative ack: next sequence number expected */
-	__be16 len;       /* header + data, in bytes */
-	__be16 window;    /* sender's current credit window, in packets */
-	__be16 csum;      /* RFC 1071 checksum of header + data, csum = 0 */
+  __u8 type;        /* packet type, LOCABUS_T_* */
+  __u8 proto;       /* application protocol, LOCABUS_P_* */
+  __be16 node_to;   /* recipient node, LOCABUS_NODE_BROADCAST = all */
+  __be16 node_from; /* sending node */
+  __be16 seq_num;   /* packet sequence number (packets, not bytes) */
+  __be16 ack_num;   /* cumulative ack: next sequence number expected */
+  __be16 len;       /* header + data, in bytes */
+  __be16 window;    /* sender's current credit window, in packets */
+  __be16 csum;      /* RFC 1071 checksum of header + data, csum = 0 */
 };
 
 #define LOCABUS_HDR_LEN 16
@@ -86,11 +86,11 @@ LOCABUS_STATIC_ASSERT(LOCABUS_MAX_PAYLOAD == 1484, "1484 data bytes at MTU 1500"
  *  +---------------+---------------+---------------+-------+-------+
  * ------------------------------------------------------------------- */
 struct locasock_hdr {
-	__be16 sport; /* source port */
-	__be16 dport; /* destination port */
-	__be16 ident; /* fragmentation identifier (per sender datagram) */
-	__u8 frag;    /* fragment number, 0 .. nfrags - 1 */
-	__u8 nfrags;  /* number of fragments of the datagram, >= 1 */
+  __be16 sport; /* source port */
+  __be16 dport; /* destination port */
+  __be16 ident; /* fragmentation identifier (per sender datagram) */
+  __u8 frag;    /* fragment number, 0 .. nfrags - 1 */
+  __u8 nfrags;  /* number of fragments of the datagram, >= 1 */
 };
 
 #define LOCASOCK_HDR_LEN 8
@@ -151,70 +151,59 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, nfrags) == 7, "nfrag
  * ------------------------------------------------------------------- */
 
 /* Adds a partial sum (any width up to 32 bits) into a 64-bit accumulator. */
-static inline __u64 locabus_csum_add(__u64 acc, __u32 partial)
-{
-	return acc + partial;
-}
+static inline __u64 locabus_csum_add(__u64 acc, __u32 partial) { return acc + partial; }
 
 /* Folds a 64-bit one's-complement accumulator to 16 bits (not inverted). */
-static inline __u16 locabus_csum_fold(__u64 acc)
-{
-	acc = (acc & 0xffffffffULL) + (acc >> 32);
-	acc = (acc & 0xffffffffULL) + (acc >> 32);
-	acc = (acc & 0xffffULL) + (acc >> 16);
-	acc = (acc & 0xffffULL) + (acc >> 16);
-	acc = (acc & 0xffffULL) + (acc >> 16);
-	return (__u16)acc;
+static inline __u16 locabus_csum_fold(__u64 acc) {
+  acc = (acc & 0xffffffffULL) + (acc >> 32);
+  acc = (acc & 0xffffffffULL) + (acc >> 32);
+  acc = (acc & 0xffffULL) + (acc >> 16);
+  acc = (acc & 0xffffULL) + (acc >> 16);
+  acc = (acc & 0xffffULL) + (acc >> 16);
+  return (__u16)acc;
 }
 
 /* Sums len bytes at buf into acc, in memory byte order. For ordinary
  * memory (user space, BPF stack); the XDP program sums packet memory with
  * bpf_csum_diff() instead. An odd final byte is padded with a zero byte. */
-static inline __u64 locabus_csum_partial(const void *buf, __u32 len, __u64 acc)
-{
-	const __u8 *p = (const __u8 *)buf;
-	__u32 i;
+static inline __u64 locabus_csum_partial(const void* buf, __u32 len, __u64 acc) {
+  const __u8* p = (const __u8*)buf;
+  __u32 i;
 
-	for (i = 0; i + 1 < len; i += 2) {
-		__u16 word;
-		__builtin_memcpy(&word, p + i, sizeof(word));
-		acc += word;
-	}
-	if (len & 1) {
-		__u8 pad[2] = {p[len - 1], 0};
-		__u16 word;
-		__builtin_memcpy(&word, pad, sizeof(word));
-		acc += word;
-	}
-	return acc;
+  for (i = 0; i + 1 < len; i += 2) {
+    __u16 word;
+    __builtin_memcpy(&word, p + i, sizeof(word));
+    acc += word;
+  }
+  if (len & 1) {
+    __u8 pad[2] = {p[len - 1], 0};
+    __u16 word;
+    __builtin_memcpy(&word, pad, sizeof(word));
+    acc += word;
+  }
+  return acc;
 }
 
 /* Final step when computing: the inverted fold, ready to store in csum. */
-static inline __u16 locabus_csum_finish(__u64 acc)
-{
-	return (__u16)~locabus_csum_fold(acc);
-}
+static inline __u16 locabus_csum_finish(__u64 acc) { return (__u16)~locabus_csum_fold(acc); }
 
 /* Checksum of a packet held in ordinary memory: hdr points at the Locabus
  * header, len is the header's len. The csum field is skipped (taken as
  * zero), so hdr->csum need not be cleared first. Returns the value to store
  * in hdr->csum. */
-static inline __u16 locabus_csum_compute(const struct locabus_hdr *hdr, __u32 len)
-{
-	const __u8 *p = (const __u8 *)hdr;
-	__u64 acc = 0;
+static inline __u16 locabus_csum_compute(const struct locabus_hdr* hdr, __u32 len) {
+  const __u8* p = (const __u8*)hdr;
+  __u64 acc = 0;
 
-	acc = locabus_csum_partial(p, LOCABUS_OFFSETOF(struct locabus_hdr, csum), acc);
-	if (len > LOCABUS_HDR_LEN)
-		acc = locabus_csum_partial(p + LOCABUS_HDR_LEN, len - LOCABUS_HDR_LEN, acc);
-	return locabus_csum_finish(acc);
+  acc = locabus_csum_partial(p, LOCABUS_OFFSETOF(struct locabus_hdr, csum), acc);
+  if (len > LOCABUS_HDR_LEN) acc = locabus_csum_partial(p + LOCABUS_HDR_LEN, len - LOCABUS_HDR_LEN, acc);
+  return locabus_csum_finish(acc);
 }
 
 /* Verification: nonzero iff the len bytes at hdr, stored csum included,
  * sum to 0xFFFF. */
-static inline int locabus_csum_ok(const struct locabus_hdr *hdr, __u32 len)
-{
-	return locabus_csum_fold(locabus_csum_partial(hdr, len, 0)) == 0xFFFF;
+static inline int locabus_csum_ok(const struct locabus_hdr* hdr, __u32 len) {
+  return locabus_csum_fold(locabus_csum_partial(hdr, len, 0)) == 0xFFFF;
 }
 
 #endif /* LOCABUS_WIRE_H */

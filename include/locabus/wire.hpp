@@ -53,9 +53,7 @@ enum class Protocol : std::uint8_t {
   mpi = LOCABUS_P_MPI,
 };
 
-constexpr bool is_known_type(std::uint8_t t) noexcept {
-  return t >= LOCABUS_T_MIN && t <= LOCABUS_T_MAX;
-}
+constexpr bool is_known_type(std::uint8_t t) noexcept { return t >= LOCABUS_T_MIN && t <= LOCABUS_T_MAX; }
 
 /// Lower-case name ("data", "syn_ack", ...), or "unknown".
 std::string_view to_string(PacketType t) noexcept;
@@ -126,16 +124,43 @@ class Header {
   std::size_t payload_len() const noexcept { return len() > kHeaderLen ? len() - kHeaderLen : 0; }
 
   Header& set_type(PacketType t) noexcept { return set_type_raw(static_cast<std::uint8_t>(t)); }
-  Header& set_type_raw(std::uint8_t t) noexcept { raw_.type = t; return *this; }
+  Header& set_type_raw(std::uint8_t t) noexcept {
+    raw_.type = t;
+    return *this;
+  }
   Header& set_proto(Protocol p) noexcept { return set_proto_raw(static_cast<std::uint8_t>(p)); }
-  Header& set_proto_raw(std::uint8_t p) noexcept { raw_.proto = p; return *this; }
-  Header& set_node_to(std::uint16_t v) noexcept { raw_.node_to = hton16(v); return *this; }
-  Header& set_node_from(std::uint16_t v) noexcept { raw_.node_from = hton16(v); return *this; }
-  Header& set_seq(std::uint16_t v) noexcept { raw_.seq_num = hton16(v); return *this; }
-  Header& set_ack(std::uint16_t v) noexcept { raw_.ack_num = hton16(v); return *this; }
-  Header& set_len(std::uint16_t v) noexcept { raw_.len = hton16(v); return *this; }
-  Header& set_window(std::uint16_t v) noexcept { raw_.window = hton16(v); return *this; }
-  Header& set_csum(std::uint16_t v) noexcept { raw_.csum = hton16(v); return *this; }
+  Header& set_proto_raw(std::uint8_t p) noexcept {
+    raw_.proto = p;
+    return *this;
+  }
+  Header& set_node_to(std::uint16_t v) noexcept {
+    raw_.node_to = hton16(v);
+    return *this;
+  }
+  Header& set_node_from(std::uint16_t v) noexcept {
+    raw_.node_from = hton16(v);
+    return *this;
+  }
+  Header& set_seq(std::uint16_t v) noexcept {
+    raw_.seq_num = hton16(v);
+    return *this;
+  }
+  Header& set_ack(std::uint16_t v) noexcept {
+    raw_.ack_num = hton16(v);
+    return *this;
+  }
+  Header& set_len(std::uint16_t v) noexcept {
+    raw_.len = hton16(v);
+    return *this;
+  }
+  Header& set_window(std::uint16_t v) noexcept {
+    raw_.window = hton16(v);
+    return *this;
+  }
+  Header& set_csum(std::uint16_t v) noexcept {
+    raw_.csum = hton16(v);
+    return *this;
+  }
 
   const locabus_hdr& raw() const noexcept { return raw_; }
 
@@ -161,11 +186,26 @@ class LocasockHeader {
   std::uint8_t frag() const noexcept { return raw_.frag; }
   std::uint8_t nfrags() const noexcept { return raw_.nfrags; }
 
-  LocasockHeader& set_sport(std::uint16_t v) noexcept { raw_.sport = hton16(v); return *this; }
-  LocasockHeader& set_dport(std::uint16_t v) noexcept { raw_.dport = hton16(v); return *this; }
-  LocasockHeader& set_ident(std::uint16_t v) noexcept { raw_.ident = hton16(v); return *this; }
-  LocasockHeader& set_frag(std::uint8_t v) noexcept { raw_.frag = v; return *this; }
-  LocasockHeader& set_nfrags(std::uint8_t v) noexcept { raw_.nfrags = v; return *this; }
+  LocasockHeader& set_sport(std::uint16_t v) noexcept {
+    raw_.sport = hton16(v);
+    return *this;
+  }
+  LocasockHeader& set_dport(std::uint16_t v) noexcept {
+    raw_.dport = hton16(v);
+    return *this;
+  }
+  LocasockHeader& set_ident(std::uint16_t v) noexcept {
+    raw_.ident = hton16(v);
+    return *this;
+  }
+  LocasockHeader& set_frag(std::uint8_t v) noexcept {
+    raw_.frag = v;
+    return *this;
+  }
+  LocasockHeader& set_nfrags(std::uint8_t v) noexcept {
+    raw_.nfrags = v;
+    return *this;
+  }
 
   const locasock_hdr& raw() const noexcept { return raw_; }
 
@@ -212,7 +252,7 @@ struct FrameView {
 /// Result of decode_frame(): a frame or the first rule it breaks.
 class DecodeResult {
  public:
-  DecodeResult(FrameView v) noexcept : view_(v) {}  // NOLINT(google-explicit-constructor)
+  DecodeResult(FrameView v) noexcept : view_(v) {}    // NOLINT(google-explicit-constructor)
   DecodeResult(FrameError e) noexcept : error_(e) {}  // NOLINT(google-explicit-constructor)
   explicit operator bool() const noexcept { return view_.has_value(); }
   const FrameView& operator*() const noexcept { return *view_; }
@@ -232,7 +272,7 @@ DecodeResult decode_frame(std::span<const std::byte> frame) noexcept;
 /// Encodes Ethernet header + `hdr` + `payload` into `out`, filling in len and
 /// csum. Returns the frame size, or 0 if `out` is too small or the payload
 /// is over kMaxPayload.
-std::size_t encode_frame(std::span<std::byte> out, const MacAddress& dst, const MacAddress& src,
-                         Header hdr, std::span<const std::byte> payload) noexcept;
+std::size_t encode_frame(std::span<std::byte> out, const MacAddress& dst, const MacAddress& src, Header hdr,
+                         std::span<const std::byte> payload) noexcept;
 
 }  // namespace locabus::wire

@@ -30,13 +30,13 @@
 #define LOCABUS_CFG_F_ALL (LOCABUS_CFG_F_ACK_TO_USER | LOCABUS_CFG_F_PASS_UNCLAIMED)
 
 struct locabus_config {
-	__u16 node_id;        /* our node id (host byte order) */
-	__u16 reserved0;      /* zero */
-	__u32 flags;          /* LOCABUS_CFG_F_* */
-	__u32 owner_pid;      /* process that owns the attachment, 0 = none */
-	__u32 reserved1;      /* zero */
-	__u64 owner_start;    /* owner's start time (/proc/PID/stat field 22) */
-	__u64 attached_at_ns; /* CLOCK_REALTIME of the attach, for operators */
+  __u16 node_id;        /* our node id (host byte order) */
+  __u16 reserved0;      /* zero */
+  __u32 flags;          /* LOCABUS_CFG_F_* */
+  __u32 owner_pid;      /* process that owns the attachment, 0 = none */
+  __u32 reserved1;      /* zero */
+  __u64 owner_start;    /* owner's start time (/proc/PID/stat field 22) */
+  __u64 attached_at_ns; /* CLOCK_REALTIME of the attach, for operators */
 };
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_config) == 32, "locabus_config layout");
 
@@ -44,25 +44,25 @@ LOCABUS_STATIC_ASSERT(sizeof(struct locabus_config) == 32, "locabus_config layou
 /* locabus_stats: per-CPU counters, one named field per event/reason.  */
 
 /* X(name, description). Order is the counter index; append only. */
-#define LOCABUS_XDP_COUNTERS(X)                                                            \
-	X(rx_locabus, "Locabus frames seen (EtherType 0x88B5), any verdict")                   \
-	X(pass_other, "other EtherTypes passed to the kernel stack untouched")                 \
-	X(redirected, "frames redirected to an AF_XDP socket")                                 \
-	X(passed_unclaimed, "unclaimed frames passed to the stack (PASS_UNCLAIMED set)")       \
-	X(ack_consumed, "pure ACKs consumed in the kernel into locabus_peers")                  \
-	X(ack_stale, "consumed pure ACKs older than the recorded cumulative ACK")              \
-	X(nak_recorded, "NAKs recorded in locabus_peers (and passed on)")                      \
-	X(peer_table_full, "ACK/NAK from a peer with no room in locabus_peers")                \
-	X(drop_short, "dropped: frame shorter than Ethernet + Locabus header")                 \
-	X(drop_len_small, "dropped: len field smaller than the Locabus header")                \
-	X(drop_len_max, "dropped: len field larger than the 1500-byte maximum")                \
-	X(drop_len_frame, "dropped: len field larger than the frame")                          \
-	X(drop_csum, "dropped: checksum mismatch")                                             \
-	X(drop_type, "dropped: unknown packet type")                                           \
-	X(drop_src, "dropped: node_from is the broadcast id")                                  \
-	X(drop_not_ours, "dropped: node_to neither our node id nor broadcast")                 \
-	X(drop_own, "dropped: our own frame looped back (or a node id clash)")                 \
-	X(drop_no_socket, "dropped: no AF_XDP socket registered for the frame")
+#define LOCABUS_XDP_COUNTERS(X)                                                    \
+  X(rx_locabus, "Locabus frames seen (EtherType 0x88B5), any verdict")             \
+  X(pass_other, "other EtherTypes passed to the kernel stack untouched")           \
+  X(redirected, "frames redirected to an AF_XDP socket")                           \
+  X(passed_unclaimed, "unclaimed frames passed to the stack (PASS_UNCLAIMED set)") \
+  X(ack_consumed, "pure ACKs consumed in the kernel into locabus_peers")           \
+  X(ack_stale, "consumed pure ACKs older than the recorded cumulative ACK")        \
+  X(nak_recorded, "NAKs recorded in locabus_peers (and passed on)")                \
+  X(peer_table_full, "ACK/NAK from a peer with no room in locabus_peers")          \
+  X(drop_short, "dropped: frame shorter than Ethernet + Locabus header")           \
+  X(drop_len_small, "dropped: len field smaller than the Locabus header")          \
+  X(drop_len_max, "dropped: len field larger than the 1500-byte maximum")          \
+  X(drop_len_frame, "dropped: len field larger than the frame")                    \
+  X(drop_csum, "dropped: checksum mismatch")                                       \
+  X(drop_type, "dropped: unknown packet type")                                     \
+  X(drop_src, "dropped: node_from is the broadcast id")                            \
+  X(drop_not_ours, "dropped: node_to neither our node id nor broadcast")           \
+  X(drop_own, "dropped: our own frame looped back (or a node id clash)")           \
+  X(drop_no_socket, "dropped: no AF_XDP socket registered for the frame")
 
 #define LOCABUS_X_ENUM(name, desc) LOCABUS_CTR_##name,
 enum locabus_counter_id { LOCABUS_XDP_COUNTERS(LOCABUS_X_ENUM) LOCABUS_CTR__COUNT };
@@ -70,20 +70,20 @@ enum locabus_counter_id { LOCABUS_XDP_COUNTERS(LOCABUS_X_ENUM) LOCABUS_CTR__COUN
 
 #define LOCABUS_X_FIELD(name, desc) __u64 name;
 struct locabus_xdp_stats {
-	LOCABUS_XDP_COUNTERS(LOCABUS_X_FIELD)
+  LOCABUS_XDP_COUNTERS(LOCABUS_X_FIELD)
 };
 #undef LOCABUS_X_FIELD
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_xdp_stats) == LOCABUS_CTR__COUNT * sizeof(__u64),
-		      "locabus_xdp_stats is an array of u64 counters");
+                      "locabus_xdp_stats is an array of u64 counters");
 
 /* ------------------------------------------------------------------ */
 /* locabus_proto: per-CPU, per protocol id, where its frames went.     */
 #define LOCABUS_PROTO_IDS 256
 struct locabus_proto_stats {
-	__u64 to_proto_socket;   /* redirected to the protocol's own socket */
-	__u64 to_default_socket; /* redirected to the default socket */
-	__u64 no_socket;         /* dropped (or passed): no socket registered */
-	__u64 bytes;             /* frame bytes of all of the above */
+  __u64 to_proto_socket;   /* redirected to the protocol's own socket */
+  __u64 to_default_socket; /* redirected to the default socket */
+  __u64 no_socket;         /* dropped (or passed): no socket registered */
+  __u64 bytes;             /* frame bytes of all of the above */
 };
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_proto_stats) == 32, "locabus_proto_stats layout");
 
@@ -97,26 +97,26 @@ LOCABUS_STATIC_ASSERT(sizeof(struct locabus_proto_stats) == 32, "locabus_proto_s
 #define LOCABUS_PEER_F_NAK_VALID (1U << 1)
 
 struct locabus_peer_key {
-	__u32 node_id; /* peer's node id (host byte order, < 0xFFFF) */
+  __u32 node_id; /* peer's node id (host byte order, < 0xFFFF) */
 };
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_peer_key) == 4, "locabus_peer_key layout");
 
 struct locabus_peer {
-	struct bpf_spin_lock lock; /* taken by XDP; read with BPF_F_LOCK */
-	__u32 flags;               /* LOCABUS_PEER_F_* */
-	__u64 last_heard_ns;       /* CLOCK_MONOTONIC of the last ACK or NAK */
-	__u64 acks;                /* pure ACKs consumed (stale ones included) */
-	__u64 stale_acks;          /* pure ACKs older than ack_num, ignored */
-	__u64 naks;                /* NAKs seen */
-	__u64 last_nak_ns;         /* CLOCK_MONOTONIC of the last NAK */
-	__u16 ack_num;             /* highest cumulative ACK (serial order) */
-	__u16 ack_window;          /* window advertised with that ACK */
-	__u16 nak_ack;             /* last NAK's ack_num: first missing seq */
-	__u16 nak_seq;             /* last NAK's seq_num */
+  struct bpf_spin_lock lock; /* taken by XDP; read with BPF_F_LOCK */
+  __u32 flags;               /* LOCABUS_PEER_F_* */
+  __u64 last_heard_ns;       /* CLOCK_MONOTONIC of the last ACK or NAK */
+  __u64 acks;                /* pure ACKs consumed (stale ones included) */
+  __u64 stale_acks;          /* pure ACKs older than ack_num, ignored */
+  __u64 naks;                /* NAKs seen */
+  __u64 last_nak_ns;         /* CLOCK_MONOTONIC of the last NAK */
+  __u16 ack_num;             /* highest cumulative ACK (serial order) */
+  __u16 ack_window;          /* window advertised with that ACK */
+  __u16 nak_ack;             /* last NAK's ack_num: first missing seq */
+  __u16 nak_seq;             /* last NAK's seq_num */
 };
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_peer) == 56, "locabus_peer layout");
 LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_peer, last_heard_ns) == 8,
-		      "locabus_peer: no hidden padding after the lock");
+                      "locabus_peer: no hidden padding after the lock");
 
 /* ------------------------------------------------------------------ */
 /* locabus_xsks: AF_XDP sockets, by RX queue and protocol.             */
@@ -130,12 +130,11 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_peer, last_heard_ns) == 8,
 #define LOCABUS_XSK_MAP_SIZE (LOCABUS_MAX_QUEUES * LOCABUS_XSK_SLOTS_PER_QUEUE)
 
 /* XSKMAP key of the socket for (RX queue, slot). */
-static inline __u32 locabus_xsk_key(__u32 queue, __u32 slot)
-{
-	return queue * LOCABUS_XSK_SLOTS_PER_QUEUE + slot;
+static inline __u32 locabus_xsk_key(__u32 queue, __u32 slot) {
+  return queue * LOCABUS_XSK_SLOTS_PER_QUEUE + slot;
 }
 
 LOCABUS_STATIC_ASSERT(LOCABUS_P_MAX < LOCABUS_XSK_PROTO_SLOTS,
-		      "every defined protocol can have a socket of its own");
+                      "every defined protocol can have a socket of its own");
 
 #endif /* LOCABUS_XDP_MAPS_H */

@@ -33,8 +33,7 @@ std::string privilege_hint(int err) {
     case EPERM:
     case EACCES:
       return "this needs CAP_NET_ADMIN and CAP_BPF (and CAP_SYS_ADMIN to mount bpffs): run it as root";
-    default:
-      return {};
+    default: return {};
   }
 }
 

@@ -23,20 +23,20 @@ UniqueFd open_pinned(const std::filesystem::path& path) {
   const int fd = bpf_obj_get(path.c_str());
   if (fd < 0) {
     const int err = errno;
-    throw Error("open pinned BPF map " + path.string(), err,
-                err == ENOENT ? "is the fast path attached? see `locabusctl xdp status --iface IF`"
-                              : std::string{});
+    throw Error(
+        "open pinned BPF map " + path.string(), err,
+        err == ENOENT ? "is the fast path attached? see `locabusctl xdp status --iface IF`" : std::string{});
   }
   return UniqueFd(fd);
 }
 
-void check_map(const MapInfo& info, const std::string& what, std::uint32_t key_size,
-               std::uint32_t value_size, std::uint32_t type) {
+void check_map(const MapInfo& info, const std::string& what, std::uint32_t key_size, std::uint32_t value_size,
+               std::uint32_t type) {
   if (info.key_size != key_size || info.value_size != value_size || (type && info.type != type))
     throw Error(fmt::format("BPF map {} (id {}, '{}') has key/value sizes {}/{} and type {}, "
                             "expected {}/{}{}",
-                            what, info.id, info.name, info.key_size, info.value_size, info.type,
-                            key_size, value_size, type ? fmt::format(" and type {}", type) : ""),
+                            what, info.id, info.name, info.key_size, info.value_size, info.type, key_size,
+                            value_size, type ? fmt::format(" and type {}", type) : ""),
                 0, "it was made by another Locabus version: detach the fast path and attach it again");
 }
 

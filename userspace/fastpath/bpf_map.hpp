@@ -37,8 +37,8 @@ UniqueFd open_pinned(const std::filesystem::path& path);
 
 /// Checks `info` against the expected sizes (and type, if nonzero); throws
 /// Error with `what` in the message on mismatch.
-void check_map(const MapInfo& info, const std::string& what, std::uint32_t key_size,
-               std::uint32_t value_size, std::uint32_t type = 0);
+void check_map(const MapInfo& info, const std::string& what, std::uint32_t key_size, std::uint32_t value_size,
+               std::uint32_t type = 0);
 
 /// Number of possible CPUs (size of a per-CPU value array). Throws Error.
 unsigned possible_cpus();

@@ -30,8 +30,8 @@
 namespace locabus::fastpath {
 namespace {
 
-using XdpSkeleton = bpf::Skeleton<locabus_xdp, &locabus_xdp__open_opts,
-                                  &locabus_xdp__load, &locabus_xdp__destroy>;
+using XdpSkeleton =
+    bpf::Skeleton<locabus_xdp, &locabus_xdp__open_opts, &locabus_xdp__load, &locabus_xdp__destroy>;
 
 struct XdpProgramDeleter {
   void operator()(xdp_program* p) const noexcept { xdp_program__close(p); }
@@ -43,9 +43,7 @@ struct MultiprogDeleter {
 };
 using MultiprogPtr = std::unique_ptr<xdp_multiprog, MultiprogDeleter>;
 
-xdp_attach_mode to_libxdp(AttachMode m) {
-  return m == AttachMode::generic ? XDP_MODE_SKB : XDP_MODE_NATIVE;
-}
+xdp_attach_mode to_libxdp(AttachMode m) { return m == AttachMode::generic ? XDP_MODE_SKB : XDP_MODE_NATIVE; }
 
 std::optional<AttachMode> from_libxdp(xdp_attach_mode m) {
   switch (m) {
@@ -132,9 +130,9 @@ bool all_pins_present(const std::filesystem::path& dir) {
 }
 
 std::uint64_t realtime_ns() {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
 }
 
 std::filesystem::path resolve_pin_dir(const std::string& iface, const std::filesystem::path& pin_dir,
@@ -173,30 +171,35 @@ void clear_leftovers(const net::Interface& iface, const std::filesystem::path& p
   bpffs::remove_pin_dir(pin_dir);
 }
 
-int libbpf_log(enum libbpf_print_level level, const char* format, va_list args) {
+// Library messages, without the library's own "libbpf: "/"libxdp: " prefix.
+std::string library_message(const char* format, va_list args, std::string_view prefix) {
   char buf[1024];
   std::vsnprintf(buf, sizeof buf, format, args);
   std::string_view msg(buf);
+  if (msg.starts_with(prefix)) msg.remove_prefix(prefix.size());
   while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
-  switch (level) {
-    case LIBBPF_WARN: spdlog::warn("libbpf: {}", msg); break;
-    case LIBBPF_INFO: spdlog::debug("libbpf: {}", msg); break;
-    default: spdlog::trace("libbpf: {}", msg); break;
-  }
+  return std::string(msg);
+}
+
+// libbpf and libxdp warn about probes that are expected to fail (libxdp's
+// dispatcher compatibility check, for one) and then carry on. Every failure
+// that matters reaches the caller as an Error with context, so their
+// messages are debug detail (LOCABUS_LOG=debug), including verifier logs.
+int libbpf_log(enum libbpf_print_level level, const char* format, va_list args) {
+  const auto msg = library_message(format, args, "libbpf: ");
+  if (level == LIBBPF_DEBUG)
+    spdlog::trace("libbpf: {}", msg);
+  else
+    spdlog::debug("libbpf: {}", msg);
   return 0;
 }
 
 int libxdp_log(enum libxdp_print_level level, const char* format, va_list args) {
-  char buf[1024];
-  std::vsnprintf(buf, sizeof buf, format, args);
-  std::string_view msg(buf);
-  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
-  // libxdp warns about things it then handles (e.g. a native attach that we
-  // retry in generic mode); we report the outcome ourselves.
-  switch (level) {
-    case LIBXDP_WARN: spdlog::debug("libxdp: {}", msg); break;
-    default: spdlog::trace("libxdp: {}", msg); break;
-  }
+  const auto msg = library_message(format, args, "libxdp: ");
+  if (level == LIBXDP_DEBUG)
+    spdlog::trace("libxdp: {}", msg);
+  else
+    spdlog::debug("libxdp: {}", msg);
   return 0;
 }
 
@@ -258,7 +261,8 @@ void install_library_logging() {
 Maps::Maps(bpf::TypedMap<std::uint32_t, locabus_config> config,
            bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats,
            bpf::PerCpuMap<std::uint32_t, locabus_proto_stats> proto,
-           bpf::TypedMap<locabus_peer_key, locabus_peer> peers, bpf::TypedMap<std::uint32_t, std::uint32_t> xsks)
+           bpf::TypedMap<locabus_peer_key, locabus_peer> peers,
+           bpf::TypedMap<std::uint32_t, std::uint32_t> xsks)
     : config_(std::move(config)),
       stats_(std::move(stats)),
       proto_(std::move(proto)),
@@ -284,11 +288,12 @@ Maps Maps::from_object(bpf_object* obj) {
     return UniqueFd(fd);
   };
   // The config lives in the object's .bss section, a one-entry array.
-  return Maps(bpf::TypedMap<std::uint32_t, locabus_config>(dup_of(".bss"), "config", BPF_MAP_TYPE_ARRAY),
-              bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats>(dup_of("locabus_stats"), "stats"),
-              bpf::PerCpuMap<std::uint32_t, locabus_proto_stats>(dup_of("locabus_proto"), "proto"),
-              bpf::TypedMap<locabus_peer_key, locabus_peer>(dup_of("locabus_peers"), "peers", BPF_MAP_TYPE_HASH),
-              bpf::TypedMap<std::uint32_t, std::uint32_t>(dup_of("locabus_xsks"), "xsks", BPF_MAP_TYPE_XSKMAP));
+  return Maps(
+      bpf::TypedMap<std::uint32_t, locabus_config>(dup_of(".bss"), "config", BPF_MAP_TYPE_ARRAY),
+      bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats>(dup_of("locabus_stats"), "stats"),
+      bpf::PerCpuMap<std::uint32_t, locabus_proto_stats>(dup_of("locabus_proto"), "proto"),
+      bpf::TypedMap<locabus_peer_key, locabus_peer>(dup_of("locabus_peers"), "peers", BPF_MAP_TYPE_HASH),
+      bpf::TypedMap<std::uint32_t, std::uint32_t>(dup_of("locabus_xsks"), "xsks", BPF_MAP_TYPE_XSKMAP));
 }
 
 locabus_config Maps::config() const {
@@ -310,7 +315,8 @@ std::optional<locabus_peer> Maps::peer(std::uint16_t node) const {
 std::vector<std::pair<std::uint16_t, locabus_peer>> Maps::peers() const {
   std::vector<std::pair<std::uint16_t, locabus_peer>> out;
   for (const auto& key : peers_.keys())
-    if (auto v = peers_.lookup(key, BPF_F_LOCK)) out.emplace_back(static_cast<std::uint16_t>(key.node_id), *v);
+    if (auto v = peers_.lookup(key, BPF_F_LOCK))
+      out.emplace_back(static_cast<std::uint16_t>(key.node_id), *v);
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return out;
 }
@@ -319,8 +325,9 @@ bool Maps::forget_peer(std::uint16_t node) { return peers_.erase(locabus_peer_ke
 
 void Maps::register_socket(std::uint32_t queue, std::uint32_t slot, int xsk_fd) {
   if (queue >= LOCABUS_MAX_QUEUES || slot >= LOCABUS_XSK_SLOTS_PER_QUEUE)
-    throw Error(fmt::format("register AF_XDP socket for queue {} slot {}: out of range (queues < {}, slots < {})",
-                            queue, slot, LOCABUS_MAX_QUEUES, LOCABUS_XSK_SLOTS_PER_QUEUE));
+    throw Error(
+        fmt::format("register AF_XDP socket for queue {} slot {}: out of range (queues < {}, slots < {})",
+                    queue, slot, LOCABUS_MAX_QUEUES, LOCABUS_XSK_SLOTS_PER_QUEUE));
   xsks_.update(locabus_xsk_key(queue, slot), static_cast<std::uint32_t>(xsk_fd));
 }
 
@@ -360,7 +367,8 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
   impl->iface = net::lookup_interface(opts.iface);
   impl->netns = net::current_netns();
   impl->node_id = opts.node_id ? *opts.node_id : net::default_node_id(impl->iface);
-  if (impl->node_id == LOCABUS_NODE_BROADCAST) throw Error("node id 0xFFFF is the broadcast id", 0, "pick 0..65534");
+  if (impl->node_id == LOCABUS_NODE_BROADCAST)
+    throw Error("node id 0xFFFF is the broadcast id", 0, "pick 0..65534");
   impl->pin_dir = resolve_pin_dir(opts.iface, opts.pin_dir, opts.bpffs_root);
   impl->lock_dir = impl->pin_dir.parent_path();
 
@@ -391,7 +399,8 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
     if (int err = bpf_map__set_max_entries((*impl->skel)->maps.locabus_peers, opts.max_peers))
       throw Error("size the peer table", err);
     xdp_program* p = xdp_program__from_bpf_obj(impl->skel->object(), "xdp");
-    if (const long e = libxdp_get_error(p)) throw Error("prepare the XDP program for libxdp", static_cast<int>(e));
+    if (const long e = libxdp_get_error(p))
+      throw Error("prepare the XDP program for libxdp", static_cast<int>(e));
     impl->prog.reset(p);
     last_err = xdp_program__attach(p, impl->iface.ifindex, to_libxdp(m), 0);
     if (last_err == 0) {
@@ -406,16 +415,19 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
     impl->skel.reset();
     std::string hint = privilege_hint(last_err);
     if (hint.empty() && (last_err == -EEXIST || last_err == -EBUSY))
-      hint = fmt::format("{} already has an XDP program that was not loaded through libxdp; "
-                         "see `ip link show {}` and remove it (`ip link set dev {} xdp off`) if it is not needed",
-                         opts.iface, opts.iface, opts.iface);
+      hint = fmt::format(
+          "{} already has an XDP program that was not loaded through libxdp; "
+          "see `ip link show {}` and remove it (`ip link set dev {} xdp off`) if it is not needed",
+          opts.iface, opts.iface, opts.iface);
     if (hint.empty())
-      hint = "the kernel or driver may not support XDP here; run with LOCABUS_LOG=debug for libbpf/libxdp detail, "
-             "or use the AF_PACKET datapath";
-    throw Error(fmt::format("attach the XDP program to {} in {} mode{}", opts.iface, to_string(opts.mode),
-                            native_err.empty() || tries.size() == 1 ? ""
-                                                                     : fmt::format(" (native: {})", native_err)),
-                last_err, hint);
+      hint =
+          "the kernel or driver may not support XDP here; run with LOCABUS_LOG=debug for libbpf/libxdp "
+          "detail, "
+          "or use the AF_PACKET datapath";
+    throw Error(
+        fmt::format("attach the XDP program to {} in {} mode{}", opts.iface, to_string(opts.mode),
+                    native_err.empty() || tries.size() == 1 ? "" : fmt::format(" (native: {})", native_err)),
+        last_err, hint);
   }
   if (opts.mode == AttachMode::automatic && impl->mode == AttachMode::generic)
     spdlog::warn("{}: native XDP is not available ({}); attached in generic (skb) mode, which is slower",
@@ -479,7 +491,8 @@ void FastPath::detach_locked() {
     // Only detach if it is still ours on this interface: it may have been
     // replaced already (e.g. `locabusctl xdp detach --force`).
     const int err = xdp_program__detach(impl_->prog.get(), impl_->iface.ifindex, to_libxdp(impl_->mode), 0);
-    if (err && err != -ENOENT && xdp_program__is_attached(impl_->prog.get(), impl_->iface.ifindex) != XDP_MODE_UNSPEC)
+    if (err && err != -ENOENT &&
+        xdp_program__is_attached(impl_->prog.get(), impl_->iface.ifindex) != XDP_MODE_UNSPEC)
       throw Error(fmt::format("detach XDP program {} from {}", impl_->prog_id, impl_->iface.name), err);
   }
   // Remove the pins only if they are still ours (same owner config).
@@ -513,7 +526,10 @@ Status status(const std::string& iface, const std::filesystem::path& pin_dir,
   s.pin_dir = resolve_pin_dir(iface, pin_dir, bpffs_root);
   const Attached a = find_ours(ifc.ifindex);
   s.program_ids = a.ids;
-  if (!a.ids.empty()) s.mode = a.mode;
+  if (!a.ids.empty()) {
+    s.mode = a.mode;
+    s.dispatcher = !a.legacy;
+  }
   s.pinned = all_pins_present(s.pin_dir);
   s.config = read_pinned_config(s.pin_dir);
   if (s.config) s.owner = owner_state(*s.config);
@@ -534,8 +550,9 @@ DetachReport detach(const std::string& iface, const std::filesystem::path& pin_d
   report.programs = detach_ours(ifc.ifindex);
   report.pins = bpffs::remove_pin_dir(dir);
   if (report.programs.empty() && report.pins.empty())
-    throw Error("no Locabus fast path on " + iface + " (no program attached, no pins in " + dir.string() + ")", 0,
-                "nothing to detach; `locabusctl xdp status --iface " + iface + "` shows the state");
+    throw Error(
+        "no Locabus fast path on " + iface + " (no program attached, no pins in " + dir.string() + ")", 0,
+        "nothing to detach; `locabusctl xdp status --iface " + iface + "` shows the state");
   return report;
 }
 

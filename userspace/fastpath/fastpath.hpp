@@ -90,8 +90,7 @@ class Maps {
   Maps(bpf::TypedMap<std::uint32_t, locabus_config> config,
        bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats,
        bpf::PerCpuMap<std::uint32_t, locabus_proto_stats> proto,
-       bpf::TypedMap<locabus_peer_key, locabus_peer> peers,
-       bpf::TypedMap<std::uint32_t, std::uint32_t> xsks);
+       bpf::TypedMap<locabus_peer_key, locabus_peer> peers, bpf::TypedMap<std::uint32_t, std::uint32_t> xsks);
 
   bpf::TypedMap<std::uint32_t, locabus_config> config_;
   bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats_;
@@ -146,13 +145,14 @@ struct Status {
   std::filesystem::path pin_dir;
   std::vector<std::uint32_t> program_ids;  // our programs attached (normally 0 or 1)
   std::optional<AttachMode> mode;          // native/generic when attached
+  /// Attached through libxdp's dispatcher (it can share the interface with
+  /// other XDP programs); false when libxdp had to attach it alone.
+  bool dispatcher = false;
   bool pinned = false;                     // the pin directory holds our maps
   std::optional<locabus_config> config;    // when pinned
   OwnerState owner = OwnerState::none;
   /// Attached and pinned, and no owner that died: usable as it is.
-  bool healthy() const noexcept {
-    return program_ids.size() == 1 && pinned && owner != OwnerState::gone;
-  }
+  bool healthy() const noexcept { return program_ids.size() == 1 && pinned && owner != OwnerState::gone; }
 };
 
 /// Inspects `iface`. Throws Error for a missing interface.
@@ -167,8 +167,7 @@ struct DetachReport {
 /// Detaches our program from `iface` and removes its pins, also when they
 /// are stale or only one of the two is left. Refuses (Error) when a live
 /// process other than the caller owns it, unless `force`.
-DetachReport detach(const std::string& iface, const std::filesystem::path& pin_dir = {},
-                    bool force = false,
+DetachReport detach(const std::string& iface, const std::filesystem::path& pin_dir = {}, bool force = false,
                     const std::filesystem::path& bpffs_root = bpffs::kDefaultRoot);
 
 /// Start time of `pid` (/proc/PID/stat field 22), nullopt if it is gone.

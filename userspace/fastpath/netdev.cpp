@@ -4,8 +4,8 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
-#include <net/if_arp.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -56,8 +56,7 @@ Interface lookup_interface(const std::string& name) {
   if (!sock) throw Error("open a socket to query interface " + name, errno);
   ifreq req{};
   std::memcpy(req.ifr_name, name.c_str(), name.size() + 1);
-  if (::ioctl(sock.get(), SIOCGIFHWADDR, &req) != 0)
-    throw Error("read the MAC address of " + name, errno);
+  if (::ioctl(sock.get(), SIOCGIFHWADDR, &req) != 0) throw Error("read the MAC address of " + name, errno);
   if (req.ifr_hwaddr.sa_family != ARPHRD_ETHER)
     throw Error("interface " + name + " is not an Ethernet device", 0,
                 "Locabus runs on Ethernet (or veth) interfaces only");

@@ -28,9 +28,8 @@ class Skeleton {
     const int err = Load(skel_.get());
     if (err)
       throw Error("load BPF object " + what_ + " into the kernel", err,
-                  privilege_hint(err).empty()
-                      ? "run with LOCABUS_LOG=debug to see the verifier log"
-                      : privilege_hint(err));
+                  privilege_hint(err).empty() ? "run with LOCABUS_LOG=debug to see the verifier log"
+                                              : privilege_hint(err));
   }
 
   Skel* operator->() const noexcept { return skel_.get(); }

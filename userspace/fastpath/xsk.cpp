@@ -108,17 +108,20 @@ struct Socket::Impl {
 Socket::Socket(const std::string& iface, const Options& opts) : impl_(std::make_unique<Impl>()) {
   if (!power_of_two(opts.frame_count) || !power_of_two(opts.ring_size) ||
       (opts.frame_size != 2048 && opts.frame_size != 4096) || opts.frame_count / 2 > opts.ring_size)
-    throw Error(fmt::format("AF_XDP options: frame_count {} and ring_size {} must be powers of two with "
-                            "frame_count/2 <= ring_size, frame_size {} must be 2048 or 4096",
-                            opts.frame_count, opts.ring_size, opts.frame_size));
+    throw Error(
+        fmt::format("AF_XDP options: frame_count {} and ring_size {} must be powers of two with "
+                    "frame_count/2 <= ring_size, frame_size {} must be 2048 or 4096",
+                    opts.frame_count, opts.ring_size, opts.frame_size));
   impl_->opts = opts;
   const std::uint16_t wake = opts.need_wakeup ? XDP_USE_NEED_WAKEUP : 0;
 
   int err = 0;
   if (opts.mode != BindMode::copy) {
     err = impl_->open(iface, wake | XDP_ZEROCOPY);
-    if (err == 0) impl_->zc = true;
-    else impl_->close();
+    if (err == 0)
+      impl_->zc = true;
+    else
+      impl_->close();
   }
   if (!impl_->zc && opts.mode != BindMode::zero_copy) {
     const int zc_err = err;
@@ -129,11 +132,13 @@ Socket::Socket(const std::string& iface, const Options& opts) : impl_(std::make_
   }
   if (err) {
     impl_->close();
-    throw Error(fmt::format("bind an AF_XDP socket to {} queue {} ({} mode)", iface, opts.queue, to_string(opts.mode)),
+    throw Error(fmt::format("bind an AF_XDP socket to {} queue {} ({} mode)", iface, opts.queue,
+                            to_string(opts.mode)),
                 err,
-                err == -EINVAL ? fmt::format("does {} have a queue {}? is the XDP program attached in native mode?",
-                                             iface, opts.queue)
-                               : std::string{});
+                err == -EINVAL
+                    ? fmt::format("does {} have a queue {}? is the XDP program attached in native mode?",
+                                  iface, opts.queue)
+                    : std::string{});
   }
 
   // Lower half of the UMEM receives, upper half sends.
@@ -145,7 +150,8 @@ Socket::Socket(const std::string& iface, const Options& opts) : impl_(std::make_
     *xsk_ring_prod__fill_addr(&impl_->fill, idx++) = std::uint64_t{i} * opts.frame_size;
   xsk_ring_prod__submit(&impl_->fill, half);
   impl_->tx_free.reserve(half);
-  for (std::uint32_t i = half; i < opts.frame_count; ++i) impl_->tx_free.push_back(std::uint64_t{i} * opts.frame_size);
+  for (std::uint32_t i = half; i < opts.frame_count; ++i)
+    impl_->tx_free.push_back(std::uint64_t{i} * opts.frame_size);
 }
 
 Socket::~Socket() = default;
@@ -154,7 +160,8 @@ int Socket::fd() const noexcept { return xsk_socket__fd(impl_->xsk); }
 std::uint32_t Socket::queue() const noexcept { return impl_->opts.queue; }
 bool Socket::zero_copy() const noexcept { return impl_->zc; }
 
-std::size_t Socket::receive(std::size_t max, const std::function<void(std::span<const std::byte>)>& on_frame) {
+std::size_t Socket::receive(std::size_t max,
+                            const std::function<void(std::span<const std::byte>)>& on_frame) {
   std::uint32_t idx = 0;
   const std::uint32_t n = xsk_ring_cons__peek(&impl_->rx, static_cast<std::uint32_t>(max), &idx);
   if (n == 0) {
@@ -215,7 +222,8 @@ void Socket::flush() {
 std::size_t Socket::reclaim() {
   std::uint32_t idx = 0;
   const std::uint32_t n = xsk_ring_cons__peek(&impl_->comp, impl_->opts.ring_size, &idx);
-  for (std::uint32_t i = 0; i < n; ++i) impl_->tx_free.push_back(*xsk_ring_cons__comp_addr(&impl_->comp, idx + i));
+  for (std::uint32_t i = 0; i < n; ++i)
+    impl_->tx_free.push_back(*xsk_ring_cons__comp_addr(&impl_->comp, idx + i));
   xsk_ring_cons__release(&impl_->comp, n);
   impl_->tx_outstanding -= n;
   return n;
@@ -226,7 +234,8 @@ std::size_t Socket::tx_in_flight() const noexcept { return impl_->tx_outstanding
 Stats Socket::stats() const {
   xdp_statistics s{};
   socklen_t len = sizeof s;
-  if (::getsockopt(fd(), SOL_XDP, XDP_STATISTICS, &s, &len) != 0) throw Error("read AF_XDP statistics", errno);
+  if (::getsockopt(fd(), SOL_XDP, XDP_STATISTICS, &s, &len) != 0)
+    throw Error("read AF_XDP statistics", errno);
   Stats out;
   out.rx_dropped = s.rx_dropped;
   out.rx_invalid_descs = s.rx_invalid_descs;

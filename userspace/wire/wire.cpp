@@ -66,8 +66,7 @@ std::optional<Protocol> parse_protocol(std::string_view name) noexcept {
     if (n == name) return value;
   unsigned id = 0;
   auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), id);
-  if (ec == std::errc{} && end == name.data() + name.size() && id <= 255)
-    return static_cast<Protocol>(id);
+  if (ec == std::errc{} && end == name.data() + name.size() && id <= 255) return static_cast<Protocol>(id);
   return std::nullopt;
 }
 
@@ -84,8 +83,7 @@ std::uint16_t checksum(std::span<const std::byte> bytes) noexcept {
 }
 
 bool checksum_ok(std::span<const std::byte> bytes) noexcept {
-  return locabus_csum_fold(locabus_csum_partial(bytes.data(), static_cast<__u32>(bytes.size()), 0)) ==
-         0xFFFF;
+  return locabus_csum_fold(locabus_csum_partial(bytes.data(), static_cast<__u32>(bytes.size()), 0)) == 0xFFFF;
 }
 
 std::optional<MacAddress> MacAddress::parse(std::string_view text) noexcept {
@@ -102,8 +100,8 @@ std::optional<MacAddress> MacAddress::parse(std::string_view text) noexcept {
 
 std::string MacAddress::to_string() const {
   char buf[18];
-  std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", bytes[0], bytes[1], bytes[2],
-                bytes[3], bytes[4], bytes[5]);
+  std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", bytes[0], bytes[1], bytes[2], bytes[3],
+                bytes[4], bytes[5]);
   return buf;
 }
 
@@ -122,8 +120,7 @@ std::string_view to_string(FrameError e) noexcept {
 }
 
 DecodeResult decode_frame(std::span<const std::byte> frame) noexcept {
-  if (frame.size() < kEthHeaderLen ||
-      ntoh16(read_u16_raw(frame.data() + 2 * LOCABUS_ETH_ALEN)) != kEtherType)
+  if (frame.size() < kEthHeaderLen || ntoh16(read_u16_raw(frame.data() + 2 * LOCABUS_ETH_ALEN)) != kEtherType)
     return FrameError::not_locabus;
   if (frame.size() < kMinFrame) return FrameError::short_frame;
   const auto packet = frame.subspan(kEthHeaderLen);
@@ -143,8 +140,8 @@ DecodeResult decode_frame(std::span<const std::byte> frame) noexcept {
   return v;
 }
 
-std::size_t encode_frame(std::span<std::byte> out, const MacAddress& dst, const MacAddress& src,
-                         Header hdr, std::span<const std::byte> payload) noexcept {
+std::size_t encode_frame(std::span<std::byte> out, const MacAddress& dst, const MacAddress& src, Header hdr,
+                         std::span<const std::byte> payload) noexcept {
   if (payload.size() > kMaxPayload) return 0;
   const std::size_t size = kEthHeaderLen + kHeaderLen + payload.size();
   if (out.size() < size) return 0;
