@@ -1,0 +1,371 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// The XDP program, run in the kernel with BPF_PROG_TEST_RUN on crafted
+// frames: verdicts, counters and map side effects.
+#include <gtest/gtest.h>
+#include <sched.h>
+#include <time.h>
+
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include <bpf/bpf.h>
+#include <locabus/xdp_maps.h>
+
+#include "locabus_xdp.skel.h"
+
+#include "common/error.hpp"
+#include "fastpath/fastpath.hpp"
+#include "fastpath/skeleton.hpp"
+#include "fastpath/xsk.hpp"
+#include "frame_builder.hpp"
+#include "netns.hpp"
+#include "privileges.hpp"
+
+namespace locabus {
+namespace {
+
+using test::FrameBuilder;
+using wire::PacketType;
+using wire::Protocol;
+using XdpSkeleton = bpf::Skeleton<locabus_xdp, &locabus_xdp__open_opts, &locabus_xdp__load, &locabus_xdp__destroy>;
+
+constexpr std::uint16_t kUs = 2;
+constexpr std::uint16_t kPeer = 1;
+
+std::uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// AF_XDP sockets must be bound to a device to enter an XSKMAP, and one
+// (device, queue) takes one UMEM. The suite moves itself into a private
+// network namespace and binds each socket to a veth device of its own there;
+// BPF_PROG_TEST_RUN never delivers into them.
+class PrivateNetns {
+ public:
+  static bool enter() {
+    static const bool ok = [] {
+      if (::unshare(CLONE_NEWNET) != 0) return false;
+      return test::run("ip link set lo up") == 0;
+    }();
+    return ok;
+  }
+};
+
+class XdpProgram : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    LOCABUS_REQUIRE_ROOT();
+    fastpath::install_library_logging();
+    load();
+  }
+
+  void load(std::uint32_t flags = 0, std::uint32_t max_peers = LOCABUS_MAX_PEERS_DEFAULT) {
+    sockets_.clear();
+    maps_.reset();
+    skel_.reset();
+    skel_.emplace("locabus_xdp");
+    (*skel_)->bss->locabus_cfg.node_id = kUs;
+    (*skel_)->bss->locabus_cfg.flags = flags;
+    ASSERT_EQ(bpf_map__set_max_entries((*skel_)->maps.locabus_peers, max_peers), 0);
+    skel_->load();
+    maps_.emplace(fastpath::Maps::from_object(skel_->object()));
+    prog_fd_ = bpf_program__fd((*skel_)->progs.locabus_xdp);
+  }
+
+  struct Result {
+    int verdict = -1;
+    std::vector<std::byte> out;
+  };
+
+  Result run(const std::vector<std::byte>& frame) {
+    Result r;
+    r.out.resize(frame.size() + 256);
+    bpf_test_run_opts opts{};
+    opts.sz = sizeof opts;
+    opts.data_in = frame.data();
+    opts.data_size_in = static_cast<__u32>(frame.size());
+    opts.data_out = r.out.data();
+    opts.data_size_out = static_cast<__u32>(r.out.size());
+    opts.repeat = 1;
+    const int err = bpf_prog_test_run_opts(prog_fd_, &opts);
+    EXPECT_EQ(err, 0) << "BPF_PROG_TEST_RUN: " << error_text(errno);
+    r.verdict = static_cast<int>(opts.retval);
+    r.out.resize(opts.data_size_out);
+    return r;
+  }
+
+  fastpath::CounterValues counters() const { return maps_->counters(); }
+
+  // Runs `frame` and expects `verdict` and that of all counters exactly
+  // `bumped` went up by one (rx_locabus too, for Locabus frames).
+  void expect(const std::vector<std::byte>& frame, int verdict, std::initializer_list<locabus_counter_id> bumped) {
+    const auto before = counters();
+    const auto r = run(frame);
+    EXPECT_EQ(r.verdict, verdict);
+    const auto after = counters();
+    for (std::size_t i = 0; i < after.size(); ++i) {
+      std::uint64_t want = before[i];
+      for (auto id : bumped)
+        if (static_cast<std::size_t>(id) == i) ++want;
+      EXPECT_EQ(after[i], want) << "counter " << fastpath::kCounters[i].name;
+    }
+  }
+
+  // An AF_XDP socket registered for (queue 0, slot).
+  void register_socket(std::uint32_t slot) {
+    LOCABUS_REQUIRE(PrivateNetns::enter(), "cannot create a private network namespace for AF_XDP sockets");
+    xsk::Options o;
+    o.mode = xsk::BindMode::copy;
+    o.frame_count = 64;
+    o.ring_size = 64;
+    const std::string dev = "lbx" + std::to_string(next_dev_++);
+    if (test::run("ip link show " + dev + " >/dev/null 2>&1") != 0) {
+      ASSERT_EQ(test::run("ip link add " + dev + " type veth peer name " + dev + "p && ip link set " + dev + " up"), 0);
+    }
+    sockets_.push_back(std::make_unique<xsk::Socket>(dev, o));
+    maps_->register_socket(0, slot, sockets_.back()->fd());
+  }
+
+  std::optional<XdpSkeleton> skel_;
+  std::optional<fastpath::Maps> maps_;
+  std::vector<std::unique_ptr<xsk::Socket>> sockets_;
+  int prog_fd_ = -1;
+  int next_dev_ = 0;
+};
+
+FrameBuilder data_to_us() { return FrameBuilder().type(PacketType::data).from(kPeer).to(kUs).payload("payload"); }
+
+// ---- frames that are not ours pass untouched ----
+
+TEST_F(XdpProgram, PassesArpIpv4AndIpv6Untouched) {
+  for (std::uint16_t et : {0x0806, 0x0800, 0x86DD}) {
+    SCOPED_TRACE(et);
+    const auto f = test::other_frame(et, 98);
+    const auto before = counters();
+    const auto r = run(f);
+    EXPECT_EQ(r.verdict, XDP_PASS);
+    EXPECT_EQ(r.out, f) << "the frame must not be modified";
+    const auto after = counters();
+    EXPECT_EQ(after[LOCABUS_CTR_pass_other], before[LOCABUS_CTR_pass_other] + 1);
+    EXPECT_EQ(after[LOCABUS_CTR_rx_locabus], before[LOCABUS_CTR_rx_locabus]);
+  }
+}
+
+TEST_F(XdpProgram, PassesRuntFrames) {
+  std::vector<std::byte> runt(10, std::byte{0xff});
+  // The kernel's test runner wants at least an Ethernet header.
+  runt.resize(14);
+  runt[12] = std::byte{0x08};
+  expect(runt, XDP_PASS, {LOCABUS_CTR_pass_other});
+}
+
+// ---- one test per drop reason ----
+
+TEST_F(XdpProgram, DropsFrameShorterThanTheHeader) {
+  expect(data_to_us().truncate(wire::kMinFrame - 1).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_short});
+}
+
+TEST_F(XdpProgram, DropsLenSmallerThanTheHeader) {
+  expect(data_to_us().len(15).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_len_small});
+  expect(data_to_us().len(0).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_len_small});
+}
+
+TEST_F(XdpProgram, DropsLenLargerThanTheMaximum) {
+  // A jumbo frame that really holds 1501 bytes: only the maximum is broken.
+  expect(data_to_us().payload_size(wire::kMaxPayload + 1).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_len_max});
+  expect(data_to_us().len(0xffff).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_len_max});
+}
+
+TEST_F(XdpProgram, DropsLenLargerThanTheFrame) {
+  expect(data_to_us().payload("abc").len(16 + 4).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_len_frame});
+}
+
+TEST_F(XdpProgram, DropsBadChecksum) {
+  expect(data_to_us().corrupt_csum().build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_csum});
+  expect(data_to_us().flip_payload_bit(0).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_csum});
+}
+
+TEST_F(XdpProgram, DropsUnknownTypes) {
+  expect(data_to_us().type_raw(0).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_type});
+  expect(data_to_us().type_raw(LOCABUS_T_MAX + 1).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_type});
+  expect(data_to_us().type_raw(0xff).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_type});
+}
+
+TEST_F(XdpProgram, DropsBroadcastSource) {
+  expect(data_to_us().from(wire::kBroadcast).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_src});
+}
+
+TEST_F(XdpProgram, DropsFramesForOtherNodes) {
+  expect(data_to_us().to(7).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_not_ours});
+}
+
+TEST_F(XdpProgram, DropsOurOwnFramesLoopedBack) {
+  expect(data_to_us().from(kUs).to(wire::kBroadcast).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_own});
+}
+
+TEST_F(XdpProgram, DropsValidFramesNoSocketClaims) {
+  expect(data_to_us().build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+  EXPECT_EQ(maps_->proto_stats(LOCABUS_P_CONTROL).no_socket, 1u);
+}
+
+TEST_F(XdpProgram, PassesUnclaimedFramesWhenConfigured) {
+  load(LOCABUS_CFG_F_PASS_UNCLAIMED);
+  expect(data_to_us().build(), XDP_PASS, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_passed_unclaimed});
+}
+
+TEST_F(XdpProgram, AcceptsEthernetPaddingAfterLen) {
+  expect(data_to_us().payload("x").pad_to(60).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+}
+
+// Every payload length takes its own path through the chunked checksum.
+TEST_F(XdpProgram, ChecksumVerifiedAtEveryPayloadLength) {
+  std::uint64_t valid = 0, corrupt = 0;
+  for (std::size_t n = 0; n <= wire::kMaxPayload; ++n) {
+    auto b = data_to_us().payload_size(n);
+    ASSERT_EQ(run(b.build()).verdict, XDP_DROP);  // no socket: it passed validation
+    ++valid;
+    ASSERT_EQ(run(FrameBuilder(b).corrupt_csum().build()).verdict, XDP_DROP);
+    ++corrupt;
+    if (n > 0) {  // a flipped bit in the last byte (the checksum's tail)
+      ASSERT_EQ(run(FrameBuilder(b).flip_payload_bit(n - 1).build()).verdict, XDP_DROP);
+      ++corrupt;
+    }
+  }
+  const auto c = counters();
+  EXPECT_EQ(c[LOCABUS_CTR_drop_no_socket], valid);
+  EXPECT_EQ(c[LOCABUS_CTR_drop_csum], corrupt);
+  EXPECT_EQ(c[LOCABUS_CTR_drop_len_max] + c[LOCABUS_CTR_drop_len_frame] + c[LOCABUS_CTR_drop_short], 0u);
+}
+
+// ---- ACK and NAK fast path ----
+
+TEST_F(XdpProgram, ConsumesPureAckIntoPeerMap) {
+  const auto t0 = monotonic_ns();
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(100).window(512).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_consumed});
+  const auto t1 = monotonic_ns();
+  const auto p = maps_->peer(kPeer);
+  ASSERT_TRUE(p);
+  EXPECT_TRUE(p->flags & LOCABUS_PEER_F_ACK_VALID);
+  EXPECT_EQ(p->ack_num, 100);
+  EXPECT_EQ(p->ack_window, 512);
+  EXPECT_EQ(p->acks, 1u);
+  EXPECT_GE(p->last_heard_ns, t0);
+  EXPECT_LE(p->last_heard_ns, t1);
+  EXPECT_FALSE(p->flags & LOCABUS_PEER_F_NAK_VALID);
+}
+
+TEST_F(XdpProgram, KeepsTheHighestCumulativeAckInSerialOrder) {
+  auto ack = [&](std::uint16_t a, std::uint16_t w) {
+    return run(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(a).window(w).build()).verdict;
+  };
+  EXPECT_EQ(ack(65530, 10), XDP_DROP);
+  EXPECT_EQ(ack(5, 20), XDP_DROP);  // after 65530 across the wrap: newer
+  EXPECT_EQ(ack(65533, 30), XDP_DROP);  // older: ignored, counted stale
+  auto p = maps_->peer(kPeer);
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->ack_num, 5);
+  EXPECT_EQ(p->ack_window, 20);
+  EXPECT_EQ(p->acks, 3u);
+  EXPECT_EQ(p->stale_acks, 1u);
+  EXPECT_EQ(ack(5, 64), XDP_DROP);  // same ACK, new window: a window update
+  p = maps_->peer(kPeer);
+  EXPECT_EQ(p->ack_window, 64);
+  const auto c = counters();
+  EXPECT_EQ(c[LOCABUS_CTR_ack_consumed], 3u);
+  EXPECT_EQ(c[LOCABUS_CTR_ack_stale], 1u);
+}
+
+TEST_F(XdpProgram, AckWithPayloadOrToBroadcastOrWithFlagIsNotConsumed) {
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).payload("sack").build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(wire::kBroadcast).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+  EXPECT_FALSE(maps_->peer(kPeer));
+  load(LOCABUS_CFG_F_ACK_TO_USER);
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(9).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  EXPECT_FALSE(maps_->peer(kPeer));
+}
+
+TEST_F(XdpProgram, RecordsNakAndPassesItOn) {
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+  const auto t0 = monotonic_ns();
+  expect(FrameBuilder().type(PacketType::nak).from(kPeer).to(kUs).ack(77).seq(3).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_nak_recorded, LOCABUS_CTR_redirected});
+  const auto p = maps_->peer(kPeer);
+  ASSERT_TRUE(p);
+  EXPECT_TRUE(p->flags & LOCABUS_PEER_F_NAK_VALID);
+  EXPECT_FALSE(p->flags & LOCABUS_PEER_F_ACK_VALID);
+  EXPECT_EQ(p->nak_ack, 77);
+  EXPECT_EQ(p->nak_seq, 3);
+  EXPECT_EQ(p->naks, 1u);
+  EXPECT_GE(p->last_nak_ns, t0);
+}
+
+TEST_F(XdpProgram, CountsAPeerTableThatIsFull) {
+  load(0, 2);
+  for (std::uint16_t node : {10, 11, 12})
+    run(FrameBuilder().type(PacketType::ack).from(node).to(kUs).ack(1).build());
+  const auto c = counters();
+  EXPECT_EQ(c[LOCABUS_CTR_peer_table_full], 1u);
+  EXPECT_EQ(c[LOCABUS_CTR_ack_consumed], 2u);
+  EXPECT_TRUE(maps_->peer(10));
+  EXPECT_FALSE(maps_->peer(12));
+}
+
+TEST_F(XdpProgram, ForgetPeerResetsTheKernelRecord) {
+  run(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(60000).build());
+  ASSERT_TRUE(maps_->forget_peer(kPeer));
+  run(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(3).build());
+  EXPECT_EQ(maps_->peer(kPeer)->ack_num, 3);  // a new connection starts afresh
+}
+
+// ---- demultiplexing into AF_XDP sockets ----
+
+TEST_F(XdpProgram, RedirectsByProtocolThenToTheDefaultSocket) {
+  register_socket(LOCABUS_P_KCCM);
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+
+  expect(data_to_us().proto(Protocol::kccm).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  expect(data_to_us().proto(Protocol::monitor).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  expect(data_to_us().proto_raw(200).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  // Control frames (a SYN here) take the same path as data.
+  expect(FrameBuilder().type(PacketType::syn).from(kPeer).to(kUs).proto(Protocol::kccm).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+
+  EXPECT_EQ(maps_->proto_stats(LOCABUS_P_KCCM).to_proto_socket, 2u);
+  EXPECT_EQ(maps_->proto_stats(LOCABUS_P_KCCM).to_default_socket, 0u);
+  EXPECT_EQ(maps_->proto_stats(LOCABUS_P_MONITOR).to_default_socket, 1u);
+  EXPECT_EQ(maps_->proto_stats(LOCABUS_P_MONITOR).to_proto_socket, 0u);
+  EXPECT_EQ(maps_->proto_stats(200).to_default_socket, 1u);
+
+  // Without a default socket only KCCM still has somewhere to go.
+  ASSERT_TRUE(maps_->unregister_socket(0, LOCABUS_XSK_DEFAULT_SLOT));
+  expect(data_to_us().proto(Protocol::monitor).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+  expect(data_to_us().proto(Protocol::kccm).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  EXPECT_EQ(maps_->proto_stats(LOCABUS_P_MONITOR).no_socket, 1u);
+}
+
+TEST_F(XdpProgram, BroadcastDataIsDelivered) {
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+  expect(data_to_us().to(wire::kBroadcast).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+}
+
+TEST_F(XdpProgram, ConfigChangesTakeEffectWithoutReload) {
+  auto cfg = maps_->config();
+  EXPECT_EQ(cfg.node_id, kUs);
+  cfg.node_id = 7;
+  maps_->set_config(cfg);
+  expect(data_to_us().build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_not_ours});
+  expect(data_to_us().to(7).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+}
+
+}  // namespace
+}  // namespace locabus
