@@ -12,8 +12,8 @@ packages=(
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   # tests
   libgtest-dev libgmock-dev
-  # namespaces, veth, ping for the demo and the end-to-end tests
-  iproute2 iputils-ping util-linux
+  # namespaces, veth, ping and jq for the demo and the end-to-end tests
+  iproute2 iputils-ping util-linux jq
   # formatting
   clang-format
 )

@@ -29,7 +29,8 @@ namespace {
 using test::FrameBuilder;
 using wire::PacketType;
 using wire::Protocol;
-using XdpSkeleton = bpf::Skeleton<locabus_xdp, &locabus_xdp__open_opts, &locabus_xdp__load, &locabus_xdp__destroy>;
+using XdpSkeleton =
+    bpf::Skeleton<locabus_xdp, &locabus_xdp__open_opts, &locabus_xdp__load, &locabus_xdp__destroy>;
 
 constexpr std::uint16_t kUs = 2;
 constexpr std::uint16_t kPeer = 1;
@@ -102,7 +103,8 @@ class XdpProgram : public ::testing::Test {
 
   // Runs `frame` and expects `verdict` and that of all counters exactly
   // `bumped` went up by one (rx_locabus too, for Locabus frames).
-  void expect(const std::vector<std::byte>& frame, int verdict, std::initializer_list<locabus_counter_id> bumped) {
+  void expect(const std::vector<std::byte>& frame, int verdict,
+              std::initializer_list<locabus_counter_id> bumped) {
     const auto before = counters();
     const auto r = run(frame);
     EXPECT_EQ(r.verdict, verdict);
@@ -124,7 +126,9 @@ class XdpProgram : public ::testing::Test {
     o.ring_size = 64;
     const std::string dev = "lbx" + std::to_string(next_dev_++);
     if (test::run("ip link show " + dev + " >/dev/null 2>&1") != 0) {
-      ASSERT_EQ(test::run("ip link add " + dev + " type veth peer name " + dev + "p && ip link set " + dev + " up"), 0);
+      ASSERT_EQ(
+          test::run("ip link add " + dev + " type veth peer name " + dev + "p && ip link set " + dev + " up"),
+          0);
     }
     sockets_.push_back(std::make_unique<xsk::Socket>(dev, o));
     maps_->register_socket(0, slot, sockets_.back()->fd());
@@ -137,7 +141,9 @@ class XdpProgram : public ::testing::Test {
   int next_dev_ = 0;
 };
 
-FrameBuilder data_to_us() { return FrameBuilder().type(PacketType::data).from(kPeer).to(kUs).payload("payload"); }
+FrameBuilder data_to_us() {
+  return FrameBuilder().type(PacketType::data).from(kPeer).to(kUs).payload("payload");
+}
 
 // ---- frames that are not ours pass untouched ----
 
@@ -166,7 +172,8 @@ TEST_F(XdpProgram, PassesRuntFrames) {
 // ---- one test per drop reason ----
 
 TEST_F(XdpProgram, DropsFrameShorterThanTheHeader) {
-  expect(data_to_us().truncate(wire::kMinFrame - 1).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_short});
+  expect(data_to_us().truncate(wire::kMinFrame - 1).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_short});
 }
 
 TEST_F(XdpProgram, DropsLenSmallerThanTheHeader) {
@@ -182,7 +189,8 @@ TEST_F(XdpProgram, DropsLenLargerThanTheMaximum) {
 }
 
 TEST_F(XdpProgram, DropsLenLargerThanTheFrame) {
-  expect(data_to_us().payload("abc").len(16 + 4).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_len_frame});
+  expect(data_to_us().payload("abc").len(16 + 4).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_len_frame});
 }
 
 TEST_F(XdpProgram, DropsBadChecksum) {
@@ -192,12 +200,14 @@ TEST_F(XdpProgram, DropsBadChecksum) {
 
 TEST_F(XdpProgram, DropsUnknownTypes) {
   expect(data_to_us().type_raw(0).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_type});
-  expect(data_to_us().type_raw(LOCABUS_T_MAX + 1).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_type});
+  expect(data_to_us().type_raw(LOCABUS_T_MAX + 1).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_type});
   expect(data_to_us().type_raw(0xff).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_type});
 }
 
 TEST_F(XdpProgram, DropsBroadcastSource) {
-  expect(data_to_us().from(wire::kBroadcast).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_src});
+  expect(data_to_us().from(wire::kBroadcast).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_src});
 }
 
 TEST_F(XdpProgram, DropsFramesForOtherNodes) {
@@ -205,7 +215,8 @@ TEST_F(XdpProgram, DropsFramesForOtherNodes) {
 }
 
 TEST_F(XdpProgram, DropsOurOwnFramesLoopedBack) {
-  expect(data_to_us().from(kUs).to(wire::kBroadcast).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_own});
+  expect(data_to_us().from(kUs).to(wire::kBroadcast).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_own});
 }
 
 TEST_F(XdpProgram, DropsValidFramesNoSocketClaims) {
@@ -219,7 +230,8 @@ TEST_F(XdpProgram, PassesUnclaimedFramesWhenConfigured) {
 }
 
 TEST_F(XdpProgram, AcceptsEthernetPaddingAfterLen) {
-  expect(data_to_us().payload("x").pad_to(60).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+  expect(data_to_us().payload("x").pad_to(60).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
 }
 
 // Every payload length takes its own path through the chunked checksum.
@@ -265,7 +277,7 @@ TEST_F(XdpProgram, KeepsTheHighestCumulativeAckInSerialOrder) {
     return run(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(a).window(w).build()).verdict;
   };
   EXPECT_EQ(ack(65530, 10), XDP_DROP);
-  EXPECT_EQ(ack(5, 20), XDP_DROP);  // after 65530 across the wrap: newer
+  EXPECT_EQ(ack(5, 20), XDP_DROP);      // after 65530 across the wrap: newer
   EXPECT_EQ(ack(65533, 30), XDP_DROP);  // older: ignored, counted stale
   auto p = maps_->peer(kPeer);
   ASSERT_TRUE(p);
@@ -333,8 +345,10 @@ TEST_F(XdpProgram, RedirectsByProtocolThenToTheDefaultSocket) {
   register_socket(LOCABUS_P_KCCM);
   register_socket(LOCABUS_XSK_DEFAULT_SLOT);
 
-  expect(data_to_us().proto(Protocol::kccm).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
-  expect(data_to_us().proto(Protocol::monitor).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  expect(data_to_us().proto(Protocol::kccm).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  expect(data_to_us().proto(Protocol::monitor).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
   expect(data_to_us().proto_raw(200).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
   // Control frames (a SYN here) take the same path as data.
   expect(FrameBuilder().type(PacketType::syn).from(kPeer).to(kUs).proto(Protocol::kccm).build(), XDP_REDIRECT,
@@ -348,14 +362,17 @@ TEST_F(XdpProgram, RedirectsByProtocolThenToTheDefaultSocket) {
 
   // Without a default socket only KCCM still has somewhere to go.
   ASSERT_TRUE(maps_->unregister_socket(0, LOCABUS_XSK_DEFAULT_SLOT));
-  expect(data_to_us().proto(Protocol::monitor).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
-  expect(data_to_us().proto(Protocol::kccm).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  expect(data_to_us().proto(Protocol::monitor).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+  expect(data_to_us().proto(Protocol::kccm).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
   EXPECT_EQ(maps_->proto_stats(LOCABUS_P_MONITOR).no_socket, 1u);
 }
 
 TEST_F(XdpProgram, BroadcastDataIsDelivered) {
   register_socket(LOCABUS_XSK_DEFAULT_SLOT);
-  expect(data_to_us().to(wire::kBroadcast).build(), XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  expect(data_to_us().to(wire::kBroadcast).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
 }
 
 TEST_F(XdpProgram, ConfigChangesTakeEffectWithoutReload) {

@@ -9,8 +9,8 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <locabus/wire.hpp>
@@ -49,7 +49,8 @@ class FastPathE2E : public ::testing::Test {
     net_.reset();
   }
 
-  std::unique_ptr<fastpath::FastPath> attach(int netns, const std::string& iface, std::uint16_t node, bool own = true) {
+  std::unique_ptr<fastpath::FastPath> attach(int netns, const std::string& iface, std::uint16_t node,
+                                             bool own = true) {
     net::NetnsScope in(netns);
     fastpath::Options o;
     o.iface = iface;
@@ -65,7 +66,8 @@ class FastPathE2E : public ::testing::Test {
     std::vector<std::vector<std::byte>> got;
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (got.size() < want) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left <= 0ms) break;
       if (!sock.wait_readable(left)) continue;
       sock.receive(64, [&](std::span<const std::byte> f) { got.emplace_back(f.begin(), f.end()); });
@@ -137,7 +139,8 @@ TEST_F(FastPathE2E, AfXdpDeliversValidFramesAndTheKernelDropsBadOnes) {
   EXPECT_EQ(d->header.node_to(), kNodeB);
   EXPECT_EQ(d->header.seq(), 41);
   EXPECT_EQ(d->header.proto(), LOCABUS_P_KCCM);
-  EXPECT_EQ(std::string(reinterpret_cast<const char*>(d->payload.data()), d->payload.size()), "hello over AF_XDP");
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(d->payload.data()), d->payload.size()),
+            "hello over AF_XDP");
   EXPECT_EQ(d->src, if_a.mac);
 
   const auto c = fp_b_->maps().counters();
@@ -229,7 +232,8 @@ TEST_F(FastPathE2E, StaleStateOfACrashedOwnerIsReplaced) {
       ::_exit(0);
     }
     ::close(pipefd[1]);
-    ASSERT_EQ(::read(pipefd[0], &crashed_prog, sizeof crashed_prog), static_cast<ssize_t>(sizeof crashed_prog));
+    ASSERT_EQ(::read(pipefd[0], &crashed_prog, sizeof crashed_prog),
+              static_cast<ssize_t>(sizeof crashed_prog));
     ::close(pipefd[0]);
     int status = 0;
     ::waitpid(child, &status, 0);

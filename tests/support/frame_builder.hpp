@@ -16,16 +16,43 @@ namespace locabus::test {
 class FrameBuilder {
  public:
   FrameBuilder& type(wire::PacketType t) { return type_raw(static_cast<std::uint8_t>(t)); }
-  FrameBuilder& type_raw(std::uint8_t t) { hdr_.set_type_raw(t); return *this; }
+  FrameBuilder& type_raw(std::uint8_t t) {
+    hdr_.set_type_raw(t);
+    return *this;
+  }
   FrameBuilder& proto(wire::Protocol p) { return proto_raw(static_cast<std::uint8_t>(p)); }
-  FrameBuilder& proto_raw(std::uint8_t p) { hdr_.set_proto_raw(p); return *this; }
-  FrameBuilder& to(std::uint16_t n) { hdr_.set_node_to(n); return *this; }
-  FrameBuilder& from(std::uint16_t n) { hdr_.set_node_from(n); return *this; }
-  FrameBuilder& seq(std::uint16_t v) { hdr_.set_seq(v); return *this; }
-  FrameBuilder& ack(std::uint16_t v) { hdr_.set_ack(v); return *this; }
-  FrameBuilder& window(std::uint16_t v) { hdr_.set_window(v); return *this; }
-  FrameBuilder& dst(const wire::MacAddress& m) { dst_ = m; return *this; }
-  FrameBuilder& src(const wire::MacAddress& m) { src_ = m; return *this; }
+  FrameBuilder& proto_raw(std::uint8_t p) {
+    hdr_.set_proto_raw(p);
+    return *this;
+  }
+  FrameBuilder& to(std::uint16_t n) {
+    hdr_.set_node_to(n);
+    return *this;
+  }
+  FrameBuilder& from(std::uint16_t n) {
+    hdr_.set_node_from(n);
+    return *this;
+  }
+  FrameBuilder& seq(std::uint16_t v) {
+    hdr_.set_seq(v);
+    return *this;
+  }
+  FrameBuilder& ack(std::uint16_t v) {
+    hdr_.set_ack(v);
+    return *this;
+  }
+  FrameBuilder& window(std::uint16_t v) {
+    hdr_.set_window(v);
+    return *this;
+  }
+  FrameBuilder& dst(const wire::MacAddress& m) {
+    dst_ = m;
+    return *this;
+  }
+  FrameBuilder& src(const wire::MacAddress& m) {
+    src_ = m;
+    return *this;
+  }
   FrameBuilder& payload(std::string_view text) {
     payload_.assign(reinterpret_cast<const std::byte*>(text.data()),
                     reinterpret_cast<const std::byte*>(text.data()) + text.size());
@@ -41,14 +68,29 @@ class FrameBuilder {
   // ---- mutations applied after encoding ----
   /// Writes this len (checksum recomputed over what the frame holds, so only
   /// the length rule is broken).
-  FrameBuilder& len(std::uint16_t v) { len_ = v; return *this; }
-  FrameBuilder& corrupt_csum() { corrupt_csum_ = true; return *this; }
+  FrameBuilder& len(std::uint16_t v) {
+    len_ = v;
+    return *this;
+  }
+  FrameBuilder& corrupt_csum() {
+    corrupt_csum_ = true;
+    return *this;
+  }
   /// Flips one payload bit after the checksum was computed.
-  FrameBuilder& flip_payload_bit(std::size_t byte) { flip_ = byte; return *this; }
+  FrameBuilder& flip_payload_bit(std::size_t byte) {
+    flip_ = byte;
+    return *this;
+  }
   /// Cuts the frame to `n` bytes.
-  FrameBuilder& truncate(std::size_t n) { truncate_ = n; return *this; }
+  FrameBuilder& truncate(std::size_t n) {
+    truncate_ = n;
+    return *this;
+  }
   /// Appends zero bytes up to `n` (Ethernet minimum-size padding is 60).
-  FrameBuilder& pad_to(std::size_t n) { pad_to_ = n; return *this; }
+  FrameBuilder& pad_to(std::size_t n) {
+    pad_to_ = n;
+    return *this;
+  }
 
   std::vector<std::byte> build() const {
     std::vector<std::byte> f(wire::kEthHeaderLen + wire::kHeaderLen + payload_.size());
@@ -106,7 +148,9 @@ inline std::vector<std::byte> other_frame(std::uint16_t ethertype, std::size_t s
   f[11] = std::byte{0x09};
   f[12] = static_cast<std::byte>(ethertype >> 8);
   f[13] = static_cast<std::byte>(ethertype & 0xff);
-  f[14] = std::byte{ethertype == 0x0800 ? std::uint8_t{0x45} : ethertype == 0x86DD ? std::uint8_t{0x60} : std::uint8_t{0x00}};
+  f[14] = std::byte{ethertype == 0x0800   ? std::uint8_t{0x45}
+                    : ethertype == 0x86DD ? std::uint8_t{0x60}
+                                          : std::uint8_t{0x00}};
   return f;
 }
 

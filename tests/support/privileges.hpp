@@ -24,12 +24,12 @@ inline bool strict_mode() {
 }  // namespace locabus::test
 
 /// Skips (or, under CI, fails) the current test with `reason` when `cond` is false.
-#define LOCABUS_REQUIRE(cond, reason)                                                         \
-  do {                                                                                        \
-    if (!(cond)) {                                                                            \
+#define LOCABUS_REQUIRE(cond, reason)                                                            \
+  do {                                                                                           \
+    if (!(cond)) {                                                                               \
       if (::locabus::test::strict_mode()) FAIL() << "prerequisite missing under CI: " << reason; \
-      GTEST_SKIP() << reason;                                                                 \
-    }                                                                                         \
+      GTEST_SKIP() << reason;                                                                    \
+    }                                                                                            \
   } while (0)
 
 #define LOCABUS_REQUIRE_ROOT() \

@@ -6,18 +6,16 @@
 
 #include "c_header_check.h"
 
-void locabus_c_get_layout(struct locabus_c_layout *out)
-{
-	out->hdr_size = sizeof(struct locabus_hdr);
-	out->hdr_csum_offset = LOCABUS_OFFSETOF(struct locabus_hdr, csum);
-	out->locasock_size = sizeof(struct locasock_hdr);
-	out->config_size = sizeof(struct locabus_config);
-	out->stats_size = sizeof(struct locabus_xdp_stats);
-	out->peer_size = sizeof(struct locabus_peer);
-	out->proto_stats_size = sizeof(struct locabus_proto_stats);
+void locabus_c_get_layout(struct locabus_c_layout* out) {
+  out->hdr_size = sizeof(struct locabus_hdr);
+  out->hdr_csum_offset = LOCABUS_OFFSETOF(struct locabus_hdr, csum);
+  out->locasock_size = sizeof(struct locasock_hdr);
+  out->config_size = sizeof(struct locabus_config);
+  out->stats_size = sizeof(struct locabus_xdp_stats);
+  out->peer_size = sizeof(struct locabus_peer);
+  out->proto_stats_size = sizeof(struct locabus_proto_stats);
 }
 
-unsigned short locabus_c_checksum(const void *packet, unsigned len)
-{
-	return locabus_csum_compute((const struct locabus_hdr *)packet, len);
+unsigned short locabus_c_checksum(const void* packet, unsigned len) {
+  return locabus_csum_compute((const struct locabus_hdr*)packet, len);
 }

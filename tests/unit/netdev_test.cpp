@@ -41,15 +41,14 @@ TEST(Interface, MissingInterfaceIsAClearError) {
   }
 }
 
-TEST(Interface, LoopbackIsNotEthernet) {
-  EXPECT_THROW(net::lookup_interface("lo"), Error);
-}
+TEST(Interface, LoopbackIsNotEthernet) { EXPECT_THROW(net::lookup_interface("lo"), Error); }
 
 TEST(Counters, NamesMatchTheStructFields) {
   EXPECT_EQ(fastpath::kCounters.size(), static_cast<std::size_t>(LOCABUS_CTR__COUNT));
   EXPECT_EQ(fastpath::kCounters[LOCABUS_CTR_drop_csum].name, "drop_csum");
   EXPECT_EQ(fastpath::kCounters[LOCABUS_CTR_rx_locabus].name, "rx_locabus");
-  EXPECT_EQ(offsetof(locabus_xdp_stats, drop_csum) / sizeof(__u64), static_cast<std::size_t>(LOCABUS_CTR_drop_csum));
+  EXPECT_EQ(offsetof(locabus_xdp_stats, drop_csum) / sizeof(__u64),
+            static_cast<std::size_t>(LOCABUS_CTR_drop_csum));
 }
 
 TEST(Counters, SummedOverCpus) {

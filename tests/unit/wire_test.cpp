@@ -5,8 +5,8 @@
 #include <cstring>
 #include <vector>
 
-#include <locabus/wire.hpp>
 #include <locabus/xdp_maps.h>
+#include <locabus/wire.hpp>
 
 #include "c_header_check.h"
 #include "frame_builder.hpp"
@@ -75,8 +75,10 @@ TEST(ByteOrder, HeaderFieldsAreBigEndianOnTheWire) {
       .set_csum(0xbeef);
   std::array<std::byte, 16> raw{};
   h.write(raw);
-  EXPECT_EQ(std::vector<std::byte>(raw.begin(), raw.end()),
-            from_hex("05020102" "0a0b1234" "fffe0010" "0400beef"));
+  EXPECT_EQ(std::vector<std::byte>(raw.begin(), raw.end()), from_hex("05020102"
+                                                                     "0a0b1234"
+                                                                     "fffe0010"
+                                                                     "0400beef"));
   const Header back = Header::read(raw);
   EXPECT_EQ(back.type(), PacketType::syn_ack);
   EXPECT_EQ(back.proto(), LOCABUS_P_KCCM);
@@ -217,7 +219,12 @@ TEST(Codec, EncodeDecodeRoundTripEverySize) {
     std::vector<std::byte> payload(n);
     for (std::size_t i = 0; i < n; ++i) payload[i] = static_cast<std::byte>(i * 13);
     Header h;
-    h.set_type(PacketType::data).set_proto(Protocol::mpi).set_node_to(9).set_node_from(3).set_seq(65535).set_ack(1)
+    h.set_type(PacketType::data)
+        .set_proto(Protocol::mpi)
+        .set_node_to(9)
+        .set_node_from(3)
+        .set_seq(65535)
+        .set_ack(1)
         .set_window(1024);
     const std::size_t size = encode_frame(frame, dst, src, h, payload);
     ASSERT_EQ(size, kEthHeaderLen + kHeaderLen + n);
@@ -252,7 +259,8 @@ TEST(Codec, DecodeRejectsWithTheFastPathsReasons) {
   EXPECT_EQ(decode_frame(FrameBuilder().payload("abc").flip_payload_bit(1).build()).error(),
             FrameError::bad_csum);
   EXPECT_EQ(decode_frame(FrameBuilder().type_raw(0).build()).error(), FrameError::unknown_type);
-  EXPECT_EQ(decode_frame(FrameBuilder().type_raw(LOCABUS_T_MAX + 1).build()).error(), FrameError::unknown_type);
+  EXPECT_EQ(decode_frame(FrameBuilder().type_raw(LOCABUS_T_MAX + 1).build()).error(),
+            FrameError::unknown_type);
   EXPECT_EQ(decode_frame(FrameBuilder().from(kBroadcast).build()).error(), FrameError::bad_src);
   // Ethernet padding after len is not part of the packet.
   const auto padded = FrameBuilder().payload("hi").pad_to(60).build();

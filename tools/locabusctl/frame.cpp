@@ -139,7 +139,8 @@ void do_send(const SendOptions& o) {
     if (o.len >= 0) {  // a deliberately wrong len, with a checksum that matches it where possible
       h.set_len(static_cast<std::uint16_t>(o.len)).set_csum(0);
       h.write(packet);
-      const std::size_t covered = std::min<std::size_t>(static_cast<std::size_t>(o.len), n - wire::kEthHeaderLen);
+      const std::size_t covered =
+          std::min<std::size_t>(static_cast<std::size_t>(o.len), n - wire::kEthHeaderLen);
       h.set_csum(wire::checksum(packet.first(std::max(covered, wire::kHeaderLen))));
     }
     if (o.bad_csum) h.set_csum(static_cast<std::uint16_t>(h.csum() ^ 0x5a5a));
@@ -151,11 +152,13 @@ void do_send(const SendOptions& o) {
     sock.send(std::span(frame).first(n));
   }
   if (o.target.json)
-    std::cout << json{{"iface", o.target.iface}, {"sent", o.count}, {"to", to}, {"from", from}}.dump() << "\n";
+    std::cout << json{{"iface", o.target.iface}, {"sent", o.count}, {"to", to}, {"from", from}}.dump()
+              << "\n";
   else
     fmt::print("sent {} frame(s) on {}: {} {} -> {} ({} payload bytes{})\n", o.count, o.target.iface,
-               type_name(type_option(o.type)), from, to == wire::kBroadcast ? "broadcast" : std::to_string(to),
-               payload.size(), o.bad_csum ? ", corrupted checksum" : "");
+               type_name(type_option(o.type)), from,
+               to == wire::kBroadcast ? "broadcast" : std::to_string(to), payload.size(),
+               o.bad_csum ? ", corrupted checksum" : "");
 }
 
 struct RecvOptions {
@@ -167,8 +170,8 @@ struct RecvOptions {
 };
 
 int do_recv(const RecvOptions& o) {
-  const auto dir =
-      o.target.pin_dir.empty() ? bpffs::default_pin_dir(o.target.iface) : std::filesystem::path(o.target.pin_dir);
+  const auto dir = o.target.pin_dir.empty() ? bpffs::default_pin_dir(o.target.iface)
+                                            : std::filesystem::path(o.target.pin_dir);
   auto maps = fastpath::Maps::open_pinned(dir);
   xsk::Options xo;
   xo.queue = o.queue;
@@ -187,7 +190,8 @@ int do_recv(const RecvOptions& o) {
                o.count ? fmt::format(", until {} frame(s) arrive", o.count) : std::string{});
 
   using clock = std::chrono::steady_clock;
-  const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(o.timeout));
+  const auto deadline =
+      clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(o.timeout));
   unsigned got = 0;
   while (!g_stop && (o.count == 0 || got < o.count)) {
     auto wait = std::chrono::milliseconds(-1);
@@ -221,8 +225,9 @@ int do_recv(const RecvOptions& o) {
                   << std::endl;
       } else {
         fmt::print("{} -> {}  {:<8} {:<8} seq={} ack={} win={} len={}  \"{}\"\n", h.node_from(),
-                   h.node_to() == wire::kBroadcast ? "all" : std::to_string(h.node_to()), type_name(h.type_raw()),
-                   proto_name(h.proto()), h.seq(), h.ack(), h.window(), h.len(), printable(d->payload));
+                   h.node_to() == wire::kBroadcast ? "all" : std::to_string(h.node_to()),
+                   type_name(h.type_raw()), proto_name(h.proto()), h.seq(), h.ack(), h.window(), h.len(),
+                   printable(d->payload));
         std::fflush(stdout);
       }
     });
@@ -243,13 +248,16 @@ void register_frame_commands(CLI::App& app) {
 
   {
     auto* cmd = frame->add_subcommand(
-        "send", "Inject Locabus frames with AF_PACKET (valid by default; options make them invalid on purpose)");
+        "send",
+        "Inject Locabus frames with AF_PACKET (valid by default; options make them invalid on purpose)");
     auto o = std::make_shared<SendOptions>();
     add_target_options(*cmd, o->target);
     cmd->add_option("--to", o->to, "Destination node id, or 'broadcast'")->required();
     cmd->add_option("--from", o->from, "Source node id (default: the fast path's node id on this interface)");
-    cmd->add_option("--type", o->type, "Packet type name (data, ack, nak, ...) or number")->capture_default_str();
-    cmd->add_option("--proto", o->proto, "Protocol name (control, locasock, kccm, ...) or number")->capture_default_str();
+    cmd->add_option("--type", o->type, "Packet type name (data, ack, nak, ...) or number")
+        ->capture_default_str();
+    cmd->add_option("--proto", o->proto, "Protocol name (control, locasock, kccm, ...) or number")
+        ->capture_default_str();
     cmd->add_option("--seq", o->seq, "Sequence number of the first frame (then +1 per frame)");
     cmd->add_option("--ack", o->ack, "ack_num");
     cmd->add_option("--window", o->window, "window");

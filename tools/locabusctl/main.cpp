@@ -3,9 +3,9 @@
 #include <cstdlib>
 #include <iostream>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "commands.hpp"
 #include "common/error.hpp"
@@ -23,7 +23,8 @@ void add_target_options(CLI::App& cmd, Target& t, bool with_json) {
 
 std::uint16_t node_id_option(const std::string& text, const std::string& option) {
   auto id = net::parse_node_id(text);
-  if (!id) throw CLI::ValidationError(option, "'" + text + "' is not a node id (0..65534, decimal or 0x hex)");
+  if (!id)
+    throw CLI::ValidationError(option, "'" + text + "' is not a node id (0..65534, decimal or 0x hex)");
   return *id;
 }
 

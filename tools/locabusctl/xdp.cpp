@@ -59,9 +59,10 @@ void print_status(const fastpath::Status& s) {
   if (s.program_ids.empty())
     fmt::print("program     not attached\n");
   else
-    fmt::print("program     attached, id {} ({} mode, {})\n", fmt::join(s.program_ids, ","),
-               s.mode ? fastpath::to_string(*s.mode) : "unknown",
-               s.dispatcher ? "through the libxdp dispatcher" : "alone: the kernel refused libxdp's dispatcher");
+    fmt::print(
+        "program     attached, id {} ({} mode, {})\n", fmt::join(s.program_ids, ","),
+        s.mode ? fastpath::to_string(*s.mode) : "unknown",
+        s.dispatcher ? "through the libxdp dispatcher" : "alone: the kernel refused libxdp's dispatcher");
   fmt::print("pins        {} ({})\n", s.pin_dir.string(), s.pinned ? "present" : "absent");
   if (s.config) {
     fmt::print("node id     {} (0x{:04x})\n", s.config->node_id, s.config->node_id);
@@ -78,8 +79,8 @@ void print_status(const fastpath::Status& s) {
       fmt::print("state       healthy\n");
     else
       fmt::print("state       STALE: {}; `locabusctl xdp attach` replaces it, `xdp detach` removes it\n",
-                 s.program_ids.empty() ? "pins without a program"
-                 : !s.pinned           ? "program without (all of) its pins"
+                 s.program_ids.empty()      ? "pins without a program"
+                 : !s.pinned                ? "program without (all of) its pins"
                  : s.program_ids.size() > 1 ? "more than one Locabus program"
                                             : "its owner process is gone");
   }
@@ -113,13 +114,15 @@ void register_xdp_commands(CLI::App& app) {
     cmd->add_flag("--ack-to-user", *ack_to_user, "Deliver pure ACKs to user space instead of consuming them");
     cmd->add_flag("--pass-unclaimed", *pass_unclaimed,
                   "Pass frames no AF_XDP socket claims to the kernel stack instead of dropping them");
-    cmd->add_option("--max-peers", *max_peers, "Size of the kernel peer table")->check(CLI::Range(1u, 65535u));
+    cmd->add_option("--max-peers", *max_peers, "Size of the kernel peer table")
+        ->check(CLI::Range(1u, 65535u));
     cmd->callback([=] {
       fastpath::Options o;
       o.iface = t->iface;
       if (!node->empty()) o.node_id = node_id_option(*node, "--node-id");
       o.mode = *fastpath::parse_attach_mode(*mode);
-      o.flags = (*ack_to_user ? LOCABUS_CFG_F_ACK_TO_USER : 0u) | (*pass_unclaimed ? LOCABUS_CFG_F_PASS_UNCLAIMED : 0u);
+      o.flags = (*ack_to_user ? LOCABUS_CFG_F_ACK_TO_USER : 0u) |
+                (*pass_unclaimed ? LOCABUS_CFG_F_PASS_UNCLAIMED : 0u);
       o.max_peers = *max_peers;
       o.pin_dir = pin_dir_of(*t);
       o.own = false;  // outlives this command
@@ -154,15 +157,16 @@ void register_xdp_commands(CLI::App& app) {
       if (t->json) {
         std::cout << json{{"iface", t->iface}, {"programs", r.programs}, {"pins", r.pins}}.dump(2) << "\n";
       } else {
-        fmt::print("detached from {}: program ids [{}], pins removed [{}]\n", t->iface, fmt::join(r.programs, ", "),
-                   fmt::join(r.pins, ", "));
+        fmt::print("detached from {}: program ids [{}], pins removed [{}]\n", t->iface,
+                   fmt::join(r.programs, ", "), fmt::join(r.pins, ", "));
       }
     });
   }
 
   // status
   {
-    auto* cmd = xdp->add_subcommand("status", "Show whether the fast path is attached, and its configuration");
+    auto* cmd =
+        xdp->add_subcommand("status", "Show whether the fast path is attached, and its configuration");
     auto t = std::make_shared<Target>();
     add_target_options(*cmd, *t);
     cmd->callback([=] {
@@ -177,11 +181,13 @@ void register_xdp_commands(CLI::App& app) {
 
 void register_stats_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "stats", "Fast path counters (summed over CPUs), per-protocol delivery and the kernel's peer ACK/NAK table");
+      "stats",
+      "Fast path counters (summed over CPUs), per-protocol delivery and the kernel's peer ACK/NAK table");
   auto t = std::make_shared<Target>();
   add_target_options(*cmd, *t);
   cmd->callback([=] {
-    const auto dir = t->pin_dir.empty() ? bpffs::default_pin_dir(t->iface) : std::filesystem::path(t->pin_dir);
+    const auto dir =
+        t->pin_dir.empty() ? bpffs::default_pin_dir(t->iface) : std::filesystem::path(t->pin_dir);
     auto maps = fastpath::Maps::open_pinned(dir);
     const auto counters = maps.counters();
     const auto peers = maps.peers();
@@ -200,7 +206,8 @@ void register_stats_command(CLI::App& app) {
 
     if (t->json) {
       json c = json::object();
-      for (std::size_t i = 0; i < counters.size(); ++i) c[std::string(fastpath::kCounters[i].name)] = counters[i];
+      for (std::size_t i = 0; i < counters.size(); ++i)
+        c[std::string(fastpath::kCounters[i].name)] = counters[i];
       json ps = json::array();
       for (const auto& [node, p] : peers)
         ps.push_back({{"node_id", node},
@@ -214,28 +221,32 @@ void register_stats_command(CLI::App& app) {
                       {"nak_seq", p.nak_seq},
                       {"naks", p.naks},
                       {"last_heard_ns", p.last_heard_ns}});
-      std::cout << json{{"iface", t->iface}, {"counters", c}, {"protocols", protos}, {"peers", ps}}.dump(2) << "\n";
+      std::cout << json{{"iface", t->iface}, {"counters", c}, {"protocols", protos}, {"peers", ps}}.dump(2)
+                << "\n";
       return;
     }
 
     fmt::print("{:<18} {:>12}  {}\n", "counter", "value", "meaning");
     for (std::size_t i = 0; i < counters.size(); ++i)
-      fmt::print("{:<18} {:>12}  {}\n", fastpath::kCounters[i].name, counters[i], fastpath::kCounters[i].description);
+      fmt::print("{:<18} {:>12}  {}\n", fastpath::kCounters[i].name, counters[i],
+                 fastpath::kCounters[i].description);
     if (!protos.empty()) {
-      fmt::print("\n{:<10} {:>12} {:>12} {:>12} {:>14}\n", "protocol", "own socket", "default", "no socket", "bytes");
+      fmt::print("\n{:<10} {:>12} {:>12} {:>12} {:>14}\n", "protocol", "own socket", "default", "no socket",
+                 "bytes");
       for (const auto& p : protos)
         fmt::print("{:<10} {:>12} {:>12} {:>12} {:>14}\n", p["name"].get<std::string>(),
                    p["to_proto_socket"].get<std::uint64_t>(), p["to_default_socket"].get<std::uint64_t>(),
                    p["no_socket"].get<std::uint64_t>(), p["bytes"].get<std::uint64_t>());
     }
     if (!peers.empty()) {
-      fmt::print("\n{:<6} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8}\n", "peer", "ack", "window", "acks", "stale", "naks",
-                 "nak_ack");
+      fmt::print("\n{:<6} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8}\n", "peer", "ack", "window", "acks", "stale",
+                 "naks", "nak_ack");
       for (const auto& [node, p] : peers)
         fmt::print("{:<6} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8}\n", node,
                    p.flags & LOCABUS_PEER_F_ACK_VALID ? std::to_string(p.ack_num) : "-",
-                   p.flags & LOCABUS_PEER_F_ACK_VALID ? std::to_string(p.ack_window) : "-", p.acks, p.stale_acks,
-                   p.naks, p.flags & LOCABUS_PEER_F_NAK_VALID ? std::to_string(p.nak_ack) : "-");
+                   p.flags & LOCABUS_PEER_F_ACK_VALID ? std::to_string(p.ack_window) : "-", p.acks,
+                   p.stale_acks, p.naks,
+                   p.flags & LOCABUS_PEER_F_NAK_VALID ? std::to_string(p.nak_ack) : "-");
     }
   });
 }

@@ -148,8 +148,8 @@ struct Status {
   /// Attached through libxdp's dispatcher (it can share the interface with
   /// other XDP programs); false when libxdp had to attach it alone.
   bool dispatcher = false;
-  bool pinned = false;                     // the pin directory holds our maps
-  std::optional<locabus_config> config;    // when pinned
+  bool pinned = false;                   // the pin directory holds our maps
+  std::optional<locabus_config> config;  // when pinned
   OwnerState owner = OwnerState::none;
   /// Attached and pinned, and no owner that died: usable as it is.
   bool healthy() const noexcept { return program_ids.size() == 1 && pinned && owner != OwnerState::gone; }

@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
 #include <net/if.h>
 #include <net/if_arp.h>
 #include <netinet/in.h>
@@ -12,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -23,14 +26,17 @@
 namespace locabus::net {
 namespace {
 
-std::uint32_t count_rx_queues(const std::string& name) {
-  // /sys/class/net shows the namespace of whoever mounted /sys, which is not
-  // always ours; fall back to 1 queue when the entry is not ours to read.
-  std::error_code ec;
-  std::uint32_t n = 0;
-  for (const auto& e : std::filesystem::directory_iterator("/sys/class/net/" + name + "/queues", ec))
-    if (e.path().filename().string().starts_with("rx-")) ++n;
-  return n ? n : 1;
+// RX queues from the driver (ETHTOOL_GCHANNELS), which answers for the
+// calling thread's namespace; /sys/class/net may show another namespace's
+// devices (nsenter keeps the host's /sys). 1 when the driver does not say.
+std::uint32_t count_rx_queues(int sock, const std::string& name) {
+  ethtool_channels ch{};
+  ch.cmd = ETHTOOL_GCHANNELS;
+  ifreq req{};
+  std::memcpy(req.ifr_name, name.c_str(), name.size() + 1);
+  req.ifr_data = reinterpret_cast<char*>(&ch);
+  if (::ioctl(sock, SIOCETHTOOL, &req) != 0) return 1;
+  return std::max<std::uint32_t>({1u, ch.rx_count, ch.combined_count});
 }
 
 ino_t netns_inode(int fd) {
@@ -73,7 +79,7 @@ Interface lookup_interface(const std::string& name) {
       break;
     }
   }
-  iface.rx_queues = count_rx_queues(name);
+  iface.rx_queues = count_rx_queues(sock.get(), name);
   return iface;
 }
 

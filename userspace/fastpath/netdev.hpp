@@ -18,7 +18,7 @@ struct Interface {
   int ifindex = 0;
   wire::MacAddress mac;
   std::optional<std::uint32_t> ipv4;  // first IPv4 address, host byte order
-  std::uint32_t rx_queues = 1;        // from /sys or ethtool; at least 1
+  std::uint32_t rx_queues = 1;        // from the driver (ethtool); at least 1
 };
 
 /// Looks `name` up in the calling thread's network namespace.

@@ -38,11 +38,13 @@ void PacketSocket::send(std::span<const std::byte> frame) {
   to.sll_ifindex = ifindex_;
   to.sll_halen = LOCABUS_ETH_ALEN;
   std::memcpy(to.sll_addr, frame.data(), LOCABUS_ETH_ALEN);
-  if (::sendto(fd_.get(), frame.data(), frame.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to) < 0)
+  if (::sendto(fd_.get(), frame.data(), frame.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to) <
+      0)
     throw Error("send a frame on " + iface_, errno);
 }
 
-std::optional<std::size_t> PacketSocket::receive(std::span<std::byte> buf, std::chrono::milliseconds timeout) {
+std::optional<std::size_t> PacketSocket::receive(std::span<std::byte> buf,
+                                                 std::chrono::milliseconds timeout) {
   pollfd p{fd_.get(), POLLIN, 0};
   const int r = ::poll(&p, 1, static_cast<int>(timeout.count()));
   if (r < 0 && errno != EINTR) throw Error("poll the AF_PACKET socket on " + iface_, errno);
