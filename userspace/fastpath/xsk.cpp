@@ -94,15 +94,6 @@ struct Socket::Impl {
     scfg.bind_flags = bind_flags;
     return xsk_socket__create(&xsk, iface.c_str(), opts.queue, umem, &rx, &tx, &scfg);
   }
-
-  void recycle_rx(std::uint64_t addr) {
-    std::uint32_t idx = 0;
-    // The fill ring holds every RX frame, so there is always room.
-    while (xsk_ring_prod__reserve(&fill, 1, &idx) != 1) {
-    }
-    *xsk_ring_prod__fill_addr(&fill, idx) = addr & ~std::uint64_t{opts.frame_size - 1};
-    xsk_ring_prod__submit(&fill, 1);
-  }
 };
 
 Socket::Socket(const std::string& iface, const Options& opts) : impl_(std::make_unique<Impl>()) {
@@ -170,13 +161,32 @@ std::size_t Socket::receive(std::size_t max,
       ::recvfrom(fd(), nullptr, 0, MSG_DONTWAIT, nullptr, nullptr);
     return 0;
   }
+  // The fill ring is as large as the RX half of the UMEM, so it always has
+  // room for every frame we hand back; anything else is a bookkeeping bug.
+  std::uint32_t fidx = 0;
+  if (xsk_ring_prod__reserve(&impl_->fill, n, &fidx) != n) {
+    xsk_ring_cons__cancel(&impl_->rx, n);
+    throw Error("recycle AF_XDP receive buffers: the fill ring is full (UMEM accounting is broken)");
+  }
+  // Buffers return to the kernel only at submit, so the fill entries can be
+  // written first; submit and release happen even if on_frame throws.
+  const std::uint64_t chunk_mask = ~std::uint64_t{impl_->opts.frame_size - 1};
+  for (std::uint32_t i = 0; i < n; ++i)
+    *xsk_ring_prod__fill_addr(&impl_->fill, fidx + i) =
+        xsk_ring_cons__rx_desc(&impl_->rx, idx + i)->addr & chunk_mask;
+  struct Finish {
+    Impl& impl;
+    std::uint32_t n;
+    ~Finish() {
+      xsk_ring_prod__submit(&impl.fill, n);
+      xsk_ring_cons__release(&impl.rx, n);
+    }
+  } finish{*impl_, n};
   for (std::uint32_t i = 0; i < n; ++i) {
     const xdp_desc* d = xsk_ring_cons__rx_desc(&impl_->rx, idx + i);
-    const std::byte* data = static_cast<const std::byte*>(xsk_umem__get_data(impl_->area->data(), d->addr));
-    on_frame(std::span<const std::byte>(data, d->len));
-    impl_->recycle_rx(d->addr);
+    on_frame(std::span<const std::byte>(
+        static_cast<const std::byte*>(xsk_umem__get_data(impl_->area->data(), d->addr)), d->len));
   }
-  xsk_ring_cons__release(&impl_->rx, n);
   return n;
 }
 
