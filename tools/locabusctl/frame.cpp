@@ -4,6 +4,7 @@
 #include <cstring>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <fmt/format.h>
@@ -90,12 +91,24 @@ struct SendOptions {
 };
 
 void do_send(const SendOptions& o) {
-  const net::Interface ifc = net::lookup_interface(o.target.iface);
+  // Options first, so a typo is reported before anything touches the system.
+  const std::uint8_t type = type_option(o.type);
+  const std::uint8_t proto = proto_option(o.proto);
   const std::uint16_t to =
       o.to == "broadcast" || o.to == "all" ? wire::kBroadcast : node_id_option(o.to, "--to");
+  std::optional<std::uint16_t> from_opt;
+  if (!o.from.empty()) from_opt = node_id_option(o.from, "--from");
+  wire::MacAddress dst = wire::MacAddress::broadcast();
+  if (!o.dst_mac.empty()) {
+    auto m = wire::MacAddress::parse(o.dst_mac);
+    if (!m) throw CLI::ValidationError("--dst-mac", "'" + o.dst_mac + "' is not aa:bb:cc:dd:ee:ff");
+    dst = *m;
+  }
+
+  const net::Interface ifc = net::lookup_interface(o.target.iface);
   std::uint16_t from = 0;
-  if (!o.from.empty()) {
-    from = node_id_option(o.from, "--from");
+  if (from_opt) {
+    from = *from_opt;
   } else {
     try {  // the node id the fast path runs with, else the address rule
       const auto dir = o.target.pin_dir.empty() ? bpffs::default_pin_dir(o.target.iface)
@@ -104,12 +117,6 @@ void do_send(const SendOptions& o) {
     } catch (const Error&) {
       from = net::default_node_id(ifc);
     }
-  }
-  wire::MacAddress dst = wire::MacAddress::broadcast();
-  if (!o.dst_mac.empty()) {
-    auto m = wire::MacAddress::parse(o.dst_mac);
-    if (!m) throw CLI::ValidationError("--dst-mac", "'" + o.dst_mac + "' is not aa:bb:cc:dd:ee:ff");
-    dst = *m;
   }
   std::vector<std::byte> payload;
   if (o.size) {
@@ -126,8 +133,8 @@ void do_send(const SendOptions& o) {
   std::vector<std::byte> frame(std::max<std::size_t>(wire::kMaxFrame, o.pad_to));
   for (unsigned i = 0; i < o.count; ++i) {
     wire::Header h;
-    h.set_type_raw(type_option(o.type))
-        .set_proto_raw(proto_option(o.proto))
+    h.set_type_raw(type)
+        .set_proto_raw(proto)
         .set_node_to(to)
         .set_node_from(from)
         .set_seq(static_cast<std::uint16_t>(o.seq + i))
@@ -156,9 +163,8 @@ void do_send(const SendOptions& o) {
               << "\n";
   else
     fmt::print("sent {} frame(s) on {}: {} {} -> {} ({} payload bytes{})\n", o.count, o.target.iface,
-               type_name(type_option(o.type)), from,
-               to == wire::kBroadcast ? "broadcast" : std::to_string(to), payload.size(),
-               o.bad_csum ? ", corrupted checksum" : "");
+               type_name(type), from, to == wire::kBroadcast ? "broadcast" : std::to_string(to),
+               payload.size(), o.bad_csum ? ", corrupted checksum" : "");
 }
 
 struct RecvOptions {
@@ -170,17 +176,17 @@ struct RecvOptions {
 };
 
 int do_recv(const RecvOptions& o) {
+  const std::uint32_t slot = o.proto.empty() ? LOCABUS_XSK_DEFAULT_SLOT : proto_option(o.proto);
+  if (!o.proto.empty() && slot >= LOCABUS_XSK_PROTO_SLOTS)
+    throw Error(fmt::format("protocol {} cannot have a socket of its own (only ids below {})", slot,
+                            LOCABUS_XSK_PROTO_SLOTS),
+                0, "leave out --proto to receive on the default socket");
   const auto dir = o.target.pin_dir.empty() ? bpffs::default_pin_dir(o.target.iface)
                                             : std::filesystem::path(o.target.pin_dir);
   auto maps = fastpath::Maps::open_pinned(dir);
   xsk::Options xo;
   xo.queue = o.queue;
   xsk::Socket sock(o.target.iface, xo);
-  const std::uint32_t slot = o.proto.empty() ? LOCABUS_XSK_DEFAULT_SLOT : proto_option(o.proto);
-  if (slot > LOCABUS_XSK_DEFAULT_SLOT)
-    throw Error(fmt::format("protocol {} cannot have a socket of its own (only ids below {})", slot,
-                            LOCABUS_XSK_PROTO_SLOTS),
-                0, "leave out --proto to receive on the default socket");
   xsk::Registration reg(maps, sock, slot);
   install_stop_handlers();
   if (!o.target.json)

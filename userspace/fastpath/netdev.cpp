@@ -56,7 +56,8 @@ Interface lookup_interface(const std::string& name) {
   iface.ifindex = static_cast<int>(if_nametoindex(name.c_str()));
   if (iface.ifindex == 0)
     throw Error("no network interface named '" + name + "' in this network namespace", errno,
-                "list interfaces with `ip link`; inside a namespace use `ip netns exec NS ...`");
+                "list interfaces with `ip link`; for one in a network namespace, run this inside it "
+                "(`nsenter --net=/run/netns/NS ...`)");
 
   UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!sock) throw Error("open a socket to query interface " + name, errno);

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# locabusctl's error paths: exit status, and messages that say what failed and
+# what to do. Needs no privileges. Usage: cli_errors.sh <locabusctl>
+set -uo pipefail
+ctl=$1
+fail=0
+
+expect() { # description, expected exit status, pattern in stderr, command...
+  local what=$1 want=$2 pattern=$3
+  shift 3
+  local err rc
+  err=$("$@" 2>&1 >/dev/null | tr '\n' ' ')
+  rc=$?
+  if [[ $rc -ne $want ]]; then
+    echo "FAIL: $what: exit status $rc, expected $want ($err)"
+    fail=1
+  elif ! grep -qE -- "$pattern" <<<"$err"; then
+    echo "FAIL: $what: stderr lacks /$pattern/: $err"
+    fail=1
+  else
+    echo "ok: $what"
+  fi
+}
+
+expect "missing interface" 1 "no network interface named 'lbnosuch0'.*hint: list interfaces" \
+  "$ctl" xdp status --iface lbnosuch0
+expect "stats without an attached fast path" 1 "open pinned BPF map.*hint: is the fast path attached" \
+  "$ctl" stats --iface lo --pin-dir /nonexistent/locabus
+expect "node id out of range" 105 "not a node id" "$ctl" xdp attach --iface lo --node-id 70000
+expect "broadcast is not a node id" 105 "not a node id" "$ctl" xdp attach --iface lo --node-id 0xffff
+expect "unknown mode" 105 "mode" "$ctl" xdp attach --iface lo --mode turbo
+expect "unknown packet type name" 105 "neither a packet type" \
+  "$ctl" frame send --iface lo --to 2 --type bogus
+expect "protocol id without a socket slot" 1 "protocol 16 cannot have a socket of its own" \
+  "$ctl" frame recv --iface lo --proto 16
+expect "iface is required" 106 "iface is required" "$ctl" stats
+expect "a subcommand is required" 106 "subcommand" "$ctl"
+
+out=$("$ctl" --help) || { echo "FAIL: --help exit status"; fail=1; }
+for cmd in xdp stats frame; do grep -q "$cmd" <<<"$out" || { echo "FAIL: --help lacks $cmd"; fail=1; }; done
+for sub in "xdp attach" "xdp detach" "xdp status" "stats" "frame send" "frame recv"; do
+  # shellcheck disable=SC2086
+  "$ctl" $sub --help >/dev/null || { echo "FAIL: $sub --help"; fail=1; }
+done
+exit $fail
