@@ -6,8 +6,9 @@
  *   - other EtherTypes: XDP_PASS untouched (ARP/IPv4/IPv6 keep working);
  *   - Locabus frames are validated (lengths, checksum, type, node ids) and
  *     the bad ones dropped and counted by reason;
- *   - pure ACKs are consumed here into locabus_peers and dropped, so they
- *     never wake user space; NAKs are recorded there and passed on;
+ *   - pure ACKs from peers that user space tracks (established
+ *     connections) are consumed here into locabus_peers and dropped, so they
+ *     never wake user space; NAKs from them are recorded there and passed on;
  *   - everything else is redirected into the AF_XDP socket registered for
  *     (RX queue, protocol), else the queue's default socket, else dropped.
  */
@@ -22,7 +23,7 @@
 #include <locabus/xdp_maps.h>
 
 /* Configuration: set before load through the skeleton, updated at run time
- * through the pinned "config" map (the object's .data section). */
+ * through the pinned "config" map (the object's .bss section). */
 struct locabus_config locabus_cfg = {};
 
 struct {
@@ -146,37 +147,27 @@ static __always_inline int seq_geq(__u16 a, __u16 b)
 	return (__s16)(__u16)(a - b) >= 0;
 }
 
-/* The peer entry for node, created on first contact. NULL when the table
- * is full (counted). */
-static __always_inline struct locabus_peer *peer_get(struct locabus_xdp_stats *st, __u16 node)
+/* The kernel's record of a peer, present only while user space tracks it
+ * (an established connection). The program never creates entries: peers it
+ * does not know about cannot fill the table, and ACKs that user space needs
+ * (the last step of a handshake) reach it. */
+static __always_inline struct locabus_peer *peer_lookup(__u16 node)
 {
 	struct locabus_peer_key key = {.node_id = node};
-	struct locabus_peer *peer;
-	struct locabus_peer fresh = {};
 
-	peer = bpf_map_lookup_elem(&locabus_peers, &key);
-	if (peer)
-		return peer;
-	/* EEXIST means another CPU created it first: fine, look it up. */
-	bpf_map_update_elem(&locabus_peers, &key, &fresh, BPF_NOEXIST);
-	peer = bpf_map_lookup_elem(&locabus_peers, &key);
-	if (!peer)
-		count(st, LOCABUS_CTR_peer_table_full);
-	return peer;
+	return bpf_map_lookup_elem(&locabus_peers, &key);
 }
 
-/* A pure ACK: record the highest cumulative ACK and its window. */
-static __always_inline void consume_ack(struct locabus_xdp_stats *st, const struct locabus_hdr *h,
-					__u16 from)
+/* A pure ACK from a tracked peer: record the highest cumulative ACK and its
+ * window. */
+static __always_inline void consume_ack(struct locabus_xdp_stats *st, struct locabus_peer *peer,
+					const struct locabus_hdr *h)
 {
 	__u16 ack = bpf_ntohs(h->ack_num);
 	__u16 window = bpf_ntohs(h->window);
-	struct locabus_peer *peer = peer_get(st, from);
 	__u64 now = bpf_ktime_get_ns(); /* no helper calls under the lock */
 	int stale = 0;
 
-	if (!peer)
-		return;
 	bpf_spin_lock(&peer->lock);
 	peer->last_heard_ns = now;
 	peer->acks++;
@@ -192,16 +183,13 @@ static __always_inline void consume_ack(struct locabus_xdp_stats *st, const stru
 	count(st, stale ? LOCABUS_CTR_ack_stale : LOCABUS_CTR_ack_consumed);
 }
 
-static __always_inline void record_nak(struct locabus_xdp_stats *st, const struct locabus_hdr *h,
-				       __u16 from)
+static __always_inline void record_nak(struct locabus_xdp_stats *st, struct locabus_peer *peer,
+				       const struct locabus_hdr *h)
 {
 	__u16 ack = bpf_ntohs(h->ack_num);
 	__u16 seq = bpf_ntohs(h->seq_num);
-	struct locabus_peer *peer = peer_get(st, from);
 	__u64 now = bpf_ktime_get_ns();
 
-	if (!peer)
-		return;
 	bpf_spin_lock(&peer->lock);
 	peer->last_heard_ns = now;
 	peer->last_nak_ns = now;
@@ -315,11 +303,21 @@ int locabus_xdp(struct xdp_md *ctx)
 
 	if (h->type == LOCABUS_T_ACK && len == LOCABUS_HDR_LEN && node_to == our_id &&
 	    !(flags & LOCABUS_CFG_F_ACK_TO_USER)) {
-		consume_ack(st, h, node_from);
-		return XDP_DROP;
+		struct locabus_peer *peer = peer_lookup(node_from);
+
+		if (peer) {
+			consume_ack(st, peer, h);
+			return XDP_DROP;
+		}
+		/* Not tracked (yet): user space handles it, e.g. a handshake's ACK. */
+		count(st, LOCABUS_CTR_ack_untracked);
 	}
-	if (h->type == LOCABUS_T_NAK)
-		record_nak(st, h, node_from);
+	if (h->type == LOCABUS_T_NAK) {
+		struct locabus_peer *peer = peer_lookup(node_from);
+
+		if (peer)
+			record_nak(st, peer, h);
+	}
 
 	return deliver(ctx, st, h->proto, flags);
 }

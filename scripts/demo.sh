@@ -84,7 +84,8 @@ recv_pid=$!
 for _ in $(seq 50); do grep -q listening "$work/recv.err" 2>/dev/null && break; sleep 0.1; done
 cat "$work/recv.err"
 
-step "4. Node 1 sends valid and invalid frames"
+step "4. Node 2 tracks node 1 (as the engine will once a connection is up), node 1 sends frames"
+run in_b "$ctl" xdp track-peer --iface "$if_b" --node 1
 send() { run in_a "$ctl" frame send --iface "$if_a" "$@"; }
 send --to 2 --proto kccm --seq 1 --payload "hello from node 1"
 send --to broadcast --proto monitor --seq 2 --payload "to every node"

@@ -5,11 +5,12 @@
  * width fields, explicit padding, compile-time size checks from C and C++.
  *
  * Maps (all pinned under <bpffs>/locabus/<iface>/, see docs/FASTPATH.md):
- *   locabus_config  ARRAY[1]            u32 -> struct locabus_config
- *   locabus_stats   PERCPU_ARRAY[1]     u32 -> struct locabus_xdp_stats
- *   locabus_proto   PERCPU_ARRAY[256]   u32 proto -> struct locabus_proto_stats
- *   locabus_peers   HASH                struct locabus_peer_key -> struct locabus_peer
- *   locabus_xsks    XSKMAP              u32 slot -> AF_XDP socket fd
+ *   config  (.bss)  ARRAY[1]            u32 -> { struct locabus_config locabus_cfg }
+ *   stats   (locabus_stats)  PERCPU_ARRAY[1]    u32 -> struct locabus_xdp_stats
+ *   proto   (locabus_proto)  PERCPU_ARRAY[256]  u32 proto -> struct locabus_proto_stats
+ *   peers   (locabus_peers)  HASH               struct locabus_peer_key -> struct locabus_peer
+ *   xsks    (locabus_xsks)   XSKMAP             u32 slot key -> AF_XDP socket fd
+ * (pin name, then the map's name in the BPF object)
  */
 #ifndef LOCABUS_XDP_MAPS_H
 #define LOCABUS_XDP_MAPS_H
@@ -44,24 +45,24 @@ LOCABUS_STATIC_ASSERT(sizeof(struct locabus_config) == 32, "locabus_config layou
 /* locabus_stats: per-CPU counters, one named field per event/reason.  */
 
 /* X(name, description). Order is the counter index; append only. */
-#define LOCABUS_XDP_COUNTERS(X)                                                    \
-  X(rx_locabus, "Locabus frames seen (EtherType 0x88B5), any verdict")             \
-  X(pass_other, "other EtherTypes passed to the kernel stack untouched")           \
-  X(redirected, "frames redirected to an AF_XDP socket")                           \
-  X(passed_unclaimed, "unclaimed frames passed to the stack (PASS_UNCLAIMED set)") \
-  X(ack_consumed, "pure ACKs consumed in the kernel into locabus_peers")           \
-  X(ack_stale, "consumed pure ACKs older than the recorded cumulative ACK")        \
-  X(nak_recorded, "NAKs recorded in locabus_peers (and passed on)")                \
-  X(peer_table_full, "ACK/NAK from a peer with no room in locabus_peers")          \
-  X(drop_short, "dropped: frame shorter than Ethernet + Locabus header")           \
-  X(drop_len_small, "dropped: len field smaller than the Locabus header")          \
-  X(drop_len_max, "dropped: len field larger than the 1500-byte maximum")          \
-  X(drop_len_frame, "dropped: len field larger than the frame")                    \
-  X(drop_csum, "dropped: checksum mismatch")                                       \
-  X(drop_type, "dropped: unknown packet type")                                     \
-  X(drop_src, "dropped: node_from is the broadcast id")                            \
-  X(drop_not_ours, "dropped: node_to neither our node id nor broadcast")           \
-  X(drop_own, "dropped: our own frame looped back (or a node id clash)")           \
+#define LOCABUS_XDP_COUNTERS(X)                                                        \
+  X(rx_locabus, "Locabus frames seen (EtherType 0x88B5), any verdict")                 \
+  X(pass_other, "other EtherTypes passed to the kernel stack untouched")               \
+  X(redirected, "frames redirected to an AF_XDP socket")                               \
+  X(passed_unclaimed, "unclaimed frames passed to the stack (PASS_UNCLAIMED set)")     \
+  X(ack_consumed, "pure ACKs from tracked peers consumed into locabus_peers")          \
+  X(ack_stale, "consumed pure ACKs older than the recorded cumulative ACK")            \
+  X(nak_recorded, "NAKs from tracked peers recorded in locabus_peers (and passed on)") \
+  X(ack_untracked, "pure ACKs from peers user space does not track, delivered")        \
+  X(drop_short, "dropped: frame shorter than Ethernet + Locabus header")               \
+  X(drop_len_small, "dropped: len field smaller than the Locabus header")              \
+  X(drop_len_max, "dropped: len field larger than the 1500-byte maximum")              \
+  X(drop_len_frame, "dropped: len field larger than the frame")                        \
+  X(drop_csum, "dropped: checksum mismatch")                                           \
+  X(drop_type, "dropped: unknown packet type")                                         \
+  X(drop_src, "dropped: node_from is the broadcast id")                                \
+  X(drop_not_ours, "dropped: node_to neither our node id nor broadcast")               \
+  X(drop_own, "dropped: our own frame looped back (or a node id clash)")               \
   X(drop_no_socket, "dropped: no AF_XDP socket registered for the frame")
 
 #define LOCABUS_X_ENUM(name, desc) LOCABUS_CTR_##name,
@@ -88,7 +89,10 @@ struct locabus_proto_stats {
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_proto_stats) == 32, "locabus_proto_stats layout");
 
 /* ------------------------------------------------------------------ */
-/* locabus_peers: what the kernel learnt from ACK/NAK frames per peer. */
+/* locabus_peers: what the kernel learnt from ACK/NAK frames, for each peer
+ * user space tracks. User space creates an entry when a connection is
+ * established and deletes it when the connection ends or is reset; the XDP
+ * program only updates existing entries. */
 #define LOCABUS_MAX_PEERS_DEFAULT 4096
 
 /* ack_num/ack_window hold a received pure ACK. */

@@ -152,7 +152,7 @@ TEST_F(FastPathE2E, AfXdpDeliversValidFramesAndTheKernelDropsBadOnes) {
   EXPECT_EQ(rx->stats().rx_dropped, 0u);
 }
 
-TEST_F(FastPathE2E, PureAckIsConsumedInTheKernelAndNeverReachesTheSocket) {
+TEST_F(FastPathE2E, PureAckFromATrackedPeerIsConsumedInTheKernel) {
   fp_a_ = attach(net_->netns_a(), net_->if_a(), kNodeA);
   fp_b_ = attach(net_->netns_b(), net_->if_b(), kNodeB);
   std::unique_ptr<xsk::Socket> rx;
@@ -161,17 +161,28 @@ TEST_F(FastPathE2E, PureAckIsConsumedInTheKernelAndNeverReachesTheSocket) {
     rx = std::make_unique<xsk::Socket>(net_->if_b());
   }
   xsk::Registration reg(fp_b_->maps(), *rx, LOCABUS_XSK_DEFAULT_SLOT);
-  {
+  auto send_ack = [&](std::uint16_t ack) {
     net::NetnsScope in(net_->netns_a());
     net::PacketSocket raw(net_->if_a());
-    raw.send(FrameBuilder().type(PacketType::ack).from(kNodeA).to(kNodeB).ack(1000).window(1024).build());
-  }
-  EXPECT_TRUE(receive(*rx, 1, 500ms).empty()) << "a pure ACK woke user space";
+    raw.send(FrameBuilder().type(PacketType::ack).from(kNodeA).to(kNodeB).ack(ack).window(1024).build());
+  };
+
+  // Before the connection is established the ACK is the engine's business.
+  send_ack(1);
+  const auto first = receive(*rx, 1, 2s);
+  ASSERT_EQ(first.size(), 1u) << "an untracked peer's ACK must reach user space";
+  EXPECT_EQ(wire::decode_frame(first[0])->header.type(), PacketType::ack);
+
+  fp_b_->maps().track_peer(kNodeA);
+  send_ack(1000);
+  EXPECT_TRUE(receive(*rx, 1, 500ms).empty()) << "a tracked peer's pure ACK woke user space";
   const auto p = fp_b_->maps().peer(kNodeA);
-  ASSERT_TRUE(p) << "the ACK was not recorded";
+  ASSERT_TRUE(p);
   EXPECT_EQ(p->ack_num, 1000);
   EXPECT_EQ(p->ack_window, 1024);
-  EXPECT_EQ(fp_b_->maps().counters()[LOCABUS_CTR_ack_consumed], 1u);
+  const auto c = fp_b_->maps().counters();
+  EXPECT_EQ(c[LOCABUS_CTR_ack_consumed], 1u);
+  EXPECT_EQ(c[LOCABUS_CTR_ack_untracked], 1u);
 }
 
 TEST_F(FastPathE2E, IpTrafficKeepsWorkingWhileAttached) {

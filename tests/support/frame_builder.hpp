@@ -123,7 +123,7 @@ class FrameBuilder {
       h.write(pkt);
     }
     if (flip_) pkt[wire::kHeaderLen + *flip_] ^= std::byte{0x10};
-    if (pad_to_ > f.size()) f.resize(pad_to_, std::byte{0});
+    if (pad_to_ > f.size()) f.resize(pad_to_, pad_fill_);
     if (truncate_) f.resize(*truncate_);
     return f;
   }
@@ -138,6 +138,7 @@ class FrameBuilder {
   std::optional<std::size_t> flip_;
   std::optional<std::size_t> truncate_;
   std::size_t pad_to_ = 0;
+  std::byte pad_fill_{0xA5};
 };
 
 /// A minimal frame of another EtherType (ARP 0x0806, IPv4 0x0800, IPv6 0x86DD).

@@ -12,6 +12,7 @@
 #include <locabus/wire.hpp>
 
 #include "commands.hpp"
+#include "common/error.hpp"
 #include "fastpath/fastpath.hpp"
 
 namespace locabus::ctl {
@@ -159,6 +160,34 @@ void register_xdp_commands(CLI::App& app) {
       } else {
         fmt::print("detached from {}: program ids [{}], pins removed [{}]\n", t->iface,
                    fmt::join(r.programs, ", "), fmt::join(r.pins, ", "));
+      }
+    });
+  }
+
+  // track-peer / forget-peer
+  for (const bool track : {true, false}) {
+    auto* cmd = xdp->add_subcommand(
+        track ? "track-peer" : "forget-peer",
+        track ? "Have the kernel consume a peer's pure ACKs and record its NAKs (the engine does this when a "
+                "connection is established); resets an existing record"
+              : "Stop tracking a peer: its pure ACKs go to user space again");
+    auto t = std::make_shared<Target>();
+    auto node = std::make_shared<std::string>();
+    add_target_options(*cmd, *t, false);
+    cmd->add_option("-n,--node", *node, "Peer node id")->required();
+    cmd->callback([=] {
+      const auto id = node_id_option(*node, "--node");
+      const auto dir =
+          t->pin_dir.empty() ? bpffs::default_pin_dir(t->iface) : std::filesystem::path(t->pin_dir);
+      auto maps = fastpath::Maps::open_pinned(dir);
+      if (track) {
+        maps.track_peer(id);
+        fmt::print("tracking peer {} on {}\n", id, t->iface);
+      } else if (maps.forget_peer(id)) {
+        fmt::print("stopped tracking peer {} on {}\n", id, t->iface);
+      } else {
+        throw Error(fmt::format("peer {} is not tracked on {}", id, t->iface), 0,
+                    "`locabusctl stats --iface " + t->iface + "` lists the tracked peers");
       }
     });
   }

@@ -69,6 +69,15 @@ class TypedMap {
     if (bpf_map_update_elem(fd_.get(), &key, &value, flags) != 0)
       throw Error("update an entry of BPF map " + what_, errno);
   }
+  /// Inserts only if absent (BPF_NOEXIST); false when the key is present.
+  /// Throws Error (E2BIG: the map is full) otherwise.
+  bool insert(const K& key, const V& value) {
+    if (bpf_map_update_elem(fd_.get(), &key, &value, BPF_NOEXIST) == 0) return true;
+    if (errno == EEXIST) return false;
+    throw Error("insert an entry into BPF map " + what_, errno,
+                errno == E2BIG ? "the map is full: it holds " + std::to_string(info_.max_entries) + " entries"
+                               : std::string{});
+  }
   /// Deletes; false when it was not there.
   bool erase(const K& key) {
     if (bpf_map_delete_elem(fd_.get(), &key) == 0) return true;

@@ -49,11 +49,12 @@ std::vector<std::string> remove_pin_dir(const std::filesystem::path& dir) {
   std::vector<std::string> removed;
   std::error_code ec;
   if (!std::filesystem::exists(dir, ec)) return removed;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+  // error_code overloads throughout: this runs in destructors.
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::error_code rm_ec;
-    std::filesystem::remove(e.path(), rm_ec);
-    if (rm_ec) throw Error("remove pin " + e.path().string(), rm_ec.value());
-    removed.push_back(e.path().filename().string());
+    std::filesystem::remove(it->path(), rm_ec);
+    if (rm_ec) throw Error("remove pin " + it->path().string(), rm_ec.value());
+    removed.push_back(it->path().filename().string());
   }
   if (ec) throw Error("list pins in " + dir.string(), ec.value());
   std::filesystem::remove(dir, ec);

@@ -149,7 +149,7 @@ void clear_leftovers(const net::Interface& iface, const std::filesystem::path& p
     throw Error(fmt::format("interface {} is in use: the Locabus fast path there belongs to process {}{}",
                             iface.name, cfg->owner_pid,
                             cfg->owner_pid == static_cast<std::uint32_t>(::getpid()) ? " (this one)" : ""),
-                0, "stop that process first (it detaches on SIGTERM)");
+                0, "stop that process first (a clean exit detaches it)");
 
   const Attached found = find_ours(iface.ifindex);
   std::error_code ec;
@@ -321,6 +321,18 @@ std::vector<std::pair<std::uint16_t, locabus_peer>> Maps::peers() const {
   return out;
 }
 
+void Maps::track_peer(std::uint16_t node) {
+  if (node == LOCABUS_NODE_BROADCAST) throw Error("track peer 0xFFFF: the broadcast id is not a node");
+  const locabus_peer_key key{node};
+  const locabus_peer fresh{};
+  try {
+    if (!peers_.insert(key, fresh)) peers_.update(key, fresh, BPF_EXIST);
+  } catch (const Error& e) {
+    throw Error(fmt::format("track peer {} in the kernel peer table: {}", node, e.what()), 0,
+                e.code() == E2BIG ? "attach the fast path with a larger peer table (--max-peers)" : e.hint());
+  }
+}
+
 bool Maps::forget_peer(std::uint16_t node) { return peers_.erase(locabus_peer_key{node}); }
 
 void Maps::register_socket(std::uint32_t queue, std::uint32_t slot, int xsk_fd) {
@@ -328,7 +340,12 @@ void Maps::register_socket(std::uint32_t queue, std::uint32_t slot, int xsk_fd) 
     throw Error(
         fmt::format("register AF_XDP socket for queue {} slot {}: out of range (queues < {}, slots < {})",
                     queue, slot, LOCABUS_MAX_QUEUES, LOCABUS_XSK_SLOTS_PER_QUEUE));
-  xsks_.update(locabus_xsk_key(queue, slot), static_cast<std::uint32_t>(xsk_fd));
+  if (!xsks_.insert(locabus_xsk_key(queue, slot), static_cast<std::uint32_t>(xsk_fd)))
+    throw Error(
+        fmt::format("register AF_XDP socket for queue {} slot {}: another socket holds that slot", queue,
+                    slot),
+        0,
+        "a running process (locabusd, `locabusctl frame recv`) receives there; stop it or use another slot");
 }
 
 bool Maps::unregister_socket(std::uint32_t queue, std::uint32_t slot) {
@@ -454,9 +471,12 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
   } catch (...) {
     try {
       fp->detach_locked();  // the pin lock is still held here
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       spdlog::error("cleaning up after a failed attach: {}", e.what());
     }
+    // Whatever the cleanup managed, the destructor must not try again: it
+    // would wait for the pin lock this thread still holds.
+    fp->impl_->detached = true;
     throw;
   }
   spdlog::info("fast path attached to {} (ifindex {}, {} mode, program id {}, node id {}), maps pinned in {}",
@@ -471,6 +491,8 @@ FastPath::~FastPath() {
     detach();
   } catch (const Error& e) {
     spdlog::error("detaching the fast path from {}: {} ({})", impl_->iface.name, e.what(), e.hint());
+  } catch (const std::exception& e) {
+    spdlog::error("detaching the fast path from {}: {}", impl_->iface.name, e.what());
   }
 }
 
@@ -512,7 +534,10 @@ std::uint16_t FastPath::node_id() const noexcept { return impl_->node_id; }
 std::uint32_t FastPath::program_id() const noexcept { return impl_->prog_id; }
 AttachMode FastPath::mode() const noexcept { return impl_->mode; }
 const std::filesystem::path& FastPath::pin_dir() const noexcept { return impl_->pin_dir; }
-Maps& FastPath::maps() noexcept { return *impl_->maps; }
+Maps& FastPath::maps() {
+  if (!impl_->maps) throw Error("use the maps of the fast path on " + impl_->iface.name + ": it is detached");
+  return *impl_->maps;
+}
 
 // ---- inspection and administrative detach ---------------------------------
 
@@ -546,7 +571,7 @@ DetachReport detach(const std::string& iface, const std::filesystem::path& pin_d
   const auto cfg = read_pinned_config(dir);
   if (cfg && owner_state(*cfg) == OwnerState::alive && !force)
     throw Error(fmt::format("the fast path on {} belongs to running process {}", iface, cfg->owner_pid), 0,
-                "stop that process instead (it detaches on SIGTERM), or pass --force");
+                "stop that process instead (a clean exit detaches it), or pass --force");
   report.programs = detach_ours(ifc.ifindex);
   report.pins = bpffs::remove_pin_dir(dir);
   if (report.programs.empty() && report.pins.empty())

@@ -76,10 +76,17 @@ class Maps {
   std::optional<locabus_peer> peer(std::uint16_t node) const;
   /// Every peer entry, ordered by node id.
   std::vector<std::pair<std::uint16_t, locabus_peer>> peers() const;
-  /// Forgets what the kernel knows of `node` (on connection reset).
+  /// Starts tracking `node` with a fresh record: from now on the kernel
+  /// consumes its pure ACKs and records its NAKs. Call when a connection to
+  /// it is established (or re-established: the old record is replaced).
+  /// Throws Error when the table is full (attach with a larger max_peers).
+  void track_peer(std::uint16_t node);
+  /// Stops tracking `node` (connection closed or reset); false if it was not.
   bool forget_peer(std::uint16_t node);
 
   /// Registers AF_XDP socket `xsk_fd` for (queue, slot); see locabus_xsk_key.
+  /// Throws Error when another socket holds the slot (the kernel removes a
+  /// socket from the map when it is closed, so only a live one can).
   void register_socket(std::uint32_t queue, std::uint32_t slot, int xsk_fd);
   /// Removes the socket of (queue, slot); false if there was none.
   bool unregister_socket(std::uint32_t queue, std::uint32_t slot);
@@ -125,7 +132,8 @@ class FastPath {
   /// native or generic: what the attach got.
   AttachMode mode() const noexcept;
   const std::filesystem::path& pin_dir() const noexcept;
-  Maps& maps() noexcept;
+  /// The maps; throws Error after detach().
+  Maps& maps();
 
   struct Impl;
 
@@ -166,7 +174,7 @@ struct DetachReport {
 
 /// Detaches our program from `iface` and removes its pins, also when they
 /// are stale or only one of the two is left. Refuses (Error) when a live
-/// process other than the caller owns it, unless `force`.
+/// process (the caller included) owns it, unless `force`.
 DetachReport detach(const std::string& iface, const std::filesystem::path& pin_dir = {}, bool force = false,
                     const std::filesystem::path& bpffs_root = bpffs::kDefaultRoot);
 

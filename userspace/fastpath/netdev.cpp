@@ -128,9 +128,9 @@ std::string netns_label() {
   if (init && same_netns(self.get(), init.get())) return {};
   const ino_t ino = netns_inode(self.get());
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/run/netns", ec)) {
+  for (std::filesystem::directory_iterator it("/run/netns", ec), end; !ec && it != end; it.increment(ec)) {
     struct stat st {};
-    if (::stat(e.path().c_str(), &st) == 0 && st.st_ino == ino) return e.path().filename().string();
+    if (::stat(it->path().c_str(), &st) == 0 && st.st_ino == ino) return it->path().filename().string();
   }
   return "ns" + std::to_string(ino);
 }
