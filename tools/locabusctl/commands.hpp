@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <string>
 
@@ -18,6 +19,9 @@ struct Target {
 
 /// Adds --iface, --pin-dir and --json to `cmd`.
 void add_target_options(CLI::App& cmd, Target& t, bool with_json = true);
+
+/// --pin-dir, else the default pin directory of --iface in this namespace.
+std::filesystem::path pin_dir_of(const Target& t);
 
 void register_xdp_commands(CLI::App& app);
 void register_stats_command(CLI::App& app);

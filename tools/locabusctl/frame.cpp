@@ -111,8 +111,7 @@ void do_send(const SendOptions& o) {
     from = *from_opt;
   } else {
     try {  // the node id the fast path runs with, else the address rule
-      const auto dir = o.target.pin_dir.empty() ? bpffs::default_pin_dir(o.target.iface)
-                                                : std::filesystem::path(o.target.pin_dir);
+      const auto dir = pin_dir_of(o.target);
       from = fastpath::Maps::open_pinned(dir).config().node_id;
     } catch (const Error&) {
       from = net::default_node_id(ifc);
@@ -181,8 +180,7 @@ int do_recv(const RecvOptions& o) {
     throw Error(fmt::format("protocol {} cannot have a socket of its own (only ids below {})", slot,
                             LOCABUS_XSK_PROTO_SLOTS),
                 0, "leave out --proto to receive on the default socket");
-  const auto dir = o.target.pin_dir.empty() ? bpffs::default_pin_dir(o.target.iface)
-                                            : std::filesystem::path(o.target.pin_dir);
+  const auto dir = pin_dir_of(o.target);
   auto maps = fastpath::Maps::open_pinned(dir);
   xsk::Options xo;
   xo.queue = o.queue;

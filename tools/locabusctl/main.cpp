@@ -9,6 +9,7 @@
 
 #include "commands.hpp"
 #include "common/error.hpp"
+#include "fastpath/bpffs.hpp"
 #include "fastpath/netdev.hpp"
 
 namespace locabus::ctl {
@@ -19,6 +20,10 @@ void add_target_options(CLI::App& cmd, Target& t, bool with_json) {
                  "Directory of the pinned maps (default: /sys/fs/bpf/locabus/IFACE, or IFACE@NETNS "
                  "outside the initial network namespace)");
   if (with_json) cmd.add_flag("--json", t.json, "Print machine-readable JSON");
+}
+
+std::filesystem::path pin_dir_of(const Target& t) {
+  return t.pin_dir.empty() ? bpffs::default_pin_dir(t.iface) : std::filesystem::path(t.pin_dir);
 }
 
 std::uint16_t node_id_option(const std::string& text, const std::string& option) {

@@ -87,8 +87,6 @@ void print_status(const fastpath::Status& s) {
   }
 }
 
-std::filesystem::path pin_dir_of(const Target& t) { return std::filesystem::path(t.pin_dir); }
-
 }  // namespace
 
 void register_xdp_commands(CLI::App& app) {
@@ -177,8 +175,7 @@ void register_xdp_commands(CLI::App& app) {
     cmd->add_option("-n,--node", *node, "Peer node id")->required();
     cmd->callback([=] {
       const auto id = node_id_option(*node, "--node");
-      const auto dir =
-          t->pin_dir.empty() ? bpffs::default_pin_dir(t->iface) : std::filesystem::path(t->pin_dir);
+      const auto dir = pin_dir_of(*t);
       auto maps = fastpath::Maps::open_pinned(dir);
       if (track) {
         maps.track_peer(id);
@@ -215,8 +212,7 @@ void register_stats_command(CLI::App& app) {
   auto t = std::make_shared<Target>();
   add_target_options(*cmd, *t);
   cmd->callback([=] {
-    const auto dir =
-        t->pin_dir.empty() ? bpffs::default_pin_dir(t->iface) : std::filesystem::path(t->pin_dir);
+    const auto dir = pin_dir_of(*t);
     auto maps = fastpath::Maps::open_pinned(dir);
     const auto counters = maps.counters();
     const auto peers = maps.peers();

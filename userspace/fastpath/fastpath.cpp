@@ -171,35 +171,29 @@ void clear_leftovers(const net::Interface& iface, const std::filesystem::path& p
   bpffs::remove_pin_dir(pin_dir);
 }
 
-// Library messages, without the library's own "libbpf: "/"libxdp: " prefix.
-std::string library_message(const char* format, va_list args, std::string_view prefix) {
-  char buf[1024];
-  std::vsnprintf(buf, sizeof buf, format, args);
-  std::string_view msg(buf);
-  if (msg.starts_with(prefix)) msg.remove_prefix(prefix.size());
-  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
-  return std::string(msg);
-}
-
 // libbpf and libxdp warn about probes that are expected to fail (libxdp's
 // dispatcher compatibility check, for one) and then carry on. Every failure
 // that matters reaches the caller as an Error with context, so their
 // messages are debug detail (LOCABUS_LOG=debug), including verifier logs.
-int libbpf_log(enum libbpf_print_level level, const char* format, va_list args) {
-  const auto msg = library_message(format, args, "libbpf: ");
-  if (level == LIBBPF_DEBUG)
-    spdlog::trace("libbpf: {}", msg);
+void forward_library_message(std::string_view lib, bool verbose, const char* format, va_list args) {
+  char buf[1024];
+  std::vsnprintf(buf, sizeof buf, format, args);
+  std::string_view msg(buf);
+  if (msg.starts_with(lib) && msg.substr(lib.size()).starts_with(": ")) msg.remove_prefix(lib.size() + 2);
+  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
+  if (verbose)
+    spdlog::trace("{}: {}", lib, msg);
   else
-    spdlog::debug("libbpf: {}", msg);
+    spdlog::debug("{}: {}", lib, msg);
+}
+
+int libbpf_log(enum libbpf_print_level level, const char* format, va_list args) {
+  forward_library_message("libbpf", level == LIBBPF_DEBUG, format, args);
   return 0;
 }
 
 int libxdp_log(enum libxdp_print_level level, const char* format, va_list args) {
-  const auto msg = library_message(format, args, "libxdp: ");
-  if (level == LIBXDP_DEBUG)
-    spdlog::trace("libxdp: {}", msg);
-  else
-    spdlog::debug("libxdp: {}", msg);
+  forward_library_message("libxdp", level == LIBXDP_DEBUG, format, args);
   return 0;
 }
 
