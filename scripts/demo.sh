@@ -3,7 +3,7 @@
 # fast path attached natively on both, frames through AF_XDP. It checks what
 # it shows and exits non-zero if the fast path misbehaves.
 #
-#   sudo scripts/demo.sh            # installs packages, builds, runs
+#   scripts/demo.sh                 # as root: installs packages, builds, runs
 #   scripts/demo.sh --no-build --bin build/tools/locabusctl/locabusctl
 set -euo pipefail
 
@@ -21,7 +21,7 @@ while (($#)); do
 done
 
 if [[ $(id -u) -ne 0 ]]; then
-  echo "demo.sh: needs root (network namespaces, XDP, bpffs); run: sudo $0" >&2
+  echo "demo.sh: needs root (network namespaces, XDP, bpffs); run it as root" >&2
   exit 1
 fi
 

@@ -19,7 +19,7 @@ packages=(
 )
 
 if [[ $(id -u) -ne 0 ]]; then
-  echo "setup.sh: installing packages needs root; run: sudo $0" >&2
+  echo "setup.sh: installing packages needs root; run it as root" >&2
   exit 1
 fi
 

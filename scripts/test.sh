@@ -5,8 +5,8 @@
 # Needs root for the bpf and e2e tiers; under CI (CI=true) a missing
 # privilege or kernel feature fails those tests instead of skipping them.
 #
-#   sudo scripts/test.sh            # everything
-#   sudo scripts/test.sh -L unit    # extra arguments go to ctest
+#   scripts/test.sh                 # as root: everything
+#   scripts/test.sh -L unit         # extra arguments go to ctest
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
