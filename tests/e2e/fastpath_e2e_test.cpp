@@ -230,11 +230,7 @@ TEST_F(FastPathE2E, StaleStateOfACrashedOwnerIsReplaced) {
       ::close(pipefd[0]);
       std::uint32_t id = 0;
       try {
-        net::NetnsScope in(net_->netns_b());
-        fastpath::Options o;
-        o.iface = net_->if_b();
-        o.node_id = kNodeB;
-        auto fp = fastpath::FastPath::attach(o);
+        auto fp = attach(net_->netns_b(), net_->if_b(), kNodeB);
         id = fp->program_id();
         fp->persist();  // then "crash": no detach
       } catch (...) {
@@ -277,11 +273,7 @@ TEST_F(FastPathE2E, ALiveOwnerIsNeverReplaced) {
   if (child == 0) {
     char c = 0;
     try {
-      net::NetnsScope in(net_->netns_b());
-      fastpath::Options o;
-      o.iface = net_->if_b();
-      o.node_id = kNodeB;
-      auto fp = fastpath::FastPath::attach(o);
+      auto fp = attach(net_->netns_b(), net_->if_b(), kNodeB);
       c = 1;
       (void)!::write(ready[1], &c, 1);
       (void)!::read(done[0], &c, 1);  // hold it until the parent is done
