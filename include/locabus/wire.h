@@ -206,4 +206,53 @@ static inline int locabus_csum_ok(const struct locabus_hdr* hdr, __u32 len) {
   return locabus_csum_fold(locabus_csum_partial(hdr, len, 0)) == 0xFFFF;
 }
 
+/* ---------------------------------------------------------------------
+ * Control payloads: the data of LOCABUS_P_CONTROL packets (handshake,
+ * membership). All start with the same 16-byte "hello"; receivers accept
+ * longer payloads (later versions may append fields) and drop shorter
+ * ones or another version. docs/PROTOCOL.md describes each exchange.
+ * ------------------------------------------------------------------- */
+#define LOCABUS_CTRL_VERSION 1
+
+/* DISCOVER, HEARTBEAT, PROBE, PROBE_REPLY, FIN, FIN_ACK. */
+struct locabus_hello {
+  __u8 version;   /* LOCABUS_CTRL_VERSION */
+  __u8 flags;     /* LOCABUS_HELLO_F_* */
+  __be16 known;   /* members the sender knows (alive or suspect) */
+  __be32 reserved;
+  __be64 epoch;   /* sender's boot epoch: ns since 1970 at start */
+};
+#define LOCABUS_HELLO_F_LEAVING 0x01 /* HEARTBEAT: clean shutdown */
+#define LOCABUS_HELLO_F_RESET 0x02   /* FIN: "I have no such connection" */
+
+/* SYN, SYN_ACK: the hello, then the incarnation the sender means to reach
+ * (0 = whichever is running), so a SYN meant for a node's previous life is
+ * not accepted by its new one. */
+struct locabus_syn {
+  struct locabus_hello hello;
+  __be64 peer_epoch;
+};
+
+/* DISCOVER_REPLY: the hello, then one page of the sender's member list. */
+struct locabus_reply {
+  struct locabus_hello hello;
+  __be16 offset; /* index of the first entry in the whole list */
+  __be16 count;  /* entries in this frame */
+  __be32 reserved;
+};
+struct locabus_member_entry {
+  __be16 node;
+  __u8 mac[LOCABUS_ETH_ALEN];
+  __be64 epoch;
+};
+#define LOCABUS_REPLY_MAX_ENTRIES \
+  ((LOCABUS_MAX_PAYLOAD - sizeof(struct locabus_reply)) / sizeof(struct locabus_member_entry))
+
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_hello) == 16, "hello is 16 bytes");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_hello, epoch) == 8, "epoch at 8");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_syn) == 24, "syn is 24 bytes");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_reply) == 24, "reply header is 24 bytes");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_member_entry) == 16, "member entry is 16 bytes");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_member_entry, epoch) == 8, "entry epoch at 8");
+
 #endif /* LOCABUS_WIRE_H */

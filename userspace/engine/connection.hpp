@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// The per-connection protocol state: what the paper bounds at 160 bytes
+// ("TCP needs 360"). Buffers (the peer's send and receive queues),
+// membership and counters live in the peer record beside it; this is only
+// what the go-back-N state machine needs. docs/ARCHITECTURE.md lists every
+// field.
+#pragma once
+
+#include <cstdint>
+
+#include "engine/clock.hpp"
+#include "engine/events.hpp"
+
+namespace locabus::engine {
+
+struct Connection {
+  // Timers: the authoritative deadline (0 = not armed) and the deadline of
+  // the one live timer-wheel entry for it (entries that do not match are
+  // stale and ignored).
+  Nanos rto_at{0};
+  Nanos rto_wheel{0};
+  Nanos ack_at{0};
+  Nanos ack_wheel{0};
+
+  // Round-trip estimate (RFC 6298) and the current timeout with back-off.
+  Nanos srtt{0};
+  Nanos rttvar{0};
+  Nanos rto{0};
+  Nanos rtt_sent_at{0};  // when rtt_seq was first sent (Karn: never a retransmission)
+
+  Nanos nak_sent_at{0};  // receiver: last NAK or immediate ACK (holdoff)
+  Nanos goback_at{0};    // sender: last go-back triggered by a NAK (holdoff)
+
+  std::uint64_t peer_epoch = 0;  // the incarnation this connection is with
+
+  // Sequence numbers: 16-bit, serial arithmetic (wire::seq_before).
+  std::uint16_t iss = 0;       // our initial sequence number (the SYN's)
+  std::uint16_t irs = 0;       // the peer's initial sequence number
+  std::uint16_t snd_una = 0;   // oldest unacknowledged
+  std::uint16_t snd_nxt = 0;   // next to transmit (moves back on go-back)
+  std::uint16_t snd_max = 0;   // highest transmitted + 1
+  std::uint16_t snd_edge = 0;  // peer's right window edge: its ack + window
+  std::uint16_t rtt_seq = 0;   // the packet being timed
+  std::uint16_t goback_seq = 0;
+  std::uint16_t rcv_nxt = 0;     // next expected from the peer
+  std::uint16_t rcv_edge = 0;    // right edge we last advertised
+  std::uint16_t rx_unacked = 0;  // packets accepted since our last ACK
+  std::uint16_t fin_seq = 0;     // fin_wait: our FIN's seq; close_wait: the peer's
+
+  ConnState state = ConnState::closed;
+  std::uint8_t retries = 0;  // consecutive timeouts without progress
+  std::uint8_t flags = 0;    // kTiming | kCloseAfterDrain | ...
+
+  static constexpr std::uint8_t kTiming = 1 << 0;           // rtt_seq is being timed
+  static constexpr std::uint8_t kCloseAfterDrain = 1 << 1;  // close() called: FIN once drained
+  static constexpr std::uint8_t kAckNow = 1 << 2;           // send an ACK in this duty cycle
+  static constexpr std::uint8_t kNakNow = 1 << 3;           // send a NAK in this duty cycle
+  static constexpr std::uint8_t kProbe = 1 << 4;            // one packet may go past the peer's edge
+  static constexpr std::uint8_t kTracked = 1 << 5;          // Transport::track_peer() was called
+
+  bool open() const noexcept { return state != ConnState::closed; }
+  /// Data may flow (ACKs, piggy-backing, our data).
+  bool synchronized() const noexcept {
+    return state == ConnState::established || state == ConnState::fin_wait || state == ConnState::close_wait;
+  }
+};
+
+/// The paper's bound on per-connection state, enforced at compile time.
+inline constexpr std::size_t kConnectionStateLimit = 160;
+static_assert(sizeof(Connection) <= kConnectionStateLimit,
+              "per-connection state must stay within the paper's 160 bytes (docs/ARCHITECTURE.md)");
+
+}  // namespace locabus::engine

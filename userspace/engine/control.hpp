@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Encoding and decoding of the control payloads declared in wire.h
+// (struct locabus_hello, locabus_syn, locabus_reply, locabus_member_entry).
+#pragma once
+
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "locabus/wire.hpp"
+
+namespace locabus::engine::control {
+
+constexpr std::uint64_t hton64(std::uint64_t v) noexcept {
+  if constexpr (std::endian::native == std::endian::little) {
+    return (static_cast<std::uint64_t>(wire::byteswap16(static_cast<std::uint16_t>(v))) << 48) |
+           (static_cast<std::uint64_t>(wire::byteswap16(static_cast<std::uint16_t>(v >> 16))) << 32) |
+           (static_cast<std::uint64_t>(wire::byteswap16(static_cast<std::uint16_t>(v >> 32))) << 16) |
+           static_cast<std::uint64_t>(wire::byteswap16(static_cast<std::uint16_t>(v >> 48)));
+  }
+  return v;
+}
+constexpr std::uint64_t ntoh64(std::uint64_t v) noexcept { return hton64(v); }
+
+struct Hello {
+  std::uint8_t flags = 0;
+  std::uint16_t known = 0;
+  std::uint64_t epoch = 0;
+};
+
+inline locabus_hello encode(const Hello& h) noexcept {
+  locabus_hello raw{};
+  raw.version = LOCABUS_CTRL_VERSION;
+  raw.flags = h.flags;
+  raw.known = wire::hton16(h.known);
+  raw.epoch = hton64(h.epoch);
+  return raw;
+}
+
+/// The hello at the start of a control payload; nullopt if the payload is
+/// too short or of another version.
+inline std::optional<Hello> decode_hello(std::span<const std::byte> payload) noexcept {
+  if (payload.size() < sizeof(locabus_hello)) return std::nullopt;
+  locabus_hello raw;
+  std::memcpy(&raw, payload.data(), sizeof raw);
+  if (raw.version != LOCABUS_CTRL_VERSION) return std::nullopt;
+  return Hello{raw.flags, wire::ntoh16(raw.known), ntoh64(raw.epoch)};
+}
+
+struct Syn {
+  Hello hello;
+  std::uint64_t peer_epoch = 0;
+};
+
+inline locabus_syn encode(const Syn& s) noexcept {
+  locabus_syn raw{};
+  raw.hello = encode(s.hello);
+  raw.peer_epoch = hton64(s.peer_epoch);
+  return raw;
+}
+
+inline std::optional<Syn> decode_syn(std::span<const std::byte> payload) noexcept {
+  auto hello = decode_hello(payload);
+  if (!hello || payload.size() < sizeof(locabus_syn)) return std::nullopt;
+  locabus_syn raw;
+  std::memcpy(&raw, payload.data(), sizeof raw);
+  return Syn{*hello, ntoh64(raw.peer_epoch)};
+}
+
+struct MemberEntry {
+  std::uint16_t node = 0;
+  wire::MacAddress mac{};
+  std::uint64_t epoch = 0;
+};
+
+inline constexpr std::size_t kReplyMaxEntries = LOCABUS_REPLY_MAX_ENTRIES;
+
+/// One DISCOVER_REPLY page: header + entries, ready to send.
+inline std::vector<std::byte> encode_reply(const Hello& hello, std::uint16_t offset,
+                                           std::span<const MemberEntry> entries) {
+  locabus_reply head{};
+  head.hello = encode(hello);
+  head.offset = wire::hton16(offset);
+  head.count = wire::hton16(static_cast<std::uint16_t>(entries.size()));
+  std::vector<std::byte> out(sizeof head + entries.size() * sizeof(locabus_member_entry));
+  std::memcpy(out.data(), &head, sizeof head);
+  std::size_t at = sizeof head;
+  for (const MemberEntry& m : entries) {
+    locabus_member_entry raw{};
+    raw.node = wire::hton16(m.node);
+    std::memcpy(raw.mac, m.mac.bytes.data(), sizeof raw.mac);
+    raw.epoch = hton64(m.epoch);
+    std::memcpy(out.data() + at, &raw, sizeof raw);
+    at += sizeof raw;
+  }
+  return out;
+}
+
+struct Reply {
+  Hello hello;
+  std::uint16_t offset = 0;
+  std::vector<MemberEntry> entries;
+};
+
+inline std::optional<Reply> decode_reply(std::span<const std::byte> payload) {
+  auto hello = decode_hello(payload);
+  if (!hello || payload.size() < sizeof(locabus_reply)) return std::nullopt;
+  locabus_reply head;
+  std::memcpy(&head, payload.data(), sizeof head);
+  const std::size_t count = wire::ntoh16(head.count);
+  if (payload.size() < sizeof head + count * sizeof(locabus_member_entry)) return std::nullopt;
+  Reply r{*hello, wire::ntoh16(head.offset), {}};
+  r.entries.reserve(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    locabus_member_entry raw;
+    std::memcpy(&raw, payload.data() + sizeof head + i * sizeof raw, sizeof raw);
+    MemberEntry m;
+    m.node = wire::ntoh16(raw.node);
+    std::memcpy(m.mac.bytes.data(), raw.mac, sizeof raw.mac);
+    m.epoch = ntoh64(raw.epoch);
+    r.entries.push_back(m);
+  }
+  return r;
+}
+
+template <typename T>
+std::span<const std::byte> bytes_of(const T& v) noexcept {
+  return std::as_bytes(std::span<const T, 1>(&v, 1));
+}
+
+}  // namespace locabus::engine::control

@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// The Locabus protocol engine: reliable unicast (go-back-N connections) and
+// membership (discovery, boot epochs, failure detection) over a Transport,
+// driven by an injected Clock. Single-threaded: every method is called from
+// the thread that runs do_work(). It never blocks and never sleeps; the
+// owner decides how to idle (engine/idle.hpp).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/function_ref.hpp"
+#include "engine/agent.hpp"
+#include "engine/buffers.hpp"
+#include "engine/clock.hpp"
+#include "engine/config.hpp"
+#include "engine/connection.hpp"
+#include "engine/events.hpp"
+#include "engine/timer_wheel.hpp"
+#include "engine/transport.hpp"
+#include "locabus/wire.hpp"
+
+namespace locabus::engine {
+
+enum class SendStatus : std::uint8_t {
+  ok,
+  would_block,   // the peer's send queue is full: retry after it drains
+  too_large,     // payload over 1484 bytes
+  invalid_node,  // 0xFFFF or our own id
+  unknown_node,  // never heard from: wait for discovery
+  unreachable,   // the peer is dead, has left, or stopped answering
+  closing,       // close() was called for this peer and has not finished
+};
+std::string_view to_string(SendStatus s) noexcept;
+
+struct SendResult {
+  SendStatus status = SendStatus::ok;
+  std::uint64_t message_id = 0;  // ok: per-peer id, consecutive (see Event::send_failed)
+  explicit operator bool() const noexcept { return status == SendStatus::ok; }
+  /// What failed and what to do, for error messages.
+  std::string describe(std::uint16_t node) const;
+};
+
+/// A received message, valid during the receive() callback.
+struct Message {
+  std::uint16_t node = 0;
+  std::uint8_t proto = 0;
+  std::span<const std::byte> payload;
+};
+
+struct PeerCounters {
+  std::uint64_t data_sent = 0;  // first transmissions
+  std::uint64_t retransmits = 0;
+  std::uint64_t data_received = 0;  // accepted in order
+  std::uint64_t duplicates = 0;     // already had it
+  std::uint64_t out_of_order = 0;   // discarded (go-back-N)
+  std::uint64_t window_drops = 0;   // discarded: no receive credit left
+  std::uint64_t acks_sent = 0;
+  std::uint64_t naks_sent = 0;
+  std::uint64_t naks_received = 0;
+  std::uint64_t timeouts = 0;
+  std::uint64_t delivered = 0;  // handed to the application
+};
+
+/// A snapshot of one peer, for status tools and tests.
+struct PeerInfo {
+  std::uint16_t node = 0;
+  wire::MacAddress mac{};
+  MemberState member = MemberState::joining;
+  std::uint64_t epoch = 0;
+  Nanos last_heard{0};
+  ConnState conn = ConnState::closed;
+  Nanos srtt{0};
+  Nanos rto{0};
+  std::uint16_t in_flight = 0;     // sent, not yet acknowledged
+  std::size_t queued = 0;          // in the send queue, in flight included
+  std::size_t receivable = 0;      // delivered, waiting for receive()
+  std::uint16_t peer_window = 0;   // credit the peer last advertised
+  std::uint64_t next_message = 0;  // id the next send() will get
+  PeerCounters counters;
+};
+
+struct EngineStats {
+  std::uint64_t rx_frames = 0;
+  std::array<std::uint64_t, 8> rx_invalid{};  // by wire::FrameError
+  std::uint64_t rx_not_ours = 0;              // node_to is neither us nor broadcast
+  std::uint64_t rx_own = 0;                   // node_from is us, from our own MAC
+  std::uint64_t rx_stale_epoch = 0;           // from an older incarnation
+  std::uint64_t rx_conflict = 0;              // from a MAC that conflicts with a member's id
+  std::uint64_t rx_unknown_peer = 0;          // connection frame from an unknown node
+  std::uint64_t rx_unsupported = 0;           // valid but not handled yet (broadcast data, POLL)
+  std::uint64_t rx_malformed_control = 0;     // control payload too short or wrong version
+  std::uint64_t tx_frames = 0;
+  std::uint64_t tx_control_dropped = 0;  // TX queue full: a control frame was not sent
+  std::uint64_t resets_sent = 0;
+  std::uint64_t discover_sent = 0;
+  std::uint64_t replies_sent = 0;
+  std::uint64_t heartbeats_sent = 0;
+  std::uint64_t probes_sent = 0;
+  std::uint64_t events_dropped = 0;
+};
+
+class Engine final : public Agent {
+ public:
+  /// `seed` drives every random choice (initial sequence numbers, jitter),
+  /// so a simulation is repeatable. The transport and clock must outlive
+  /// the engine. Throws locabus::Error if the config is invalid.
+  Engine(const EngineConfig& config, Transport& transport, const Clock& clock, std::uint64_t seed);
+  ~Engine() override;
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // ---- Agent ------------------------------------------------------------------
+  /// Receives a batch, runs due timers, transmits. Returns the work done.
+  int do_work() override;
+  std::optional<Nanos> next_deadline() const override;
+  std::string_view name() const noexcept override { return "engine"; }
+  /// The agents do_work() runs, in order: receiver, conductor, sender. For
+  /// measuring them separately; they share state, so one thread runs all.
+  std::array<Agent*, 3> agents() noexcept;
+
+  // ---- unicast --------------------------------------------------------------
+  /// Queues one message (<= 1484 bytes) for reliable, in-order, exactly-once
+  /// delivery to `node`; connects first if needed. Never blocks: a full
+  /// queue gives would_block. A message accepted here either arrives or is
+  /// reported in a send_failed event.
+  SendResult send(std::uint16_t node, std::uint8_t proto, std::span<const std::byte> payload);
+  /// Hands up to `max` received messages to `on_message`, fairly across
+  /// peers. Reading frees receive credit, which is advertised to the peer.
+  std::size_t receive(std::size_t max, FunctionRef<void(const Message&)> on_message);
+  /// Messages waiting for receive().
+  std::size_t receivable() const noexcept { return receivable_; }
+  /// Closes the connection to `node` once everything queued is delivered
+  /// (FIN/FIN_ACK). Sends after this return closing until it is done.
+  void close(std::uint16_t node);
+  /// A clean shutdown: closes every connection (queued messages fail with
+  /// `shutdown`), announces that this node leaves. Call do_work() a few
+  /// times after it to let the frames out.
+  void leave();
+
+  // ---- events and state -------------------------------------------------------
+  /// Hands queued events to `on_event`, oldest first; returns how many.
+  std::size_t poll_events(FunctionRef<void(const Event&)> on_event);
+  std::vector<PeerInfo> peers() const;
+  std::optional<PeerInfo> peer(std::uint16_t node) const;
+  /// Members in state alive or suspect (this node not included).
+  std::size_t live_members() const noexcept;
+  const EngineStats& stats() const noexcept { return stats_; }
+  std::uint16_t node_id() const noexcept { return config_.node_id; }
+  std::uint64_t epoch() const noexcept { return epoch_; }
+  const EngineConfig& config() const noexcept { return config_; }
+
+ private:
+  struct Peer;
+  enum TimerKind : std::uint8_t { kRtoTimer, kAckTimer };
+  class Receiver;
+  class Conductor;
+  class Sender;
+
+  // the agents' work (engine.cpp)
+  int receive_frames();
+  int run_timers();
+  int transmit();
+
+  // frames in and out (engine.cpp)
+  void on_frame(FrameBytes frame);
+  bool emit(const wire::MacAddress& dst, wire::Header hdr, std::span<const std::byte> payload);
+  bool emit_control(const wire::MacAddress& dst, wire::Header hdr, std::span<const std::byte> payload);
+  std::size_t tx_space() const noexcept;
+  std::size_t flush();
+  void push_event(Event e);
+  Nanos jitter(Nanos upto);
+  Nanos sweep_period() const noexcept;
+
+  // peers (engine.cpp)
+  Peer* find(std::uint16_t node) noexcept;
+  const Peer* find(std::uint16_t node) const noexcept;
+  Peer& create_peer(std::uint16_t node, const wire::MacAddress& mac);
+  PeerInfo info(const Peer& p) const;
+
+  // membership (membership.cpp)
+  enum class Contact : std::uint8_t { ok, stale, conflict };
+  Contact observe(std::uint16_t node, const wire::MacAddress& mac, std::optional<std::uint64_t> epoch,
+                  Peer*& out);
+  void set_member(Peer& p, MemberState s);
+  Event member_event(EventKind kind, const Peer& p) const;
+  void on_membership_frame(const wire::FrameView& f);
+  int membership_tick();
+  void send_hello(wire::PacketType type, std::uint16_t to, const wire::MacAddress& dst, std::uint8_t flags);
+  void send_discover(const Peer* to);
+  void send_reply(Peer& to);
+  void send_heartbeat(bool leaving);
+  void send_probe(Peer& p, bool reply);
+  void report_conflict(std::uint16_t node, const wire::MacAddress& first, const wire::MacAddress& second);
+
+  // unicast (unicast.cpp)
+  void on_connection_frame(const wire::FrameView& f);
+  void on_syn(const wire::FrameView& f, Peer& p);
+  void accept_syn(const wire::FrameView& f, Peer& p);
+  void on_syn_ack(const wire::FrameView& f, Peer& p);
+  void on_fin(const wire::FrameView& f, Peer& p);
+  void on_fin_ack(const wire::FrameView& f, Peer& p);
+  void on_ack_fields(const wire::FrameView& f, Peer& p);
+  void on_data(const wire::FrameView& f, Peer& p);
+  void on_nak(const wire::FrameView& f, Peer& p);
+  void start_connect(Peer& p);
+  void established(Peer& p);
+  void reset_connection(Peer& p, Failure why);
+  void fail_pending(Peer& p, Failure why);
+  void maybe_finish_close(Peer& p);
+  void arm(Peer& p, TimerKind kind, Nanos at);
+  void disarm(Peer& p, TimerKind kind);
+  void on_timer(const TimerWheel::Entry& e);
+  void on_rto(Peer& p);
+  void rtt_sample(Connection& c, Nanos r);
+  std::uint16_t advertised_window(Peer& p);
+  void window_opened(Peer& p);
+  wire::Header conn_header(Peer& p, wire::PacketType t, std::uint8_t proto);
+  void acked_now(Peer& p);
+  void send_syn(Peer& p, bool syn_ack);
+  void send_ack(Peer& p, bool nak);
+  void send_fin(Peer& p, bool fin_ack, std::uint16_t ack_for, bool reset);
+  void send_fin_to(const wire::FrameView& f, Peer* p);
+  void send_reset(const wire::FrameView& f, Peer* p);
+  int transmit_peer(Peer& p);
+  void mark_tx_ready(Peer& p);
+
+  EngineConfig config_;
+  Transport& transport_;
+  const Clock& clock_;
+  std::mt19937_64 rng_;
+  std::uint64_t epoch_;
+  wire::MacAddress mac_;
+  Nanos started_at_;
+
+  std::vector<std::unique_ptr<Peer>> peers_;  // index = timer-wheel owner id
+  std::unordered_map<std::uint16_t, std::uint32_t> index_;
+  std::size_t live_count_ = 0;
+  TimerWheel wheel_;
+
+  // TX: frames built in place in a fixed pool, handed over in batches
+  std::vector<std::array<std::byte, wire::kMaxFrame>> tx_buf_;
+  std::vector<std::uint16_t> tx_len_;
+  std::vector<std::uint16_t> tx_slot_;  // pool slots in send order
+  std::vector<FrameBytes> tx_frames_;
+  std::size_t tx_count_ = 0;
+  std::vector<std::uint32_t> tx_ready_;  // peers with data or control to send
+
+  std::deque<std::uint32_t> rx_ready_;  // peers with messages for receive()
+  std::size_t receivable_ = 0;
+
+  // membership timers
+  Nanos next_discover_{0};
+  Nanos next_heartbeat_{0};
+  Nanos next_sweep_{0};
+  Nanos discover_until_{0};
+  bool leaving_ = false;
+  bool self_conflict_reported_ = false;
+  wire::MacAddress self_conflict_mac_{};
+
+  std::deque<Event> events_;
+  EngineStats stats_;
+
+  std::unique_ptr<Receiver> receiver_;
+  std::unique_ptr<Conductor> conductor_;
+  std::unique_ptr<Sender> sender_;
+};
+
+}  // namespace locabus::engine

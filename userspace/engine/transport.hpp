@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// The transport seam: the engine sends and receives whole Ethernet frames
+// through this interface and knows nothing else about the link. AF_XDP,
+// AF_PACKET and the simulated network are implementations.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "common/function_ref.hpp"
+#include "locabus/wire.hpp"
+
+namespace locabus::engine {
+
+/// One Ethernet frame: destination MAC, source MAC, EtherType 0x88B5, the
+/// Locabus header, data. No FCS.
+using FrameBytes = std::span<const std::byte>;
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  /// The MAC address this transport sends from.
+  virtual wire::MacAddress mac() const noexcept = 0;
+
+  /// Queues frames for transmission, in order. Returns how many (a prefix of
+  /// `frames`) were accepted; the rest could not be queued now (the TX ring
+  /// is full) and should be offered again later. The bytes are copied before
+  /// send() returns.
+  virtual std::size_t send(std::span<const FrameBytes> frames) = 0;
+
+  /// Calls `on_frame` once for each received frame, at most `max` times, and
+  /// returns how many it delivered. The bytes are valid only during the
+  /// call. Frames may be invalid: the engine validates every one.
+  virtual std::size_t receive(std::size_t max, FunctionRef<void(FrameBytes)> on_frame) = 0;
+
+  /// A file descriptor that becomes readable when frames arrive, for a
+  /// blocking idle strategy; -1 if there is none (the simulation).
+  virtual int wait_fd() const noexcept { return -1; }
+
+  /// The engine established (track) or closed (forget) a connection to
+  /// `node`. The AF_XDP transport uses this to let the kernel consume that
+  /// peer's pure ACKs (see docs/FASTPATH.md); others ignore it.
+  virtual void track_peer(std::uint16_t node) { (void)node; }
+  virtual void forget_peer(std::uint16_t node) { (void)node; }
+};
+
+}  // namespace locabus::engine
