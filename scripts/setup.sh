@@ -10,8 +10,8 @@ packages=(
   libbpf-dev libxdp-dev bpftool libelf-dev zlib1g-dev
   # C++ libraries
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
-  # tests
-  libgtest-dev libgmock-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev
   # namespaces, veth, ping and jq for the demo and the end-to-end tests
   iproute2 iputils-ping util-linux jq
   # formatting

@@ -30,6 +30,7 @@ struct Connection {
 
   Nanos nak_sent_at{0};  // receiver: last NAK or immediate ACK (holdoff)
   Nanos goback_at{0};    // sender: last go-back triggered by a NAK (holdoff)
+  Nanos rtt_min{0};      // smallest RTT sample: how soon a NAK can be answered
 
   std::uint64_t peer_epoch = 0;  // the incarnation this connection is with
 
@@ -57,6 +58,8 @@ struct Connection {
   static constexpr std::uint8_t kNakNow = 1 << 3;           // send a NAK in this duty cycle
   static constexpr std::uint8_t kProbe = 1 << 4;            // one packet may go past the peer's edge
   static constexpr std::uint8_t kTracked = 1 << 5;          // Transport::track_peer() was called
+  static constexpr std::uint8_t kNakPending = 1 << 6;       // NAK held back by the holdoff (ack timer)
+  static constexpr std::uint8_t kAckPending = 1 << 7;       // ACK held back by the holdoff (ack timer)
 
   bool open() const noexcept { return state != ConnState::closed; }
   /// Data may flow (ACKs, piggy-backing, our data).

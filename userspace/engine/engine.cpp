@@ -254,6 +254,7 @@ PeerInfo Engine::info(const Peer& p) const {
   i.conn = p.conn.state;
   i.srtt = p.conn.srtt;
   i.rto = p.conn.rto;
+  i.retransmit_at = p.conn.rto_at;
   if (p.conn.synchronized()) {
     i.in_flight = static_cast<std::uint16_t>(p.conn.snd_max - p.conn.snd_una);
     i.peer_window = static_cast<std::uint16_t>(p.conn.snd_edge - p.conn.snd_una);

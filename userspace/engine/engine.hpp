@@ -80,6 +80,7 @@ struct PeerInfo {
   ConnState conn = ConnState::closed;
   Nanos srtt{0};
   Nanos rto{0};
+  Nanos retransmit_at{0};          // when the retransmission timer fires (0 = not armed)
   std::uint16_t in_flight = 0;     // sent, not yet acknowledged
   std::size_t queued = 0;          // in the send queue, in flight included
   std::size_t receivable = 0;      // delivered, waiting for receive()
@@ -221,6 +222,7 @@ class Engine final : public Agent {
   void on_timer(const TimerWheel::Entry& e);
   void on_rto(Peer& p);
   void rtt_sample(Connection& c, Nanos r);
+  Nanos base_rto(const Connection& c) const;
   std::uint16_t advertised_window(Peer& p);
   void window_opened(Peer& p);
   wire::Header conn_header(Peer& p, wire::PacketType t, std::uint8_t proto);

@@ -67,13 +67,17 @@ void Engine::on_timer(const TimerWheel::Entry& e) {
   deadline = Nanos{0};
   if (kind == kRtoTimer) {
     on_rto(p);
-  } else if (c.synchronized() && c.rx_unacked > 0) {
-    c.flags |= Connection::kAckNow;
-    mark_tx_ready(p);
+    return;
   }
+  if (!c.synchronized()) return;
+  if (c.flags & Connection::kNakPending) c.flags |= Connection::kNakNow;
+  if ((c.flags & Connection::kAckPending) || c.rx_unacked > 0) c.flags |= Connection::kAckNow;
+  c.flags &= static_cast<std::uint8_t>(~(Connection::kNakPending | Connection::kAckPending));
+  if (c.flags & (Connection::kAckNow | Connection::kNakNow)) mark_tx_ready(p);
 }
 
 void Engine::rtt_sample(Connection& c, Nanos r) {
+  if (c.rtt_min.count() == 0 || r < c.rtt_min) c.rtt_min = r;
   if (c.srtt.count() == 0) {
     c.srtt = r;
     c.rttvar = r / 2;
@@ -82,7 +86,12 @@ void Engine::rtt_sample(Connection& c, Nanos r) {
     c.rttvar = (3 * c.rttvar + err) / 4;
     c.srtt = (7 * c.srtt + r) / 8;
   }
-  c.rto = std::clamp(c.srtt + std::max<Nanos>(4 * c.rttvar, 1ms), config_.rto_min, config_.rto_max);
+  c.rto = base_rto(c);
+}
+
+Nanos Engine::base_rto(const Connection& c) const {
+  if (c.srtt.count() == 0) return config_.rto_initial;
+  return std::clamp(c.srtt + std::max<Nanos>(4 * c.rttvar, 1ms), config_.rto_min, config_.rto_max);
 }
 
 // ---- connection lifecycle -----------------------------------------------------
@@ -301,6 +310,9 @@ void Engine::on_ack_fields(const wire::FrameView& f, Peer& p) {
     }
     p.tx.pop_front(acked);
     c.snd_una = ack;
+    // New data got through: the back-off is over (RFC 6298 keeps it until
+    // the next sample, which go-back-N under loss may not produce for long).
+    c.rto = base_rto(c);
     if (seq_before(c.snd_nxt, ack)) c.snd_nxt = ack;
     if (c.snd_una == c.snd_max) {
       disarm(p, kRtoTimer);
@@ -323,7 +335,9 @@ void Engine::on_nak(const wire::FrameView& f, Peer& p) {
   const std::uint16_t missing = f.header.ack();
   if (missing != c.snd_una || !seq_before(missing, c.snd_nxt)) return;  // nothing to go back for
   const Nanos now = clock_.now();
-  const Nanos holdoff = std::max(config_.nak_holdoff, c.srtt);
+  // srtt includes delayed ACKs; the quickest answer seen is what a NAK
+  // repeated for the same packet must be measured against.
+  const Nanos holdoff = std::max(config_.nak_holdoff, c.rtt_min);
   if (missing == c.goback_seq && now - c.goback_at < holdoff) return;  // already going back
   c.goback_seq = missing;
   c.goback_at = now;
@@ -341,7 +355,18 @@ void Engine::on_data(const wire::FrameView& f, Peer& p) {
   }
   const std::uint16_t seq = f.header.seq();
   const Nanos now = clock_.now();
-  const bool holdoff_over = now - c.nak_sent_at >= config_.nak_holdoff;
+  // An immediate ACK or NAK goes out at once unless one just went out; then
+  // it is deferred to the end of the holdoff, never dropped.
+  auto respond = [&](std::uint8_t now_flag, std::uint8_t pending_flag) {
+    const Nanos at = c.nak_sent_at + config_.nak_holdoff;
+    if (c.nak_sent_at.count() == 0 || at <= now) {
+      c.flags |= now_flag;
+      mark_tx_ready(p);
+    } else {
+      c.flags |= pending_flag;
+      if (c.ack_at.count() == 0 || at < c.ack_at) arm(p, kAckTimer, at);
+    }
+  };
   if (seq == c.rcv_nxt) {
     if (p.rx.full()) {
       ++p.counters.window_drops;  // a window probe, or a sender ignoring our window
@@ -363,16 +388,10 @@ void Engine::on_data(const wire::FrameView& f, Peer& p) {
     }
   } else if (seq_before(seq, c.rcv_nxt)) {
     ++p.counters.duplicates;  // our ACK was lost or late: repeat it soon
-    if (holdoff_over) {
-      c.flags |= Connection::kAckNow;
-      mark_tx_ready(p);
-    }
+    respond(Connection::kAckNow, Connection::kAckPending);
   } else {
     ++p.counters.out_of_order;  // a gap: go-back-N discards, NAK asks for the first missing
-    if (holdoff_over) {
-      c.flags |= Connection::kNakNow;
-      mark_tx_ready(p);
-    }
+    respond(Connection::kNakNow, Connection::kNakPending);
   }
 }
 
@@ -493,8 +512,8 @@ wire::Header Engine::conn_header(Peer& p, PacketType t, std::uint8_t proto) {
 void Engine::acked_now(Peer& p) {
   Connection& c = p.conn;
   c.rx_unacked = 0;
-  c.flags &= static_cast<std::uint8_t>(~Connection::kAckNow);
-  disarm(p, kAckTimer);
+  c.flags &= static_cast<std::uint8_t>(~(Connection::kAckNow | Connection::kAckPending));
+  if (!(c.flags & Connection::kNakPending)) disarm(p, kAckTimer);  // a deferred NAK still needs it
 }
 
 void Engine::send_syn(Peer& p, bool syn_ack) {
@@ -515,7 +534,7 @@ void Engine::send_ack(Peer& p, bool nak) {
   if (!emit_control(p.mac, h, {})) return;
   acked_now(p);
   if (nak) {
-    c.flags &= static_cast<std::uint8_t>(~Connection::kNakNow);
+    c.flags &= static_cast<std::uint8_t>(~(Connection::kNakNow | Connection::kNakPending));
     ++p.counters.naks_sent;
   } else {
     ++p.counters.acks_sent;

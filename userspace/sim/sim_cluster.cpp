@@ -46,7 +46,6 @@ std::size_t SimCluster::add_node() {
 
 void SimCluster::set_config(std::size_t index, const engine::EngineConfig& config) {
   nodes_[index].config = config;
-  nodes_[index].config.node_id = id_of(index);
 }
 
 void SimCluster::start(Node& n) {
@@ -61,7 +60,7 @@ void SimCluster::start(Node& n) {
 engine::Engine& SimCluster::node(std::size_t index) {
   Node& n = nodes_.at(index);
   if (!n.engine) throw std::logic_error("sim node " + std::to_string(index) + " is down");
-  n.deadline = now();  // the caller may queue work: step it next time
+  n.dirty = true;  // the caller may queue work: ask the engine again before sleeping
   return *n.engine;
 }
 
@@ -95,6 +94,7 @@ void SimCluster::step(Node& n) {
   if (!n.engine) return;  // the hook may crash it
   // A hook that queued messages leaves the engine with work for now.
   n.deadline = n.engine->next_deadline().value_or(engine::Nanos::max());
+  n.dirty = false;
 }
 
 void SimCluster::run_until(engine::Nanos t) {
@@ -110,8 +110,12 @@ bool SimCluster::run_until(const std::function<bool()>& done, engine::Nanos limi
       instant = now();
       rounds_at_instant = 0;
     } else if (++rounds_at_instant > kMaxRoundsPerInstant) {
+      std::string who;
+      for (const Node& n : nodes_) {
+        if (n.engine && n.deadline <= now()) who += " " + std::to_string(n.index);
+      }
       throw std::logic_error("simulation livelock at t=" + std::to_string(now().count()) +
-                             "ns: engines keep reporting work without time passing");
+                             "ns: engines keep reporting work without time passing (nodes" + who + ")");
     }
     net_.reset_tx_budgets();
     bool stepped = false;
@@ -123,6 +127,10 @@ bool SimCluster::run_until(const std::function<bool()>& done, engine::Nanos limi
       }
     }
     if (done()) return true;
+    for (Node& n : nodes_) {
+      if (n.dirty && n.engine) n.deadline = n.engine->next_deadline().value_or(engine::Nanos::max());
+      n.dirty = false;
+    }
     if (stepped) continue;  // steps may have made work for others at this instant
     engine::Nanos next = end;
     if (auto d = net_.next_delivery()) next = std::min(next, *d);

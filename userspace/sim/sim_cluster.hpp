@@ -46,7 +46,8 @@ class SimCluster {
   void stop(std::size_t index);
   /// Adds a node (up) with the next index; returns its index.
   std::size_t add_node();
-  /// The config node `index` gets when it (re)starts; node_id is set for it.
+  /// The config node `index` gets when it next (re)starts, node_id included
+  /// (a test may give two nodes one id).
   void set_config(std::size_t index, const engine::EngineConfig& config);
 
   /// Runs until virtual time `t` (or for `d`).
@@ -76,6 +77,7 @@ class SimCluster {
     std::unique_ptr<engine::Engine> engine;
     std::vector<TimedEvent> events;
     engine::Nanos deadline{0};
+    bool dirty = false;  // node() was called: the deadline may be stale
     std::uint32_t incarnation = 0;
   };
   void start(Node& n);
