@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Idle strategies: blocking really sleeps (no CPU while idle) and wakes for
+// readable fds, wake() and deadlines.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "engine/idle.hpp"
+
+namespace locabus::engine {
+namespace {
+
+using namespace std::chrono_literals;
+
+/// Reads a pipe: one unit of work per byte; optionally a fixed deadline.
+class PipeAgent final : public Agent {
+ public:
+  explicit PipeAgent(int fd) : fd_(fd) {}
+  int do_work() override {
+    char buf[64];
+    const ssize_t n = ::read(fd_, buf, sizeof buf);
+    if (n > 0) bytes += static_cast<std::size_t>(n);
+    ++cycles;
+    if (bytes >= stop_after && runner) runner->stop();
+    return n > 0 ? static_cast<int>(n) : 0;
+  }
+  std::optional<Nanos> next_deadline() const override { return deadline; }
+  std::string_view name() const noexcept override { return "pipe"; }
+
+  std::size_t bytes = 0, cycles = 0, stop_after = 1;
+  std::optional<Nanos> deadline;
+  AgentRunner* runner = nullptr;
+
+ private:
+  int fd_;
+};
+
+struct Pipe {
+  int fds[2];
+  Pipe() { EXPECT_EQ(::pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0); }
+  ~Pipe() {
+    ::close(fds[0]);
+    ::close(fds[1]);
+  }
+};
+
+Nanos cpu_time() {
+  rusage ru{};
+  getrusage(RUSAGE_THREAD, &ru);
+  return std::chrono::seconds(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         std::chrono::microseconds(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+TEST(BlockingIdle, SleepsUntilTheFdIsReadable) {
+  Pipe p;
+  SystemClock clock;
+  PipeAgent agent(p.fds[0]);
+  BlockingIdle idle(clock, {p.fds[0], -1});
+  AgentRunner runner(agent, idle);
+  agent.runner = &runner;
+  agent.stop_after = 3;
+  std::thread writer([&] {
+    std::this_thread::sleep_for(150ms);
+    EXPECT_EQ(::write(p.fds[1], "abc", 3), 3);
+  });
+  const Nanos cpu0 = cpu_time();
+  runner.run();
+  const Nanos cpu = cpu_time() - cpu0;
+  writer.join();
+  EXPECT_EQ(agent.bytes, 3u);
+  EXPECT_GE(idle.sleeps(), 1u);
+  // A busy loop would have spun for the whole 150 ms; blocking uses almost nothing.
+  EXPECT_LT(agent.cycles, 10u) << "the runner spun instead of sleeping";
+  EXPECT_LT(cpu, 50ms) << "idle must not use CPU";
+}
+
+TEST(BlockingIdle, WakeEndsAWaitWithoutDeadline) {
+  Pipe p;
+  SystemClock clock;
+  PipeAgent agent(p.fds[0]);
+  BlockingIdle idle(clock, {});  // the pipe is not watched: only wake() can end the wait
+  AgentRunner runner(agent, idle);
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(50ms);
+    runner.stop();
+    idle.wake();
+  });
+  runner.run();
+  stopper.join();
+  EXPECT_FALSE(runner.running());
+  EXPECT_GE(idle.sleeps(), 1u);
+}
+
+TEST(BlockingIdle, ReturnsAtTheDeadline) {
+  Pipe p;
+  SystemClock clock;
+  PipeAgent agent(p.fds[0]);
+  agent.deadline = clock.now() + 30ms;
+  BlockingIdle idle(clock, {p.fds[0]});
+  AgentRunner runner(agent, idle);
+  EXPECT_EQ(runner.run_once(), 0);
+  EXPECT_GE(clock.now(), *agent.deadline) << "woke before the deadline";
+  EXPECT_EQ(idle.sleeps(), 1u);
+  // A deadline already passed: no sleep at all.
+  EXPECT_EQ(runner.run_once(), 0);
+  EXPECT_EQ(idle.sleeps(), 1u);
+}
+
+TEST(AgentRunner, DoesNotIdleAfterWork) {
+  Pipe p;
+  SystemClock clock;
+  PipeAgent agent(p.fds[0]);
+  BlockingIdle idle(clock, {p.fds[0]});
+  AgentRunner runner(agent, idle);
+  ASSERT_EQ(::write(p.fds[1], "x", 1), 1);
+  EXPECT_EQ(runner.run_once(), 1);
+  EXPECT_EQ(idle.sleeps(), 0u);
+}
+
+}  // namespace
+}  // namespace locabus::engine
