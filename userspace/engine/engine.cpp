@@ -85,9 +85,7 @@ int Engine::do_work() {
 std::array<Agent*, 3> Engine::agents() noexcept { return {receiver_.get(), conductor_.get(), sender_.get()}; }
 
 std::optional<Nanos> Engine::next_deadline() const {
-  Nanos next = next_heartbeat_;
-  if (!leaving_ && next_discover_ < discover_until_) next = std::min(next, next_discover_);
-  next = std::min(next, next_sweep_);
+  Nanos next = std::min({next_heartbeat_, next_discover_, next_sweep_});
   if (auto w = wheel_.next_deadline()) next = std::min(next, *w);
   if (!tx_ready_.empty() || tx_count_ > 0) next = std::min(next, clock_.now());
   return next;

@@ -189,15 +189,23 @@ void Engine::on_membership_frame(const wire::FrameView& f) {
 int Engine::membership_tick() {
   const Nanos now = clock_.now();
   int work = 0;
-  if (!leaving_ && now >= next_discover_ && now < discover_until_) {
-    send_discover(nullptr);
-    next_discover_ = now + config_.discover_interval;
-    ++work;
+  // A timer that is over is set to Nanos::max(), so next_deadline() never
+  // reports a deadline in the past (the runner would spin).
+  if (now >= next_discover_) {
+    if (!leaving_ && now < discover_until_) {
+      send_discover(nullptr);
+      ++work;
+    }
+    next_discover_ = !leaving_ && now + config_.discover_interval < discover_until_
+                         ? now + config_.discover_interval
+                         : Nanos::max();
   }
-  if (!leaving_ && now >= next_heartbeat_) {
-    send_heartbeat(false);
-    next_heartbeat_ = now + config_.heartbeat_interval;
-    ++work;
+  if (now >= next_heartbeat_) {
+    if (!leaving_) {
+      send_heartbeat(false);
+      ++work;
+    }
+    next_heartbeat_ = leaving_ ? Nanos::max() : now + config_.heartbeat_interval;
   }
   if (now < next_sweep_) return work;
   next_sweep_ = now + sweep_period();
@@ -306,6 +314,7 @@ void Engine::leave() {
   }
   send_heartbeat(true);
   leaving_ = true;
+  next_discover_ = next_heartbeat_ = Nanos::max();
   flush();
 }
 
