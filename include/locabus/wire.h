@@ -216,11 +216,11 @@ static inline int locabus_csum_ok(const struct locabus_hdr* hdr, __u32 len) {
 
 /* DISCOVER, HEARTBEAT, PROBE, PROBE_REPLY, FIN, FIN_ACK. */
 struct locabus_hello {
-  __u8 version;   /* LOCABUS_CTRL_VERSION */
-  __u8 flags;     /* LOCABUS_HELLO_F_* */
-  __be16 known;   /* members the sender knows (alive or suspect) */
+  __u8 version; /* LOCABUS_CTRL_VERSION */
+  __u8 flags;   /* LOCABUS_HELLO_F_* */
+  __be16 known; /* members the sender knows (alive or suspect) */
   __be32 reserved;
-  __be64 epoch;   /* sender's boot epoch: ns since 1970 at start */
+  __be64 epoch; /* sender's boot epoch: ns since 1970 at start */
 };
 #define LOCABUS_HELLO_F_LEAVING 0x01 /* HEARTBEAT: clean shutdown */
 #define LOCABUS_HELLO_F_RESET 0x02   /* FIN: "I have no such connection" */

@@ -766,7 +766,7 @@ struct BadSetting {
 
 TEST(EngineConfig, EachInvalidSettingThrowsNamingIt) {
   const std::vector<BadSetting> cases = {
-      {"node id", [](EngineConfig& c) { c.node_id = 0xFFFF; }},
+      {"node_id", [](EngineConfig& c) { c.node_id = 0xFFFF; }},
       {"window", [](EngineConfig& c) { c.window = 0; }},
       {"window", [](EngineConfig& c) { c.window = 32768; }},
       {"send_buffer", [](EngineConfig& c) { c.send_buffer = 0; }},
@@ -864,6 +864,11 @@ TEST(FunctionRef, CallsThroughToFunctionPointers) {
   // A different pointer, through the same kind of reference.
   int (*neg)(int) = [](int x) { return -x; };
   EXPECT_EQ(apply(neg, 8), -8);
+  // A plain function name, and a reference made from a temporary pointer
+  // that outlives it: function pointers are held by value.
+  EXPECT_EQ(apply(twice, 5), 10);
+  FunctionRef<int(int)> kept = &twice;
+  EXPECT_EQ(kept(4), 8);
 }
 
 TEST(FunctionRef, ArgumentsAndResults) {

@@ -17,8 +17,9 @@ struct EngineConfig {
   // ---- reliable unicast ----------------------------------------------------
   /// Go-back-N window: packets in flight per connection (<= 32767).
   std::uint16_t window = 1024;
-  /// Messages a caller may queue per peer, in flight included (>= window).
-  /// send() returns would_block beyond it.
+  /// Messages a caller may queue per peer, in flight included. send()
+  /// returns would_block beyond it. Below `window` it also caps the packets
+  /// in flight.
   std::uint16_t send_buffer = 2048;
   /// Delivered messages held per peer until the application reads them; the
   /// free space is the credit window advertised to the peer.

@@ -107,10 +107,10 @@ int Engine::transmit() {
   int work = 0;
   // Each ready peer gets one turn per call; a peer that still has work (the
   // TX batch filled up) goes back on the list for the next call.
-  std::vector<std::uint32_t> ready;
-  ready.swap(tx_ready_);
-  for (std::uint32_t idx : ready) peers_[idx]->tx_ready = false;
-  for (std::uint32_t idx : ready) work += transmit_peer(*peers_[idx]);
+  tx_turn_.clear();
+  tx_turn_.swap(tx_ready_);  // both keep their capacity: no allocation per cycle
+  for (std::uint32_t idx : tx_turn_) peers_[idx]->tx_ready = false;
+  for (std::uint32_t idx : tx_turn_) work += transmit_peer(*peers_[idx]);
   flush();
   return work;
 }
@@ -360,11 +360,14 @@ void EngineConfig::validate() const {
   auto bad = [](const std::string& what) {
     throw Error("invalid engine configuration: " + what, 0, "fix the setting and start again");
   };
-  if (node_id == wire::kBroadcast) bad("node id 65535 (0xFFFF) is reserved for broadcast");
+  if (node_id == wire::kBroadcast) bad("node_id 65535 (0xFFFF) is reserved for broadcast");
   if (window == 0 || window > 32767) bad("window must be 1..32767 packets");
   if (send_buffer == 0 || send_buffer > 32767) bad("send_buffer must be 1..32767 messages");
   if (receive_buffer == 0) bad("receive_buffer must be at least 1 message");
   if (ack_every == 0) bad("ack_every must be at least 1");
+  if (ack_delay.count() <= 0 || nak_holdoff.count() < 0 || discover_duration.count() < 0) {
+    bad("ack_delay must be positive; nak_holdoff and discover_duration must not be negative");
+  }
   if (rto_min <= ack_delay) {
     bad("rto_min must be longer than ack_delay, or every lone message is retransmitted before its "
         "delayed ACK can arrive");

@@ -255,6 +255,7 @@ class Engine final : public Agent {
   std::vector<FrameBytes> tx_frames_;
   std::size_t tx_count_ = 0;
   std::vector<std::uint32_t> tx_ready_;  // peers with data or control to send
+  std::vector<std::uint32_t> tx_turn_;   // the peers transmit() is serving
 
   std::deque<std::uint32_t> rx_ready_;  // peers with messages for receive()
   std::size_t receivable_ = 0;
