@@ -360,6 +360,67 @@ TEST(Unicast, BackPressureWhenTheReceiverDoesNotRead) {
   });
 }
 
+TEST(Unicast, ASlowReaderIsNotMistakenForADeadOne) {
+  for_each_seed(4, [](std::uint64_t seed) {
+    SimCluster c(seed, 2);  // default config: max_retransmits 8, a few seconds of timeouts
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 10s));
+    Delivery d(c);
+    d.pause(1);
+    Stream s{0, 1, 1500};
+    // The reader stalls far longer than all retransmission timeouts put
+    // together: window probes, answered with "no credit", keep it alive.
+    ASSERT_TRUE(c.run_until(
+                    [&] {
+                      s.pump(c);
+                      return false;
+                    },
+                    60s) == false);
+    EXPECT_EQ(c.node(1).receivable(), c.config_of(1).receive_buffer);
+    // It reads a handful, stalls again, then reads everything.
+    int taken = 0;
+    c.node(1).receive(10, [&](const engine::Message&) { ++taken; });
+    d.reset_stream(1, 2, 10);
+    c.run_for(30s);
+    d.resume(1);
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return d.received(1, 2) == s.count;
+        },
+        120s));
+    d.expect_clean();
+    EXPECT_EQ(taken, 10);
+    EXPECT_GT(c.node(0).peer(2)->counters.timeouts, 0u) << "the sender should have probed the window";
+    for (const auto& e : c.events(0)) {
+      EXPECT_NE(e.event.kind, EventKind::send_failed) << e.event.to_string();
+      EXPECT_NE(e.event.kind, EventKind::disconnected) << e.event.to_string();
+    }
+  });
+}
+
+TEST(Unicast, ATransportThatRefusesFramesLosesNothing) {
+  for_each_seed(4, [](std::uint64_t seed) {
+    LinkParams link;
+    link.loss = 0.05;
+    SimCluster c(seed, 2, patient_config(), link);
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
+    // A TX ring with room for 8 frames per duty cycle, on both sides.
+    c.net().set_tx_budget(0, 8);
+    c.net().set_tx_budget(1, 8);
+    Delivery d(c);
+    Stream a{0, 1, 500}, b{1, 0, 500};
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          a.pump(c);
+          b.pump(c);
+          return d.received(1, 2) == a.count && d.received(2, 1) == b.count;
+        },
+        600s));
+    d.expect_clean();
+    EXPECT_GT(c.net().stats().tx_refused, 0u) << "the budget should have refused frames";
+  });
+}
+
 // ---- connection lifecycle -------------------------------------------------------
 
 TEST(Connection, SimultaneousOpen) {
@@ -570,6 +631,14 @@ TEST(Membership, PartitionMakesPeersSuspectThenDeadAndHealingBringsThemBack) {
     d.resume(3);
     d.drain(3);  // what arrived before the cut is legitimately delivered
     const std::uint64_t first = c.node(0).peer(4)->next_message;
+    std::uint64_t failed = 0;
+    for (const auto& e : c.events(0)) {
+      if (e.event.kind == EventKind::send_failed && e.event.node == 4) failed += e.event.count;
+    }
+    // Every message is delivered or reported failed, never neither. (Both is
+    // possible: delivered, but the cut came before its ACK got back.)
+    EXPECT_GE(d.received(1, 4) + failed, first) << "a message vanished";
+    EXPECT_LE(d.received(1, 4), first);
     d.reset_stream(1, 4, first);
     Stream again{0, 3, first + 150, first};
     ASSERT_TRUE(c.run_until(
@@ -579,6 +648,53 @@ TEST(Membership, PartitionMakesPeersSuspectThenDeadAndHealingBringsThemBack) {
         },
         30s));
     d.expect_clean();
+  });
+}
+
+TEST(Membership, ANodeThatLeftRefusesWhatItCannotDeliver) {
+  for_each_seed(4, [](std::uint64_t seed) {
+    SimCluster c(seed, 3, patient_config());
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 10s));
+    // Node 1 misses node 2's goodbye.
+    LinkParams cut;
+    cut.loss = 1.0;
+    c.net().set_link(1, 0, cut);
+    c.node(1).leave();
+    c.run_for(10ms);
+    c.net().set_link(1, 0, LinkParams{});
+    EXPECT_EQ(c.count_events(2, EventKind::left, 2), 1u);
+    EXPECT_EQ(c.count_events(0, EventKind::left, 2), 0u);
+    Stream s{0, 1, 10};
+    ASSERT_NO_FATAL_FAILURE(s.pump(c));
+    // Its messages fail (RESET) instead of vanishing; a PROBE or DISCOVER
+    // gets the goodbye again.
+    ASSERT_TRUE(c.run_until([&] { return c.count_events(0, EventKind::send_failed, 2) > 0; }, 30s));
+    std::uint64_t failed = 0;
+    for (const auto& e : c.events(0)) {
+      if (e.event.kind == EventKind::send_failed) {
+        failed += e.event.count;
+        EXPECT_TRUE(e.event.failure == Failure::peer_reset || e.event.failure == Failure::peer_left)
+            << e.event.to_string();
+      }
+    }
+    EXPECT_EQ(failed, 10u);
+    EXPECT_EQ(c.node(1).receivable(), 0u);
+    ASSERT_TRUE(c.run_until([&] { return c.count_events(0, EventKind::left, 2) == 1; }, 30s));
+  });
+}
+
+TEST(Membership, ARebootWithAnEarlierClockIsARestart) {
+  for_each_seed(3, [](std::uint64_t seed) {
+    SimCluster c(seed, 3);
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 10s));
+    const std::uint64_t old_epoch = c.node(1).epoch();
+    c.crash(1);
+    ASSERT_TRUE(c.run_until([&] { return c.count_events(0, EventKind::dead, 2) == 1; }, 10s));
+    c.restart(1, -std::chrono::hours(1));  // its clock was set back an hour
+    ASSERT_LT(c.node(1).epoch(), old_epoch);
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 10s)) << "the earlier epoch was taken as stale";
+    EXPECT_EQ(c.count_events(0, EventKind::restarted, 2), 1u);
+    ASSERT_TRUE(c.node(0).send(2, LOCABUS_P_KCCM, testing::payload(1, 0)));
   });
 }
 

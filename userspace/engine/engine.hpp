@@ -228,7 +228,7 @@ class Engine final : public Agent {
   wire::Header conn_header(Peer& p, wire::PacketType t, std::uint8_t proto);
   void acked_now(Peer& p);
   void send_syn(Peer& p, bool syn_ack);
-  void send_ack(Peer& p, bool nak);
+  bool send_ack(Peer& p, bool nak);
   void send_fin(Peer& p, bool fin_ack, std::uint16_t ack_for, bool reset);
   void send_fin_to(const wire::FrameView& f, Peer* p);
   void send_reset(const wire::FrameView& f, Peer* p);

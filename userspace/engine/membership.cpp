@@ -57,6 +57,13 @@ Engine::Contact Engine::observe(std::uint16_t node, const wire::MacAddress& mac,
     push_event(member_event(EventKind::joined, p));
     return Contact::ok;
   }
+  const bool gone = p.member == MemberState::dead || p.member == MemberState::left;
+  // A smaller epoch is a late frame from a previous incarnation, unless the
+  // member is gone: then it is a new life whose clock was set back.
+  if (epoch && *epoch < p.epoch && !gone) {
+    ++stats_.rx_stale_epoch;
+    return Contact::stale;
+  }
   if (mac != p.mac) {
     const bool claimant_live = (p.member == MemberState::alive || p.member == MemberState::suspect) &&
                                now - p.last_heard < config_.suspect_after;
@@ -70,14 +77,11 @@ Engine::Contact Engine::observe(std::uint16_t node, const wire::MacAddress& mac,
     p.conflict_reported = false;
   }
   if (epoch && *epoch != p.epoch) {
-    if (*epoch < p.epoch) {
-      ++stats_.rx_stale_epoch;  // a late frame from a previous incarnation
-      return Contact::stale;
-    }
-    // A new incarnation: everything we had with the old one is void.
+    // A new incarnation: everything we had with the old one is void (and is
+    // reported with the old epoch).
     const std::uint64_t old = p.epoch;
-    p.epoch = *epoch;
     reset_connection(p, Failure::peer_restarted);
+    p.epoch = *epoch;
     p.last_heard = now;
     p.probes = 0;
     p.last_reply = Nanos{-1};
@@ -128,7 +132,11 @@ void Engine::on_membership_frame(const wire::FrameView& f) {
   const Nanos now = clock_.now();
   switch (*f.header.type()) {
     case PacketType::discover: {
-      if (leaving_) return;
+      if (leaving_) {
+        // It missed our goodbye: say it again, to it alone.
+        send_hello(PacketType::heartbeat, p->node, p->mac, LOCABUS_HELLO_F_LEAVING);
+        return;
+      }
       // Always answer a new incarnation's first DISCOVER, and an explicit
       // (unicast) request. A repeated broadcast from a node that knows fewer
       // members than we do gets a reply from about kRepliesWanted members,
@@ -181,7 +189,13 @@ void Engine::on_membership_frame(const wire::FrameView& f) {
         send_discover(p);
       }
       return;
-    case PacketType::probe: send_probe(*p, true); return;
+    case PacketType::probe:
+      if (leaving_) {
+        send_hello(PacketType::heartbeat, p->node, p->mac, LOCABUS_HELLO_F_LEAVING);
+      } else {
+        send_probe(*p, true);
+      }
+      return;
     default: return;  // probe_reply: observe() did it all
   }
 }

@@ -196,9 +196,25 @@ void Engine::on_connection_frame(const wire::FrameView& f) {
       return;
     }
     epoch = syn->hello.epoch;
+  } else if (type == PacketType::fin || type == PacketType::fin_ack) {
+    // FIN and RESET name their sender's incarnation too: one from an older
+    // life is dropped, one from a newer life is a restart.
+    auto hello = control::decode_hello(f.payload);
+    if (!hello) {
+      ++stats_.rx_malformed_control;
+      return;
+    }
+    epoch = hello->epoch;
   }
   Peer* p = nullptr;
   if (observe(from, f.src, epoch, p) != Contact::ok) return;
+  if (leaving_) {
+    // This node has left: accept nothing it could not deliver, so the
+    // sender learns (RESET) instead of losing messages silently.
+    if (type == PacketType::data || type == PacketType::syn) send_reset(f, p);
+    if (type == PacketType::fin) send_fin_to(f, p);
+    return;
+  }
   if (!p) {
     // Never heard of it, and the frame does not say which incarnation it is
     // from: a stale conversation with our previous life. Tell it.
@@ -467,11 +483,10 @@ void Engine::on_rto(Peer& p) {
     case ConnState::syn_received: send_syn(p, true); break;
     case ConnState::fin_wait: send_fin(p, false, 0, false); break;
     default:
-      if (c.snd_una != c.snd_max) {
-        c.snd_nxt = c.snd_una;  // go back N
-      } else {
-        c.flags |= Connection::kProbe;  // nothing in flight, no credit: probe the window
-      }
+      c.snd_nxt = c.snd_una;  // go back N
+      // No credit for even the oldest packet: it goes out as a window probe
+      // (again at every timeout; the answer resets the retry count).
+      if (!seq_before(c.snd_una, c.snd_edge)) c.flags |= Connection::kProbe;
       mark_tx_ready(p);
       break;
   }
@@ -496,7 +511,8 @@ void Engine::window_opened(Peer& p) {
   const std::size_t step =
       std::max<std::size_t>(1, std::min<std::size_t>(config_.ack_every, p.rx.limit() / 2));
   // Tell the sender when it is (nearly) stalled and real credit came back.
-  if (possible >= offered + step && offered < std::max<std::size_t>(step, config_.window / 2)) {
+  if ((offered == 0 && possible > 0) ||
+      (possible >= offered + step && offered < std::max<std::size_t>(step, config_.window / 2))) {
     c.flags |= Connection::kAckNow;
     mark_tx_ready(p);
   }
@@ -527,11 +543,11 @@ void Engine::send_syn(Peer& p, bool syn_ack) {
   emit_control(p.mac, h, control::bytes_of(raw));
 }
 
-void Engine::send_ack(Peer& p, bool nak) {
+bool Engine::send_ack(Peer& p, bool nak) {
   Connection& c = p.conn;
   wire::Header h = conn_header(p, nak ? PacketType::nak : PacketType::ack, LOCABUS_P_CONTROL);
   h.set_seq(c.snd_nxt);
-  if (!emit_control(p.mac, h, {})) return;
+  if (!emit_control(p.mac, h, {})) return false;
   acked_now(p);
   if (nak) {
     c.flags &= static_cast<std::uint8_t>(~(Connection::kNakNow | Connection::kNakPending));
@@ -540,6 +556,7 @@ void Engine::send_ack(Peer& p, bool nak) {
     ++p.counters.acks_sent;
   }
   c.nak_sent_at = clock_.now();
+  return true;
 }
 
 void Engine::send_fin(Peer& p, bool fin_ack, std::uint16_t ack_for, bool reset) {
@@ -616,14 +633,25 @@ int Engine::transmit_peer(Peer& p) {
       ++work;
     }
   }
+  // send_ack() clears the flag only once the frame is queued; a full
+  // transport keeps the peer on the list for the next cycle.
   if (c.flags & Connection::kNakNow) {
-    send_ack(p, true);
-    ++work;
+    if (!c.synchronized()) {
+      c.flags &= static_cast<std::uint8_t>(~Connection::kNakNow);
+    } else if (send_ack(p, true)) {
+      ++work;
+    } else {
+      mark_tx_ready(p);
+    }
   }
   if (c.flags & Connection::kAckNow) {
-    if (c.synchronized()) send_ack(p, false);
-    c.flags &= static_cast<std::uint8_t>(~Connection::kAckNow);
-    ++work;
+    if (!c.synchronized()) {
+      c.flags &= static_cast<std::uint8_t>(~Connection::kAckNow);
+    } else if (send_ack(p, false)) {
+      ++work;
+    } else {
+      mark_tx_ready(p);
+    }
   }
   return work;
 }

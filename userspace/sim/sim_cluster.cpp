@@ -16,6 +16,18 @@ wire::MacAddress mac_of(std::size_t index) {
       {0x02, 0x00, 0x00, 0x00, static_cast<std::uint8_t>(id >> 8), static_cast<std::uint8_t>(id & 0xff)}};
 }
 
+/// The network's virtual clock, with the wall time shifted for one node.
+class ShiftedClock final : public engine::Clock {
+ public:
+  ShiftedClock(const engine::Clock& base, engine::Nanos shift) : base_(base), shift_(shift) {}
+  engine::Nanos now() const noexcept override { return base_.now(); }
+  engine::Nanos wall() const noexcept override { return base_.wall() + shift_; }
+
+ private:
+  const engine::Clock& base_;
+  engine::Nanos shift_;
+};
+
 // A step runs an engine until it reports no work; this bounds a runaway.
 constexpr int kMaxSpinsPerStep = 10000;
 // Rounds of steps at one virtual instant before the harness calls it a livelock.
@@ -48,11 +60,13 @@ void SimCluster::set_config(std::size_t index, const engine::EngineConfig& confi
   nodes_[index].config = config;
 }
 
-void SimCluster::start(Node& n) {
+void SimCluster::start(Node& n, engine::Nanos wall_shift) {
   net_.set_up(n.port, true);
   // Each incarnation draws its own random stream, derived from the seed.
   const std::uint64_t engine_seed = seed_ * 0x9E3779B97F4A7C15ULL + n.index * 1000003ULL + n.incarnation;
-  n.engine = std::make_unique<engine::Engine>(n.config, net_.transport(n.port), net_.clock(), engine_seed);
+  n.engine.reset();
+  n.clock = std::make_unique<ShiftedClock>(net_.clock(), wall_shift);
+  n.engine = std::make_unique<engine::Engine>(n.config, net_.transport(n.port), *n.clock, engine_seed);
   ++n.incarnation;
   n.deadline = now();
 }
@@ -70,10 +84,10 @@ void SimCluster::crash(std::size_t index) {
   net_.set_up(n.port, false);
 }
 
-void SimCluster::restart(std::size_t index) {
+void SimCluster::restart(std::size_t index, engine::Nanos wall_shift) {
   Node& n = nodes_.at(index);
   if (n.engine) crash(index);
-  start(n);
+  start(n, wall_shift);
 }
 
 void SimCluster::stop(std::size_t index) {

@@ -40,8 +40,10 @@ class SimCluster {
 
   /// Kills a node: its engine and all its state vanish, its port goes down.
   void crash(std::size_t index);
-  /// Starts a new incarnation (new boot epoch) of a crashed node.
-  void restart(std::size_t index);
+  /// Starts a new incarnation (new boot epoch) of a crashed node. A
+  /// negative `wall_shift` models a node whose clock was set back: its boot
+  /// epoch can be older than its previous incarnation's.
+  void restart(std::size_t index, engine::Nanos wall_shift = engine::Nanos{0});
   /// Stops a node cleanly (Engine::leave()), then takes it down.
   void stop(std::size_t index);
   /// Adds a node (up) with the next index; returns its index.
@@ -66,6 +68,8 @@ class SimCluster {
   /// Events of `kind` about `about` seen by node `index`.
   std::size_t count_events(std::size_t index, engine::EventKind kind, std::uint16_t about) const;
 
+  const engine::EngineConfig& config_of(std::size_t index) const { return nodes_.at(index).config; }
+
   /// Every node up sees every other node up as alive.
   bool converged() const;
 
@@ -79,8 +83,9 @@ class SimCluster {
     engine::Nanos deadline{0};
     bool dirty = false;  // node() was called: the deadline may be stale
     std::uint32_t incarnation = 0;
+    std::unique_ptr<engine::Clock> clock;  // the shared virtual time, wall clock shifted
   };
-  void start(Node& n);
+  void start(Node& n, engine::Nanos wall_shift = engine::Nanos{0});
   void step(Node& n);
 
   SimNetwork net_;
