@@ -421,6 +421,40 @@ TEST(Unicast, ATransportThatRefusesFramesLosesNothing) {
   });
 }
 
+TEST(Unicast, AcksConsumedBelowTheEngineAreRead) {
+  // The transport consumes pure ACKs from tracked peers, as the XDP fast
+  // path does, and hands over only the latest (ack, window) per peer.
+  for_each_seed(6, [](std::uint64_t seed) {
+    LinkParams link;
+    link.loss = 0.05;
+    link.duplicate = 0.05;
+    link.reorder = 0.05;
+    SimCluster c(seed, 2, patient_config(), link);
+    c.net().transport(0).set_consume_acks(true);
+    c.net().transport(1).set_consume_acks(true);
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
+    Delivery d(c);
+    Stream s{0, 1, 3000};
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return d.received(1, 2) == s.count && all_acked(c, 0, 1);
+        },
+        600s));
+    d.expect_clean();
+    EXPECT_GT(c.net().transport(0).acks_consumed(), 0u) << "pure ACKs should have been consumed";
+    // The engine learnt everything from the records: its queue is empty and
+    // it stopped sending.
+    std::uint64_t data_after = 0;
+    c.net().set_send_tap([&](SimNetwork::Port, engine::FrameBytes bytes, Nanos) {
+      auto f = wire::decode_frame(bytes);
+      if (f && f->header.type() == wire::PacketType::data) ++data_after;
+    });
+    c.run_for(30s);
+    EXPECT_EQ(data_after, 0u);
+  });
+}
+
 // ---- connection lifecycle -------------------------------------------------------
 
 TEST(Connection, SimultaneousOpen) {

@@ -92,7 +92,11 @@ std::optional<Nanos> Engine::next_deadline() const {
 }
 
 int Engine::receive_frames() {
-  const std::size_t n = transport_.receive(config_.rx_batch, [this](FrameBytes f) { on_frame(f); });
+  std::size_t n = transport_.poll_acks([this](std::uint16_t node, std::uint16_t ack, std::uint16_t window) {
+    Peer* p = find(node);
+    if (p && p->conn.synchronized()) apply_ack(*p, ack, window);
+  });
+  n += transport_.receive(config_.rx_batch, [this](FrameBytes f) { on_frame(f); });
   return static_cast<int>(n);
 }
 

@@ -210,6 +210,7 @@ class Engine final : public Agent {
   void on_fin(const wire::FrameView& f, Peer& p);
   void on_fin_ack(const wire::FrameView& f, Peer& p);
   void on_ack_fields(const wire::FrameView& f, Peer& p);
+  void apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window);
   void on_data(const wire::FrameView& f, Peer& p);
   void on_nak(const wire::FrameView& f, Peer& p);
   void start_connect(Peer& p);

@@ -44,6 +44,18 @@ class Transport {
   /// peer's pure ACKs (see docs/FASTPATH.md); others ignore it.
   virtual void track_peer(std::uint16_t node) { (void)node; }
   virtual void forget_peer(std::uint16_t node) { (void)node; }
+
+  /// The other half of track_peer(): pure ACKs from tracked peers that were
+  /// consumed below the engine (the XDP program keeps the latest ack_num and
+  /// window per peer in a BPF map). Calls `on_ack` with the latest
+  /// acknowledgment and window of each peer whose record changed since the
+  /// last call; returns how many. The engine calls it every duty cycle. A
+  /// transport that delivers every frame reports nothing.
+  virtual std::size_t poll_acks(
+      FunctionRef<void(std::uint16_t node, std::uint16_t ack, std::uint16_t window)> on_ack) {
+    (void)on_ack;
+    return 0;
+  }
 };
 
 }  // namespace locabus::engine

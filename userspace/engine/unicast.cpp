@@ -316,6 +316,11 @@ void Engine::on_ack_fields(const wire::FrameView& f, Peer& p) {
     established(p);
   }
   if (!c.synchronized()) return;
+  apply_ack(p, ack, f.header.window());
+}
+
+void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
+  Connection& c = p.conn;
   if (!seq_between(c.snd_una, ack, c.snd_max)) return;  // old, or acknowledges what we never sent
   c.retries = 0;                                        // the peer is there
   const std::uint16_t acked = seq_diff(ack, c.snd_una);
@@ -337,7 +342,7 @@ void Engine::on_ack_fields(const wire::FrameView& f, Peer& p) {
     }
   }
   // The right edge (ack + window) never moves back.
-  const std::uint16_t edge = seq_add(ack, f.header.window());
+  const std::uint16_t edge = seq_add(ack, window);
   if (seq_before(c.snd_edge, edge)) c.snd_edge = edge;
   if (acked > 0 || seq_before(c.snd_nxt, c.snd_edge)) mark_tx_ready(p);
   if (acked > 0) maybe_finish_close(p);

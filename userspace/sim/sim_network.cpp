@@ -114,14 +114,46 @@ std::size_t SimTransport::receive(std::size_t max, FunctionRef<void(engine::Fram
   return net_.receive_on(port_, max, on_frame);
 }
 
+bool SimTransport::consume(engine::FrameBytes frame) {
+  if (!consume_acks_) return false;
+  const wire::DecodeResult r = wire::decode_frame(frame);
+  if (!r || r->header.type() != wire::PacketType::ack || r->header.len() != wire::kHeaderLen) return false;
+  const std::uint16_t from = r->header.node_from();
+  if (!tracked_.count(from)) return false;  // untracked: the engine sees it (as XDP does)
+  auto [it, fresh] = acks_.try_emplace(from, AckRecord{r->header.ack(), r->header.window(), true});
+  if (!fresh) {
+    if (wire::seq_before(r->header.ack(), it->second.ack)) {
+      ++acks_stale_;
+      return true;
+    }
+    it->second = AckRecord{r->header.ack(), r->header.window(), true};
+  }
+  ++acks_consumed_;
+  return true;
+}
+
+std::size_t SimTransport::poll_acks(
+    FunctionRef<void(std::uint16_t node, std::uint16_t ack, std::uint16_t window)> on_ack) {
+  std::size_t n = 0;
+  for (auto& [node, rec] : acks_) {
+    if (!rec.changed || !tracked_.count(node)) continue;
+    rec.changed = false;
+    on_ack(node, rec.ack, rec.window);
+    ++n;
+  }
+  return n;
+}
+
 void SimTransport::track_peer(std::uint16_t node) {
   ++track_calls_;
   tracked_.insert(node);
+  acks_.erase(node);  // as the fast path does: a new connection starts a new record
 }
 
 void SimTransport::forget_peer(std::uint16_t node) {
   ++forget_calls_;
   tracked_.erase(node);
+  acks_.erase(node);
 }
 
 // ---- SimNetwork: setup ------------------------------------------------------
@@ -202,6 +234,7 @@ void SimNetwork::set_up(Port port, bool up) {
   if (!up) {
     p.rx.clear();
     p.transport.tracked_.clear();
+    p.transport.acks_.clear();
   }
 }
 
@@ -396,6 +429,7 @@ std::size_t SimNetwork::deliver_until(engine::Nanos t) {
     ++delivered;
     record(EventKind::deliver, DropReason::none, ev.from, ev.to, ev.frame);
     if (tap_) tap_(ev.from, ev.to, ev.frame->bytes, ev.at);
+    if (dst.transport.consume(ev.frame->bytes)) continue;
     dst.rx.push_back(std::move(ev.frame));
   }
   clock_.advance_to(t);

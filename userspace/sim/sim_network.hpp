@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <queue>
@@ -96,8 +97,31 @@ class SimTransport final : public engine::Transport {
   std::uint64_t forget_calls() const noexcept { return forget_calls_; }
   std::uint32_t port() const noexcept { return port_; }
 
+  /// Behave like the XDP fast path: a valid pure ACK (type ACK, len 16)
+  /// from a tracked peer is consumed on arrival, not queued; its ack_num and
+  /// window (the newest by serial arithmetic) are handed over by
+  /// poll_acks(). Off by default.
+  void set_consume_acks(bool on) noexcept { consume_acks_ = on; }
+  std::size_t poll_acks(
+      FunctionRef<void(std::uint16_t node, std::uint16_t ack, std::uint16_t window)> on_ack) override;
+  /// Pure ACKs consumed, and those dropped as older than the recorded one.
+  std::uint64_t acks_consumed() const noexcept { return acks_consumed_; }
+  std::uint64_t acks_stale() const noexcept { return acks_stale_; }
+
  private:
   friend class SimNetwork;
+  /// Called on delivery; true if the frame was consumed.
+  bool consume(engine::FrameBytes frame);
+
+  struct AckRecord {
+    std::uint16_t ack;
+    std::uint16_t window;
+    bool changed;
+  };
+  bool consume_acks_ = false;
+  std::map<std::uint16_t, AckRecord> acks_;
+  std::uint64_t acks_consumed_ = 0;
+  std::uint64_t acks_stale_ = 0;
 
   SimNetwork& net_;
   std::uint32_t port_;
