@@ -141,4 +141,34 @@ static inline __u32 locabus_xsk_key(__u32 queue, __u32 slot) {
 LOCABUS_STATIC_ASSERT(LOCABUS_P_MAX < LOCABUS_XSK_PROTO_SLOTS,
                       "every defined protocol can have a socket of its own");
 
+/* ---------------------------------------------------------------------
+ * The chaos program (bpf/locabus_chaos.bpf.c): fault injection on a veth,
+ * since these kernels have no netem. One entry each, index 0.
+ * ------------------------------------------------------------------- */
+#define LOCABUS_CHAOS_PPM 1000000 /* probabilities are parts per million */
+
+struct locabus_chaos_config {
+  __u32 enabled;     /* 0: every frame passes untouched */
+  __u32 drop_ppm;    /* Locabus frames dropped, per million */
+  __u32 corrupt_ppm; /* of the rest, frames with one bit flipped after the Ethernet header */
+  __u32 type_mask;   /* bit t set: only packet type t is affected; 0: all types */
+  __u64 seed;        /* changing it restarts every CPU's random sequence */
+};
+
+struct locabus_chaos_state { /* per CPU */
+  __u64 rng;                 /* xorshift64* state */
+  __u64 seed;                /* the seed rng was derived from */
+};
+
+struct locabus_chaos_stats { /* per CPU */
+  __u64 seen;                /* Locabus frames looked at */
+  __u64 dropped;
+  __u64 corrupted;
+  __u64 passed;              /* corrupted ones included */
+};
+
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_chaos_config) == 24, "chaos config is 24 bytes");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_chaos_state) == 16, "chaos state is 16 bytes");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_chaos_stats) == 32, "chaos stats are 32 bytes");
+
 #endif /* LOCABUS_XDP_MAPS_H */
