@@ -35,10 +35,15 @@ expect "protocol id without a socket slot" 1 "protocol 16 cannot have a socket o
   "$ctl" frame recv --iface lo --proto 16
 expect "iface is required" 106 "iface is required" "$ctl" stats
 expect "a subcommand is required" 106 "subcommand" "$ctl"
+expect "chaos rate over 100" 105 "not in range" "$ctl" chaos set lo --drop 101
+expect "chaos unknown packet type" 105 "not a packet type" "$ctl" chaos set lo --type bogus
+expect "chaos status when not attached" 1 "no chaos program on lbnosuch0.*hint: attach it first" \
+  "$ctl" chaos status lbnosuch0
 
 out=$("$ctl" --help) || { echo "FAIL: --help exit status"; fail=1; }
 for cmd in xdp stats frame; do grep -q "$cmd" <<<"$out" || { echo "FAIL: --help lacks $cmd"; fail=1; }; done
-for sub in "xdp attach" "xdp detach" "xdp status" "stats" "frame send" "frame recv"; do
+for sub in "xdp attach" "xdp detach" "xdp status" "stats" "frame send" "frame recv" "chaos attach" "chaos set" \
+  "chaos status" "chaos detach"; do
   # shellcheck disable=SC2086
   "$ctl" $sub --help >/dev/null || { echo "FAIL: $sub --help"; fail=1; }
 done

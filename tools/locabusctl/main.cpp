@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   locabus::ctl::register_xdp_commands(app);
   locabus::ctl::register_stats_command(app);
   locabus::ctl::register_frame_commands(app);
+  locabus::ctl::register_chaos_commands(app);
 
   try {
     app.parse(argc, argv);
