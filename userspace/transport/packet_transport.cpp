@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+#include "transport/packet_transport.hpp"
+
+#include <arpa/inet.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "common/error.hpp"
+#include "fastpath/netdev.hpp"
+
+namespace locabus::transport {
+
+PacketTransport::PacketTransport(const std::string& iface, const PacketOptions& options)
+    : iface_(iface), rx_bufs_(kBatch) {
+  const net::Interface info = net::lookup_interface(iface);
+  ifindex_ = static_cast<int>(::if_nametoindex(iface.c_str()));
+  if (ifindex_ == 0) {
+    throw Error("no network interface named '" + iface + "' in this network namespace", errno,
+                "list interfaces with `ip link`");
+  }
+  mac_ = info.mac;
+  fd_.reset(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(wire::kEtherType)));
+  if (!fd_) throw Error("open an AF_PACKET socket on " + iface, errno);
+  // Our own transmissions must not come back to us through the tap.
+  const int one = 1;
+  if (::setsockopt(fd_.get(), SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) != 0) {
+    throw Error("set PACKET_IGNORE_OUTGOING on " + iface, errno, "needs Linux 4.20 or later");
+  }
+  // Best effort: without CAP_NET_ADMIN the kernel caps these at rmem_max/wmem_max.
+  if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUFFORCE, &options.rcvbuf_bytes, sizeof(int)) != 0) {
+    ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUF, &options.rcvbuf_bytes, sizeof(int));
+  }
+  if (::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDBUFFORCE, &options.sndbuf_bytes, sizeof(int)) != 0) {
+    ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDBUF, &options.sndbuf_bytes, sizeof(int));
+  }
+  sockaddr_ll sll{};
+  sll.sll_family = AF_PACKET;
+  sll.sll_protocol = htons(wire::kEtherType);
+  sll.sll_ifindex = ifindex_;
+  if (::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&sll), sizeof sll) != 0) {
+    throw Error("bind the AF_PACKET socket to " + iface, errno);
+  }
+}
+
+std::size_t PacketTransport::send(std::span<const engine::FrameBytes> frames) {
+  std::size_t done = 0;
+  std::array<mmsghdr, kBatch> msgs{};
+  std::array<iovec, kBatch> iov{};
+  std::array<sockaddr_ll, kBatch> to{};
+  while (done < frames.size()) {
+    const std::size_t n = std::min(kBatch, frames.size() - done);
+    for (std::size_t i = 0; i < n; ++i) {
+      const engine::FrameBytes f = frames[done + i];
+      iov[i] = {const_cast<std::byte*>(f.data()), f.size()};
+      to[i] = sockaddr_ll{};
+      to[i].sll_family = AF_PACKET;
+      to[i].sll_ifindex = ifindex_;
+      to[i].sll_halen = LOCABUS_ETH_ALEN;
+      std::memcpy(to[i].sll_addr, f.data(), LOCABUS_ETH_ALEN);
+      msgs[i] = mmsghdr{};
+      msgs[i].msg_hdr.msg_iov = &iov[i];
+      msgs[i].msg_hdr.msg_iovlen = 1;
+      msgs[i].msg_hdr.msg_name = &to[i];
+      msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_ll);
+    }
+    const int sent = ::sendmmsg(fd_.get(), msgs.data(), static_cast<unsigned>(n), MSG_DONTWAIT);
+    if (sent < 0) {
+      if (errno == EAGAIN || errno == ENOBUFS || errno == EINTR) {
+        ++stats_.tx_busy;  // the engine offers them again next cycle
+        break;
+      }
+      throw Error("send frames on " + iface_, errno, "check that the interface is up");
+    }
+    done += static_cast<std::size_t>(sent);
+    stats_.tx_frames += static_cast<std::uint64_t>(sent);
+    if (static_cast<std::size_t>(sent) < n) {
+      ++stats_.tx_busy;
+      break;
+    }
+  }
+  return done;
+}
+
+std::size_t PacketTransport::receive(std::size_t max, FunctionRef<void(engine::FrameBytes)> on_frame) {
+  std::array<mmsghdr, kBatch> msgs{};
+  std::array<iovec, kBatch> iov{};
+  const std::size_t n = std::min(max, kBatch);
+  for (std::size_t i = 0; i < n; ++i) {
+    iov[i] = {rx_bufs_[i].data(), kBufSize};
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+  const int got = ::recvmmsg(fd_.get(), msgs.data(), static_cast<unsigned>(n), MSG_DONTWAIT, nullptr);
+  if (got < 0) {
+    if (errno == EAGAIN || errno == EINTR) return 0;
+    throw Error("receive frames on " + iface_, errno);
+  }
+  for (int i = 0; i < got; ++i) {
+    // Truncated frames (MSG_TRUNC) fail the engine's length checks.
+    on_frame(engine::FrameBytes(rx_bufs_[i].data(), std::min<std::size_t>(msgs[i].msg_len, kBufSize)));
+  }
+  stats_.rx_frames += static_cast<std::uint64_t>(got);
+  return static_cast<std::size_t>(got);
+}
+
+}  // namespace locabus::transport

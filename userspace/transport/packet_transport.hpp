@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// The engine's Transport over an AF_PACKET socket: the same protocol on any
+// NIC or kernel, without XDP. Batched with sendmmsg/recvmmsg, non-blocking;
+// wait_fd() is the socket, for BlockingIdle.
+#pragma once
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include <sys/socket.h>
+
+#include "common/unique_fd.hpp"
+#include "engine/transport.hpp"
+
+namespace locabus::transport {
+
+struct PacketOptions {
+  int rcvbuf_bytes = 8 << 20;  // absorbs bursts of a full window (1024 x 1.5 KB)
+  int sndbuf_bytes = 4 << 20;
+};
+
+struct PacketStats {
+  std::uint64_t rx_frames = 0;
+  std::uint64_t tx_frames = 0;
+  std::uint64_t tx_busy = 0;  // send() stopped early: the socket's buffer was full
+};
+
+class PacketTransport final : public engine::Transport {
+ public:
+  /// Opens and binds to `iface` (calling thread's network namespace). Throws
+  /// locabus::Error with what to do.
+  explicit PacketTransport(const std::string& iface, const PacketOptions& options = {});
+
+  wire::MacAddress mac() const noexcept override { return mac_; }
+  std::size_t send(std::span<const engine::FrameBytes> frames) override;
+  std::size_t receive(std::size_t max, FunctionRef<void(engine::FrameBytes)> on_frame) override;
+  int wait_fd() const noexcept override { return fd_.get(); }
+
+  const PacketStats& stats() const noexcept { return stats_; }
+  const std::string& iface() const noexcept { return iface_; }
+
+ private:
+  static constexpr std::size_t kBatch = 64;
+  static constexpr std::size_t kBufSize = 2048;
+
+  UniqueFd fd_;
+  std::string iface_;
+  int ifindex_ = 0;
+  wire::MacAddress mac_{};
+  std::vector<std::array<std::byte, kBufSize>> rx_bufs_;
+  PacketStats stats_;
+};
+
+}  // namespace locabus::transport
