@@ -164,7 +164,7 @@ struct locabus_chaos_stats { /* per CPU */
   __u64 seen;                /* Locabus frames looked at */
   __u64 dropped;
   __u64 corrupted;
-  __u64 passed;              /* corrupted ones included */
+  __u64 passed; /* corrupted ones included */
 };
 
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_chaos_config) == 24, "chaos config is 24 bytes");

@@ -130,8 +130,7 @@ void register_chaos_commands(CLI::App& app) {
   auto* status = chaos_cmd->add_subcommand("status", "settings and counters");
   status->add_option("iface", opts->iface, "interface")->required();
   status->add_flag("--json", opts->json, "print as JSON");
-  status->callback(
-      [opts] { show(opts->iface, opts->json); });
+  status->callback([opts] { show(opts->iface, opts->json); });
 
   auto* detach = chaos_cmd->add_subcommand("detach", "detach the program and remove its pins");
   detach->add_option("iface", opts->iface, "interface")->required();
