@@ -16,6 +16,7 @@
 #include "fastpath/skeleton.hpp"
 #include "frame_builder.hpp"
 #include "privileges.hpp"
+#include "prog_test_run.hpp"
 
 namespace locabus {
 namespace {
@@ -49,35 +50,10 @@ class ChaosProgram : public ::testing::Test {
   chaos::Stats stats() {
     bpf::PerCpuMap<std::uint32_t, locabus_chaos_stats> map(
         UniqueFd(::dup(bpf_map__fd((*skel_)->maps.locabus_chaos_stats))), "stats");
-    chaos::Stats out;
-    for (const auto& v : map.lookup(0)) {
-      out.seen += v.seen;
-      out.dropped += v.dropped;
-      out.corrupted += v.corrupted;
-      out.passed += v.passed;
-    }
-    return out;
+    return chaos::sum(map.lookup(0));
   }
 
-  struct Result {
-    int verdict = -1;
-    std::vector<std::byte> out;
-  };
-  Result run(const std::vector<std::byte>& frame) {
-    Result r;
-    r.out.resize(frame.size() + 256);
-    bpf_test_run_opts opts{};
-    opts.sz = sizeof opts;
-    opts.data_in = frame.data();
-    opts.data_size_in = static_cast<__u32>(frame.size());
-    opts.data_out = r.out.data();
-    opts.data_size_out = static_cast<__u32>(r.out.size());
-    opts.repeat = 1;
-    EXPECT_EQ(bpf_prog_test_run_opts(prog_fd_, &opts), 0) << error_text(errno);
-    r.verdict = static_cast<int>(opts.retval);
-    r.out.resize(opts.data_size_out);
-    return r;
-  }
+  test::ProgRun run(const std::vector<std::byte>& frame) { return test::prog_test_run(prog_fd_, frame); }
 
   static std::vector<std::byte> data_frame() {
     return FrameBuilder().type(PacketType::data).from(1).to(2).seq(7).payload_size(1000).build();

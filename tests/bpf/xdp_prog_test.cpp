@@ -22,6 +22,7 @@
 #include "frame_builder.hpp"
 #include "netns.hpp"
 #include "privileges.hpp"
+#include "prog_test_run.hpp"
 
 namespace locabus {
 namespace {
@@ -77,27 +78,7 @@ class XdpProgram : public ::testing::Test {
     prog_fd_ = bpf_program__fd((*skel_)->progs.locabus_xdp);
   }
 
-  struct Result {
-    int verdict = -1;
-    std::vector<std::byte> out;
-  };
-
-  Result run(const std::vector<std::byte>& frame) {
-    Result r;
-    r.out.resize(frame.size() + 256);
-    bpf_test_run_opts opts{};
-    opts.sz = sizeof opts;
-    opts.data_in = frame.data();
-    opts.data_size_in = static_cast<__u32>(frame.size());
-    opts.data_out = r.out.data();
-    opts.data_size_out = static_cast<__u32>(r.out.size());
-    opts.repeat = 1;
-    const int err = bpf_prog_test_run_opts(prog_fd_, &opts);
-    EXPECT_EQ(err, 0) << "BPF_PROG_TEST_RUN: " << error_text(errno);
-    r.verdict = static_cast<int>(opts.retval);
-    r.out.resize(opts.data_size_out);
-    return r;
-  }
+  test::ProgRun run(const std::vector<std::byte>& frame) { return test::prog_test_run(prog_fd_, frame); }
 
   fastpath::CounterValues counters() const { return maps_->counters(); }
 

@@ -126,8 +126,12 @@ Settings settings(const std::string& iface) {
 
 Stats stats(const std::string& iface) {
   auto map = bpf::PerCpuMap<std::uint32_t, locabus_chaos_stats>::pinned(pin_dir(iface) / kStatsPin);
+  return sum(map.lookup(0));
+}
+
+Stats sum(const std::vector<locabus_chaos_stats>& per_cpu) {
   Stats out;
-  for (const auto& v : map.lookup(0)) {
+  for (const auto& v : per_cpu) {
     out.seen += v.seen;
     out.dropped += v.dropped;
     out.corrupted += v.corrupted;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include <locabus/xdp_maps.h>
 
@@ -32,6 +33,9 @@ struct Stats {
   std::uint64_t corrupted = 0;
   std::uint64_t passed = 0;
 };
+
+/// Sums the per-CPU values of the stats map.
+Stats sum(const std::vector<locabus_chaos_stats>& per_cpu);
 
 /// Where the pins for `iface` (in the calling thread's network namespace) live.
 std::filesystem::path pin_dir(const std::string& iface);
