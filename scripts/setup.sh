@@ -9,7 +9,9 @@ packages=(
   # BPF: libbpf, libxdp (AF_XDP + dispatcher), bpftool for skeletons and map dumps
   libbpf-dev libxdp-dev bpftool libelf-dev zlib1g-dev
   # C++ libraries
-  libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
+  libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libtomlplusplus-dev
+  # readiness notification for systemd (sd_notify)
+  libsystemd-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # namespaces, veth, ping and jq for the demo and the end-to-end tests
