@@ -8,7 +8,10 @@
  *     the bad ones dropped and counted by reason;
  *   - pure ACKs from peers that user space tracks (established
  *     connections) are consumed here into locabus_peers and dropped, so they
- *     never wake user space; NAKs from them are recorded there and passed on;
+ *     never cost an AF_XDP frame; one that changes the peer's record is
+ *     announced on the locabus_acks ring buffer (a small record, at most one
+ *     wakeup per drain), and when that ring is full the ACK is delivered to
+ *     the socket instead. NAKs from them are recorded and passed on;
  *   - everything else is redirected into the AF_XDP socket registered for
  *     (RX queue, protocol), else the queue's default socket, else dropped.
  */
@@ -46,6 +49,13 @@ struct {
 	__type(key, struct locabus_peer_key);
 	__type(value, struct locabus_peer);
 } locabus_peers SEC(".maps");
+
+/* One struct locabus_ack_record per consumed ACK that changed a peer's
+ * record: what wakes a sender sleeping on the ring's fd. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, LOCABUS_ACK_RING_BYTES);
+} locabus_acks SEC(".maps");
 
 /* XSKMAP keys/values have no BTF type (the kernel rejects one). */
 struct {
@@ -158,29 +168,37 @@ static __always_inline struct locabus_peer *peer_lookup(__u16 node)
 	return bpf_map_lookup_elem(&locabus_peers, &key);
 }
 
+enum ack_result {
+	ACK_STALE,    /* older than the recorded ACK: ignored */
+	ACK_SAME,     /* the recorded ACK and window again: nothing new */
+	ACK_ADVANCED, /* a newer ACK, or a new window: the record changed */
+};
+
 /* A pure ACK from a tracked peer: record the highest cumulative ACK and its
- * window. */
-static __always_inline void consume_ack(struct locabus_xdp_stats *st, struct locabus_peer *peer,
-					const struct locabus_hdr *h)
+ * window. Counts nothing: the caller decides what became of the frame. */
+static __always_inline enum ack_result consume_ack(struct locabus_peer *peer, __u16 ack,
+						   __u16 window)
 {
-	__u16 ack = bpf_ntohs(h->ack_num);
-	__u16 window = bpf_ntohs(h->window);
 	__u64 now = bpf_ktime_get_ns(); /* no helper calls under the lock */
-	int stale = 0;
+	enum ack_result r;
 
 	bpf_spin_lock(&peer->lock);
 	peer->last_heard_ns = now;
 	peer->acks++;
 	if (!(peer->flags & LOCABUS_PEER_F_ACK_VALID) || seq_geq(ack, peer->ack_num)) {
+		r = (peer->flags & LOCABUS_PEER_F_ACK_VALID) && ack == peer->ack_num &&
+				    window == peer->ack_window
+			    ? ACK_SAME
+			    : ACK_ADVANCED;
 		peer->ack_num = ack;
 		peer->ack_window = window;
 		peer->flags |= LOCABUS_PEER_F_ACK_VALID;
 	} else {
 		peer->stale_acks++;
-		stale = 1;
+		r = ACK_STALE;
 	}
 	bpf_spin_unlock(&peer->lock);
-	count(st, stale ? LOCABUS_CTR_ack_stale : LOCABUS_CTR_ack_consumed);
+	return r;
 }
 
 static __always_inline void record_nak(struct locabus_xdp_stats *st, struct locabus_peer *peer,
@@ -306,8 +324,30 @@ int locabus_xdp(struct xdp_md *ctx)
 		struct locabus_peer *peer = peer_lookup(node_from);
 
 		if (peer) {
-			consume_ack(st, peer, h);
-			return XDP_DROP;
+			__u16 ack = bpf_ntohs(h->ack_num);
+			__u16 window = bpf_ntohs(h->window);
+			enum ack_result r = consume_ack(peer, ack, window);
+
+			if (r == ACK_STALE)
+				return drop(st, LOCABUS_CTR_ack_stale);
+			if (r == ACK_ADVANCED) {
+				struct locabus_ack_record rec = {
+					.node_id = node_from,
+					.ack_num = ack,
+					.window = window,
+				};
+
+				/* Default flags: the kernel wakes the reader only
+				 * if it had caught up with the ring. */
+				if (bpf_ringbuf_output(&locabus_acks, &rec, sizeof(rec), 0) != 0) {
+					/* Nobody would hear of this ACK: let it
+					 * wake user space the ordinary way. */
+					count(st, LOCABUS_CTR_ack_ring_full);
+					return deliver(ctx, st, h->proto, flags);
+				}
+				count(st, LOCABUS_CTR_ack_ring_out);
+			}
+			return drop(st, LOCABUS_CTR_ack_consumed);
 		}
 		/* Not tracked (yet): user space handles it, e.g. a handshake's ACK. */
 		count(st, LOCABUS_CTR_ack_untracked);

@@ -10,6 +10,7 @@
  *   proto   (locabus_proto)  PERCPU_ARRAY[256]  u32 proto -> struct locabus_proto_stats
  *   peers   (locabus_peers)  HASH               struct locabus_peer_key -> struct locabus_peer
  *   xsks    (locabus_xsks)   XSKMAP             u32 slot key -> AF_XDP socket fd
+ *   acks    (locabus_acks)   RINGBUF            struct locabus_ack_record, one per consumed ACK
  * (pin name, then the map's name in the BPF object)
  */
 #ifndef LOCABUS_XDP_MAPS_H
@@ -63,7 +64,9 @@ LOCABUS_STATIC_ASSERT(sizeof(struct locabus_config) == 32, "locabus_config layou
   X(drop_src, "dropped: node_from is the broadcast id")                                \
   X(drop_not_ours, "dropped: node_to neither our node id nor broadcast")               \
   X(drop_own, "dropped: our own frame looped back (or a node id clash)")               \
-  X(drop_no_socket, "dropped: no AF_XDP socket registered for the frame")
+  X(drop_no_socket, "dropped: no AF_XDP socket registered for the frame")              \
+  X(ack_ring_out, "consumed ACKs that changed ack/window, announced on the acks ring") \
+  X(ack_ring_full, "tracked peers' pure ACKs delivered: the acks ring was full")
 
 #define LOCABUS_X_ENUM(name, desc) LOCABUS_CTR_##name,
 enum locabus_counter_id { LOCABUS_XDP_COUNTERS(LOCABUS_X_ENUM) LOCABUS_CTR__COUNT };
@@ -121,6 +124,28 @@ struct locabus_peer {
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_peer) == 56, "locabus_peer layout");
 LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_peer, last_heard_ns) == 8,
                       "locabus_peer: no hidden padding after the lock");
+
+/* ------------------------------------------------------------------ */
+/* locabus_acks: a BPF ring buffer. For every pure ACK it consumes that
+ * changes a tracked peer's record (a newer ack_num, or a new window with
+ * the same one), the program writes one record here, so that a sender
+ * sleeping in poll()/epoll on the ring's fd wakes up. The kernel wakes the
+ * consumer only when it had caught up (adaptive notification): at most one
+ * wakeup per drain. When the ring is full the ACK is not consumed but
+ * delivered to the AF_XDP socket like any frame (counter ack_ring_full). */
+#define LOCABUS_ACK_RING_BYTES (256 * 1024) /* a power of two, a multiple of the page size */
+
+struct locabus_ack_record {
+  __u16 node_id;  /* the peer that sent the ACK (host byte order) */
+  __u16 ack_num;  /* its cumulative ACK (host byte order) */
+  __u16 window;   /* the window it advertised with it */
+  __u16 reserved; /* zero */
+};
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_ack_record) == 8, "locabus_ack_record layout");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_ack_record, node_id) == 0 &&
+                          LOCABUS_OFFSETOF(struct locabus_ack_record, ack_num) == 2 &&
+                          LOCABUS_OFFSETOF(struct locabus_ack_record, window) == 4,
+                      "locabus_ack_record field offsets");
 
 /* ------------------------------------------------------------------ */
 /* locabus_xsks: AF_XDP sockets, by RX queue and protocol.             */

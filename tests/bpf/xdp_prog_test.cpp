@@ -5,12 +5,15 @@
 #include <sched.h>
 #include <time.h>
 
+#include <algorithm>
+#include <cstring>
 #include <initializer_list>
 #include <memory>
 #include <optional>
 #include <vector>
 
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <locabus/xdp_maps.h>
 
 #include "locabus_xdp.skel.h"
@@ -65,7 +68,9 @@ class XdpProgram : public ::testing::Test {
     load();
   }
 
-  void load(std::uint32_t flags = 0, std::uint32_t max_peers = LOCABUS_MAX_PEERS_DEFAULT) {
+  void load(std::uint32_t flags = 0, std::uint32_t max_peers = LOCABUS_MAX_PEERS_DEFAULT,
+            std::uint32_t ack_ring_bytes = LOCABUS_ACK_RING_BYTES) {
+    ring_.reset();
     sockets_.clear();
     maps_.reset();
     skel_.reset();
@@ -73,9 +78,37 @@ class XdpProgram : public ::testing::Test {
     (*skel_)->bss->locabus_cfg.node_id = kUs;
     (*skel_)->bss->locabus_cfg.flags = flags;
     ASSERT_EQ(bpf_map__set_max_entries((*skel_)->maps.locabus_peers, max_peers), 0);
+    ASSERT_EQ(bpf_map__set_max_entries((*skel_)->maps.locabus_acks, ack_ring_bytes), 0);
     skel_->load();
     maps_.emplace(fastpath::Maps::from_object(skel_->object()));
     prog_fd_ = bpf_program__fd((*skel_)->progs.locabus_xdp);
+  }
+
+  // Everything the program wrote to the ACK ring since the last call (the
+  // test is its only reader).
+  std::vector<locabus_ack_record> drain_acks() {
+    if (!ring_) {
+      auto on_record = [](void* ctx, void* data, std::size_t size) -> int {
+        EXPECT_EQ(size, sizeof(locabus_ack_record));
+        locabus_ack_record r{};
+        std::memcpy(&r, data, std::min(size, sizeof r));
+        static_cast<std::vector<locabus_ack_record>*>(ctx)->push_back(r);
+        return 0;
+      };
+      ring_.reset(ring_buffer__new(maps_->acks_fd(), on_record, &records_, nullptr));
+      if (!ring_) {
+        ADD_FAILURE() << "ring_buffer__new: " << error_text(errno);
+      }
+    }
+    records_.clear();
+    if (ring_) {
+      EXPECT_GE(ring_buffer__consume(ring_.get()), 0);
+    }
+    return records_;
+  }
+
+  test::ProgRun ack(std::uint16_t ack_num, std::uint16_t window) {
+    return run(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(ack_num).window(window).build());
   }
 
   test::ProgRun run(const std::vector<std::byte>& frame) { return test::prog_test_run(prog_fd_, frame); }
@@ -115,8 +148,14 @@ class XdpProgram : public ::testing::Test {
     maps_->register_socket(0, slot, sockets_.back()->fd());
   }
 
+  struct RingDeleter {
+    void operator()(ring_buffer* r) const noexcept { ring_buffer__free(r); }
+  };
+
   std::optional<XdpSkeleton> skel_;
   std::optional<fastpath::Maps> maps_;
+  std::vector<locabus_ack_record> records_;
+  std::unique_ptr<ring_buffer, RingDeleter> ring_;  // declared after maps_: freed first
   std::vector<std::unique_ptr<xsk::Socket>> sockets_;
   int prog_fd_ = -1;
   int next_dev_ = 0;
@@ -242,7 +281,7 @@ TEST_F(XdpProgram, ConsumesPureAckFromATrackedPeer) {
   maps_->track_peer(kPeer);
   const auto t0 = monotonic_ns();
   expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(100).window(512).build(), XDP_DROP,
-         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_consumed});
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_consumed, LOCABUS_CTR_ack_ring_out});
   const auto t1 = monotonic_ns();
   const auto p = maps_->peer(kPeer);
   ASSERT_TRUE(p);
@@ -253,13 +292,18 @@ TEST_F(XdpProgram, ConsumesPureAckFromATrackedPeer) {
   EXPECT_GE(p->last_heard_ns, t0);
   EXPECT_LE(p->last_heard_ns, t1);
   EXPECT_FALSE(p->flags & LOCABUS_PEER_F_NAK_VALID);
+  // The sender is told through the ring: one record with what the ACK said.
+  const auto recs = drain_acks();
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].node_id, kPeer);
+  EXPECT_EQ(recs[0].ack_num, 100);
+  EXPECT_EQ(recs[0].window, 512);
+  EXPECT_EQ(recs[0].reserved, 0);
 }
 
 TEST_F(XdpProgram, KeepsTheHighestCumulativeAckInSerialOrder) {
   maps_->track_peer(kPeer);
-  auto ack = [&](std::uint16_t a, std::uint16_t w) {
-    return run(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(a).window(w).build()).verdict;
-  };
+  auto ack = [&](std::uint16_t a, std::uint16_t w) { return this->ack(a, w).verdict; };
   EXPECT_EQ(ack(65530, 10), XDP_DROP);
   EXPECT_EQ(ack(5, 20), XDP_DROP);      // after 65530 across the wrap: newer
   EXPECT_EQ(ack(65533, 30), XDP_DROP);  // older: ignored, counted stale
@@ -275,6 +319,70 @@ TEST_F(XdpProgram, KeepsTheHighestCumulativeAckInSerialOrder) {
   const auto c = counters();
   EXPECT_EQ(c[LOCABUS_CTR_ack_consumed], 3u);
   EXPECT_EQ(c[LOCABUS_CTR_ack_stale], 1u);
+  // One ring record per change of the record, none for the stale ACK.
+  const auto recs = drain_acks();
+  ASSERT_EQ(recs.size(), 3u);
+  EXPECT_EQ(recs[0].ack_num, 65530);
+  EXPECT_EQ(recs[1].ack_num, 5);
+  EXPECT_EQ(recs[1].window, 20);
+  EXPECT_EQ(recs[2].ack_num, 5);
+  EXPECT_EQ(recs[2].window, 64);
+  EXPECT_EQ(c[LOCABUS_CTR_ack_ring_out], 3u);
+}
+
+TEST_F(XdpProgram, StaleOrRepeatedAckWritesNoRingRecord) {
+  maps_->track_peer(kPeer);
+  ASSERT_EQ(ack(100, 50).verdict, XDP_DROP);
+  ASSERT_EQ(drain_acks().size(), 1u);
+  // Older: consumed as stale, nothing to tell.
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(99).window(50).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_stale});
+  // The same ACK and window again: consumed, nothing new either.
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(100).window(50).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_consumed});
+  EXPECT_TRUE(drain_acks().empty());
+  // Untracked peers' ACKs never reach the ring.
+  ASSERT_TRUE(maps_->forget_peer(kPeer));
+  ASSERT_EQ(ack(200, 50).verdict, XDP_DROP);  // no socket
+  EXPECT_TRUE(drain_acks().empty());
+}
+
+TEST_F(XdpProgram, WithTheAckRingFullTheAckGoesToTheSocket) {
+  const auto page = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
+  load(0, LOCABUS_MAX_PEERS_DEFAULT, page);  // the smallest ring: page / 16 records
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+  maps_->track_peer(kPeer);
+  // Nobody reads the ring: fill it with ACKs that each advance.
+  std::uint16_t a = 1;
+  std::size_t consumed = 0;
+  for (; consumed < page; ++a) {
+    const auto r = ack(a, 100);
+    if (r.verdict != XDP_DROP) {
+      EXPECT_EQ(r.verdict, XDP_REDIRECT);
+      break;
+    }
+    ++consumed;
+  }
+  // Each record takes 8 bytes plus an 8-byte header; the kernel never fills
+  // the last byte, so a ring of N bytes holds (N - 1) / 16 records.
+  EXPECT_EQ(consumed, (page - 1) / (sizeof(locabus_ack_record) + 8));
+  auto c = counters();
+  EXPECT_EQ(c[LOCABUS_CTR_ack_ring_out], consumed);
+  EXPECT_EQ(c[LOCABUS_CTR_ack_ring_full], 1u);
+  EXPECT_EQ(c[LOCABUS_CTR_ack_consumed], consumed);
+  // The ACK that did not fit went to the socket, and still updated the
+  // record operators read.
+  EXPECT_EQ(c[LOCABUS_CTR_redirected], 1u);
+  EXPECT_EQ(maps_->peer(kPeer)->ack_num, a);
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(++a).window(100).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_ring_full, LOCABUS_CTR_redirected});
+  // Once the reader catches up, ACKs are consumed again.
+  EXPECT_EQ(drain_acks().size(), consumed);
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(++a).window(100).build(), XDP_DROP,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_consumed, LOCABUS_CTR_ack_ring_out});
+  const auto recs = drain_acks();
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].ack_num, a);
 }
 
 TEST_F(XdpProgram, AckWithPayloadOrToBroadcastOrWithFlagIsNotConsumed) {

@@ -124,7 +124,7 @@ std::optional<locabus_config> read_pinned_config(const std::filesystem::path& di
 
 bool all_pins_present(const std::filesystem::path& dir) {
   std::error_code ec;
-  for (const char* name : {kPinConfig, kPinStats, kPinProto, kPinPeers, kPinXsks})
+  for (const char* name : {kPinConfig, kPinStats, kPinProto, kPinPeers, kPinXsks, kPinAcks})
     if (!std::filesystem::exists(dir / name, ec)) return false;
   return true;
 }
@@ -256,19 +256,26 @@ Maps::Maps(bpf::TypedMap<std::uint32_t, locabus_config> config,
            bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats,
            bpf::PerCpuMap<std::uint32_t, locabus_proto_stats> proto,
            bpf::TypedMap<locabus_peer_key, locabus_peer> peers,
-           bpf::TypedMap<std::uint32_t, std::uint32_t> xsks)
+           bpf::TypedMap<std::uint32_t, std::uint32_t> xsks, UniqueFd acks, const std::string& acks_what)
     : config_(std::move(config)),
       stats_(std::move(stats)),
       proto_(std::move(proto)),
       peers_(std::move(peers)),
-      xsks_(std::move(xsks)) {}
+      xsks_(std::move(xsks)),
+      acks_(std::move(acks)) {
+  // A ring buffer has no keys or values; its size is max_entries.
+  const bpf::MapInfo info = bpf::map_info(acks_.get());
+  bpf::check_map(info, acks_what, 0, 0, BPF_MAP_TYPE_RINGBUF);
+  acks_bytes_ = info.max_entries;
+}
 
 Maps Maps::open_pinned(const std::filesystem::path& dir) {
   return Maps(bpf::TypedMap<std::uint32_t, locabus_config>::pinned(dir / kPinConfig, BPF_MAP_TYPE_ARRAY),
               bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats>::pinned(dir / kPinStats),
               bpf::PerCpuMap<std::uint32_t, locabus_proto_stats>::pinned(dir / kPinProto),
               bpf::TypedMap<locabus_peer_key, locabus_peer>::pinned(dir / kPinPeers, BPF_MAP_TYPE_HASH),
-              bpf::TypedMap<std::uint32_t, std::uint32_t>::pinned(dir / kPinXsks, BPF_MAP_TYPE_XSKMAP));
+              bpf::TypedMap<std::uint32_t, std::uint32_t>::pinned(dir / kPinXsks, BPF_MAP_TYPE_XSKMAP),
+              bpf::open_pinned(dir / kPinAcks), (dir / kPinAcks).string());
 }
 
 Maps Maps::from_object(bpf_object* obj) {
@@ -287,7 +294,8 @@ Maps Maps::from_object(bpf_object* obj) {
       bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats>(dup_of("locabus_stats"), "stats"),
       bpf::PerCpuMap<std::uint32_t, locabus_proto_stats>(dup_of("locabus_proto"), "proto"),
       bpf::TypedMap<locabus_peer_key, locabus_peer>(dup_of("locabus_peers"), "peers", BPF_MAP_TYPE_HASH),
-      bpf::TypedMap<std::uint32_t, std::uint32_t>(dup_of("locabus_xsks"), "xsks", BPF_MAP_TYPE_XSKMAP));
+      bpf::TypedMap<std::uint32_t, std::uint32_t>(dup_of("locabus_xsks"), "xsks", BPF_MAP_TYPE_XSKMAP),
+      dup_of("locabus_acks"), "acks");
 }
 
 locabus_config Maps::config() const {
@@ -372,6 +380,10 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
   if (opts.flags & ~LOCABUS_CFG_F_ALL)
     throw Error(fmt::format("unknown fast path flags {:#x}", opts.flags & ~LOCABUS_CFG_F_ALL));
   if (opts.max_peers == 0) throw Error("max_peers must be at least 1");
+  const auto page = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
+  if (opts.ack_ring_bytes < page || (opts.ack_ring_bytes & (opts.ack_ring_bytes - 1)) != 0)
+    throw Error(fmt::format("ACK ring size {} bytes: must be a power of two and at least a page ({} bytes)",
+                            opts.ack_ring_bytes, page));
 
   bpffs::ensure_mounted(opts.bpffs_root);
   auto impl = std::make_unique<Impl>();
@@ -409,6 +421,8 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
     (*impl->skel)->bss->locabus_cfg = cfg;
     if (int err = bpf_map__set_max_entries((*impl->skel)->maps.locabus_peers, opts.max_peers))
       throw Error("size the peer table", err);
+    if (int err = bpf_map__set_max_entries((*impl->skel)->maps.locabus_acks, opts.ack_ring_bytes))
+      throw Error("size the ACK ring", err);
     xdp_program* p = xdp_program__from_bpf_obj(impl->skel->object(), "xdp");
     if (const long e = libxdp_get_error(p))
       throw Error("prepare the XDP program for libxdp", static_cast<int>(e));
@@ -452,11 +466,12 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
     std::filesystem::create_directories(fp->impl_->pin_dir, ec);
     if (ec) throw Error("create pin directory " + fp->impl_->pin_dir.string(), ec.value());
     const auto& s = *fp->impl_->skel;
-    const std::array<std::pair<bpf_map*, const char*>, 5> pins{{{s->maps.bss, kPinConfig},
+    const std::array<std::pair<bpf_map*, const char*>, 6> pins{{{s->maps.bss, kPinConfig},
                                                                 {s->maps.locabus_stats, kPinStats},
                                                                 {s->maps.locabus_proto, kPinProto},
                                                                 {s->maps.locabus_peers, kPinPeers},
-                                                                {s->maps.locabus_xsks, kPinXsks}}};
+                                                                {s->maps.locabus_xsks, kPinXsks},
+                                                                {s->maps.locabus_acks, kPinAcks}}};
     for (const auto& [map, name] : pins) {
       const auto path = fp->impl_->pin_dir / name;
       if (int err = bpf_map__pin(map, path.c_str())) throw Error("pin BPF map at " + path.string(), err);

@@ -38,6 +38,7 @@ inline constexpr const char* kPinStats = "stats";
 inline constexpr const char* kPinProto = "proto";
 inline constexpr const char* kPinPeers = "peers";
 inline constexpr const char* kPinXsks = "xsks";
+inline constexpr const char* kPinAcks = "acks";
 
 /// The name of our program as the kernel and libxdp report it.
 inline constexpr std::string_view kProgramName = "locabus_xdp";
@@ -49,6 +50,8 @@ struct Options {
   std::uint32_t flags = 0;  // LOCABUS_CFG_F_*
   AttachMode mode = AttachMode::automatic;
   std::uint32_t max_peers = LOCABUS_MAX_PEERS_DEFAULT;
+  /// Size of the ACK ring buffer (`acks`): a power of two, at least a page.
+  std::uint32_t ack_ring_bytes = LOCABUS_ACK_RING_BYTES;
   /// Empty: bpffs::default_pin_dir(iface, bpffs_root).
   std::filesystem::path pin_dir;
   std::filesystem::path bpffs_root = bpffs::kDefaultRoot;
@@ -93,17 +96,28 @@ class Maps {
 
   const bpf::TypedMap<std::uint32_t, std::uint32_t>& xsks() const { return xsks_; }
 
+  /// The ACK ring buffer (BPF_MAP_TYPE_RINGBUF): one locabus_ack_record per
+  /// consumed pure ACK that changed a tracked peer's record. Poll this fd
+  /// for POLLIN and read it through its mmap (libbpf's ring_buffer API).
+  /// Only one reader per fast path: reading consumes.
+  int acks_fd() const noexcept { return acks_.get(); }
+  /// The ring's size in bytes.
+  std::uint32_t acks_bytes() const noexcept { return acks_bytes_; }
+
  private:
   Maps(bpf::TypedMap<std::uint32_t, locabus_config> config,
        bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats,
        bpf::PerCpuMap<std::uint32_t, locabus_proto_stats> proto,
-       bpf::TypedMap<locabus_peer_key, locabus_peer> peers, bpf::TypedMap<std::uint32_t, std::uint32_t> xsks);
+       bpf::TypedMap<locabus_peer_key, locabus_peer> peers, bpf::TypedMap<std::uint32_t, std::uint32_t> xsks,
+       UniqueFd acks, const std::string& acks_what);
 
   bpf::TypedMap<std::uint32_t, locabus_config> config_;
   bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats_;
   bpf::PerCpuMap<std::uint32_t, locabus_proto_stats> proto_;
   bpf::TypedMap<locabus_peer_key, locabus_peer> peers_;
   bpf::TypedMap<std::uint32_t, std::uint32_t> xsks_;
+  UniqueFd acks_;
+  std::uint32_t acks_bytes_ = 0;
 };
 
 /// The fast path attached to one interface by this process. Destroying it
