@@ -16,6 +16,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # namespaces, veth, ping and jq for the demo and the end-to-end tests
   iproute2 iputils-ping util-linux jq
+  # linting the shell scripts (locabus-cluster)
+  shellcheck
   # formatting
   clang-format
 )
