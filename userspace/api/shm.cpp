@@ -189,7 +189,7 @@ UniqueFd SharedRegion::duplicate_fd() const {
 
 std::pair<Doorbell, Doorbell> Doorbell::create_pair() {
   int fds[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0) {
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0) {
     throw Error("create doorbell socketpair", errno, "check RLIMIT_NOFILE (ulimit -n)");
   }
   return {Doorbell(UniqueFd(fds[0])), Doorbell(UniqueFd(fds[1]))};
@@ -203,9 +203,9 @@ Doorbell Doorbell::adopt(UniqueFd fd) {
   socklen_t len = sizeof type;
   socklen_t dlen = sizeof domain;
   if (!S_ISSOCK(st.st_mode) || ::getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
-      ::getsockopt(fd.get(), SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0 || type != SOCK_SEQPACKET ||
+      ::getsockopt(fd.get(), SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0 || type != SOCK_STREAM ||
       domain != AF_UNIX) {
-    throw Error("adopt doorbell: not a Unix SOCK_SEQPACKET socket", EINVAL, hint);
+    throw Error("adopt doorbell: not a Unix SOCK_STREAM socket", EINVAL, hint);
   }
   return Doorbell(std::move(fd));
 }
@@ -221,17 +221,16 @@ bool Doorbell::ring() const noexcept {
 }
 
 std::size_t Doorbell::drain() const noexcept {
+  // Each ring is one byte of a stream: one recv() takes up to 256 of them.
+  // At most 4 calls, so a peer that rings without pause cannot keep us here.
   std::size_t n = 0;
-  char buf[8];
-  for (int i = 0; i < 64; ++i) {
+  char buf[256];
+  for (int i = 0; i < 4; ++i) {
     const ssize_t r = ::recv(fd_.get(), buf, sizeof buf, MSG_DONTWAIT);
-    if (r > 0) {
-      ++n;
-    } else if (r < 0 && errno == EINTR) {
-      continue;
-    } else {
-      break;  // EAGAIN (drained), 0 (peer closed: POLLHUP tells), or an error
-    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;  // EAGAIN (drained), 0 (peer closed: POLLHUP tells), or an error
+    n += static_cast<std::size_t>(r);
+    if (static_cast<std::size_t>(r) < sizeof buf) break;  // nothing more was queued
   }
   return n;
 }

@@ -490,21 +490,22 @@ class SharedRegion {
 // ---- wakeups --------------------------------------------------------------------
 
 /// One side's end of a wakeup channel between the daemon and a client: a Unix
-/// SOCK_SEQPACKET socketpair. fd() becomes readable when the peer ring()s;
-/// drain() consumes the pending rings. Each side sleeps on its own end only.
+/// stream socketpair. fd() becomes readable when the peer ring()s; drain()
+/// consumes the pending rings. Each side sleeps on its own end only.
 ///
 /// Not an eventfd: an eventfd shared with a client is one open file
 /// description, so the client could clear its O_NONBLOCK and saturate the
 /// counter, and the daemon's next write() would block forever. A socketpair
 /// gives each side its own description, and every call here passes
 /// MSG_DONTWAIT, so no peer can make ring() or drain() block. When the peer
-/// closes its end, fd() reports POLLHUP.
+/// closes its end, fd() reports POLLHUP (handle it: a level-triggered poll
+/// returns at once from then on). docs/LOCAL_API_SHM.md has the numbers.
 class Doorbell {
  public:
   /// Both ends: keep .first, send .second's fd() to the peer. Throws Error.
   static std::pair<Doorbell, Doorbell> create_pair();
-  /// An end received from the peer; checks that it is a Unix SOCK_SEQPACKET
-  /// socket. Throws Error.
+  /// An end received from the peer; checks that it is a Unix stream socket.
+  /// Throws Error.
   static Doorbell adopt(UniqueFd fd);
 
   Doorbell() noexcept = default;
@@ -512,8 +513,9 @@ class Doorbell {
   /// Wakes the peer. Never blocks: when the peer's queue is full it has
   /// wakeups pending anyway. Returns false when the peer has gone.
   bool ring() const noexcept;
-  /// Consumes pending wakeups (at most 64 per call, so a peer that rings
-  /// without pause cannot keep us here); returns how many.
+  /// Consumes pending wakeups (at most 1024 per call, in one recv() unless
+  /// more are queued, so a peer that rings without pause cannot keep us here);
+  /// returns how many.
   std::size_t drain() const noexcept;
   int fd() const noexcept { return fd_.get(); }
   UniqueFd release() noexcept { return UniqueFd(fd_.release()); }
