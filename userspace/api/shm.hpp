@@ -438,7 +438,7 @@ class SharedRegion {
 
   /// Largest payload of a ring of `ring_bytes`: a quarter of the ring minus a
   /// record header, so that a maximal record never waits for a ring drained to
-  /// nearly empty (1.5 KB messages in the default ring: 1,000 fit).
+  /// nearly empty. The default ring holds 1,358 records of 1,536 bytes.
   static constexpr std::size_t max_payload_for(std::size_t ring_bytes) noexcept {
     return ring_bytes / 4 - sizeof(RecordHeader);
   }
