@@ -264,10 +264,15 @@ class DecodeResult {
   FrameError error_{};
 };
 
+/// Whether decode_frame() verifies the checksum. `skip` is only for frames
+/// the XDP fast path has verified already (engine::Transport::frames_validated).
+enum class ChecksumCheck : std::uint8_t { verify, skip };
+
 /// Validates an Ethernet frame with the fast path's rules, in its order
 /// (lengths, checksum, type, source). Node-id filtering is the receiver's
 /// job: it depends on the local node id.
-DecodeResult decode_frame(std::span<const std::byte> frame) noexcept;
+DecodeResult decode_frame(std::span<const std::byte> frame,
+                          ChecksumCheck check = ChecksumCheck::verify) noexcept;
 
 /// Encodes Ethernet header + `hdr` + `payload` into `out`, filling in len and
 /// csum. Returns the frame size, or 0 if `out` is too small or the payload

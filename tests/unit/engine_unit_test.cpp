@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // Unit tests of the protocol engine's building blocks: the timer wheel, the
 // message ring, the control payload codec, the configuration's validation,
-// the per-connection state bound and FunctionRef. The protocol itself is
+// the per-connection state bound, FunctionRef, and how the engine follows its
+// transport's hints (TX space, validated frames). The protocol itself is
 // tested on the simulated network (tests/sim/).
 #include <gtest/gtest.h>
 
@@ -31,6 +32,7 @@
 #include "engine/engine.hpp"
 #include "engine/timer_wheel.hpp"
 #include "engine/transport.hpp"
+#include "frame_builder.hpp"
 
 namespace locabus::engine {
 namespace {
@@ -817,6 +819,78 @@ TEST(EngineConfig, TheEngineValidatesItsConfig) {
   c.window = 0;
   EXPECT_THROW(Engine(c, t, clock, 1), Error);
   EXPECT_NO_THROW(Engine(EngineConfig{}, t, clock, 1));
+}
+
+// ---- the engine and its transport's hints ------------------------------------------
+
+/// Refuses every frame it is offered; feeds the frames in `rx` once.
+class StubbornTransport final : public Transport {
+ public:
+  StubbornTransport(bool signals, bool validated) : signals_(signals), validated_(validated) {}
+  wire::MacAddress mac() const noexcept override { return wire::MacAddress{{2, 0, 0, 0, 0, 1}}; }
+  std::size_t send(std::span<const FrameBytes> frames) override {
+    offered += frames.size();
+    return 0;
+  }
+  std::size_t receive(std::size_t max, FunctionRef<void(FrameBytes)> on_frame) override {
+    std::size_t n = 0;
+    for (; n < max && !rx.empty(); ++n) {
+      on_frame(rx.front());
+      rx.pop_front();
+    }
+    return n;
+  }
+  bool signals_tx_space() const noexcept override { return signals_; }
+  bool frames_validated() const noexcept override { return validated_; }
+
+  std::size_t offered = 0;
+  std::deque<Bytes> rx;
+
+ private:
+  bool signals_, validated_;
+};
+
+TEST(EngineTransport, RefusedFramesWaitForATransportThatSignalsSpace) {
+  for (const bool signals : {false, true}) {
+    SCOPED_TRACE(signals ? "signals TX space" : "does not signal");
+    StubbornTransport t(signals, false);
+    ManualClock clock;
+    Engine e(EngineConfig{}, t, clock, 1);
+    clock.advance_by(100ms);  // discovery is due: a DISCOVER to send
+    e.do_work();
+    ASSERT_GT(t.offered, 0u);
+    const auto d = e.next_deadline();
+    ASSERT_TRUE(d);
+    if (signals) {
+      // Sleep until wait_fd() says so, with a backstop: no busy loop.
+      EXPECT_GT(*d, clock.now());
+      EXPECT_LE(*d, clock.now() + 1ms);
+    } else {
+      EXPECT_EQ(*d, clock.now()) << "offer them again at once";
+    }
+  }
+}
+
+TEST(EngineTransport, FramesTheFastPathValidatedSkipTheChecksum) {
+  // A frame with a bad checksum can only come from a transport that does not
+  // validate; from one that does, the engine trusts it and does not sum.
+  const Bytes bad = test::FrameBuilder()
+                        .type(wire::PacketType::heartbeat)
+                        .from(2)
+                        .to(wire::kBroadcast)
+                        .corrupt_csum()
+                        .build();
+  for (const bool validated : {false, true}) {
+    SCOPED_TRACE(validated ? "validated" : "not validated");
+    StubbornTransport t(false, validated);
+    t.rx.push_back(bad);
+    ManualClock clock;
+    Engine e(EngineConfig{}, t, clock, 1);
+    e.do_work();
+    EXPECT_EQ(e.stats().rx_frames, 1u);
+    EXPECT_EQ(e.stats().rx_invalid[static_cast<std::size_t>(wire::FrameError::bad_csum)],
+              validated ? 0u : 1u);
+  }
 }
 
 // ---- per-connection state --------------------------------------------------------

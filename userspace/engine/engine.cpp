@@ -46,6 +46,7 @@ Engine::Engine(const EngineConfig& config, Transport& transport, const Clock& cl
       epoch_(static_cast<std::uint64_t>(clock.wall().count())),
       mac_(transport.mac()),
       started_at_(clock.now()),
+      checksum_check_(transport.frames_validated() ? wire::ChecksumCheck::skip : wire::ChecksumCheck::verify),
       receiver_(std::make_unique<Receiver>(*this)),
       conductor_(std::make_unique<Conductor>(*this)),
       sender_(std::make_unique<Sender>(*this)) {
@@ -87,7 +88,13 @@ std::array<Agent*, 3> Engine::agents() noexcept { return {receiver_.get(), condu
 std::optional<Nanos> Engine::next_deadline() const {
   Nanos next = std::min({next_heartbeat_, next_discover_, next_sweep_});
   if (auto w = wheel_.next_deadline()) next = std::min(next, *w);
-  if (!tx_ready_.empty() || tx_count_ > 0) next = std::min(next, clock_.now());
+  if (!tx_ready_.empty() || tx_count_ > 0) {
+    // Something to send. If the transport refused frames and will wake its
+    // wait_fd() when it can take them, sleep until then (with a backstop)
+    // instead of offering them again in a busy loop.
+    const Nanos now = clock_.now();
+    next = std::min(next, tx_refused_ && transport_.signals_tx_space() ? now + kTxRefusedBackstop : now);
+  }
   return next;
 }
 
@@ -129,7 +136,7 @@ void Engine::mark_tx_ready(Peer& p) {
 
 void Engine::on_frame(FrameBytes frame) {
   ++stats_.rx_frames;
-  const wire::DecodeResult r = wire::decode_frame(frame);
+  const wire::DecodeResult r = wire::decode_frame(frame, checksum_check_);
   if (!r) {
     ++stats_.rx_invalid[static_cast<std::size_t>(r.error())];
     return;
@@ -197,6 +204,7 @@ std::size_t Engine::flush() {
     tx_frames_.push_back(FrameBytes(tx_buf_[slot].data(), tx_len_[slot]));
   }
   const std::size_t sent = transport_.send(tx_frames_);
+  tx_refused_ = sent < tx_count_;
   if (sent >= tx_count_) {
     tx_count_ = 0;
   } else {

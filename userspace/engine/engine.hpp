@@ -243,6 +243,7 @@ class Engine final : public Agent {
   std::uint64_t epoch_;
   wire::MacAddress mac_;
   Nanos started_at_;
+  wire::ChecksumCheck checksum_check_;  // skip: the transport's frames passed the XDP program
 
   std::vector<std::unique_ptr<Peer>> peers_;  // index = timer-wheel owner id
   std::unordered_map<std::uint16_t, std::uint32_t> index_;
@@ -255,6 +256,10 @@ class Engine final : public Agent {
   std::vector<std::uint16_t> tx_slot_;  // pool slots in send order
   std::vector<FrameBytes> tx_frames_;
   std::size_t tx_count_ = 0;
+  bool tx_refused_ = false;  // the last flush() left frames the transport did not take
+  // How long to sleep at most after the transport refused frames, when it
+  // promises to wake wait_fd() (Transport::signals_tx_space) anyway.
+  static constexpr Nanos kTxRefusedBackstop{1'000'000};
   std::vector<std::uint32_t> tx_ready_;  // peers with data or control to send
   std::vector<std::uint32_t> tx_turn_;   // the peers transmit() is serving
 

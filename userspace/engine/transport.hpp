@@ -39,6 +39,20 @@ class Transport {
   /// blocking idle strategy; -1 if there is none (the simulation).
   virtual int wait_fd() const noexcept { return -1; }
 
+  /// After send() accepted fewer frames than offered: true if wait_fd()
+  /// becomes readable by itself once offering them again is worthwhile
+  /// (the AF_XDP transport arms a short retry timer in its epoll set). The
+  /// engine then lets its idle strategy sleep instead of retrying at once,
+  /// so a full TX ring costs no busy loop. Default false: the engine
+  /// retries on its next duty cycle.
+  virtual bool signals_tx_space() const noexcept { return false; }
+
+  /// Every frame receive() hands over has already passed the fast path's
+  /// validation in the kernel (lengths and checksum: the XDP program drops
+  /// anything else before it reaches an AF_XDP socket), so the engine may
+  /// skip verifying the checksum again. Default false.
+  virtual bool frames_validated() const noexcept { return false; }
+
   /// The engine established (track) or closed (forget) a connection to
   /// `node`. The AF_XDP transport uses this to let the kernel consume that
   /// peer's pure ACKs (see docs/FASTPATH.md); others ignore it.

@@ -146,10 +146,11 @@ void clear_leftovers(const net::Interface& iface, const std::filesystem::path& p
   const auto cfg = read_pinned_config(pin_dir);
   const OwnerState owner = cfg ? owner_state(*cfg) : OwnerState::none;
   if (owner == OwnerState::alive)
-    throw Error(fmt::format("interface {} is in use: the Locabus fast path there belongs to process {}{}",
-                            iface.name, cfg->owner_pid,
-                            cfg->owner_pid == static_cast<std::uint32_t>(::getpid()) ? " (this one)" : ""),
-                0, "stop that process first (a clean exit detaches it)");
+    throw InterfaceInUse(
+        fmt::format("interface {} is in use: the Locabus fast path there belongs to process {}{}", iface.name,
+                    cfg->owner_pid,
+                    cfg->owner_pid == static_cast<std::uint32_t>(::getpid()) ? " (this one)" : ""),
+        "stop that process first (a clean exit detaches it)", static_cast<pid_t>(cfg->owner_pid));
 
   const Attached found = find_ours(iface.ifindex);
   std::error_code ec;

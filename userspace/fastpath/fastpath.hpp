@@ -16,6 +16,7 @@
 
 #include <locabus/xdp_maps.h>
 
+#include "common/error.hpp"
 #include "fastpath/bpf_map.hpp"
 #include "fastpath/bpffs.hpp"
 #include "fastpath/counters.hpp"
@@ -39,6 +40,19 @@ inline constexpr const char* kPinProto = "proto";
 inline constexpr const char* kPinPeers = "peers";
 inline constexpr const char* kPinXsks = "xsks";
 inline constexpr const char* kPinAcks = "acks";
+
+/// Thrown when a live process (possibly this one) owns the fast path on the
+/// interface: nobody else may replace it, and nothing may fall back to
+/// another datapath behind its back.
+class InterfaceInUse final : public Error {
+ public:
+  InterfaceInUse(const std::string& what, std::string hint, pid_t owner)
+      : Error(what, 0, std::move(hint)), owner_(owner) {}
+  pid_t owner() const noexcept { return owner_; }
+
+ private:
+  pid_t owner_;
+};
 
 /// The name of our program as the kernel and libxdp report it.
 inline constexpr std::string_view kProgramName = "locabus_xdp";
@@ -126,8 +140,9 @@ class FastPath {
  public:
   /// Loads the XDP program, attaches it and pins its maps. Leftovers of an
   /// earlier run (our program still attached, pins whose owner is gone) are
-  /// reported and replaced, never reused. Throws Error when a live process
-  /// owns the interface, or on any failure (nothing is left behind then).
+  /// reported and replaced, never reused. Throws InterfaceInUse when a live
+  /// process owns the interface, Error on any other failure (nothing is left
+  /// behind then).
   static std::unique_ptr<FastPath> attach(const Options& opts);
 
   ~FastPath();
@@ -192,7 +207,8 @@ struct DetachReport {
 DetachReport detach(const std::string& iface, const std::filesystem::path& pin_dir = {}, bool force = false,
                     const std::filesystem::path& bpffs_root = bpffs::kDefaultRoot);
 
-/// Start time of `pid` (/proc/PID/stat field 22), nullopt if it is gone.
+/// Start time of `pid` (/proc/PID/stat field 22), nullopt if it is gone
+/// (or a zombie).
 std::optional<std::uint64_t> process_start_time(pid_t pid);
 
 /// Routes libbpf and libxdp messages into spdlog (once per process).

@@ -6,8 +6,10 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -61,10 +63,30 @@ struct Socket::Impl {
   xsk_ring_cons rx{};
   xsk_ring_prod tx{};
   std::vector<std::uint64_t> tx_free;
+  // Received buffers not yet back on the fill ring (see refill()).
+  std::vector<std::uint64_t> fill_pending;
   std::size_t tx_outstanding = 0;  // submitted to the TX ring, not completed
   bool zc = false;
 
   ~Impl() { close(); }
+
+  // Hands received buffers back to the kernel, as many as the fill ring has
+  // room for now. The fill ring is as large as the RX half of the UMEM, but
+  // it can be short for a moment: the kernel makes frames visible on the RX
+  // ring before it publishes how far it has read the fill ring, so a quick
+  // reader may hold a frame whose fill slot does not look free yet. Those
+  // buffers wait in fill_pending for the next call.
+  void refill() noexcept {
+    if (fill_pending.empty()) return;
+    const auto want = static_cast<std::uint32_t>(fill_pending.size());
+    const std::uint32_t n = std::min(want, xsk_prod_nb_free(&fill, want));
+    std::uint32_t idx = 0;
+    if (n == 0 || xsk_ring_prod__reserve(&fill, n, &idx) != n) return;
+    for (std::uint32_t i = 0; i < n; ++i)
+      *xsk_ring_prod__fill_addr(&fill, idx + i) = fill_pending[want - n + i];
+    fill_pending.resize(want - n);
+    xsk_ring_prod__submit(&fill, n);
+  }
 
   void close() noexcept {
     if (xsk) xsk_socket__delete(xsk);
@@ -106,30 +128,44 @@ Socket::Socket(const std::string& iface, const Options& opts) : impl_(std::make_
   impl_->opts = opts;
   const std::uint16_t wake = opts.need_wakeup ? XDP_USE_NEED_WAKEUP : 0;
 
-  int err = 0;
-  if (opts.mode != BindMode::copy) {
-    err = impl_->open(iface, wake | XDP_ZEROCOPY);
-    if (err == 0)
-      impl_->zc = true;
-    else
-      impl_->close();
-  }
-  if (!impl_->zc && opts.mode != BindMode::zero_copy) {
-    const int zc_err = err;
-    err = impl_->open(iface, wake | XDP_COPY);
-    if (err == 0 && opts.mode == BindMode::automatic)
-      spdlog::debug("AF_XDP on {} queue {}: zero-copy unavailable ({}), using copy mode", iface, opts.queue,
-                    error_text(zc_err));
+  auto bind = [&] {
+    int err = 0;
+    if (opts.mode != BindMode::copy) {
+      err = impl_->open(iface, wake | XDP_ZEROCOPY);
+      if (err == 0)
+        impl_->zc = true;
+      else
+        impl_->close();
+    }
+    if (!impl_->zc && opts.mode != BindMode::zero_copy) {
+      const int zc_err = err;
+      err = impl_->open(iface, wake | XDP_COPY);
+      if (err == 0 && opts.mode == BindMode::automatic)
+        spdlog::debug("AF_XDP on {} queue {}: zero-copy unavailable ({}), using copy mode", iface, opts.queue,
+                      error_text(zc_err));
+    }
+    return err;
+  };
+  // EBUSY: a socket is bound to the queue. The kernel releases a closed
+  // socket's binding a moment after close() (deferred work), so a socket
+  // reopened at once (a restart) waits for that, briefly.
+  int err = bind();
+  for (int i = 0; err == -EBUSY && i < 25; ++i) {
+    impl_->close();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    err = bind();
   }
   if (err) {
     impl_->close();
-    throw Error(fmt::format("bind an AF_XDP socket to {} queue {} ({} mode)", iface, opts.queue,
-                            to_string(opts.mode)),
-                err,
-                err == -EINVAL
-                    ? fmt::format("does {} have a queue {}? is the XDP program attached in native mode?",
-                                  iface, opts.queue)
-                    : std::string{});
+    throw Error(
+        fmt::format("bind an AF_XDP socket to {} queue {} ({} mode)", iface, opts.queue,
+                    to_string(opts.mode)),
+        err,
+        err == -EBUSY
+            ? "another AF_XDP socket is bound to that queue (another process?); stop it or use another queue"
+        : err == -EINVAL ? fmt::format("does {} have a queue {}? is the XDP program attached in native mode?",
+                                       iface, opts.queue)
+                         : std::string{});
   }
 
   // Lower half of the UMEM receives, upper half sends.
@@ -140,6 +176,7 @@ Socket::Socket(const std::string& iface, const Options& opts) : impl_(std::make_
   for (std::uint32_t i = 0; i < half; ++i)
     *xsk_ring_prod__fill_addr(&impl_->fill, idx++) = std::uint64_t{i} * opts.frame_size;
   xsk_ring_prod__submit(&impl_->fill, half);
+  impl_->fill_pending.reserve(half);
   impl_->tx_free.reserve(half);
   for (std::uint32_t i = half; i < opts.frame_count; ++i)
     impl_->tx_free.push_back(std::uint64_t{i} * opts.frame_size);
@@ -151,8 +188,8 @@ int Socket::fd() const noexcept { return xsk_socket__fd(impl_->xsk); }
 std::uint32_t Socket::queue() const noexcept { return impl_->opts.queue; }
 bool Socket::zero_copy() const noexcept { return impl_->zc; }
 
-std::size_t Socket::receive(std::size_t max,
-                            const std::function<void(std::span<const std::byte>)>& on_frame) {
+std::size_t Socket::receive(std::size_t max, FunctionRef<void(std::span<const std::byte>)> on_frame) {
+  impl_->refill();
   std::uint32_t idx = 0;
   const std::uint32_t n = xsk_ring_cons__peek(&impl_->rx, static_cast<std::uint32_t>(max), &idx);
   if (n == 0) {
@@ -161,27 +198,19 @@ std::size_t Socket::receive(std::size_t max,
       ::recvfrom(fd(), nullptr, 0, MSG_DONTWAIT, nullptr, nullptr);
     return 0;
   }
-  // The fill ring is as large as the RX half of the UMEM, so it always has
-  // room for every frame we hand back; anything else is a bookkeeping bug.
-  std::uint32_t fidx = 0;
-  if (xsk_ring_prod__reserve(&impl_->fill, n, &fidx) != n) {
-    xsk_ring_cons__cancel(&impl_->rx, n);
-    throw Error("recycle AF_XDP receive buffers: the fill ring is full (UMEM accounting is broken)");
-  }
-  // Buffers return to the kernel only at submit, so the fill entries can be
-  // written first; submit and release happen even if on_frame throws.
-  const std::uint64_t chunk_mask = ~std::uint64_t{impl_->opts.frame_size - 1};
-  for (std::uint32_t i = 0; i < n; ++i)
-    *xsk_ring_prod__fill_addr(&impl_->fill, fidx + i) =
-        xsk_ring_cons__rx_desc(&impl_->rx, idx + i)->addr & chunk_mask;
+  // The buffers go back to the kernel and the RX slots are released even if
+  // on_frame throws.
   struct Finish {
     Impl& impl;
-    std::uint32_t n;
+    std::uint32_t idx, n;
     ~Finish() {
-      xsk_ring_prod__submit(&impl.fill, n);
+      const std::uint64_t chunk_mask = ~std::uint64_t{impl.opts.frame_size - 1};
+      for (std::uint32_t i = 0; i < n; ++i)  // capacity reserved: no allocation
+        impl.fill_pending.push_back(xsk_ring_cons__rx_desc(&impl.rx, idx + i)->addr & chunk_mask);
       xsk_ring_cons__release(&impl.rx, n);
+      impl.refill();
     }
-  } finish{*impl_, n};
+  } finish{*impl_, idx, n};
   for (std::uint32_t i = 0; i < n; ++i) {
     const xdp_desc* d = xsk_ring_cons__rx_desc(&impl_->rx, idx + i);
     on_frame(std::span<const std::byte>(
@@ -189,6 +218,8 @@ std::size_t Socket::receive(std::size_t max,
   }
   return n;
 }
+
+void Socket::wakeup_rx() { ::recvfrom(fd(), nullptr, 0, MSG_DONTWAIT, nullptr, nullptr); }
 
 bool Socket::wait_readable(std::chrono::milliseconds timeout) {
   pollfd p{fd(), POLLIN, 0};
@@ -220,13 +251,49 @@ bool Socket::send(std::span<const std::byte> frame) {
   return true;
 }
 
-void Socket::flush() {
-  if (impl_->opts.need_wakeup && !xsk_ring_prod__needs_wakeup(&impl_->tx)) return;
+std::size_t Socket::send_batch(std::span<const std::span<const std::byte>> frames) {
+  for (const auto& frame : frames)  // before touching the ring: nothing to undo
+    if (frame.size() > impl_->opts.frame_size)
+      throw Error(fmt::format("send a {}-byte frame over AF_XDP: larger than the {}-byte buffers",
+                              frame.size(), impl_->opts.frame_size));
+  if (impl_->tx_free.size() < frames.size()) reclaim();
+  auto n = static_cast<std::uint32_t>(std::min(frames.size(), impl_->tx_free.size()));
+  n = std::min(n, xsk_prod_nb_free(&impl_->tx, n));  // refreshes the ring's view when short
+  std::uint32_t idx = 0;
+  if (n == 0 || xsk_ring_prod__reserve(&impl_->tx, n, &idx) != n) return 0;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::span<const std::byte> frame = frames[i];
+    const std::uint64_t addr = impl_->tx_free.back();
+    impl_->tx_free.pop_back();
+    std::memcpy(xsk_umem__get_data(impl_->area->data(), addr), frame.data(), frame.size());
+    xdp_desc* d = xsk_ring_prod__tx_desc(&impl_->tx, idx + i);
+    d->addr = addr;
+    d->len = static_cast<std::uint32_t>(frame.size());
+    d->options = 0;
+  }
+  xsk_ring_prod__submit(&impl_->tx, n);
+  impl_->tx_outstanding += n;
+  return n;
+}
+
+int Socket::flush() {
+  if (impl_->opts.need_wakeup && !xsk_ring_prod__needs_wakeup(&impl_->tx)) return 0;
   if (::sendto(fd(), nullptr, 0, MSG_DONTWAIT, nullptr, 0) < 0) {
     // These mean "busy, try again": the frames stay queued.
-    if (errno == EAGAIN || errno == EBUSY || errno == ENOBUFS || errno == ENETDOWN) return;
+    if (errno == EAGAIN || errno == EBUSY || errno == ENOBUFS || errno == ENETDOWN) return errno;
     throw Error("kick AF_XDP transmission", errno);
   }
+  return 0;
+}
+
+std::size_t Socket::tx_unsent() const noexcept {
+  const std::uint32_t prod = *impl_->tx.producer;
+  const std::uint32_t cons = __atomic_load_n(impl_->tx.consumer, __ATOMIC_ACQUIRE);
+  return prod - cons;
+}
+
+bool Socket::tx_needs_wakeup() const noexcept {
+  return !impl_->opts.need_wakeup || xsk_ring_prod__needs_wakeup(&impl_->tx);
 }
 
 std::size_t Socket::reclaim() {

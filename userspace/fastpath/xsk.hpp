@@ -12,6 +12,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/function_ref.hpp"
+
 namespace locabus::fastpath {
 class Maps;
 }
@@ -63,7 +65,10 @@ class Socket {
 
   /// Hands up to `max` received frames to `on_frame` (the span is valid
   /// only during the call) and recycles their buffers. Never blocks.
-  std::size_t receive(std::size_t max, const std::function<void(std::span<const std::byte>)>& on_frame);
+  std::size_t receive(std::size_t max, FunctionRef<void(std::span<const std::byte>)> on_frame);
+  /// Asks the kernel to look at the RX side now (recvfrom, MSG_DONTWAIT):
+  /// with busy polling enabled on the socket this polls the driver.
+  void wakeup_rx();
 
   /// Blocks until a frame can be received or `timeout` passes; true if one can.
   bool wait_readable(std::chrono::milliseconds timeout);
@@ -72,8 +77,20 @@ class Socket {
   /// or ring slot is in use (back-pressure: flush(), reclaim(), retry).
   /// Throws Error when the frame can never fit a buffer.
   bool send(std::span<const std::byte> frame);
+  /// Queues copies of a prefix of `frames` with one ring reservation and
+  /// returns its length: all of them unless TX buffers or ring slots run
+  /// out. Throws Error for a frame that can never fit a buffer.
+  std::size_t send_batch(std::span<const std::span<const std::byte>> frames);
   /// Makes the kernel transmit what is queued (a syscall only when needed).
-  void flush();
+  /// Returns 0, or the errno of a transient refusal (EAGAIN: it stopped
+  /// after a batch or is out of socket buffer, EBUSY: the device dropped a
+  /// frame, ENOBUFS, ENETDOWN); the frames it did not take stay queued.
+  int flush();
+  /// Descriptors on the TX ring that the kernel has not taken yet.
+  std::size_t tx_unsent() const noexcept;
+  /// The kernel asks for a syscall to process the TX ring (always so in
+  /// copy mode, where only sendto() or poll() transmit).
+  bool tx_needs_wakeup() const noexcept;
   /// Takes back the buffers of completed transmissions; returns how many.
   std::size_t reclaim();
   /// Frames queued or in transmission, not yet completed.
