@@ -30,6 +30,6 @@ if (($# == 0)); then
   cmake --build build-asan -j "$jobs"
   echo "== tests under sanitizers"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build-asan --output-on-failure --timeout 600 -E '^(demo|clang_format)$'
+    ctest --test-dir build-asan --output-on-failure --timeout 600 -E '^(demo|clang_format|daemon_e2e_chaos-.*)$'
 fi
 echo "== all tests passed"

@@ -7,6 +7,8 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <locabus/client.hpp>
+
 #include "commands.hpp"
 #include "common/error.hpp"
 #include "fastpath/bpffs.hpp"
@@ -43,7 +45,7 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   if (const char* env = std::getenv("LOCABUS_LOG")) spdlog::set_level(spdlog::level::from_str(env));
 
-  CLI::App app{"locabusctl: attach, inspect and exercise the Locabus XDP fast path"};
+  CLI::App app{"locabusctl: inspect and drive locabusd, the Locabus XDP fast path and its fault injection"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "locabusctl 0.1.0");
   std::string log_level;
@@ -56,11 +58,15 @@ int main(int argc, char** argv) {
   locabus::ctl::register_stats_command(app);
   locabus::ctl::register_frame_commands(app);
   locabus::ctl::register_chaos_commands(app);
+  locabus::ctl::register_daemon_commands(app);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const locabus::ClientError& e) {
+    std::cerr << "locabusctl: error: " << e.what() << "\n";
+    return 1;
   } catch (const locabus::Error& e) {
     std::cerr << "locabusctl: error: " << e.what() << "\n";
     if (!e.hint().empty()) std::cerr << "  hint: " << e.hint() << "\n";

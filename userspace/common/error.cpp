@@ -5,10 +5,10 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <xdp/libxdp.h>
-
 namespace locabus {
 namespace {
+ErrorTextHook g_hook = nullptr;
+
 std::string compose(const std::string& what, int err) {
   if (err == 0) return what;
   return what + ": " + error_text(err);
@@ -22,11 +22,16 @@ Error::Error(const std::string& what, int err, std::string hint)
 
 std::string error_text(int err) {
   err = std::abs(err);
-  // libxdp has its own codes above the errno range; it also knows errno.
-  char buf[256];
-  if (libxdp_strerror(-err, buf, sizeof buf) == 0 && buf[0] != '\0') return buf;
+  // libxdp has its own codes above the errno range (the fast path installs
+  // the hook that names them; the client library does not link libxdp).
+  if (g_hook) {
+    std::string text = g_hook(err);
+    if (!text.empty()) return text;
+  }
   return std::strerror(err);
 }
+
+void set_error_text_hook(ErrorTextHook hook) noexcept { g_hook = hook; }
 
 std::string privilege_hint(int err) {
   switch (std::abs(err)) {

@@ -25,6 +25,11 @@ class Error : public std::runtime_error {
 /// Text for an errno value, also for libbpf/libxdp negative error codes.
 std::string error_text(int err);
 
+/// Names error codes beyond errno (e.g. libxdp's); returns "" for others.
+using ErrorTextHook = std::string (*)(int err);
+/// Installed by the fast path library at start-up.
+void set_error_text_hook(ErrorTextHook hook) noexcept;
+
 /// Hint for common errno values of privileged operations ("run as root").
 std::string privilege_hint(int err);
 

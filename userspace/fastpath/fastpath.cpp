@@ -30,6 +30,14 @@
 namespace locabus::fastpath {
 namespace {
 
+// libxdp's own error codes, named for locabus::error_text().
+std::string xdp_error_text(int err) {
+  char buf[256];
+  if (libxdp_strerror(-err, buf, sizeof buf) == 0 && buf[0] != '\0') return buf;
+  return {};
+}
+[[maybe_unused]] const bool kErrorHookInstalled = (set_error_text_hook(&xdp_error_text), true);
+
 using XdpSkeleton =
     bpf::Skeleton<locabus_xdp, &locabus_xdp__open_opts, &locabus_xdp__load, &locabus_xdp__destroy>;
 
@@ -234,8 +242,12 @@ std::optional<std::uint64_t> process_start_time(pid_t pid) {
   if (close == std::string::npos) return std::nullopt;
   std::istringstream rest(line.substr(close + 1));
   std::string field;
-  for (int i = 3; i <= 22; ++i)
+  for (int i = 3; i <= 22; ++i) {
     if (!(rest >> field)) return std::nullopt;
+    // A zombie (killed, not yet reaped by its parent) or a dead task owns
+    // nothing any more: its fds, AF_XDP sockets included, are closed.
+    if (i == 3 && (field == "Z" || field == "X" || field == "x")) return std::nullopt;
+  }
   try {
     return std::stoull(field);
   } catch (const std::exception&) {

@@ -1,0 +1,161 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * liblocabus: the C API of the Locabus client library.
+ *
+ * An application opens an endpoint on the local daemon (locabusd) for one
+ * application protocol id, sends messages to other nodes and receives
+ * theirs: reliable, in order, exactly once per connection. Membership
+ * events (a node joined, died, restarted...) arrive on the same endpoint.
+ *
+ *   locabus_endpoint* ep;
+ *   int err = locabus_open(NULL, LOCABUS_PROTO_DEFAULT, LOCABUS_OPEN_EVENTS, &ep);
+ *   if (err) { fprintf(stderr, "%s\n", locabus_last_error()); return 1; }
+ *   locabus_send(ep, 2, "hello", 5, -1);
+ *   char buf[LOCABUS_MAX_MESSAGE]; uint16_t from;
+ *   long n = locabus_recv(ep, &from, buf, sizeof buf, 1000);
+ *   locabus_close(ep);
+ *
+ * Every function returns 0 (or a count) on success and a negative errno
+ * value on failure; locabus_last_error() has a sentence saying what failed
+ * and what to do. An endpoint is not thread-safe: use it from one thread at
+ * a time. Link with `pkg-config --libs locabus`. docs/API.md has more.
+ */
+#ifndef LOCABUS_LOCABUS_H
+#define LOCABUS_LOCABUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Largest message payload (one frame's data, docs/PROTOCOL.md). */
+#define LOCABUS_MAX_MESSAGE 1484
+
+/* Protocol ids 0..15 belong to Locabus services (wire.h LOCABUS_P_*);
+ * applications use 16..255. */
+#define LOCABUS_PROTO_USER_MIN 16
+#define LOCABUS_PROTO_DEFAULT 16
+/* An endpoint for events only (a monitor): it sends and receives no
+ * messages, and any number of them may be open. */
+#define LOCABUS_PROTO_NONE 0
+
+/* locabus_open() flags */
+#define LOCABUS_OPEN_EVENTS (1U << 0) /* deliver membership events */
+
+/* Timeouts, in milliseconds: -1 waits for ever, 0 never waits. */
+#define LOCABUS_WAIT_FOREVER (-1)
+
+typedef struct locabus_endpoint locabus_endpoint;
+
+/* Event kinds, in the order of the engine's EventKind. */
+enum locabus_event_kind {
+  LOCABUS_EV_JOINED = 0,       /* first heard from a node */
+  LOCABUS_EV_RESTARTED = 1,    /* a member came back with a new boot epoch */
+  LOCABUS_EV_SUSPECT = 2,      /* silent for a while; being probed */
+  LOCABUS_EV_ALIVE = 3,        /* heard again after suspect or dead */
+  LOCABUS_EV_DEAD = 4,         /* silent too long */
+  LOCABUS_EV_LEFT = 5,         /* announced a clean shutdown */
+  LOCABUS_EV_ID_CONFLICT = 6,  /* two MAC addresses claim one node id */
+  LOCABUS_EV_CONNECTED = 7,    /* connection to the node established */
+  LOCABUS_EV_DISCONNECTED = 8, /* connection closed (failure says why) */
+  LOCABUS_EV_SEND_FAILED = 9,  /* messages to the node could not be delivered */
+  LOCABUS_EV_OVERRUN = 10,     /* this endpoint read too slowly: `count` events were dropped */
+};
+
+/* Why sends failed or a connection ended (engine Failure, plus send
+ * refusals the daemon reports asynchronously). */
+enum locabus_failure {
+  LOCABUS_FAIL_NONE = 0,
+  LOCABUS_FAIL_UNREACHABLE = 1,    /* no answer after every retransmission */
+  LOCABUS_FAIL_PEER_DEAD = 2,      /* the failure detector declared it dead */
+  LOCABUS_FAIL_PEER_RESTARTED = 3, /* it restarted; what was pending is lost */
+  LOCABUS_FAIL_PEER_LEFT = 4,      /* it shut down cleanly */
+  LOCABUS_FAIL_PEER_RESET = 5,     /* it had no such connection */
+  LOCABUS_FAIL_CLOSED = 6,         /* closed locally before it went out */
+  LOCABUS_FAIL_SHUTDOWN = 7,       /* the local daemon is shutting down */
+  LOCABUS_FAIL_UNKNOWN_NODE = 16,  /* never heard from that node: wait for it to join */
+  LOCABUS_FAIL_INVALID_NODE = 17,  /* broadcast id or our own id */
+};
+
+/* One membership or delivery event; 56 bytes, the same layout in the
+ * daemon's shared ring. */
+struct locabus_event {
+  uint8_t kind;    /* enum locabus_event_kind */
+  uint8_t failure; /* enum locabus_failure */
+  uint16_t node;
+  uint32_t reserved;
+  uint64_t epoch;         /* the member's boot epoch (restarted: the new one) */
+  uint64_t old_epoch;     /* restarted: the previous one */
+  uint64_t first_message; /* send_failed: first failed message number (see below) */
+  uint64_t count;         /* send_failed: how many; overrun: events dropped */
+  uint8_t mac[6];         /* the member's MAC (id_conflict: first claimant) */
+  uint8_t other_mac[6];   /* id_conflict: second claimant */
+  uint32_t reserved2;
+};
+
+/* A peer as the local daemon sees it. */
+struct locabus_peer_info {
+  uint16_t node;
+  uint8_t mac[6];
+  char member_state[12]; /* "alive", "suspect", "dead", "left", "joining" */
+  char conn_state[16];   /* "established", "closed", ... */
+  uint64_t epoch;
+  uint64_t rtt_us; /* smoothed round-trip time, 0 before a sample */
+  uint64_t retransmits;
+  uint32_t in_flight;
+  uint32_t peer_window; /* credit the peer last advertised */
+};
+
+/* Opens an endpoint on the daemon listening at `socket_path` (NULL: the
+ * LOCABUS_SOCKET environment variable, else /run/locabus/locabusd.sock) for
+ * protocol `proto` (16..255, one endpoint per protocol per node; or
+ * LOCABUS_PROTO_NONE with LOCABUS_OPEN_EVENTS for a monitor).
+ * 0 or -errno: -ENOENT/-ECONNREFUSED no daemon, -EACCES not allowed,
+ * -EADDRINUSE protocol taken, -EINVAL bad argument. */
+int locabus_open(const char* socket_path, uint8_t proto, unsigned flags, locabus_endpoint** out);
+
+/* Closes the endpoint and frees it. NULL is ignored. */
+void locabus_close(locabus_endpoint* ep);
+
+/* Our node id. */
+uint16_t locabus_node_id(const locabus_endpoint* ep);
+
+/* Queues `len` bytes (<= LOCABUS_MAX_MESSAGE) for `node`. Waits up to
+ * timeout_ms while the endpoint's send ring is full. Delivery failures are
+ * reported later as LOCABUS_EV_SEND_FAILED events.
+ * 0, -EAGAIN (ring full), -EMSGSIZE, -EINVAL (bad node), -ENOTCONN (the
+ * daemon went away: close and open again). */
+int locabus_send(locabus_endpoint* ep, uint16_t node, const void* data, size_t len, int timeout_ms);
+
+/* Receives one message into buf; *from gets the sender. Returns its
+ * length, or -EAGAIN (none within timeout_ms), -EMSGSIZE (cap too small:
+ * the message is kept), -ENOTCONN (the daemon went away). */
+long locabus_recv(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, int timeout_ms);
+
+/* Takes the next membership event: 1 when *out was filled, 0 when there is
+ * none now, or -ENOTCONN. Never blocks. */
+int locabus_next_event(locabus_endpoint* ep, struct locabus_event* out);
+
+/* A file descriptor for poll/epoll: readable when locabus_recv() or
+ * locabus_next_event() may have something (or the daemon went away).
+ * Edge-like: call them until they report nothing before waiting again. */
+int locabus_fd(const locabus_endpoint* ep);
+
+/* Fills up to `cap` peers; *count gets how many the daemon knows (which may
+ * exceed cap). 0 or -errno. */
+int locabus_peers(locabus_endpoint* ep, struct locabus_peer_info* out, size_t cap, size_t* count);
+
+/* The last error of the calling thread as a sentence (never NULL). */
+const char* locabus_last_error(void);
+
+/* Name of an event kind or failure, e.g. "joined", "peer_restarted". */
+const char* locabus_event_kind_name(int kind);
+const char* locabus_failure_name(int failure);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LOCABUS_LOCABUS_H */

@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# End-to-end tests with real locabusd daemons in a virtual cluster
+# (tools/cluster/locabus-cluster): discovery, streams over AF_XDP and
+# AF_PACKET (also through the chaos program), restart after SIGKILL, clean
+# SIGTERM, IP beside Locabus, API authorisation, the C client example.
+#
+#   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
+#
+# Needs root. Under CI (CI=true) a missing privilege fails instead of skipping.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+scenario=${1:?usage: daemon_e2e.sh SCENARIO --bin-dir DIR}
+shift
+bin_dir=""
+while (($#)); do
+  case "$1" in
+    --bin-dir) bin_dir=$2; shift ;;
+    *) echo "daemon_e2e.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ -n $bin_dir ]] || { echo "daemon_e2e.sh: --bin-dir is required" >&2; exit 2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+  if [[ ${CI:-} == true ]]; then echo "daemon_e2e.sh: needs root (CI=true: failing)" >&2; exit 1; fi
+  echo "daemon_e2e.sh: needs root: skipped" >&2
+  exit 77
+fi
+
+cluster="$here/tools/cluster/locabus-cluster"
+ctl="$bin_dir/tools/locabusctl/locabusctl"
+export LOCABUS_BIN_DIR=$bin_dir
+name="t$(printf '%06x' $(((RANDOM << 9 ^ RANDOM ^ $$) & 0xffffff)))"
+work=$(mktemp -d)
+bg_pids=()
+
+cleanup() {
+  local rc=$?
+  set +e
+  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  if ((rc != 0)) && [[ -d /run/locabus-cluster/$name ]]; then
+    for log in /run/locabus-cluster/"$name"/node*/locabusd.log; do
+      echo "---- $log (tail)" >&2
+      tail -n 25 "$log" >&2
+    done
+  fi
+  "$cluster" down "$name" -q >/dev/null 2>&1 || "$cluster" down "$name"
+  rm -rf "$work"
+  exit $rc
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL [$scenario]: $*" >&2; exit 1; }
+note() { echo "[$scenario] $*" >&2; }
+on() { local k=$1; shift; "$cluster" exec --name "$name" "$k" "$@"; }
+up() { "$cluster" up --name "$name" -q "$@" >/dev/null; }
+sock() { echo "/run/locabus-cluster/$name/node$1/locabusd.sock"; }
+node_json() { jq -c ".nodes[] | select(.node == $2)" "/run/locabus-cluster/$name/state.json" | jq -r "$1"; }
+
+# Waits until every node sees every other as alive, and checks the MACs
+# against each node's own status.
+wait_discovered() { # n timeout
+  local n=$1 timeout=$2 k deadline=$((SECONDS + $2))
+  declare -A mac
+  for ((k = 1; k <= n; k++)); do mac[$k]=$(on "$k" "$ctl" status --json | jq -r .mac); done
+  for ((k = 1; k <= n; k++)); do
+    while :; do
+      local peers alive
+      peers=$(on "$k" "$ctl" peers --json)
+      alive=$(jq -c '[.[] | select(.state == "alive") | .node] | sort' <<<"$peers")
+      local want
+      want=$(jq -nc --argjson n "$n" --argjson k "$k" '[range(1; $n + 1) | select(. != $k)]')
+      [[ $alive == "$want" ]] && break
+      ((SECONDS < deadline)) || fail "node $k sees $alive alive, expected $want within ${timeout}s"
+      sleep 0.2
+    done
+    local j
+    for ((j = 1; j <= n; j++)); do
+      ((j == k)) && continue
+      local seen
+      seen=$(jq -r --argjson j "$j" '.[] | select(.node == $j) | .mac' <<<"$peers")
+      [[ $seen == "${mac[$j]}" ]] || fail "node $k lists node $j with MAC $seen, node $j says ${mac[$j]}"
+    done
+  done
+}
+
+# Streams $count sequenced 1 KB messages from node 1 to node 2 and checks
+# that all arrive exactly once and in order.
+stream() { # count timeout
+  local count=$1 timeout=$2
+  on 2 "$ctl" msg recv --sequence --count "$count" --timeout "$timeout" --json >"$work/recv.json" 2>"$work/recv.err" &
+  local rp=$!
+  bg_pids+=("$rp")
+  # the receiver's endpoint must exist before the first message arrives
+  local deadline=$((SECONDS + 10))
+  until on 2 "$ctl" counters --json | jq -e '.api.endpoints | length > 0' >/dev/null; do
+    ((SECONDS < deadline)) || fail "the receiver did not open its endpoint"
+    sleep 0.1
+  done
+  local t0=$SECONDS
+  on 1 "$ctl" msg send --to 2 --sequence --count "$count" --size 1024 --timeout "$timeout" --json >"$work/send.json" ||
+    fail "sender failed: $(cat "$work/send.json")"
+  wait "$rp" || fail "receiver failed: $(cat "$work/recv.json" "$work/recv.err")"
+  jq -e '.ok and .received == .expected and .corrupt == 0 and .out_of_order == 0' "$work/recv.json" >/dev/null ||
+    fail "stream incomplete: $(cat "$work/recv.json")"
+  note "$count messages in order, exactly once, in $((SECONDS - t0))s: $(cat "$work/recv.json")"
+}
+
+# The datapath the daemon on node k got.
+datapath_of() { on "$1" "$ctl" status --json | jq -r .datapath; }
+
+case "$scenario" in
+  discover-2)
+    up 2
+    wait_discovered 2 15
+    ;;
+  discover-8)
+    up 8 --timeout 60
+    wait_discovered 8 30
+    ;;
+  stream-xdp | stream-packet)
+    dp=${scenario#stream-}
+    up 2 --datapath "$dp"
+    [[ $(datapath_of 1) == "$dp" ]] || fail "node 1 runs $(datapath_of 1), not $dp"
+    wait_discovered 2 15
+    stream 100000 60
+    c=$(on 1 "$ctl" counters --json)
+    if [[ $dp == xdp ]]; then
+      # The XDP program consumed node 2's pure ACKs in the kernel: the
+      # sender's engine saw (almost) none as frames, yet its window moved.
+      consumed=$(jq '[.peers | .. | objects | .acks_consumed? // empty] | add // 0' <<<"$(on 1 "$ctl" peers --json)")
+      note "ACKs consumed in the kernel on node 1: $consumed"
+      ((consumed > 0)) || fail "no ACK was consumed by the XDP program: $(jq -c .xdp <<<"$c")"
+    fi
+    ;;
+  chaos-xdp | chaos-packet)
+    dp=${scenario#chaos-}
+    up 2 --datapath "$dp"
+    wait_discovered 2 15
+    "$cluster" chaos --name "$name" 1 --drop 10 --corrupt 1 --seed 7 >/dev/null
+    "$cluster" chaos --name "$name" 2 --drop 10 --corrupt 1 --seed 8 >/dev/null
+    stream 100000 120
+    st=$("$cluster" chaos --name "$name" 1 --status --json)
+    note "chaos on node 1: $(jq -c . <<<"$st")"
+    jq -e '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos dropped nothing: $st"
+    retrans=$(on 1 "$ctl" counters --json | jq '.engine.peers_total.retransmits')
+    ((retrans > 0)) || fail "no retransmissions through 10% loss?"
+    ;;
+  restart)
+    up 3
+    wait_discovered 3 15
+    old_epoch=$(on 2 "$ctl" status --json | jq .epoch)
+    on 1 "$ctl" events --until restarted --node 2 --timeout 30 --json >"$work/events.json" &
+    ep=$!
+    bg_pids+=("$ep")
+    on 2 "$ctl" msg recv --count 1000000 --timeout 60 >/dev/null 2>"$work/client.err" &
+    cp=$!
+    bg_pids+=("$cp")
+    sleep 0.5
+    "$cluster" stop --name "$name" 2 --signal KILL
+    # A client of the killed daemon gets a clear error, not a hang.
+    if wait "$cp"; then fail "the client of the killed daemon exited 0"; fi
+    grep -q "stopped or restarted" "$work/client.err" || fail "client error unclear: $(cat "$work/client.err")"
+    "$cluster" start --name "$name" 2
+    wait "$ep" || fail "node 1 never reported node 2 restarted"
+    note "node 1 saw: $(cat "$work/events.json")"
+    new_epoch=$(on 2 "$ctl" status --json | jq .epoch)
+    [[ $new_epoch != "$old_epoch" ]] || fail "the epoch did not change"
+    wait_discovered 3 15
+    jq -e --argjson e "$new_epoch" '.[] | select(.node == 2) | .epoch == $e' <<<"$(on 1 "$ctl" peers --json)" >/dev/null ||
+      fail "node 1 does not list node 2's new epoch"
+    stream 1000 20
+    ;;
+  sigterm)
+    up 2 --datapath xdp
+    wait_discovered 2 15
+    pin_dir=$(on 1 "$ctl" status --json | jq -r .xdp.pin_dir)
+    [[ -d $pin_dir ]] || fail "pin dir $pin_dir missing while running"
+    on 1 ip -j link show dev eth0 | jq -e '.[0].xdp' >/dev/null || fail "no XDP program while running"
+    on 2 "$ctl" events --until left --node 1 --timeout 20 --json >"$work/events.json" &
+    ep=$!
+    bg_pids+=("$ep")
+    sleep 0.3
+    "$cluster" stop --name "$name" 1 --signal TERM
+    if on 1 ip -j link show dev eth0 | jq -e '.[0].xdp' >/dev/null; then fail "XDP still attached after SIGTERM"; fi
+    [[ ! -e $pin_dir ]] || fail "pins left behind: $(ls "$pin_dir")"
+    [[ ! -e $(sock 1) ]] || fail "API socket left behind"
+    grep -q "XDP detached" "/run/locabus-cluster/$name/node1/locabusd.log" || fail "no detach in the log"
+    wait "$ep" || fail "node 2 did not see node 1 leave"
+    note "node 2 saw: $(cat "$work/events.json")"
+    ;;
+  ip)
+    up 2 --datapath xdp
+    wait_discovered 2 15
+    ip2=$(node_json .ip 2)
+    on 1 ping -c 3 -i 0.2 -W 2 "$ip2" >/dev/null || fail "ping from node 1 to $ip2 failed while locabusd runs"
+    stream 2000 20
+    on 2 ping -c 3 -i 0.2 -W 2 "$(node_json .ip 1)" >/dev/null || fail "ping after the stream failed"
+    ;;
+  unauthorized)
+    # 0666: anyone may connect(), so the daemon's SO_PEERCRED check decides.
+    up 1 -- --api-mode 0666
+    if out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$ctl" status --socket "$(sock 1)" 2>&1); then
+      fail "uid 65534 was served: $out"
+    fi
+    grep -q "not authorized" <<<"$out" || fail "refusal unclear: $out"
+    grep -q "refused pid" "/run/locabus-cluster/$name/node1/locabusd.log" || fail "refusal not logged"
+    "$ctl" status --socket "$(sock 1)" --json | jq -e .node_id >/dev/null || fail "root was refused"
+    "$cluster" down "$name" -q
+    # Default 0660 root-only socket: the kernel refuses connect() already.
+    up 1
+    if out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$ctl" status --socket "$(sock 1)" 2>&1); then
+      fail "uid 65534 connected to a 0660 socket: $out"
+    fi
+    grep -qi "permission denied" <<<"$out" || fail "refusal unclear: $out"
+    ;;
+  c-client)
+    up 2
+    wait_discovered 2 15
+    on 2 "$ctl" msg recv --proto 17 --count 1 --timeout 10 --json >"$work/recv.json" &
+    rp=$!
+    bg_pids+=("$rp")
+    sleep 0.5
+    on 1 "$bin_dir/examples/hello_c" 2 "hello from C" || fail "the C example failed"
+    wait "$rp" || fail "nothing arrived: $(cat "$work/recv.json")"
+    jq -e '.messages[0].text == "hello from C" and .messages[0].from == 1' "$work/recv.json" >/dev/null ||
+      fail "wrong message: $(cat "$work/recv.json")"
+    ;;
+  *)
+    echo "daemon_e2e.sh: unknown scenario $scenario" >&2
+    exit 2
+    ;;
+esac
+note "passed"

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs Locabus into a temporary prefix and builds the client examples
+# against it twice, as an application would: with pkg-config and with CMake's
+# find_package(locabus). Then checks the programs link to the installed library.
+#
+#   tests/install/install_test.sh BUILD_DIR
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+build=${1:?usage: install_test.sh BUILD_DIR}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+prefix=$work/prefix
+
+cmake --install "$build" --prefix "$prefix" >"$work/install.log" || { cat "$work/install.log"; exit 1; }
+libdir=$(find "$prefix" -name liblocabus.so -printf '%h\n' | head -1)
+[[ -n $libdir ]] || { echo "install_test: liblocabus.so was not installed" >&2; exit 1; }
+for f in include/locabus/locabus.h include/locabus/client.hpp sbin/locabusd sbin/locabusctl \
+  lib/systemd/system/locabusd@.service; do
+  [[ -e $prefix/$f ]] || { echo "install_test: $f was not installed" >&2; exit 1; }
+done
+
+# pkg-config
+export PKG_CONFIG_PATH=$libdir/pkgconfig
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Werror -o "$work/hello_c" "$here/examples/hello_c.c" $(pkg-config --cflags --libs locabus)
+ldd "$work/hello_c" | grep -q "$libdir/liblocabus.so" || LD_LIBRARY_PATH=$libdir ldd "$work/hello_c" | grep -q liblocabus
+# Without a daemon it must fail with a clear message, not crash.
+if out=$(LOCABUS_SOCKET=$work/none.sock LD_LIBRARY_PATH=$libdir "$work/hello_c" 2 2>&1); then
+  echo "install_test: hello_c succeeded without a daemon" >&2
+  exit 1
+fi
+grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear error: $out" >&2; exit 1; }
+
+# CMake package
+mkdir -p "$work/app"
+cp "$here/examples/hello.cpp" "$work/app/"
+cat >"$work/app/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.25)
+project(app CXX)
+set(CMAKE_CXX_STANDARD 20)
+find_package(locabus 0.1 REQUIRED)
+add_executable(hello hello.cpp)
+target_link_libraries(hello PRIVATE locabus::locabus)
+CMAKE
+cmake -S "$work/app" -B "$work/app/build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" >"$work/cmake.log" ||
+  { cat "$work/cmake.log"; exit 1; }
+cmake --build "$work/app/build" >"$work/build.log" || { cat "$work/build.log"; exit 1; }
+if out=$(LOCABUS_SOCKET=$work/none.sock "$work/app/build/hello" 2 2>&1); then
+  echo "install_test: hello succeeded without a daemon" >&2
+  exit 1
+fi
+grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear error: $out" >&2; exit 1; }
+echo "install_test: installed package works with pkg-config and find_package"

@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// The local API's control channel: JSON requests and replies over a Unix
+// SOCK_SEQPACKET socket (one message per datagram, file descriptors passed
+// with SCM_RIGHTS). Data goes through shared-memory rings (api/shm.hpp);
+// docs/API.md lists the requests.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/unique_fd.hpp"
+
+namespace locabus::api {
+
+/// Bumped on incompatible changes; the daemon refuses other versions.
+inline constexpr int kProtocolVersion = 1;
+/// Largest control message (a peers list of ~4000 peers).
+inline constexpr std::size_t kMaxControlMessage = 1 << 20;
+inline constexpr const char* kDefaultRunDir = "/run/locabus";
+inline constexpr const char* kSocketName = "locabusd.sock";
+inline constexpr const char* kSocketEnv = "LOCABUS_SOCKET";
+
+/// $LOCABUS_SOCKET, else /run/locabus/locabusd.sock.
+std::filesystem::path default_socket_path();
+
+/// Record types in the shared rings.
+enum RecordType : std::uint16_t {
+  kRecordSend = 1,     // client -> daemon: aux = destination node, payload = message
+  kRecordMessage = 2,  // daemon -> client: aux = source node, payload = message
+  kRecordEvent = 3,    // daemon -> client: payload = struct locabus_event
+};
+
+/// Connects to the daemon's socket. Throws Error with a hint (is locabusd
+/// running? are you in its group?).
+UniqueFd connect_control(const std::filesystem::path& socket);
+
+/// Sends one JSON message with optional fds. Throws Error.
+void send_control(int fd, const nlohmann::json& msg, std::span<const int> fds = {});
+
+/// Receives one JSON message (and any fds passed with it). nullopt when the
+/// peer closed the connection, or when nothing arrived within `timeout`
+/// (then *timed_out is set). Throws Error on a malformed message.
+std::optional<nlohmann::json> receive_control(int fd, std::vector<UniqueFd>* fds = nullptr,
+                                              std::optional<std::chrono::milliseconds> timeout = {},
+                                              bool* timed_out = nullptr);
+
+/// Sends `req` and waits for the reply. Throws Error when the daemon
+/// closed the connection, timed out, or answered {"ok": false, "error": ...}.
+nlohmann::json request(int fd, const nlohmann::json& req, std::vector<UniqueFd>* fds = nullptr,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+}  // namespace locabus::api

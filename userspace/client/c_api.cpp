@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// liblocabus, C API (locabus/locabus.h) over the C++ API.
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include <locabus/locabus.h>
+#include <locabus/client.hpp>
+
+struct locabus_endpoint {
+  locabus::Endpoint ep;
+};
+
+namespace {
+
+thread_local std::string g_last_error = "no error";
+
+int fail(int err, std::string what) {
+  g_last_error = std::move(what);
+  return -err;
+}
+
+template <typename F>
+int guarded(F&& f) {
+  try {
+    return f();
+  } catch (const locabus::ClientError& e) {
+    return fail(e.code() ? e.code() : EIO, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(ENOMEM, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(EIO, e.what());
+  }
+}
+
+std::chrono::milliseconds ms(int timeout_ms) {
+  return std::chrono::milliseconds(timeout_ms < 0 ? -1 : timeout_ms);
+}
+
+void copy_str(char* dst, std::size_t cap, const std::string& src) {
+  const std::size_t n = std::min(cap - 1, src.size());
+  std::memcpy(dst, src.data(), n);
+  dst[n] = '\0';
+}
+
+}  // namespace
+
+extern "C" {
+
+int locabus_open(const char* socket_path, uint8_t proto, unsigned flags, locabus_endpoint** out) {
+  if (!out) return fail(EINVAL, "locabus_open: out is NULL");
+  *out = nullptr;
+  if (flags & ~LOCABUS_OPEN_EVENTS) return fail(EINVAL, "locabus_open: unknown flags");
+  return guarded([&] {
+    locabus::EndpointOptions o;
+    if (socket_path) o.socket_path = socket_path;
+    o.protocol = proto;
+    o.events = (flags & LOCABUS_OPEN_EVENTS) != 0;
+    // Owned by the caller until locabus_close().
+    *out = std::make_unique<locabus_endpoint>(locabus_endpoint{locabus::Endpoint::open(o)}).release();
+    return 0;
+  });
+}
+
+void locabus_close(locabus_endpoint* ep) { std::unique_ptr<locabus_endpoint> owned(ep); }
+
+uint16_t locabus_node_id(const locabus_endpoint* ep) { return ep ? ep->ep.node_id() : 0; }
+
+int locabus_send(locabus_endpoint* ep, uint16_t node, const void* data, size_t len, int timeout_ms) {
+  if (!ep || (!data && len)) return fail(EINVAL, "locabus_send: NULL argument");
+  return guarded([&] {
+    switch (ep->ep.send(node, std::span(static_cast<const std::byte*>(data), len), ms(timeout_ms))) {
+      case locabus::SendStatus::ok: return 0;
+      case locabus::SendStatus::would_block:
+        return fail(EAGAIN, "the send ring to locabusd is full (the peer or the daemon is slower): retry");
+      case locabus::SendStatus::too_large:
+        return fail(EMSGSIZE, "message over LOCABUS_MAX_MESSAGE (1484) bytes");
+      case locabus::SendStatus::invalid_node:
+        return fail(EINVAL, "node 0xFFFF is the broadcast id, not a node");
+    }
+    return fail(EIO, "unexpected send status");
+  });
+}
+
+long locabus_recv(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, int timeout_ms) {
+  if (!ep || (!buf && cap)) return fail(EINVAL, "locabus_recv: NULL argument");
+  long result = 0;
+  const int r = guarded([&] {
+    std::uint16_t node = 0;
+    auto n = ep->ep.receive_into(std::span(static_cast<std::byte*>(buf), cap), node, ms(timeout_ms));
+    if (!n) return fail(EAGAIN, "no message arrived within the timeout");
+    if (from) *from = node;
+    result = static_cast<long>(*n);
+    return 0;
+  });
+  return r < 0 ? r : result;
+}
+
+int locabus_next_event(locabus_endpoint* ep, struct locabus_event* out) {
+  if (!ep || !out) return fail(EINVAL, "locabus_next_event: NULL argument");
+  return guarded([&] {
+    auto e = ep->ep.next_event();
+    if (!e) return 0;
+    *out = *e;
+    return 1;
+  });
+}
+
+int locabus_fd(const locabus_endpoint* ep) { return ep ? ep->ep.fd() : -EINVAL; }
+
+int locabus_peers(locabus_endpoint* ep, struct locabus_peer_info* out, size_t cap, size_t* count) {
+  if (!ep || (!out && cap)) return fail(EINVAL, "locabus_peers: NULL argument");
+  return guarded([&] {
+    const auto peers = ep->ep.peers();
+    if (count) *count = peers.size();
+    for (std::size_t i = 0; i < peers.size() && i < cap; ++i) {
+      const auto& p = peers[i];
+      locabus_peer_info& o = out[i];
+      o = {};
+      o.node = p.node;
+      unsigned b[6] = {};
+      if (std::sscanf(p.mac.c_str(), "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) == 6)
+        for (int k = 0; k < 6; ++k) o.mac[k] = static_cast<std::uint8_t>(b[k]);
+      copy_str(o.member_state, sizeof o.member_state, p.state);
+      copy_str(o.conn_state, sizeof o.conn_state, p.connection);
+      o.epoch = p.epoch;
+      o.rtt_us = static_cast<std::uint64_t>(p.rtt.count());
+      o.retransmits = p.retransmits;
+      o.in_flight = p.in_flight;
+      o.peer_window = p.window;
+    }
+    return 0;
+  });
+}
+
+const char* locabus_last_error(void) { return g_last_error.c_str(); }
+
+const char* locabus_event_kind_name(int kind) {
+  static const char* const names[] = {"joined",       "restarted",   "suspect",     "alive",
+                                      "dead",         "left",        "id_conflict", "connected",
+                                      "disconnected", "send_failed", "overrun"};
+  return kind >= 0 && kind < static_cast<int>(std::size(names)) ? names[kind] : "unknown";
+}
+
+const char* locabus_failure_name(int failure) {
+  switch (failure) {
+    case LOCABUS_FAIL_NONE: return "none";
+    case LOCABUS_FAIL_UNREACHABLE: return "unreachable";
+    case LOCABUS_FAIL_PEER_DEAD: return "peer_dead";
+    case LOCABUS_FAIL_PEER_RESTARTED: return "peer_restarted";
+    case LOCABUS_FAIL_PEER_LEFT: return "peer_left";
+    case LOCABUS_FAIL_PEER_RESET: return "peer_reset";
+    case LOCABUS_FAIL_CLOSED: return "closed";
+    case LOCABUS_FAIL_SHUTDOWN: return "shutdown";
+    case LOCABUS_FAIL_UNKNOWN_NODE: return "unknown_node";
+    case LOCABUS_FAIL_INVALID_NODE: return "invalid_node";
+    default: return "unknown";
+  }
+}
+
+}  // extern "C"

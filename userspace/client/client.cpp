@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// liblocabus, C++ API: the client side of the local API (api/control.hpp for
+// the control socket, api/shm.hpp for the data rings).
+#include <locabus/client.hpp>
+
+#include <poll.h>
+#include <sys/epoll.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+
+#include <fmt/format.h>
+
+#include "api/control.hpp"
+#include "api/shm.hpp"
+#include "common/error.hpp"
+
+namespace locabus {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Messages read ahead while looking for an event (and the reverse) are kept;
+// beyond this many, next_event() stops reading ahead.
+constexpr std::size_t kMaxStash = 4096;
+
+[[noreturn]] void rethrow(const Error& e) {
+  throw ClientError(e.what() + (e.hint().empty() ? "" : " (" + e.hint() + ")"), e.code());
+}
+
+std::optional<Clock::time_point> deadline_of(std::chrono::milliseconds timeout) {
+  if (timeout.count() < 0) return std::nullopt;
+  return Clock::now() + timeout;
+}
+
+int remaining_ms(const std::optional<Clock::time_point>& deadline) {
+  if (!deadline) return -1;
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - Clock::now()).count();
+  return left <= 0 ? 0 : static_cast<int>(std::min<long long>(left + 1, 1 << 30));
+}
+
+}  // namespace
+
+std::string Event::to_string() const {
+  switch (kind) {
+    case LOCABUS_EV_SEND_FAILED:
+      return fmt::format("{} message(s) to node {} failed: {}", count, node, failure_name());
+    case LOCABUS_EV_OVERRUN: return fmt::format("{} event(s) dropped: this endpoint read too slowly", count);
+    case LOCABUS_EV_DISCONNECTED:
+      return fmt::format("node {} disconnected{}", node,
+                         failure ? fmt::format(" ({})", failure_name()) : std::string());
+    default: return fmt::format("node {} {}", node, kind_name());
+  }
+}
+
+struct Endpoint::Impl {
+  UniqueFd ctl;
+  std::optional<api::SharedRegion> region;
+  api::Doorbell bell;
+  UniqueFd epfd;
+  std::uint16_t node_id = 0;
+  std::uint8_t proto = 0;
+  bool connected = true;
+  std::deque<Message> messages;
+  std::deque<Event> events;
+
+  [[noreturn]] void gone() {
+    connected = false;
+    throw ClientError(
+        "locabusd closed the connection (it stopped or restarted): open a new endpoint to reconnect",
+        ENOTCONN);
+  }
+  void check_connected() {
+    if (!connected) gone();
+  }
+
+  // Moves up to `max` records from the ring into the stashes.
+  std::size_t fill(std::size_t max) {
+    auto r = region->consumer().read(
+        max, [&](std::uint16_t type, std::uint16_t aux, std::span<const std::byte> p) {
+          if (type == api::kRecordMessage) {
+            messages.push_back(Message{aux, {p.begin(), p.end()}});
+          } else if (type == api::kRecordEvent && p.size() == sizeof(locabus_event)) {
+            Event e;
+            std::memcpy(static_cast<locabus_event*>(&e), p.data(), sizeof(locabus_event));
+            events.push_back(e);
+          }
+        });
+    if (!r) {
+      connected = false;
+      throw ClientError(
+          fmt::format("the daemon's ring is corrupt ({}): open a new endpoint", api::describe(r.error)),
+          EPROTO);
+    }
+    if (r.wake_producer) bell.ring();
+    return r.records;
+  }
+
+  // Sleeps until the daemon rings, the control socket reports its end, or
+  // the deadline passes. False on timeout.
+  bool wait(const std::optional<Clock::time_point>& deadline) {
+    pollfd p[2] = {{bell.fd(), POLLIN, 0}, {ctl.get(), POLLIN, 0}};
+    int n;
+    do n = ::poll(p, 2, remaining_ms(deadline));
+    while (n < 0 && errno == EINTR);
+    if (n < 0) throw ClientError(fmt::format("poll: {}", std::strerror(errno)), errno);
+    if (p[1].revents) gone();  // nothing is ever sent unasked: only the end of the connection
+    if (p[0].revents & (POLLHUP | POLLERR)) gone();
+    if (p[0].revents & POLLIN) bell.drain();
+    return n > 0;
+  }
+
+  bool expired(const std::optional<Clock::time_point>& deadline) const {
+    return deadline && Clock::now() >= *deadline;
+  }
+};
+
+Endpoint::Endpoint(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+Endpoint::Endpoint(Endpoint&&) noexcept = default;
+Endpoint& Endpoint::operator=(Endpoint&&) noexcept = default;
+Endpoint::~Endpoint() {
+  // Like SO_LINGER: sends still in the ring were accepted, so give the
+  // daemon a moment to take them before the connection closes.
+  if (!impl_ || !impl_->connected || !impl_->region || impl_->proto == LOCABUS_PROTO_NONE) return;
+  auto& out = impl_->region->producer();
+  const auto until = Clock::now() + std::chrono::seconds(2);
+  while (out.free_bytes() < out.capacity() && out.error() == api::ProtocolError::kNone &&
+         Clock::now() < until) {
+    pollfd p{impl_->ctl.get(), POLLIN, 0};
+    if (::poll(&p, 1, 1) > 0) break;  // the daemon went away
+  }
+}
+
+Endpoint Endpoint::open(const EndpointOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  if (options.protocol == LOCABUS_PROTO_NONE && !options.events)
+    throw ClientError("an endpoint without a protocol exists only for events: set events", EINVAL);
+  if (options.protocol != LOCABUS_PROTO_NONE && options.protocol < LOCABUS_PROTO_USER_MIN)
+    throw ClientError(fmt::format("protocol {} is reserved for Locabus services: use {}..255",
+                                  options.protocol, LOCABUS_PROTO_USER_MIN),
+                      EINVAL);
+  try {
+    const std::filesystem::path path =
+        options.socket_path.empty() ? api::default_socket_path() : std::filesystem::path(options.socket_path);
+    impl->ctl = api::connect_control(path);
+    std::vector<UniqueFd> fds;
+    const auto reply = api::request(impl->ctl.get(),
+                                    {{"op", "open"},
+                                     {"version", api::kProtocolVersion},
+                                     {"proto", options.protocol},
+                                     {"events", options.events}},
+                                    &fds);
+    if (fds.size() != 2)
+      throw ClientError("locabusd's open reply did not carry the ring and doorbell", EPROTO);
+    impl->region.emplace(api::SharedRegion::attach(std::move(fds[0])));
+    impl->bell = api::Doorbell::adopt(std::move(fds[1]));
+    impl->node_id = reply.value("node_id", std::uint16_t{0});
+    impl->proto = options.protocol;
+  } catch (const Error& e) {
+    rethrow(e);
+  }
+  impl->epfd = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!impl->epfd) throw ClientError(fmt::format("epoll_create1: {}", std::strerror(errno)), errno);
+  for (int fd : {impl->bell.fd(), impl->ctl.get()}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (::epoll_ctl(impl->epfd.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+      throw ClientError(fmt::format("epoll_ctl: {}", std::strerror(errno)), errno);
+  }
+  return Endpoint(std::move(impl));
+}
+
+std::uint16_t Endpoint::node_id() const noexcept { return impl_->node_id; }
+std::uint8_t Endpoint::protocol() const noexcept { return impl_->proto; }
+int Endpoint::fd() const noexcept { return impl_->epfd.get(); }
+bool Endpoint::connected() const noexcept { return impl_->connected; }
+
+SendStatus Endpoint::send(std::uint16_t node, std::span<const std::byte> data,
+                          std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  m.check_connected();
+  if (m.proto == LOCABUS_PROTO_NONE)
+    throw ClientError("this endpoint was opened for events only (protocol 0): it cannot send", EINVAL);
+  if (data.size() > LOCABUS_MAX_MESSAGE) return SendStatus::too_large;
+  if (node == 0xFFFF) return SendStatus::invalid_node;
+  const auto deadline = deadline_of(timeout);
+  auto& out = m.region->producer();
+  for (;;) {
+    switch (out.try_write(api::kRecordSend, node, data)) {
+      case api::RingProducer::Status::kWritten:
+        if (out.publish()) m.bell.ring();
+        return SendStatus::ok;
+      case api::RingProducer::Status::kFull: break;
+      case api::RingProducer::Status::kInvalid: return SendStatus::too_large;
+      case api::RingProducer::Status::kProtocolError:
+        m.connected = false;
+        throw ClientError(
+            fmt::format("the daemon's ring is corrupt ({}): open a new endpoint", api::describe(out.error())),
+            EPROTO);
+    }
+    if (out.publish()) m.bell.ring();  // e.g. padding staged by the full try_write
+    if (timeout.count() == 0 || m.expired(deadline)) return SendStatus::would_block;
+    if (out.prepare_sleep(data.size()) && !m.wait(deadline)) return SendStatus::would_block;
+  }
+}
+
+std::optional<Message> Endpoint::receive(std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  const auto deadline = deadline_of(timeout);
+  for (;;) {
+    if (!m.messages.empty()) {
+      Message msg = std::move(m.messages.front());
+      m.messages.pop_front();
+      return msg;
+    }
+    m.check_connected();
+    if (m.fill(64) > 0) continue;
+    // Armed before returning too, so that fd() becomes readable when the
+    // daemon publishes (the edge-triggered contract).
+    if (!m.region->consumer().prepare_sleep()) continue;
+    if (timeout.count() == 0 || m.expired(deadline)) return std::nullopt;
+    if (!m.wait(deadline)) {
+      m.fill(64);  // one last look
+      if (m.messages.empty()) return std::nullopt;
+    }
+  }
+}
+
+std::optional<std::size_t> Endpoint::receive_into(std::span<std::byte> buffer, std::uint16_t& from,
+                                                  std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  if (m.messages.empty()) {
+    auto msg = receive(timeout);
+    if (!msg) return std::nullopt;
+    m.messages.push_front(std::move(*msg));
+  }
+  Message& front = m.messages.front();
+  if (front.data.size() > buffer.size())
+    throw ClientError(
+        fmt::format("a {}-byte message does not fit a {}-byte buffer", front.data.size(), buffer.size()),
+        EMSGSIZE);
+  std::memcpy(buffer.data(), front.data.data(), front.data.size());
+  from = front.node;
+  const std::size_t n = front.data.size();
+  m.messages.pop_front();
+  return n;
+}
+
+std::optional<Event> Endpoint::next_event() { return wait_event(std::chrono::milliseconds(0)); }
+
+std::optional<Event> Endpoint::wait_event(std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  const auto deadline = deadline_of(timeout);
+  for (;;) {
+    if (!m.events.empty()) {
+      Event e = m.events.front();
+      m.events.pop_front();
+      return e;
+    }
+    m.check_connected();
+    if (m.messages.size() >= kMaxStash) {
+      // Unread messages fill the stash and the events are behind them in
+      // the ring: only receive() can make progress.
+      if (timeout.count() == 0 || m.expired(deadline)) return std::nullopt;
+      const int left = remaining_ms(deadline);
+      ::poll(nullptr, 0, left < 0 ? 10 : std::min(left, 10));
+      continue;
+    }
+    if (m.fill(64) > 0) continue;
+    if (!m.region->consumer().prepare_sleep()) continue;
+    if (timeout.count() == 0 || m.expired(deadline)) return std::nullopt;
+    if (!m.wait(deadline)) {
+      m.fill(64);
+      if (m.events.empty()) return std::nullopt;
+    }
+  }
+}
+
+std::vector<Peer> Endpoint::peers() {
+  Impl& m = *impl_;
+  m.check_connected();
+  nlohmann::json reply;
+  try {
+    reply = api::request(m.ctl.get(), {{"op", "peers"}});
+  } catch (const Error& e) {
+    if (e.code() == ECONNRESET || e.code() == EPIPE) m.gone();
+    rethrow(e);
+  }
+  std::vector<Peer> out;
+  for (const auto& j : reply.value("peers", nlohmann::json::array())) {
+    Peer p;
+    p.node = j.value("node", std::uint16_t{0});
+    p.mac = j.value("mac", std::string());
+    p.state = j.value("state", std::string());
+    p.connection = j.value("connection", std::string());
+    p.epoch = j.value("epoch", std::uint64_t{0});
+    p.rtt = std::chrono::microseconds(j.value("rtt_us", std::int64_t{0}));
+    p.retransmits = j.value("retransmits", std::uint64_t{0});
+    p.in_flight = j.value("in_flight", std::uint32_t{0});
+    p.window = j.value("window", std::uint32_t{0});
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+}  // namespace locabus

@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+#include "daemon/config.hpp"
+
+#include <cerrno>
+#include <chrono>
+#include <limits>
+#include <set>
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include "api/control.hpp"
+#include "common/error.hpp"
+#include "fastpath/netdev.hpp"
+
+namespace locabus::daemon {
+
+std::filesystem::path Config::socket_path() const {
+  return api_socket.empty() ? run_dir / api::kSocketName : api_socket;
+}
+
+void Config::validate() const {
+  if (iface.empty())
+    throw Error("locabusd: no interface given", EINVAL, "pass --iface or set iface in the config");
+  if (node_id && *node_id == 0xFFFF) throw Error("locabusd: node id 0xFFFF is the broadcast id", EINVAL);
+  if (ring_bytes < (64u << 10) || ring_bytes > (256u << 20) || (ring_bytes & (ring_bytes - 1)))
+    throw Error(fmt::format("locabusd: ring_bytes {} is invalid", ring_bytes), EINVAL,
+                "use a power of two between 64 KiB and 256 MiB");
+  if (api_mode & ~0777u) throw Error("locabusd: api_mode has bits beyond 0777", EINVAL);
+  engine::EngineConfig e = engine;
+  if (node_id) e.node_id = *node_id;
+  e.validate();
+}
+
+std::optional<mode_t> parse_mode(const std::string& text) {
+  if (text.empty() || text.size() > 4) return std::nullopt;
+  mode_t m = 0;
+  for (char c : text) {
+    if (c < '0' || c > '7') return std::nullopt;
+    m = m * 8 + static_cast<mode_t>(c - '0');
+  }
+  return m;
+}
+
+namespace {
+
+class Reader {
+ public:
+  Reader(const toml::table& t, std::string prefix, std::string file)
+      : t_(t), prefix_(std::move(prefix)), file_(std::move(file)) {
+    for (auto&& [k, v] : t_) {
+      (void)v;
+      unknown_.insert(std::string(k.str()));
+    }
+  }
+
+  [[noreturn]] void fail(const std::string& key, const std::string& why) const {
+    throw Error(fmt::format("config {}: {}{}: {}", file_, prefix_, key, why), EINVAL,
+                "see dist/locabusd.toml for every key and its range");
+  }
+
+  void str(const char* key, std::string& out) {
+    if (auto node = take(key)) {
+      if (!node->is_string()) fail(key, "expected a string");
+      out = **node->as_string();
+    }
+  }
+  void boolean(const char* key, bool& out) {
+    if (auto node = take(key)) {
+      if (!node->is_boolean()) fail(key, "expected true or false");
+      out = **node->as_boolean();
+    }
+  }
+  template <typename T>
+  void integer(const char* key, T& out, std::int64_t lo, std::int64_t hi) {
+    if (auto node = take(key)) {
+      if (!node->is_integer()) fail(key, "expected an integer");
+      const std::int64_t v = **node->as_integer();
+      if (v < lo || v > hi) fail(key, fmt::format("{} is outside {}..{}", v, lo, hi));
+      out = static_cast<T>(v);
+    }
+  }
+  void millis(const char* key, engine::Nanos& out) {
+    std::int64_t ms = -1;
+    integer(key, ms, 1, 24 * 3600 * 1000);
+    if (ms > 0) out = std::chrono::milliseconds(ms);
+  }
+  const toml::node* raw(const char* key) { return take(key); }
+  const toml::table* table(const char* key) {
+    if (auto node = take(key)) {
+      if (!node->is_table()) fail(key, "expected a table [" + std::string(key) + "]");
+      return node->as_table();
+    }
+    return nullptr;
+  }
+  void finish() const {
+    if (!unknown_.empty()) fail(*unknown_.begin(), "unknown key");
+  }
+
+ private:
+  const toml::node* take(const char* key) {
+    unknown_.erase(key);
+    return t_.get(key);
+  }
+  const toml::table& t_;
+  std::string prefix_;
+  std::string file_;
+  std::set<std::string> unknown_;
+};
+
+}  // namespace
+
+void load_toml(const std::filesystem::path& file, Config& cfg) {
+  toml::table root;
+  try {
+    root = toml::parse_file(file.string());
+  } catch (const toml::parse_error& e) {
+    const auto& src = e.source();
+    throw Error(
+        fmt::format("config {}:{}:{}: {}", file.string(), src.begin.line, src.begin.column, e.description()),
+        EINVAL, "fix the TOML syntax");
+  }
+  Reader r(root, "", file.string());
+  r.str("iface", cfg.iface);
+  if (const toml::node* n = r.raw("node_id")) {
+    std::optional<std::uint16_t> id;
+    if (n->is_integer()) {
+      const std::int64_t v = **n->as_integer();
+      if (v >= 0 && v < 0xFFFF) id = static_cast<std::uint16_t>(v);
+    } else if (n->is_string()) {
+      id = net::parse_node_id(**n->as_string());
+    }
+    if (!id) r.fail("node_id", "expected a node id 0..65534 (an integer, or a string like \"0x201\")");
+    cfg.node_id = id;
+  }
+  std::string text;
+  r.str("datapath", text);
+  if (!text.empty()) {
+    auto d = transport::parse_datapath(text);
+    if (!d) r.fail("datapath", "'" + text + "' is not auto, xdp or packet");
+    cfg.datapath = *d;
+  }
+  r.boolean("busy_poll", cfg.busy_poll);
+  std::string s;
+  r.str("run_dir", s);
+  if (!s.empty()) cfg.run_dir = s;
+  s.clear();
+  r.str("api_socket", s);
+  if (!s.empty()) cfg.api_socket = s;
+  r.str("api_group", cfg.api_group);
+  s.clear();
+  r.str("api_mode", s);
+  if (!s.empty()) {
+    auto m = parse_mode(s);
+    if (!m) r.fail("api_mode", "'" + s + "' is not an octal mode like \"0660\"");
+    cfg.api_mode = *m;
+  }
+  r.integer("ring_bytes", cfg.ring_bytes, 64 << 10, 256 << 20);
+  r.str("log_level", cfg.log_level);
+
+  if (const toml::table* x = r.table("xdp")) {
+    Reader xr(*x, "xdp.", file.string());
+    std::string mode;
+    xr.str("attach_mode", mode);
+    if (!mode.empty()) {
+      auto m = fastpath::parse_attach_mode(mode);
+      if (!m) xr.fail("attach_mode", "'" + mode + "' is not auto, native or generic");
+      cfg.attach_mode = *m;
+    }
+    xr.integer("max_peers", cfg.max_peers, 1, 65535);
+    xr.finish();
+  }
+  if (const toml::table* t = r.table("engine")) {
+    Reader er(*t, "engine.", file.string());
+    auto& e = cfg.engine;
+    er.integer("window", e.window, 1, 32767);
+    er.integer("send_buffer", e.send_buffer, 1, 65535);
+    er.integer("receive_buffer", e.receive_buffer, 1, 65535);
+    er.millis("ack_delay_ms", e.ack_delay);
+    er.integer("ack_every", e.ack_every, 1, 65535);
+    er.millis("rto_initial_ms", e.rto_initial);
+    er.millis("rto_min_ms", e.rto_min);
+    er.millis("rto_max_ms", e.rto_max);
+    er.integer("max_retransmits", e.max_retransmits, 1, 255);
+    er.millis("nak_holdoff_ms", e.nak_holdoff);
+    er.millis("discover_interval_ms", e.discover_interval);
+    er.millis("discover_duration_ms", e.discover_duration);
+    er.millis("heartbeat_interval_ms", e.heartbeat_interval);
+    er.millis("suspect_after_ms", e.suspect_after);
+    er.millis("dead_after_ms", e.dead_after);
+    er.millis("probe_interval_ms", e.probe_interval);
+    er.integer("rx_batch", e.rx_batch, 1, 1024);
+    er.integer("tx_batch", e.tx_batch, 1, 1024);
+    er.finish();
+  }
+  r.finish();
+}
+
+}  // namespace locabus::daemon

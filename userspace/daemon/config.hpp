@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// locabusd's settings: a TOML file (dist/locabusd.toml documents every key)
+// overlaid by command-line flags.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "engine/config.hpp"
+#include "fastpath/fastpath.hpp"
+#include "transport/datapath.hpp"
+
+namespace locabus::daemon {
+
+struct Config {
+  std::string iface;
+  std::optional<std::uint16_t> node_id;  // default: low 16 bits of iface's IPv4 address
+  transport::Datapath datapath = transport::Datapath::automatic;
+  fastpath::AttachMode attach_mode = fastpath::AttachMode::automatic;
+  bool busy_poll = false;  // spin instead of sleeping: lowest latency, one core
+  std::uint32_t max_peers = LOCABUS_MAX_PEERS_DEFAULT;
+
+  std::filesystem::path run_dir = "/run/locabus";
+  std::filesystem::path api_socket;     // empty: <run_dir>/locabusd.sock
+  std::string api_group;                // group allowed to use the API besides root
+  mode_t api_mode = 0660;               // permissions of the API socket
+  std::uint32_t ring_bytes = 2u << 20;  // per direction and client
+
+  std::string log_level = "info";
+  engine::EngineConfig engine;
+
+  std::filesystem::path socket_path() const;
+  /// Throws Error naming the bad setting.
+  void validate() const;
+};
+
+/// Reads a TOML file into `cfg` (keys absent from the file keep their value).
+/// Unknown keys are errors, so a typo never goes unnoticed. Throws Error.
+void load_toml(const std::filesystem::path& file, Config& cfg);
+
+/// Parses "0660" style octal permissions; nullopt when invalid.
+std::optional<mode_t> parse_mode(const std::string& text);
+
+}  // namespace locabus::daemon

@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+#include "daemon/daemon.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <fstream>
+#include <random>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "common/error.hpp"
+#include "daemon/server.hpp"
+#include "fastpath/bpffs.hpp"
+#include "fastpath/counters.hpp"
+#include "fastpath/netdev.hpp"
+#include "transport/packet_transport.hpp"
+#include "transport/xdp_transport.hpp"
+
+namespace locabus::daemon {
+
+namespace {
+
+constexpr const char* kOwnersDir = "/run/locabus/owners";
+
+std::int64_t micros(engine::Nanos n) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(n).count();
+}
+
+nlohmann::json counters_json(const engine::PeerCounters& c) {
+  return {{"data_sent", c.data_sent},   {"retransmits", c.retransmits},   {"data_received", c.data_received},
+          {"duplicates", c.duplicates}, {"out_of_order", c.out_of_order}, {"window_drops", c.window_drops},
+          {"acks_sent", c.acks_sent},   {"naks_sent", c.naks_sent},       {"naks_received", c.naks_received},
+          {"timeouts", c.timeouts},     {"delivered", c.delivered}};
+}
+
+spdlog::level::level_enum event_level(engine::EventKind k) {
+  using engine::EventKind;
+  switch (k) {
+    case EventKind::joined:
+    case EventKind::left:
+    case EventKind::alive:
+    case EventKind::restarted: return spdlog::level::info;
+    case EventKind::suspect:
+    case EventKind::dead:
+    case EventKind::id_conflict:
+    case EventKind::send_failed: return spdlog::level::warn;
+    case EventKind::connected:
+    case EventKind::disconnected: return spdlog::level::debug;
+  }
+  return spdlog::level::info;
+}
+
+UniqueFd make_signal_fd() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  // Blocked before anything else could start a thread; signalfd reads them.
+  if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) throw Error("block SIGTERM/SIGINT", errno);
+  UniqueFd fd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+  if (!fd) throw Error("create a signalfd", errno);
+  ::signal(SIGPIPE, SIG_IGN);
+  return fd;
+}
+
+}  // namespace
+
+void notify_systemd(const std::string& state) {
+  if (!std::getenv("NOTIFY_SOCKET")) return;
+  const int r = sd_notify(0, state.c_str());
+  if (r < 0) spdlog::warn("sd_notify({}) failed: {}", state, error_text(-r));
+}
+
+// ---- OwnerLock ------------------------------------------------------------------
+
+OwnerLock::OwnerLock(const std::string& iface) {
+  std::error_code ec;
+  std::filesystem::create_directories(kOwnersDir, ec);
+  if (ec) throw Error(fmt::format("create {}", kOwnersDir), ec.value(), privilege_hint(ec.value()));
+  path_ = std::filesystem::path(kOwnersDir) / (bpffs::pin_key(iface) + ".lock");
+  fd_ = UniqueFd(::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!fd_) throw Error("open the owner lock " + path_.string(), errno, privilege_hint(errno));
+  if (::flock(fd_.get(), LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    std::string owner = "another process";
+    std::ifstream in(path_);
+    if (long pid = 0; in >> pid && pid > 0) owner = fmt::format("locabusd pid {}", pid);
+    if (err == EWOULDBLOCK)
+      throw Error(fmt::format("{} already owns interface {} (lock {})", owner, iface, path_.string()), EBUSY,
+                  "stop that daemon first (SIGTERM), or run this one on another interface");
+    throw Error("lock " + path_.string(), err);
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd_.get(), 0) != 0 || ::pwrite(fd_.get(), pid.data(), pid.size(), 0) < 0)
+    throw Error("write the owner lock " + path_.string(), errno);
+}
+
+// The file stays: unlinking it would let a process that opened the old
+// inode and one that creates a new file both "own" the interface.
+OwnerLock::~OwnerLock() = default;
+
+// ---- Daemon ---------------------------------------------------------------------
+
+namespace {
+
+std::uint16_t resolve_node_id(const Config& cfg) {
+  if (cfg.node_id) return *cfg.node_id;
+  return net::default_node_id(net::lookup_interface(cfg.iface));
+}
+
+transport::OpenedDatapath open_datapath(const Config& cfg, std::uint16_t node_id) {
+  transport::DatapathOptions o;
+  o.iface = cfg.iface;
+  o.node_id = node_id;
+  o.want = cfg.datapath;
+  o.busy_poll = cfg.busy_poll;
+  o.attach_mode = cfg.attach_mode;
+  o.max_peers = cfg.max_peers;
+  return transport::open_datapath(o);
+}
+
+}  // namespace
+
+Daemon::Daemon(const Config& cfg)
+    : cfg_(cfg),
+      node_id_(resolve_node_id(cfg)),
+      lock_(cfg.iface),
+      signal_fd_(make_signal_fd()),
+      started_(clock_.now()),
+      dp_(open_datapath(cfg, node_id_)) {
+  spdlog::info("datapath: {}", dp_.why);
+
+  std::error_code ec;
+  std::filesystem::create_directories(cfg_.run_dir, ec);
+  if (ec)
+    throw Error("create the run directory " + cfg_.run_dir.string(), ec.value(), privilege_hint(ec.value()));
+  pid_file_ = cfg_.run_dir / "locabusd.pid";
+  {
+    std::ofstream pf(pid_file_);
+    pf << ::getpid() << "\n";
+    if (!pf) throw Error("write " + pid_file_.string(), errno);
+  }
+
+  engine::EngineConfig ecfg = cfg_.engine;
+  ecfg.node_id = node_id_;
+  engine_ = std::make_unique<engine::Engine>(ecfg, *dp_.transport, clock_, std::random_device{}());
+
+  server_ = std::make_unique<ApiServer>(cfg_, *engine_, *this);
+
+  if (cfg_.busy_poll) {
+    idle_ = std::make_unique<engine::BusySpinIdle>();
+  } else {
+    auto b = std::make_unique<engine::BlockingIdle>(
+        clock_, std::vector<int>{dp_.transport->wait_fd(), server_->wait_fd(), signal_fd_.get()});
+    blocking_ = b.get();
+    idle_ = std::move(b);
+  }
+}
+
+Daemon::~Daemon() {
+  try {
+    server_.reset();
+    engine_.reset();
+    dp_.transport.reset();
+    dp_.fastpath.reset();
+  } catch (const std::exception& e) {
+    spdlog::error("cleanup: {}", e.what());
+  }
+  std::error_code ec;
+  if (!pid_file_.empty()) std::filesystem::remove(pid_file_, ec);
+}
+
+int Daemon::do_work() {
+  int work = engine_->do_work();
+  work += static_cast<int>(engine_->poll_events([&](const engine::Event& e) {
+    spdlog::log(event_level(e.kind), "{}", e.to_string());
+    server_->on_event(e);
+  }));
+  work += server_->do_work();
+  return work;
+}
+
+std::optional<engine::Nanos> Daemon::next_deadline() const {
+  auto a = engine_->next_deadline();
+  auto b = server_->next_deadline();
+  if (!a) return b;
+  if (!b) return a;
+  return std::min(*a, *b);
+}
+
+bool Daemon::handle_signals() {
+  signalfd_siginfo si;
+  while (::read(signal_fd_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+    if (si.ssi_signo == SIGHUP) {
+      spdlog::info("SIGHUP: nothing to reload (restart the daemon to apply a new config)");
+      continue;
+    }
+    stop_reason_ = si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT";
+    return true;
+  }
+  return false;
+}
+
+int Daemon::run() {
+  const std::string ready = fmt::format("ready: node {} on {} ({}), API at {}", node_id_, cfg_.iface,
+                                        transport::to_string(dp_.got), cfg_.socket_path().string());
+  spdlog::info("{}", ready);
+  notify_systemd(fmt::format("READY=1\nSTATUS={}\nMAINPID={}", ready, ::getpid()));
+
+  std::uint32_t cycles = 0;
+  for (;;) {
+    const int work = do_work();
+    if ((work == 0 || (++cycles & 255) == 0) && handle_signals()) break;
+    if (work > 0) {
+      idle_->reset();
+    } else {
+      idle_->idle(next_deadline());
+    }
+  }
+  shutdown();
+  return 0;
+}
+
+void Daemon::shutdown() {
+  spdlog::info("{}: shutting down: closing connections", stop_reason_);
+  notify_systemd("STOPPING=1\nSTATUS=closing connections");
+  server_->stop_accepting();
+  engine_->leave();
+  const engine::Nanos until = clock_.now() + std::chrono::seconds(1);
+  engine::BlockingIdle idle(clock_, {dp_.transport->wait_fd()});
+  while (clock_.now() < until) {
+    const int work = engine_->do_work();
+    engine_->poll_events([&](const engine::Event& e) {
+      spdlog::log(event_level(e.kind), "{}", e.to_string());
+      server_->on_event(e);
+    });
+    const auto peers = engine_->peers();
+    const bool open = std::any_of(peers.begin(), peers.end(), [](const engine::PeerInfo& p) {
+      return p.conn != engine::ConnState::closed;
+    });
+    if (!open) break;
+    if (work == 0) {
+      auto d = engine_->next_deadline();
+      idle.idle(d ? std::min(*d, until) : until);
+    }
+  }
+  server_.reset();  // clients see the connection close; the socket file goes
+  engine_.reset();
+  dp_.transport.reset();
+  if (dp_.fastpath) {
+    dp_.fastpath->detach();  // throws with a reason rather than leaving pins silently
+    spdlog::info("XDP detached from {}, pins removed", cfg_.iface);
+  }
+  dp_.fastpath.reset();
+  std::error_code ec;
+  std::filesystem::remove(pid_file_, ec);
+  spdlog::info("stopped");
+}
+
+// ---- introspection ----------------------------------------------------------------
+
+nlohmann::json Daemon::status() const {
+  nlohmann::json j;
+  j["version"] = "0.1.0";
+  j["pid"] = ::getpid();
+  j["iface"] = cfg_.iface;
+  j["node_id"] = node_id_;
+  j["mac"] = dp_.transport->mac().to_string();
+  j["epoch"] = engine_->epoch();
+  j["datapath"] = transport::to_string(dp_.got);
+  j["datapath_detail"] = dp_.why;
+  j["busy_poll"] = cfg_.busy_poll;
+  j["idle_strategy"] = idle_->name();
+  j["uptime_s"] = std::chrono::duration<double>(clock_.now() - started_).count();
+  j["api_socket"] = cfg_.socket_path().string();
+  j["clients"] = server_->client_count();
+  j["live_members"] = engine_->live_members();
+  nlohmann::json by_state = nlohmann::json::object();
+  for (const auto& p : engine_->peers()) {
+    auto& n = by_state[std::string(engine::to_string(p.member))];
+    n = n.is_null() ? 1 : n.get<int>() + 1;
+  }
+  j["members"] = by_state;
+  if (dp_.fastpath) {
+    j["xdp"] = {{"program_id", dp_.fastpath->program_id()},
+                {"mode", fastpath::to_string(dp_.fastpath->mode())},
+                {"pin_dir", dp_.fastpath->pin_dir().string()}};
+  }
+  return j;
+}
+
+nlohmann::json Daemon::peers() const {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& p : engine_->peers()) {
+    nlohmann::json j = {
+        {"node", p.node},
+        {"mac", p.mac.to_string()},
+        {"state", engine::to_string(p.member)},
+        {"epoch", p.epoch},
+        {"connection", engine::to_string(p.conn)},
+        {"rtt_us", micros(p.srtt)},
+        {"rto_us", micros(p.rto)},
+        {"last_heard_ms_ago",
+         std::chrono::duration_cast<std::chrono::milliseconds>(clock_.now() - p.last_heard).count()},
+        {"retransmits", p.counters.retransmits},
+        {"in_flight", p.in_flight},
+        {"queued", p.queued},
+        {"receivable", p.receivable},
+        {"window", p.peer_window},
+        {"next_message", p.next_message},
+        {"counters", counters_json(p.counters)},
+    };
+    if (dp_.fastpath) {
+      if (auto k = dp_.fastpath->maps().peer(p.node)) {
+        j["xdp"] = {{"acks_consumed", k->acks},
+                    {"stale_acks", k->stale_acks},
+                    {"naks", k->naks},
+                    {"ack_num", k->ack_num},
+                    {"ack_window", k->ack_window}};
+      }
+    }
+    arr.push_back(std::move(j));
+  }
+  return arr;
+}
+
+nlohmann::json Daemon::transport_counters() const {
+  if (auto* x = dynamic_cast<const transport::XdpTransport*>(dp_.transport.get())) return x->stats_json();
+  if (auto* p = dynamic_cast<const transport::PacketTransport*>(dp_.transport.get()))
+    return {{"rx_frames", p->stats().rx_frames},
+            {"tx_frames", p->stats().tx_frames},
+            {"tx_busy", p->stats().tx_busy}};
+  return nlohmann::json::object();
+}
+
+nlohmann::json Daemon::counters() const {
+  const auto& s = engine_->stats();
+  nlohmann::json invalid = nlohmann::json::object();
+  for (std::size_t i = 0; i < s.rx_invalid.size(); ++i)
+    if (s.rx_invalid[i])
+      invalid[std::string(wire::to_string(static_cast<wire::FrameError>(i)))] = s.rx_invalid[i];
+  nlohmann::json eng = {{"rx_frames", s.rx_frames},
+                        {"rx_invalid", invalid},
+                        {"rx_not_ours", s.rx_not_ours},
+                        {"rx_own", s.rx_own},
+                        {"rx_stale_epoch", s.rx_stale_epoch},
+                        {"rx_conflict", s.rx_conflict},
+                        {"rx_unknown_peer", s.rx_unknown_peer},
+                        {"rx_unsupported", s.rx_unsupported},
+                        {"rx_malformed_control", s.rx_malformed_control},
+                        {"tx_frames", s.tx_frames},
+                        {"tx_control_dropped", s.tx_control_dropped},
+                        {"resets_sent", s.resets_sent},
+                        {"discover_sent", s.discover_sent},
+                        {"replies_sent", s.replies_sent},
+                        {"heartbeats_sent", s.heartbeats_sent},
+                        {"probes_sent", s.probes_sent},
+                        {"events_dropped", s.events_dropped}};
+  engine::PeerCounters sum;
+  nlohmann::json per_peer = nlohmann::json::object();
+  for (const auto& p : engine_->peers()) {
+    per_peer[std::to_string(p.node)] = counters_json(p.counters);
+    const auto& c = p.counters;
+    sum.data_sent += c.data_sent;
+    sum.retransmits += c.retransmits;
+    sum.data_received += c.data_received;
+    sum.duplicates += c.duplicates;
+    sum.out_of_order += c.out_of_order;
+    sum.window_drops += c.window_drops;
+    sum.acks_sent += c.acks_sent;
+    sum.naks_sent += c.naks_sent;
+    sum.naks_received += c.naks_received;
+    sum.timeouts += c.timeouts;
+    sum.delivered += c.delivered;
+  }
+  eng["peers_total"] = counters_json(sum);
+  nlohmann::json j = {{"engine", eng},
+                      {"peers", per_peer},
+                      {"transport", transport_counters()},
+                      {"api", server_->counters()}};
+  if (dp_.fastpath) {
+    const auto v = dp_.fastpath->maps().counters();
+    nlohmann::json x = nlohmann::json::object();
+    for (std::size_t i = 0; i < v.size(); ++i) x[std::string(fastpath::kCounters[i].name)] = v[i];
+    j["xdp"] = x;
+  }
+  if (blocking_) j["idle_sleeps"] = blocking_->sleeps();
+  return j;
+}
+
+}  // namespace locabus::daemon

@@ -1,0 +1,577 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+#include "daemon/server.hpp"
+
+#include <grp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bitset>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <locabus/locabus.h>
+
+#include "api/control.hpp"
+#include "api/shm.hpp"
+#include "common/error.hpp"
+#include "daemon/daemon.hpp"
+
+namespace locabus::daemon {
+
+namespace {
+
+// epoll data: the kind in the top byte, the client id below.
+constexpr std::uint64_t kListenTag = 0;
+constexpr std::uint64_t kSocketKind = 1ULL << 56;
+constexpr std::uint64_t kBellKind = 2ULL << 56;
+constexpr std::uint64_t kIdMask = (1ULL << 56) - 1;
+
+constexpr std::size_t kMaxEventBacklog = 4096;  // queued events per slow client
+constexpr std::size_t kEngineBatch = 256;       // messages taken from the engine per cycle
+constexpr std::size_t kClientBatch = 256;       // sends taken from one client per cycle
+
+// The C API's numbers are the engine's (include/locabus/locabus.h).
+static_assert(static_cast<int>(engine::EventKind::joined) == LOCABUS_EV_JOINED);
+static_assert(static_cast<int>(engine::EventKind::id_conflict) == LOCABUS_EV_ID_CONFLICT);
+static_assert(static_cast<int>(engine::EventKind::send_failed) == LOCABUS_EV_SEND_FAILED);
+static_assert(static_cast<int>(engine::Failure::unreachable) == LOCABUS_FAIL_UNREACHABLE);
+static_assert(static_cast<int>(engine::Failure::shutdown) == LOCABUS_FAIL_SHUTDOWN);
+static_assert(sizeof(locabus_event) == 56);
+
+std::uint8_t failure_code(engine::Failure f) { return static_cast<std::uint8_t>(f); }
+
+std::uint8_t refusal_code(engine::SendStatus s) {
+  switch (s) {
+    case engine::SendStatus::unknown_node: return LOCABUS_FAIL_UNKNOWN_NODE;
+    case engine::SendStatus::invalid_node:
+    case engine::SendStatus::too_large: return LOCABUS_FAIL_INVALID_NODE;
+    case engine::SendStatus::closing: return LOCABUS_FAIL_CLOSED;
+    default: return LOCABUS_FAIL_UNREACHABLE;
+  }
+}
+
+locabus_event to_record(const engine::Event& e) {
+  locabus_event r{};
+  r.kind = static_cast<std::uint8_t>(e.kind);
+  r.failure = failure_code(e.failure);
+  r.node = e.node;
+  r.epoch = e.epoch;
+  r.old_epoch = e.old_epoch;
+  r.first_message = e.first_message;
+  r.count = e.count;
+  std::memcpy(r.mac, e.mac.bytes.data(), 6);
+  std::memcpy(r.other_mac, e.other_mac.bytes.data(), 6);
+  return r;
+}
+
+bool is_membership(engine::EventKind k) {
+  return k != engine::EventKind::send_failed && k != engine::EventKind::connected &&
+         k != engine::EventKind::disconnected;
+}
+
+void epoll_add(int ep, int fd, std::uint64_t tag) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag;
+  if (::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) throw Error("epoll_ctl ADD", errno);
+}
+
+}  // namespace
+
+/// One record the client's ring had no room for; delivered in order later.
+struct Pending {
+  std::uint16_t type = 0;
+  std::uint16_t aux = 0;
+  std::vector<std::byte> bytes;
+};
+
+struct Client {
+  std::uint64_t id = 0;
+  UniqueFd sock;
+  ucred cred{};
+  std::string who;  // "pid 123 (uid 1000)"
+
+  // the endpoint, once opened
+  bool open = false;
+  std::uint8_t proto = 0;
+  bool events = false;
+  std::optional<api::SharedRegion> region;
+  api::Doorbell bell;           // our end: readable when the client rings; ring() wakes the client
+  bool send_blocked = false;    // the engine said would_block for the first record of the ring
+  std::deque<Pending> backlog;  // records the ring had no room for
+  std::size_t events_in_backlog = 0;
+  std::uint64_t events_dropped_unreported = 0;
+  std::unique_ptr<std::bitset<65536>> sent_to;  // nodes this endpoint sent to
+  std::uint64_t sent = 0, received = 0, refused = 0;
+};
+
+ApiServer::ApiServer(const Config& cfg, engine::Engine& engine, const Introspection& introspection)
+    : cfg_(cfg), engine_(engine), introspection_(introspection), path_(cfg.socket_path()) {
+  if (!cfg_.api_group.empty()) {
+    errno = 0;
+    const group* g = ::getgrnam(cfg_.api_group.c_str());
+    if (!g)
+      throw Error("look up api_group '" + cfg_.api_group + "'", errno ? errno : ENOENT,
+                  "create the group (groupadd) or fix api_group");
+    api_gid_ = g->gr_gid;
+  }
+
+  std::error_code ec;
+  std::filesystem::create_directories(path_.parent_path(), ec);
+  if (ec) throw Error("create " + path_.parent_path().string(), ec.value(), privilege_hint(ec.value()));
+
+  // A socket file may be left by a daemon that was killed. If something
+  // answers on it, another daemon is using this path: refuse.
+  if (std::filesystem::exists(std::filesystem::symlink_status(path_))) {
+    bool live = false;
+    try {
+      api::connect_control(path_);
+      live = true;
+    } catch (const Error&) {
+    }
+    if (live)
+      throw Error("the API socket " + path_.string() + " is in use by a running daemon", EADDRINUSE,
+                  "give this daemon its own --api-socket or --run-dir");
+    spdlog::info("replacing stale API socket {}", path_.string());
+    std::filesystem::remove(path_, ec);
+  }
+
+  listen_ = UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!listen_) throw Error("create the API socket", errno);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string p = path_.string();
+  if (p.size() >= sizeof(addr.sun_path)) throw Error("API socket path " + p + " is too long", ENAMETOOLONG);
+  std::memcpy(addr.sun_path, p.c_str(), p.size() + 1);
+  const mode_t old = ::umask(0177);  // nobody can connect before chmod below
+  const int r = ::bind(listen_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  const int bind_err = errno;
+  ::umask(old);
+  if (r != 0) throw Error("bind the API socket " + p, bind_err, privilege_hint(bind_err));
+  if (api_gid_ && ::chown(p.c_str(), static_cast<uid_t>(-1), *api_gid_) != 0)
+    throw Error("give " + p + " to group " + cfg_.api_group, errno);
+  if (::chmod(p.c_str(), cfg_.api_mode) != 0) throw Error("chmod " + p, errno);
+  if (::listen(listen_.get(), 64) != 0) throw Error("listen on " + p, errno);
+
+  epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_) throw Error("epoll_create1", errno);
+  epoll_add(epoll_.get(), listen_.get(), kListenTag);
+  spdlog::info("API socket {} (mode {:04o}{})", p, cfg_.api_mode,
+               api_gid_ ? ", group " + cfg_.api_group : std::string());
+}
+
+// Explicit, although closing the fds would do: cheap, and independent of
+// who else might hold a duplicate.
+void ApiServer::forget(std::uint64_t id) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  Client& c = *it->second;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
+  if (c.bell.fd() >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.bell.fd(), nullptr);
+  clients_.erase(it);
+}
+
+ApiServer::~ApiServer() {
+  while (!clients_.empty()) forget(clients_.begin()->first);
+  stop_accepting();
+}
+
+void ApiServer::stop_accepting() {
+  if (!listen_) return;
+  listen_.reset();
+  std::error_code ec;
+  std::filesystem::remove(path_, ec);
+}
+
+std::size_t ApiServer::client_count() const noexcept { return clients_.size(); }
+
+bool ApiServer::authorized(const Client& c, std::string& why) const {
+  if (c.cred.uid == 0 || c.cred.uid == ::geteuid()) return true;
+  if (api_gid_) {
+    if (c.cred.gid == *api_gid_) return true;
+    // Supplementary groups of the peer, as of connect().
+    std::vector<gid_t> groups(64);
+    socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(c.sock.get(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0 && errno == ERANGE) {
+      groups.resize(len / sizeof(gid_t));
+      len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+      if (::getsockopt(c.sock.get(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) len = 0;
+    }
+    groups.resize(len / sizeof(gid_t));
+    for (gid_t g : groups)
+      if (g == *api_gid_) return true;
+    why = fmt::format("uid {} is neither root nor in group {}", c.cred.uid, cfg_.api_group);
+  } else {
+    why = fmt::format("uid {} is not root (no api_group is configured)", c.cred.uid);
+  }
+  return false;
+}
+
+void ApiServer::accept_clients() {
+  while (listen_) {
+    UniqueFd fd(::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+        spdlog::warn("accept on the API socket: {}", error_text(errno));
+      return;
+    }
+    auto c = std::make_unique<Client>();
+    c->id = next_id_++;
+    c->sock = std::move(fd);
+    socklen_t len = sizeof(c->cred);
+    if (::getsockopt(c->sock.get(), SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0) {
+      spdlog::warn("API: SO_PEERCRED failed ({}); refusing the connection", error_text(errno));
+      ++counters_.refused;
+      continue;
+    }
+    c->who = fmt::format("pid {} (uid {})", c->cred.pid, c->cred.uid);
+    std::string why;
+    if (!authorized(*c, why)) {
+      ++counters_.refused;
+      spdlog::warn("API: refused {}: {}", c->who, why);
+      try {
+        api::send_control(c->sock.get(), {{"ok", false},
+                                          {"errno", EACCES},
+                                          {"error", "not authorized: " + why},
+                                          {"hint",
+                                           "run as root, or ask the operator to add you to the daemon's "
+                                           "api_group"}});
+      } catch (const Error&) {
+      }
+      continue;
+    }
+    const int sndbuf = 1 << 20;
+    ::setsockopt(c->sock.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    epoll_add(epoll_.get(), c->sock.get(), kSocketKind | c->id);
+    ++counters_.accepted;
+    spdlog::debug("API: client {} connected: {}", c->id, c->who);
+    clients_.emplace(c->id, std::move(c));
+  }
+}
+
+void ApiServer::reply(Client& c, const nlohmann::json& msg, std::span<const int> fds) {
+  api::send_control(c.sock.get(), msg, fds);  // Error: the caller drops the client
+}
+
+void ApiServer::drop(std::uint64_t id, const std::string& why) {
+  auto it = clients_.find(id);
+  if (it == clients_.end() || std::find(doomed_.begin(), doomed_.end(), id) != doomed_.end()) return;
+  Client& c = *it->second;
+  if (c.open) {
+    spdlog::info("API: endpoint protocol {} of {} closed: {}", c.proto, c.who, why);
+    if (c.proto != LOCABUS_PROTO_NONE && by_proto_[c.proto] == &c) by_proto_[c.proto] = nullptr;
+  } else {
+    spdlog::debug("API: client {} ({}) gone: {}", id, c.who, why);
+  }
+  doomed_.push_back(id);
+}
+
+// A client that closed its endpoint (or exited) may have left sends in its
+// ring: they were accepted by liblocabus, so hand them to the engine first.
+void ApiServer::hangup(Client& c) {
+  if (c.open && std::find(doomed_.begin(), doomed_.end(), c.id) == doomed_.end()) {
+    try {
+      for (int i = 0; i < 64 && pump_to_engine(c) > 0 && !c.send_blocked; ++i) {
+      }
+      if (c.send_blocked || !c.region->consumer().empty())
+        spdlog::warn("API: {} closed with sends the engine could not queue; they are dropped", c.who);
+    } catch (const ClientFault&) {
+    }
+  }
+  drop(c.id, "connection closed");
+}
+
+void ApiServer::on_client_readable(std::uint64_t id) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  Client& c = *it->second;
+  for (int i = 0; i < 16; ++i) {  // bounded: one chatty client cannot starve the rest
+    std::optional<nlohmann::json> req;
+    bool timed_out = false;
+    try {
+      req = api::receive_control(c.sock.get(), nullptr, std::chrono::milliseconds(0), &timed_out);
+    } catch (const Error& e) {
+      ++counters_.protocol_errors;
+      return drop(id, e.what());
+    }
+    if (timed_out) return;
+    if (!req) return hangup(c);
+    try {
+      handle_request(c, *req);
+    } catch (const Error& e) {
+      return drop(id, std::string("reply failed: ") + e.what());
+    }
+  }
+}
+
+void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
+  const std::string op = req.value("op", std::string());
+  auto fail = [&](int err, const std::string& what, const std::string& hint = {}) {
+    reply(c, {{"ok", false}, {"errno", err}, {"error", what}, {"hint", hint}});
+  };
+  if (op == "status") return reply(c, {{"ok", true}, {"status", introspection_.status()}});
+  if (op == "peers") return reply(c, {{"ok", true}, {"peers", introspection_.peers()}});
+  if (op == "counters") return reply(c, {{"ok", true}, {"counters", introspection_.counters()}});
+  if (op != "open") return fail(EINVAL, "unknown request '" + op + "'", "see docs/API.md for the requests");
+
+  if (req.value("version", 0) != api::kProtocolVersion)
+    return fail(EPROTO,
+                fmt::format("protocol version {} is not supported (this daemon speaks {})",
+                            req.value("version", 0), api::kProtocolVersion),
+                "use a liblocabus that matches the daemon");
+  if (c.open) return fail(EISCONN, "this connection already has an endpoint", "open another connection");
+  const int proto = req.value("proto", -1);
+  const bool monitor = proto == LOCABUS_PROTO_NONE;
+  if (monitor && !req.value("events", false))
+    return fail(EINVAL, "an endpoint without a protocol exists only for events",
+                "set events, or pick a protocol");
+  if (!monitor && (proto < LOCABUS_PROTO_USER_MIN || proto > 255))
+    return fail(EINVAL, fmt::format("protocol {} is not an application protocol", proto),
+                fmt::format("use {}..255; lower ids belong to Locabus services", LOCABUS_PROTO_USER_MIN));
+  if (Client* holder = monitor ? nullptr : by_proto_[proto])
+    return fail(EADDRINUSE, fmt::format("protocol {} is already open by {}", proto, holder->who),
+                "close that endpoint or use another protocol id");
+
+  c.region.emplace(api::SharedRegion::create(fmt::format("locabus-ep{}", c.id), cfg_.ring_bytes));
+  auto [mine, theirs] = api::Doorbell::create_pair();
+  c.bell = std::move(mine);
+  c.proto = static_cast<std::uint8_t>(proto);
+  c.events = req.value("events", false);
+  c.sent_to = std::make_unique<std::bitset<65536>>();
+  epoll_add(epoll_.get(), c.bell.fd(), kBellKind | c.id);
+  const int fds[2] = {c.region->fd(), theirs.fd()};
+  reply(c, {{"ok", true}, {"node_id", engine_.node_id()}, {"proto", proto}, {"ring_bytes", cfg_.ring_bytes}},
+        fds);
+  c.open = true;
+  if (!monitor) by_proto_[proto] = &c;
+  spdlog::info("API: {} opened protocol {}{}", c.who, proto, c.events ? " with events" : "");
+}
+
+void ApiServer::publish(Client& c) {
+  if (c.region->producer().publish()) c.bell.ring();
+}
+
+// Client -> engine. A send the engine cannot queue yet (would_block) stays
+// in the ring and is retried first next time, so order is preserved.
+int ApiServer::pump_to_engine(Client& c) {
+  auto& in = c.region->consumer();
+  c.send_blocked = false;
+  bool bad_record = false;
+  const auto r = in.read(
+      kClientBatch, [&](std::uint16_t type, std::uint16_t node, std::span<const std::byte> payload) -> bool {
+        if (type != api::kRecordSend || payload.size() > wire::kMaxPayload || c.proto == LOCABUS_PROTO_NONE) {
+          bad_record = true;
+          return false;
+        }
+        // The payload is in memory the client can still write; the engine copies
+        // it before send() returns, so a misbehaving client garbles only its own
+        // message.
+        const auto res = engine_.send(node, c.proto, payload);
+        if (res.status == engine::SendStatus::would_block) {
+          c.send_blocked = true;
+          return false;
+        }
+        ++c.sent;
+        if (res) {
+          ++counters_.messages_in;
+          c.sent_to->set(node);
+        } else {
+          ++c.refused;
+          ++counters_.send_refused;
+          locabus_event ev{};
+          ev.kind = LOCABUS_EV_SEND_FAILED;
+          ev.failure = refusal_code(res.status);
+          ev.node = node;
+          ev.first_message = c.sent;
+          ev.count = 1;
+          deliver_event(c, ev);
+        }
+        return true;
+      });
+  if (!r) throw ClientFault(std::string(api::describe(r.error)));
+  if (bad_record) throw ClientFault("a record that is not a send of at most 1484 bytes");
+  if (r.wake_producer) c.bell.ring();
+  if (r.records == 0 && !c.send_blocked && !in.prepare_sleep()) return 1;  // arrived meanwhile: go again
+  return static_cast<int>(r.records);
+}
+
+bool ApiServer::write_record(Client& c, std::uint16_t type, std::uint16_t aux,
+                             std::span<const std::byte> bytes) {
+  switch (c.region->producer().try_write(type, aux, bytes)) {
+    case api::RingProducer::Status::kWritten: return true;
+    case api::RingProducer::Status::kFull: return false;
+    case api::RingProducer::Status::kInvalid:
+      throw ClientFault(fmt::format("a record of {} bytes does not fit the ring", bytes.size()));
+    case api::RingProducer::Status::kProtocolError: break;
+  }
+  throw ClientFault(std::string(api::describe(c.region->producer().error())));
+}
+
+// Backlog -> client ring.
+int ApiServer::pump_to_client(Client& c) {
+  int work = 0;
+  while (!c.backlog.empty()) {
+    Pending& p = c.backlog.front();
+    if (!write_record(c, p.type, p.aux, p.bytes)) break;
+    if (p.type == api::kRecordEvent) --c.events_in_backlog;
+    c.backlog.pop_front();
+    ++work;
+  }
+  if (c.backlog.empty() && c.events_dropped_unreported) {
+    locabus_event ev{};
+    ev.kind = LOCABUS_EV_OVERRUN;
+    ev.count = c.events_dropped_unreported;
+    if (write_record(c, api::kRecordEvent, 0, std::as_bytes(std::span(&ev, 1))))
+      c.events_dropped_unreported = 0;
+  }
+  publish(c);
+  if (!c.backlog.empty() && !c.region->producer().prepare_sleep(c.backlog.front().bytes.size()))
+    ++work;  // space appeared meanwhile: go again
+  return work;
+}
+
+void ApiServer::deliver_event(Client& c, const locabus_event& ev) {
+  const auto bytes = std::as_bytes(std::span(&ev, 1));
+  ++counters_.events_out;
+  if (c.backlog.empty() && write_record(c, api::kRecordEvent, ev.node, bytes)) return;
+  if (c.events_in_backlog >= kMaxEventBacklog) {
+    --counters_.events_out;
+    ++c.events_dropped_unreported;
+    ++counters_.events_dropped;
+    return;
+  }
+  c.backlog.push_back(Pending{api::kRecordEvent, ev.node, {bytes.begin(), bytes.end()}});
+  ++c.events_in_backlog;
+}
+
+void ApiServer::on_event(const engine::Event& e) {
+  const locabus_event rec = to_record(e);
+  for (auto& [id, cp] : clients_) {
+    Client& c = *cp;
+    if (!c.open) continue;
+    const bool wanted = e.kind == engine::EventKind::send_failed ? c.sent_to->test(e.node)
+                                                                 : c.events && is_membership(e.kind);
+    if (!wanted) continue;
+    try {
+      deliver_event(c, rec);
+      publish(c);
+    } catch (const ClientFault& f) {
+      fault(c, f);
+    }
+  }
+}
+
+void ApiServer::fault(Client& c, const ClientFault& f) {
+  ++counters_.protocol_errors;
+  spdlog::warn("API: {} broke the ring protocol ({}); closing its endpoint", c.who, f.what());
+  drop(c.id, "protocol error");
+}
+
+// Engine -> clients, routed by protocol id. Not while any client has a
+// backlog: the engine then keeps the messages, its receive buffers fill and
+// the credit window slows the senders down (end-to-end back-pressure).
+int ApiServer::receive_from_engine() {
+  for (auto& [id, c] : clients_)
+    if (c->open && !c->backlog.empty()) return 0;
+  std::vector<Client*> touched;
+  const std::size_t n = engine_.receive(kEngineBatch, [&](const engine::Message& m) {
+    Client* c = by_proto_[m.proto];
+    if (!c) {
+      ++counters_.rx_no_endpoint;
+      return;
+    }
+    ++counters_.messages_out;
+    ++c->received;
+    if (std::find(touched.begin(), touched.end(), c) == touched.end()) touched.push_back(c);
+    try {
+      if (c->backlog.empty() && write_record(*c, api::kRecordMessage, m.node, m.payload)) return;
+    } catch (const ClientFault& f) {
+      fault(*c, f);
+      return;
+    }
+    c->backlog.push_back(Pending{api::kRecordMessage, m.node, {m.payload.begin(), m.payload.end()}});
+  });
+  for (Client* c : touched) {
+    if (std::find(doomed_.begin(), doomed_.end(), c->id) != doomed_.end()) continue;
+    publish(*c);
+    if (!c->backlog.empty() && !c->region->producer().prepare_sleep(c->backlog.front().bytes.size())) {
+      // space appeared meanwhile; the next cycle moves the backlog
+    }
+  }
+  return static_cast<int>(n);
+}
+
+int ApiServer::do_work() {
+  int work = 0;
+  epoll_event evs[64];
+  const int n = ::epoll_wait(epoll_.get(), evs, 64, 0);
+  for (int i = 0; i < n; ++i) {
+    const std::uint64_t tag = evs[i].data.u64;
+    const std::uint64_t id = tag & kIdMask;
+    ++work;
+    if (tag == kListenTag) {
+      accept_clients();
+    } else if ((tag & ~kIdMask) == kSocketKind) {
+      if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
+        if (auto it = clients_.find(id); it != clients_.end()) hangup(*it->second);
+      } else {
+        on_client_readable(id);
+      }
+    } else if ((tag & ~kIdMask) == kBellKind) {
+      if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
+        if (auto it = clients_.find(id); it != clients_.end()) hangup(*it->second);
+      } else if (auto it = clients_.find(id); it != clients_.end()) {
+        it->second->bell.drain();
+      }
+    }
+  }
+  for (auto& [id, cp] : clients_) {
+    Client& c = *cp;
+    if (!c.open || std::find(doomed_.begin(), doomed_.end(), id) != doomed_.end()) continue;
+    try {
+      work += pump_to_client(c);
+      work += pump_to_engine(c);
+    } catch (const ClientFault& f) {
+      fault(c, f);
+    }
+  }
+  work += receive_from_engine();
+  for (std::uint64_t id : doomed_) forget(id);
+  doomed_.clear();
+  return work;
+}
+
+nlohmann::json ApiServer::counters() const {
+  nlohmann::json eps = nlohmann::json::array();
+  for (const auto& [id, c] : clients_) {
+    if (!c->open) continue;
+    eps.push_back({{"proto", c->proto},
+                   {"pid", c->cred.pid},
+                   {"uid", c->cred.uid},
+                   {"events", c->events},
+                   {"sent", c->sent},
+                   {"received", c->received},
+                   {"refused", c->refused},
+                   {"backlog", c->backlog.size()}});
+  }
+  return {{"clients", clients_.size()},
+          {"accepted", counters_.accepted},
+          {"refused", counters_.refused},
+          {"protocol_errors", counters_.protocol_errors},
+          {"rx_no_endpoint", counters_.rx_no_endpoint},
+          {"messages_in", counters_.messages_in},
+          {"messages_out", counters_.messages_out},
+          {"send_refused", counters_.send_refused},
+          {"events_out", counters_.events_out},
+          {"events_dropped", counters_.events_dropped},
+          {"endpoints", eps}};
+}
+
+}  // namespace locabus::daemon
