@@ -385,6 +385,22 @@ TEST_F(XdpTransportRing, UntrackedPeersAcksArriveAsFramesAndStrayRecordsAreIgnor
   EXPECT_EQ(receive_all(2000ms), 1u);
 }
 
+TEST_F(XdpTransportRing, RecordsFromBeforeTrackingNeverReachTheNewConnection) {
+  // An ACK the kernel consumed for an earlier connection is still on the
+  // ring when the engine tracks the peer again (a new connection).
+  fp_->maps().track_peer(kA);
+  ack_from_a(50'000, 10);
+  ASSERT_TRUE(readable(2000ms));
+  tr_->track_peer(kA);
+  EXPECT_TRUE(poll_acks().empty()) << "the old connection's ACK must not be applied";
+  ack_from_a(3, 20);
+  ASSERT_TRUE(readable(2000ms));
+  const auto got = poll_acks();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].ack, 3);
+  EXPECT_EQ(got[0].window, 20);
+}
+
 TEST_F(XdpTransportRing, SendsFramesThatArriveAtThePeer) {
   // B sends to A over AF_XDP; A reads its kernel stack with AF_PACKET (no
   // XDP program on A: the frames go up the stack).

@@ -259,6 +259,11 @@ std::size_t XdpTransport::receive(std::size_t max, FunctionRef<void(engine::Fram
 // ---- ACKs consumed in the kernel ----------------------------------------------------
 
 void XdpTransport::track_peer(std::uint16_t node) {
+  // Records of an earlier connection to `node` still on the ring must not
+  // reach the new one: read them now, while the node is not tracked (they
+  // are dropped; other nodes' records wait in pending_ for poll_acks()).
+  // The kernel writes none between forget_peer() and this: it has no entry.
+  if (!tracked_.test(node)) ring_buffer__consume(ring_.get());
   try {
     fastpath_.maps().track_peer(node);
     tracked_.set(node);
