@@ -38,7 +38,7 @@ bg_pids=()
 cleanup() {
   local rc=$?
   set +e
-  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null; kill -CONT "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if ((rc != 0)) && [[ -d /run/locabus-cluster/$name ]]; then
     for log in /run/locabus-cluster/"$name"/node*/locabusd.log; do
       echo "---- $log (tail)" >&2
@@ -226,6 +226,46 @@ case "$scenario" in
     wait "$rp" || fail "nothing arrived: $(cat "$work/recv.json")"
     jq -e '.messages[0].text == "hello from C" and .messages[0].from == 1' "$work/recv.json" >/dev/null ||
       fail "wrong message: $(cat "$work/recv.json")"
+    ;;
+  slow-client)
+    # A client that stops reading (SIGSTOP) must not hold up the node's
+    # other endpoints for longer than client_stall_timeout_ms, and a client
+    # killed mid-stream must not disturb the daemon.
+    printf 'client_stall_timeout_ms = 2000\n' >"$work/locabusd.toml"
+    up 2 -- --config "$work/locabusd.toml"
+    wait_discovered 2 15
+    # exec: the pid file names locabusctl itself, not a wrapper
+    on 2 sh -c 'echo $$ >"$1"; exec "$2" msg recv --proto 16 --count 1000000 --timeout 60' sh "$work/stuck.pid" "$ctl" \
+      >/dev/null 2>&1 &
+    bg_pids+=("$!")
+    on 2 "$ctl" msg recv --proto 18 --count 100 --timeout 30 --json >"$work/other.json" &
+    other=$!
+    bg_pids+=("$other")
+    sleep 0.5
+    stuck=$(cat "$work/stuck.pid")
+    bg_pids+=("$stuck")
+    kill -STOP "$stuck"
+    on 1 "$ctl" msg send --proto 16 --to 2 --count 20000 --size 1000 --timeout 30 >/dev/null ||
+      fail "the stream towards the stalled client did not complete"
+    on 1 "$ctl" msg send --proto 18 --to 2 --count 100 --size 100 --timeout 30 >/dev/null
+    wait "$other" || fail "the other endpoint was held up: $(cat "$work/other.json")"
+    grep -q "has not read its messages" "/run/locabus-cluster/$name/node2/locabusd.log" ||
+      fail "the stalled client was not disconnected"
+    kill -CONT "$stuck"
+    # crash a receiver in the middle of a stream
+    on 2 sh -c 'echo $$ >"$1"; exec "$2" msg recv --proto 19 --count 1000000 --timeout 60' sh "$work/victim.pid" "$ctl" \
+      >/dev/null 2>&1 &
+    bg_pids+=("$!")
+    sleep 0.3
+    victim=$(cat "$work/victim.pid")
+    on 1 "$ctl" msg send --proto 19 --to 2 --count 20000 --size 1000 --timeout 30 >/dev/null &
+    sender=$!
+    bg_pids+=("$sender")
+    sleep 0.2
+    kill -KILL "$victim"
+    wait "$sender" || fail "the sender failed after the receiver crashed"
+    on 2 "$ctl" status --json | jq -e '.clients >= 0' >/dev/null || fail "the daemon stopped answering"
+    stream 1000 20
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2

@@ -156,6 +156,7 @@ void load_toml(const std::filesystem::path& file, Config& cfg) {
     cfg.api_mode = *m;
   }
   r.integer("ring_bytes", cfg.ring_bytes, 64 << 10, 256 << 20);
+  r.millis("client_stall_timeout_ms", cfg.stall_timeout);
   r.str("log_level", cfg.log_level);
 
   if (const toml::table* x = r.table("xdp")) {

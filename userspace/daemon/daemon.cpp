@@ -154,7 +154,7 @@ Daemon::Daemon(const Config& cfg)
   ecfg.node_id = node_id_;
   engine_ = std::make_unique<engine::Engine>(ecfg, *dp_.transport, clock_, std::random_device{}());
 
-  server_ = std::make_unique<ApiServer>(cfg_, *engine_, *this);
+  server_ = std::make_unique<ApiServer>(cfg_, *engine_, clock_, *this);
 
   if (cfg_.busy_poll) {
     idle_ = std::make_unique<engine::BusySpinIdle>();

@@ -106,14 +106,16 @@ struct Client {
   api::Doorbell bell;           // our end: readable when the client rings; ring() wakes the client
   bool send_blocked = false;    // the engine said would_block for the first record of the ring
   std::deque<Pending> backlog;  // records the ring had no room for
+  std::optional<engine::Nanos> stalled_since;  // backlog non-empty and not moving since then
   std::size_t events_in_backlog = 0;
   std::uint64_t events_dropped_unreported = 0;
   std::unique_ptr<std::bitset<65536>> sent_to;  // nodes this endpoint sent to
   std::uint64_t sent = 0, received = 0, refused = 0;
 };
 
-ApiServer::ApiServer(const Config& cfg, engine::Engine& engine, const Introspection& introspection)
-    : cfg_(cfg), engine_(engine), introspection_(introspection), path_(cfg.socket_path()) {
+ApiServer::ApiServer(const Config& cfg, engine::Engine& engine, const engine::Clock& clock,
+                     const Introspection& introspection)
+    : cfg_(cfg), engine_(engine), clock_(clock), introspection_(introspection), path_(cfg.socket_path()) {
   if (!cfg_.api_group.empty()) {
     errno = 0;
     const group* g = ::getgrnam(cfg_.api_group.c_str());
@@ -424,6 +426,7 @@ int ApiServer::pump_to_client(Client& c) {
     c.backlog.pop_front();
     ++work;
   }
+  if (work || c.backlog.empty()) c.stalled_since.reset();
   if (c.backlog.empty() && c.events_dropped_unreported) {
     locabus_event ev{};
     ev.kind = LOCABUS_EV_OVERRUN;
@@ -498,14 +501,15 @@ int ApiServer::receive_from_engine() {
     }
     c->backlog.push_back(Pending{api::kRecordMessage, m.node, {m.payload.begin(), m.payload.end()}});
   });
+  int work = static_cast<int>(n);
   for (Client* c : touched) {
     if (std::find(doomed_.begin(), doomed_.end(), c->id) != doomed_.end()) continue;
     publish(*c);
-    if (!c->backlog.empty() && !c->region->producer().prepare_sleep(c->backlog.front().bytes.size())) {
-      // space appeared meanwhile; the next cycle moves the backlog
-    }
+    // Either the client rings when it frees space, or space is there now
+    // and the next cycle moves the backlog.
+    if (!c->backlog.empty() && !c->region->producer().prepare_sleep(c->backlog.front().bytes.size())) ++work;
   }
-  return static_cast<int>(n);
+  return work;
 }
 
 int ApiServer::do_work() {
@@ -543,9 +547,35 @@ int ApiServer::do_work() {
     }
   }
   work += receive_from_engine();
+  drop_stalled();
   for (std::uint64_t id : doomed_) forget(id);
   doomed_.clear();
   return work;
+}
+
+// A client that stops reading holds up delivery to every endpoint of this
+// node (see receive_from_engine): after stall_timeout it is disconnected.
+void ApiServer::drop_stalled() {
+  const engine::Nanos now = clock_.now();
+  for (auto& [id, c] : clients_) {
+    if (!c->open || c->backlog.empty()) continue;
+    if (!c->stalled_since) {
+      c->stalled_since = now;
+    } else if (now - *c->stalled_since >= cfg_.stall_timeout) {
+      ++counters_.stalled;
+      spdlog::warn("API: {} has not read its messages for {} ms while others wait; closing its endpoint",
+                   c->who, std::chrono::duration_cast<std::chrono::milliseconds>(cfg_.stall_timeout).count());
+      drop(id, "stalled");
+    }
+  }
+}
+
+std::optional<engine::Nanos> ApiServer::next_deadline() const {
+  std::optional<engine::Nanos> next;
+  for (const auto& [id, c] : clients_)
+    if (c->stalled_since && (!next || *c->stalled_since + cfg_.stall_timeout < *next))
+      next = *c->stalled_since + cfg_.stall_timeout;
+  return next;
 }
 
 nlohmann::json ApiServer::counters() const {
@@ -571,6 +601,7 @@ nlohmann::json ApiServer::counters() const {
           {"send_refused", counters_.send_refused},
           {"events_out", counters_.events_out},
           {"events_dropped", counters_.events_dropped},
+          {"stalled", counters_.stalled},
           {"endpoints", eps}};
 }
 

@@ -46,13 +46,15 @@ struct ApiCounters {
   std::uint64_t send_refused = 0;     // engine refused at once (unknown node...)
   std::uint64_t events_out = 0;
   std::uint64_t events_dropped = 0;  // a client too slow to read its events
+  std::uint64_t stalled = 0;         // clients disconnected for not reading
 };
 
 class ApiServer {
  public:
   /// Creates and listens on cfg.socket_path(). Refuses (Error) when a live
   /// daemon answers on that path; replaces a stale socket file.
-  ApiServer(const Config& cfg, engine::Engine& engine, const Introspection& introspection);
+  ApiServer(const Config& cfg, engine::Engine& engine, const engine::Clock& clock,
+            const Introspection& introspection);
   ~ApiServer();
   ApiServer(const ApiServer&) = delete;
   ApiServer& operator=(const ApiServer&) = delete;
@@ -64,7 +66,8 @@ class ApiServer {
   /// Accepts clients, answers requests, moves messages between the rings
   /// and the engine. Never blocks. Returns the work done.
   int do_work();
-  std::optional<engine::Nanos> next_deadline() const { return std::nullopt; }
+  /// When a stalled client must be checked again (engine clock).
+  std::optional<engine::Nanos> next_deadline() const;
 
   /// An engine event: membership events go to subscribed endpoints,
   /// send failures to the endpoints that sent to that node.
@@ -91,10 +94,12 @@ class ApiServer {
   int pump_to_client(Client& c);
   int receive_from_engine();
   bool authorized(const Client& c, std::string& why) const;
+  void drop_stalled();
   void deliver_event(Client& c, const ::locabus_event& ev);
 
   const Config& cfg_;
   engine::Engine& engine_;
+  const engine::Clock& clock_;
   const Introspection& introspection_;
   std::filesystem::path path_;
   std::optional<gid_t> api_gid_;
