@@ -501,6 +501,51 @@ TEST_F(XdpTransportRing, AFullTxRingRefusesTheRestAndRetriesWithoutSpinning) {
   EXPECT_EQ(got, frames.size());
 }
 
+TEST_F(XdpTransportE2E, OpensASocketPerRxQueue) {
+  // A veth with two queues each way, both ends in namespace A.
+  ASSERT_EQ(test::run("ip -n " + net_->ns_a() +
+                      " link add lbmq0 numtxqueues 2 numrxqueues 2 type veth peer name lbmq1 numtxqueues 2 "
+                      "numrxqueues 2 && ip -n " +
+                      net_->ns_a() + " link set lbmq0 up && ip -n " + net_->ns_a() + " link set lbmq1 up"),
+            0);
+  net::NetnsScope in(net_->netns_a());
+  fastpath::Options o;
+  o.iface = "lbmq0";
+  o.node_id = kB;
+  o.mode = fastpath::AttachMode::native;
+  auto fp = fastpath::FastPath::attach(o);
+  {
+    transport::XdpTransport tr(*fp);
+    EXPECT_EQ(tr.queues(), (std::vector<std::uint32_t>{0, 1}));
+    EXPECT_EQ(tr.describe(), "copy mode, 2 queues");
+    // Frames arrive whichever queue they come in on.
+    net::PacketSocket raw("lbmq1");
+    for (std::uint16_t i = 0; i < 50; ++i)
+      raw.send(FrameBuilder().type(PacketType::data).from(kA).to(kB).seq(i).payload("x").build());
+    std::size_t got = 0;
+    const auto until = std::chrono::steady_clock::now() + 3s;
+    while (got < 50 && std::chrono::steady_clock::now() < until) {
+      pollfd p{tr.wait_fd(), POLLIN, 0};
+      ::poll(&p, 1, 20);
+      got += tr.receive(64, [](engine::FrameBytes) {});
+    }
+    EXPECT_EQ(got, 50u);
+    // Each queue has one of its sockets (the XSKMAP cannot be read from user
+    // space; a second socket on the queue is refused, after the bind's
+    // EBUSY retries).
+    for (std::uint32_t q : {0u, 1u}) {
+      transport::XdpOptions just;
+      just.queues = {q};
+      EXPECT_THROW(transport::XdpTransport(*fp, just), Error) << "queue " << q << " has no socket";
+    }
+  }
+  // A transport on queue 1 alone.
+  transport::XdpOptions one;
+  one.queues = {1};
+  transport::XdpTransport tr1(*fp, one);
+  EXPECT_EQ(tr1.queues(), (std::vector<std::uint32_t>{1}));
+}
+
 // ---- choosing the datapath -----------------------------------------------------------
 
 class DatapathE2E : public XdpTransportE2E {
