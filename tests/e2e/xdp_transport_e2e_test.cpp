@@ -401,6 +401,24 @@ TEST_F(XdpTransportRing, RecordsFromBeforeTrackingNeverReachTheNewConnection) {
   EXPECT_EQ(got[0].window, 20);
 }
 
+TEST_F(XdpTransportRing, BusyPollingIsOptIn) {
+  EXPECT_FALSE(tr_->busy_poll());
+  tr_->receive(64, [](engine::FrameBytes) {});
+  EXPECT_EQ(tr_->stats().busy_polls, 0u) << "no system call for an empty ring without busy polling";
+  tr_.reset();
+  {
+    net::NetnsScope in(net_->netns_b());
+    transport::XdpOptions o;
+    o.busy_poll = true;
+    tr_ = std::make_unique<transport::XdpTransport>(*fp_, o);
+  }
+  EXPECT_EQ(tr_->describe(), "copy mode, 1 queue, busy polling");
+  EXPECT_EQ(tr_->receive(64, [](engine::FrameBytes) {}), 0u);
+  EXPECT_EQ(tr_->stats().busy_polls, 1u) << "an empty ring polls the driver";
+  raw_a_->send(FrameBuilder().type(PacketType::data).from(kA).to(kB).payload("busy").build());
+  EXPECT_EQ(receive_all(2000ms), 1u);
+}
+
 TEST_F(XdpTransportRing, SendsFramesThatArriveAtThePeer) {
   // B sends to A over AF_XDP; A reads its kernel stack with AF_PACKET (no
   // XDP program on A: the frames go up the stack).

@@ -35,9 +35,11 @@ bool seq_at_or_after(std::uint16_t a, std::uint16_t b) noexcept {
 }
 
 void set_int_option(int fd, int level, int name, int value, const char* what, const std::string& iface) {
-  if (::setsockopt(fd, level, name, &value, sizeof value) != 0)
-    throw Error(fmt::format("set {} on the AF_XDP socket of {}", what, iface), errno,
-                errno == EPERM ? "needs CAP_NET_ADMIN" : "busy polling needs Linux 5.11 or later");
+  if (::setsockopt(fd, level, name, &value, sizeof value) != 0) {
+    const int err = errno;
+    throw Error(fmt::format("set {} on the AF_XDP socket of {}", what, iface), err,
+                err == EPERM ? "needs CAP_NET_ADMIN" : "busy polling needs Linux 5.11 or later");
+  }
 }
 
 void epoll_add(int ep, int fd, const char* what) {
