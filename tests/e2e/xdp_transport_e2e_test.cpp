@@ -232,12 +232,11 @@ TEST_F(XdpTransportE2E, HundredThousandMessagesExactlyOnceInOrderWithAcksConsume
   EXPECT_LE(x.rx_pure_acks, 5u + k[LOCABUS_CTR_ack_ring_full]);
   EXPECT_LT(x.rx_pure_acks * 100, k[LOCABUS_CTR_ack_consumed]);
   // It learnt of every one from the ring (coalesced: one call per peer and
-  // drain), and was woken by the ring while it slept.
+  // drain). With a full-size window it is busy nearly all the time here and
+  // seldom sleeps (6 to 30 times); the next test makes it wait for ACKs.
   EXPECT_EQ(x.acks_from_ring, k[LOCABUS_CTR_ack_ring_out]);
   EXPECT_GT(x.ring_drains, 0u);
   EXPECT_EQ(x.acks_applied, x.ring_drains) << "one peer: one call per drain";
-  EXPECT_GT(x.ring_wakeups, 0u);
-  EXPECT_GT(o.a.idle_sleeps, 0u) << "the sender never slept: busy polling";
   EXPECT_GT(o.b.idle_sleeps, 0u) << "the receiver never slept: busy polling";
   // Progress came from ACKs, never from waiting for the retransmission timer.
   EXPECT_LE(o.a.peer.timeouts, 2u);
@@ -257,7 +256,7 @@ TEST_F(XdpTransportE2E, HundredThousandMessagesExactlyOnceInOrderWithAcksConsume
 // finds the ACK there already depends on how the two threads and the
 // softirqs share the 2 CPUs: it slept for 3 % to 60 % of the ACKs here.)
 TEST_F(XdpTransportE2E, ASenderWaitingForAcksSleepsAndTheAckRingWakesIt) {
-  constexpr std::uint64_t kCount = 50'000;
+  constexpr std::uint64_t kCount = 100'000;
   engine::EngineConfig cfg;
   cfg.window = 16;
   cfg.ack_every = 8;
@@ -265,8 +264,9 @@ TEST_F(XdpTransportE2E, ASenderWaitingForAcksSleepsAndTheAckRingWakesIt) {
   report("AF_XDP, window 16", kCount, o);
   ASSERT_TRUE(o.a.kernel);
   const auto& x = o.a.xdp;
-  EXPECT_GE(o.a.idle_sleeps, 50u) << "the sender should sleep while its window is full";
-  EXPECT_GE(x.ring_wakeups, 50u) << "and the ACK ring should be what wakes it";
+  EXPECT_GE(o.a.idle_sleeps, 100u) << "the sender should sleep while its window is full";
+  EXPECT_GE(x.ring_wakeups, 100u) << "and the ACK ring should be what wakes it";
+  EXPECT_GT((*o.a.kernel)[LOCABUS_CTR_ack_consumed], kCount / 100);
   EXPECT_EQ(x.rx_pure_acks, 0u);
   EXPECT_LE(o.a.peer.timeouts, 2u) << "progress must not wait for the retransmission timer";
   EXPECT_GT(o.seconds, 0.0);
