@@ -129,7 +129,7 @@ case "$scenario" in
     if [[ $dp == xdp ]]; then
       # The XDP program consumed node 2's pure ACKs in the kernel: the
       # sender's engine saw (almost) none as frames, yet its window moved.
-      consumed=$(jq '[.peers | .. | objects | .acks_consumed? // empty] | add // 0' <<<"$(on 1 "$ctl" peers --json)")
+      consumed=$(on 1 "$ctl" peers --json | jq '[.[] | .xdp.acks_consumed // 0] | add // 0')
       note "ACKs consumed in the kernel on node 1: $consumed"
       ((consumed > 0)) || fail "no ACK was consumed by the XDP program: $(jq -c .xdp <<<"$c")"
     fi

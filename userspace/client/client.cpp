@@ -120,18 +120,9 @@ struct Endpoint::Impl {
 Endpoint::Endpoint(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
 Endpoint::Endpoint(Endpoint&&) noexcept = default;
 Endpoint& Endpoint::operator=(Endpoint&&) noexcept = default;
-Endpoint::~Endpoint() {
-  // Like SO_LINGER: sends still in the ring were accepted, so give the
-  // daemon a moment to take them before the connection closes.
-  if (!impl_ || !impl_->connected || !impl_->region || impl_->proto == LOCABUS_PROTO_NONE) return;
-  auto& out = impl_->region->producer();
-  const auto until = Clock::now() + std::chrono::seconds(2);
-  while (out.free_bytes() < out.capacity() && out.error() == api::ProtocolError::kNone &&
-         Clock::now() < until) {
-    pollfd p{impl_->ctl.get(), POLLIN, 0};
-    if (::poll(&p, 1, 1) > 0) break;  // the daemon went away
-  }
-}
+// Sends still in the ring were accepted: the daemon queues them to the
+// engine after the connection closes (it keeps the ring until then).
+Endpoint::~Endpoint() = default;
 
 Endpoint Endpoint::open(const EndpointOptions& options) {
   auto impl = std::make_unique<Impl>();

@@ -107,6 +107,7 @@ struct Client {
   bool send_blocked = false;    // the engine said would_block for the first record of the ring
   std::deque<Pending> backlog;  // records the ring had no room for
   std::optional<engine::Nanos> stalled_since;  // backlog non-empty and not moving since then
+  bool draining = false;                       // hung up; its ring still holds sends for the engine
   std::size_t events_in_backlog = 0;
   std::uint64_t events_dropped_unreported = 0;
   std::unique_ptr<std::bitset<65536>> sent_to;  // nodes this endpoint sent to
@@ -278,16 +279,23 @@ void ApiServer::drop(std::uint64_t id, const std::string& why) {
 // A client that closed its endpoint (or exited) may have left sends in its
 // ring: they were accepted by liblocabus, so hand them to the engine first.
 void ApiServer::hangup(Client& c) {
+  if (c.draining) return;
+  bool pending = false;
   if (c.open && std::find(doomed_.begin(), doomed_.end(), c.id) == doomed_.end()) {
     try {
-      for (int i = 0; i < 64 && pump_to_engine(c) > 0 && !c.send_blocked; ++i) {
-      }
-      if (c.send_blocked || !c.region->consumer().empty())
-        spdlog::warn("API: {} closed with sends the engine could not queue; they are dropped", c.who);
+      pump_to_engine(c);
+      pending = c.send_blocked || !c.region->consumer().empty();
     } catch (const ClientFault&) {
     }
   }
-  drop(c.id, "connection closed");
+  if (!pending) return drop(c.id, "connection closed");
+  // Keep the ring until the engine has taken every send (or refused it:
+  // an unreachable peer fails them, so this ends).
+  c.draining = true;
+  if (c.proto != LOCABUS_PROTO_NONE && by_proto_[c.proto] == &c) by_proto_[c.proto] = nullptr;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.bell.fd(), nullptr);
+  spdlog::info("API: {} closed protocol {}; queueing its remaining sends", c.who, c.proto);
 }
 
 void ApiServer::on_client_readable(std::uint64_t id) {
@@ -387,6 +395,7 @@ int ApiServer::pump_to_engine(Client& c) {
         } else {
           ++c.refused;
           ++counters_.send_refused;
+          if (c.draining) return true;  // nobody is left to tell
           locabus_event ev{};
           ev.kind = LOCABUS_EV_SEND_FAILED;
           ev.failure = refusal_code(res.status);
@@ -458,7 +467,7 @@ void ApiServer::on_event(const engine::Event& e) {
   const locabus_event rec = to_record(e);
   for (auto& [id, cp] : clients_) {
     Client& c = *cp;
-    if (!c.open) continue;
+    if (!c.open || c.draining) continue;
     const bool wanted = e.kind == engine::EventKind::send_failed ? c.sent_to->test(e.node)
                                                                  : c.events && is_membership(e.kind);
     if (!wanted) continue;
@@ -482,7 +491,7 @@ void ApiServer::fault(Client& c, const ClientFault& f) {
 // the credit window slows the senders down (end-to-end back-pressure).
 int ApiServer::receive_from_engine() {
   for (auto& [id, c] : clients_)
-    if (c->open && !c->backlog.empty()) return 0;
+    if (c->open && !c->draining && !c->backlog.empty()) return 0;
   std::vector<Client*> touched;
   const std::size_t n = engine_.receive(kEngineBatch, [&](const engine::Message& m) {
     Client* c = by_proto_[m.proto];
@@ -540,6 +549,11 @@ int ApiServer::do_work() {
     Client& c = *cp;
     if (!c.open || std::find(doomed_.begin(), doomed_.end(), id) != doomed_.end()) continue;
     try {
+      if (c.draining) {
+        work += pump_to_engine(c);
+        if (!c.send_blocked && c.region->consumer().empty()) drop(id, "connection closed, its sends queued");
+        continue;
+      }
       work += pump_to_client(c);
       work += pump_to_engine(c);
     } catch (const ClientFault& f) {
@@ -558,7 +572,7 @@ int ApiServer::do_work() {
 void ApiServer::drop_stalled() {
   const engine::Nanos now = clock_.now();
   for (auto& [id, c] : clients_) {
-    if (!c->open || c->backlog.empty()) continue;
+    if (!c->open || c->draining || c->backlog.empty()) continue;
     if (!c->stalled_since) {
       c->stalled_since = now;
     } else if (now - *c->stalled_since >= cfg_.stall_timeout) {
