@@ -35,6 +35,12 @@ expect "protocol id without a socket slot" 1 "protocol 16 cannot have a socket o
   "$ctl" frame recv --iface lo --proto 16
 expect "iface is required" 106 "iface is required" "$ctl" stats
 expect "a subcommand is required" 106 "subcommand" "$ctl"
+expect "no daemon at the socket" 1 "connect to locabusd at /nonexistent/l.sock.*is locabusd running" \
+  "$ctl" status --socket /nonexistent/l.sock
+expect "no daemon (LOCABUS_SOCKET)" 1 "is locabusd running" env LOCABUS_SOCKET=/nonexistent/l.sock "$ctl" peers --json
+expect "msg to a reserved protocol" 105 "not in range" "$ctl" msg send --to 2 --proto 3 hi
+expect "msg send needs --to" 106 "to is required" "$ctl" msg send hi
+expect "events: unknown kind" 105 "until" "$ctl" events --until exploded
 expect "chaos rate over 100" 105 "not in range" "$ctl" chaos set lo --drop 101
 expect "chaos unknown packet type" 105 "not a packet type" "$ctl" chaos set lo --type bogus
 expect "chaos status when not attached" 1 "no chaos program on lbnosuch0.*hint: attach it first" \
