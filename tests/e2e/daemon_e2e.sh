@@ -267,6 +267,32 @@ case "$scenario" in
     on 2 "$ctl" status --json | jq -e '.clients >= 0' >/dev/null || fail "the daemon stopped answering"
     stream 1000 20
     ;;
+  client-api)
+    up 2
+    wait_discovered 2 15
+    on 2 "$bin_dir/tests/client_api_check" 1 >"$work/check.txt" 2>&1 &
+    cp=$!
+    bg_pids+=("$cp")
+    deadline=$((SECONDS + 10))
+    until grep -q ready "$work/check.txt"; do
+      ((SECONDS < deadline)) || fail "client_api_check did not start: $(cat "$work/check.txt")"
+      sleep 0.1
+    done
+    for i in 0 1 2; do on 1 "$ctl" msg send --proto 20 --to 2 "epoll $i" >/dev/null; sleep 0.2; done
+    wait "$cp" || fail "client_api_check: $(cat "$work/check.txt")"
+    note "$(tr '\n' ';' <"$work/check.txt")"
+    ;;
+  bad-requests)
+    # Malformed or mistyped requests from an authorised client get an error
+    # reply; the daemon keeps serving.
+    up 1
+    for req in '{"op":5}' '{"op":"open","version":"1","proto":20}' '{"op":"open","version":1,"proto":1e30}' \
+      '{"op":"open","version":1,"proto":20,"events":1}' '[1,2]' 'not json'; do
+      out=$("$ctl" request --socket "$(sock 1)" "$req" 2>&1) && fail "request $req was accepted: $out"
+      note "$req -> $out"
+    done
+    "$ctl" status --socket "$(sock 1)" --json | jq -e .node_id >/dev/null || fail "the daemon stopped serving"
+    ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2
     exit 2

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // locabusctl status|peers|counters (ask a running locabusd) and
 // msg send|recv (an application endpoint through liblocabus).
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -306,6 +308,24 @@ int run_events(const EventOptions& o) {
 }  // namespace
 
 void register_daemon_commands(CLI::App& app) {
+  auto rq = std::make_shared<std::pair<DaemonTarget, std::string>>();
+  auto* request = app.add_subcommand("request",
+                                     "Send one raw control request (JSON text) to locabusd and print "
+                                     "the reply (for debugging the local API, docs/API.md)");
+  add_daemon_options(request, rq->first);
+  request->add_option("text", rq->second, "The request, e.g. '{\"op\":\"status\"}'")->required();
+  request->callback([rq] {
+    UniqueFd fd = api::connect_control(socket_of(rq->first));
+    if (::send(fd.get(), rq->second.data(), rq->second.size(), MSG_NOSIGNAL) < 0)
+      throw Error("send the request", errno);
+    bool timed_out = false;
+    auto reply = api::receive_control(fd.get(), nullptr, std::chrono::seconds(10), &timed_out);
+    if (!reply)
+      throw Error(timed_out ? "no reply within 10 s" : "locabusd closed the connection without a reply");
+    std::cout << reply->dump(rq->first.json ? -1 : 2) << "\n";
+    if (!reply->value("ok", false)) throw CLI::RuntimeError(1);
+  });
+
   auto ev = std::make_shared<EventOptions>();
   auto* events = app.add_subcommand(
       "events", "Print membership events as locabusd reports them (joined, dead, restarted...)");

@@ -85,6 +85,7 @@ struct Endpoint::Impl {
           } else if (type == api::kRecordEvent && p.size() == sizeof(locabus_event)) {
             Event e;
             std::memcpy(static_cast<locabus_event*>(&e), p.data(), sizeof(locabus_event));
+            if (events.size() >= kMaxStash) events.pop_front();  // an application that never reads events
             events.push_back(e);
           }
         });
@@ -94,8 +95,19 @@ struct Endpoint::Impl {
           fmt::format("the daemon's ring is corrupt ({}): open a new endpoint", api::describe(r.error)),
           EPROTO);
     }
-    if (r.wake_producer) bell.ring();
+    if (r.wake_producer && !bell.ring()) gone();
     return r.records;
+  }
+
+  // The ring was empty: consume old doorbell rings (so that fd() is not
+  // left readable), look once more, and check that the daemon is still
+  // there (a dead daemon publishes nothing). False: read again.
+  bool quiet() {
+    bell.drain();
+    if (fill(64) > 0) return false;
+    pollfd p{ctl.get(), POLLIN, 0};
+    if (::poll(&p, 1, 0) > 0) gone();  // nothing is ever sent unasked: the end of the connection
+    return true;
   }
 
   // Sleeps until the daemon rings, the control socket reports its end, or
@@ -161,6 +173,9 @@ Endpoint Endpoint::open(const EndpointOptions& options) {
     if (::epoll_ctl(impl->epfd.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
       throw ClientError(fmt::format("epoll_ctl: {}", std::strerror(errno)), errno);
   }
+  // Armed from the start, so that fd() becomes readable with the first
+  // message even before any receive() (the ring is empty now).
+  (void)impl->region->consumer().prepare_sleep();
   return Endpoint(std::move(impl));
 }
 
@@ -182,7 +197,7 @@ SendStatus Endpoint::send(std::uint16_t node, std::span<const std::byte> data,
   for (;;) {
     switch (out.try_write(api::kRecordSend, node, data)) {
       case api::RingProducer::Status::kWritten:
-        if (out.publish()) m.bell.ring();
+        if (out.publish() && !m.bell.ring()) m.gone();
         return SendStatus::ok;
       case api::RingProducer::Status::kFull: break;
       case api::RingProducer::Status::kInvalid: return SendStatus::too_large;
@@ -192,8 +207,12 @@ SendStatus Endpoint::send(std::uint16_t node, std::span<const std::byte> data,
             fmt::format("the daemon's ring is corrupt ({}): open a new endpoint", api::describe(out.error())),
             EPROTO);
     }
-    if (out.publish()) m.bell.ring();  // e.g. padding staged by the full try_write
-    if (timeout.count() == 0 || m.expired(deadline)) return SendStatus::would_block;
+    if (out.publish() && !m.bell.ring()) m.gone();  // e.g. padding staged by the full try_write
+    if (timeout.count() == 0 || m.expired(deadline)) {
+      pollfd p{m.ctl.get(), POLLIN, 0};  // a full ring may mean a dead daemon
+      if (::poll(&p, 1, 0) > 0) m.gone();
+      return SendStatus::would_block;
+    }
     if (out.prepare_sleep(data.size()) && !m.wait(deadline)) return SendStatus::would_block;
   }
 }
@@ -208,7 +227,7 @@ std::optional<Message> Endpoint::receive(std::chrono::milliseconds timeout) {
       return msg;
     }
     m.check_connected();
-    if (m.fill(64) > 0) continue;
+    if (m.fill(64) > 0 || !m.quiet()) continue;
     // Armed before returning too, so that fd() becomes readable when the
     // daemon publishes (the edge-triggered contract).
     if (!m.region->consumer().prepare_sleep()) continue;
@@ -260,7 +279,7 @@ std::optional<Event> Endpoint::wait_event(std::chrono::milliseconds timeout) {
       ::poll(nullptr, 0, left < 0 ? 10 : std::min(left, 10));
       continue;
     }
-    if (m.fill(64) > 0) continue;
+    if (m.fill(64) > 0 || !m.quiet()) continue;
     if (!m.region->consumer().prepare_sleep()) continue;
     if (timeout.count() == 0 || m.expired(deadline)) return std::nullopt;
     if (!m.wait(deadline)) {

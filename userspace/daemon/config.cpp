@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 #include "daemon/config.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <limits>
@@ -27,6 +28,10 @@ void Config::validate() const {
     throw Error(fmt::format("locabusd: ring_bytes {} is invalid", ring_bytes), EINVAL,
                 "use a power of two between 64 KiB and 256 MiB");
   if (api_mode & ~0777u) throw Error("locabusd: api_mode has bits beyond 0777", EINVAL);
+  static constexpr const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), log_level) == std::end(kLevels))
+    throw Error("locabusd: log_level '" + log_level + "' is not a level", EINVAL,
+                "use trace, debug, info, warn, error, critical or off");
   engine::EngineConfig e = engine;
   if (node_id) e.node_id = *node_id;
   e.validate();

@@ -143,12 +143,6 @@ Daemon::Daemon(const Config& cfg)
   std::filesystem::create_directories(cfg_.run_dir, ec);
   if (ec)
     throw Error("create the run directory " + cfg_.run_dir.string(), ec.value(), privilege_hint(ec.value()));
-  pid_file_ = cfg_.run_dir / "locabusd.pid";
-  {
-    std::ofstream pf(pid_file_);
-    pf << ::getpid() << "\n";
-    if (!pf) throw Error("write " + pid_file_.string(), errno);
-  }
 
   engine::EngineConfig ecfg = cfg_.engine;
   ecfg.node_id = node_id_;
@@ -164,6 +158,19 @@ Daemon::Daemon(const Config& cfg)
     blocking_ = b.get();
     idle_ = std::move(b);
   }
+
+  // Last: only a daemon that is about to serve names itself. Written to a
+  // temporary file and renamed, so a reader never sees half a pid.
+  const auto pid_file = cfg_.run_dir / "locabusd.pid";
+  const auto tmp = cfg_.run_dir / "locabusd.pid.tmp";
+  {
+    std::ofstream pf(tmp);
+    pf << ::getpid() << "\n";
+    if (!pf) throw Error("write " + tmp.string(), errno);
+  }
+  std::filesystem::rename(tmp, pid_file, ec);
+  if (ec) throw Error("rename " + tmp.string() + " to " + pid_file.string(), ec.value());
+  pid_file_ = pid_file;
 }
 
 Daemon::~Daemon() {

@@ -90,8 +90,8 @@ int main(int argc, char** argv) {
       cfg.api_mode = *m;
     }
     if (!log_level.empty()) cfg.log_level = log_level;
-    setup_logging(cfg.log_level);
     cfg.validate();
+    setup_logging(cfg.log_level);
     locabus::fastpath::install_library_logging();
     locabus::daemon::Daemon daemon(cfg);
     return daemon.run();

@@ -36,6 +36,7 @@ constexpr std::uint64_t kIdMask = (1ULL << 56) - 1;
 constexpr std::size_t kMaxEventBacklog = 4096;  // queued events per slow client
 constexpr std::size_t kEngineBatch = 256;       // messages taken from the engine per cycle
 constexpr std::size_t kClientBatch = 256;       // sends taken from one client per cycle
+constexpr std::size_t kMaxClients = 1024;       // connections (each costs 3 fds and, open, 4 MiB)
 
 // The C API's numbers are the engine's (include/locabus/locabus.h).
 static_assert(static_cast<int>(engine::EventKind::joined) == LOCABUS_EV_JOINED);
@@ -202,10 +203,14 @@ bool ApiServer::authorized(const Client& c, std::string& why) const {
     // Supplementary groups of the peer, as of connect().
     std::vector<gid_t> groups(64);
     socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-    if (::getsockopt(c.sock.get(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0 && errno == ERANGE) {
-      groups.resize(len / sizeof(gid_t));
-      len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-      if (::getsockopt(c.sock.get(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) len = 0;
+    if (::getsockopt(c.sock.get(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) {
+      if (errno == ERANGE) {
+        groups.resize(len / sizeof(gid_t));
+        len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+        if (::getsockopt(c.sock.get(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) len = 0;
+      } else {
+        len = 0;  // never trust what a failed call left in the buffer
+      }
     }
     groups.resize(len / sizeof(gid_t));
     for (gid_t g : groups)
@@ -221,8 +226,17 @@ void ApiServer::accept_clients() {
   while (listen_) {
     UniqueFd fd(::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-        spdlog::warn("accept on the API socket: {}", error_text(errno));
+      const int err = errno;
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        // The connection stays queued and the socket readable: stop
+        // listening for a moment instead of spinning on it.
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listen_.get(), nullptr);
+        accept_paused_until_ = clock_.now() + std::chrono::milliseconds(200);
+        spdlog::warn("API: cannot accept clients ({}); pausing for 200 ms. Raise the fd limit (LimitNOFILE)",
+                     error_text(err));
+      } else if (err != EAGAIN && err != EWOULDBLOCK && err != EINTR && err != ECONNABORTED) {
+        spdlog::warn("accept on the API socket: {}", error_text(err));
+      }
       return;
     }
     auto c = std::make_unique<Client>();
@@ -250,9 +264,27 @@ void ApiServer::accept_clients() {
       }
       continue;
     }
+    if (clients_.size() >= kMaxClients) {
+      ++counters_.refused;
+      spdlog::warn("API: refused {}: {} clients already connected", c->who, kMaxClients);
+      try {
+        api::send_control(c->sock.get(),
+                          {{"ok", false},
+                           {"errno", EUSERS},
+                           {"error", fmt::format("locabusd already serves {} clients", kMaxClients)},
+                           {"hint", "close endpoints you no longer use"}});
+      } catch (const Error&) {
+      }
+      continue;
+    }
     const int sndbuf = 1 << 20;
     ::setsockopt(c->sock.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-    epoll_add(epoll_.get(), c->sock.get(), kSocketKind | c->id);
+    try {
+      epoll_add(epoll_.get(), c->sock.get(), kSocketKind | c->id);
+    } catch (const Error& e) {
+      spdlog::warn("API: cannot watch {}: {}", c->who, e.what());
+      continue;
+    }
     ++counters_.accepted;
     spdlog::debug("API: client {} connected: {}", c->id, c->who);
     clients_.emplace(c->id, std::move(c));
@@ -292,6 +324,7 @@ void ApiServer::hangup(Client& c) {
   // Keep the ring until the engine has taken every send (or refused it:
   // an unreachable peer fails them, so this ends).
   c.draining = true;
+  c.stalled_since.reset();
   if (c.proto != LOCABUS_PROTO_NONE && by_proto_[c.proto] == &c) by_proto_[c.proto] = nullptr;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.bell.fd(), nullptr);
@@ -316,13 +349,46 @@ void ApiServer::on_client_readable(std::uint64_t id) {
     try {
       handle_request(c, *req);
     } catch (const Error& e) {
-      return drop(id, std::string("reply failed: ") + e.what());
+      // An endpoint keeps what it had queued, as on any hangup.
+      spdlog::warn("API: reply to {} failed: {}", c.who, e.what());
+      return hangup(c);
+    } catch (const std::exception& e) {  // e.g. nlohmann::json::type_error: never the daemon's end
+      ++counters_.protocol_errors;
+      spdlog::warn("API: bad request from {}: {}", c.who, e.what());
+      return hangup(c);
     }
   }
 }
 
+namespace {
+// Typed fields of a request; a wrong type reads as absent (and is refused).
+std::string str_field(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+std::int64_t int_field(const nlohmann::json& j, const char* key, std::int64_t absent) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_integer() ? it->get<std::int64_t>() : absent;
+}
+bool bool_field(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_boolean() && it->get<bool>();
+}
+}  // namespace
+
 void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
-  const std::string op = req.value("op", std::string());
+  // Fields of the wrong type are refused, not guessed at.
+  for (const auto& [key, ok] :
+       {std::pair{"op", req.contains("op") && req["op"].is_string()},
+        std::pair{"version", !req.contains("version") || req["version"].is_number_integer()},
+        std::pair{"proto", !req.contains("proto") || req["proto"].is_number_integer()},
+        std::pair{"events", !req.contains("events") || req["events"].is_boolean()}})
+    if (!ok)
+      return reply(c, {{"ok", false},
+                       {"errno", EINVAL},
+                       {"error", fmt::format("request field '{}' is missing or has the wrong type", key)},
+                       {"hint", "see docs/API.md for the requests"}});
+  const std::string op = str_field(req, "op");
   auto fail = [&](int err, const std::string& what, const std::string& hint = {}) {
     reply(c, {{"ok", false}, {"errno", err}, {"error", what}, {"hint", hint}});
   };
@@ -331,15 +397,16 @@ void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
   if (op == "counters") return reply(c, {{"ok", true}, {"counters", introspection_.counters()}});
   if (op != "open") return fail(EINVAL, "unknown request '" + op + "'", "see docs/API.md for the requests");
 
-  if (req.value("version", 0) != api::kProtocolVersion)
+  const std::int64_t version = int_field(req, "version", 0);
+  if (version != api::kProtocolVersion)
     return fail(EPROTO,
-                fmt::format("protocol version {} is not supported (this daemon speaks {})",
-                            req.value("version", 0), api::kProtocolVersion),
+                fmt::format("protocol version {} is not supported (this daemon speaks {})", version,
+                            api::kProtocolVersion),
                 "use a liblocabus that matches the daemon");
   if (c.open) return fail(EISCONN, "this connection already has an endpoint", "open another connection");
-  const int proto = req.value("proto", -1);
+  const std::int64_t proto = int_field(req, "proto", -1);
   const bool monitor = proto == LOCABUS_PROTO_NONE;
-  if (monitor && !req.value("events", false))
+  if (monitor && !bool_field(req, "events"))
     return fail(EINVAL, "an endpoint without a protocol exists only for events",
                 "set events, or pick a protocol");
   if (!monitor && (proto < LOCABUS_PROTO_USER_MIN || proto > 255))
@@ -353,7 +420,7 @@ void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
   auto [mine, theirs] = api::Doorbell::create_pair();
   c.bell = std::move(mine);
   c.proto = static_cast<std::uint8_t>(proto);
-  c.events = req.value("events", false);
+  c.events = bool_field(req, "events");
   c.sent_to = std::make_unique<std::bitset<65536>>();
   epoll_add(epoll_.get(), c.bell.fd(), kBellKind | c.id);
   const int fds[2] = {c.region->fd(), theirs.fd()};
@@ -491,7 +558,7 @@ void ApiServer::fault(Client& c, const ClientFault& f) {
 // the credit window slows the senders down (end-to-end back-pressure).
 int ApiServer::receive_from_engine() {
   for (auto& [id, c] : clients_)
-    if (c->open && !c->draining && !c->backlog.empty()) return 0;
+    if (c->open && !c->draining && c->backlog.size() > c->events_in_backlog) return 0;
   std::vector<Client*> touched;
   const std::size_t n = engine_.receive(kEngineBatch, [&](const engine::Message& m) {
     Client* c = by_proto_[m.proto];
@@ -523,6 +590,15 @@ int ApiServer::receive_from_engine() {
 
 int ApiServer::do_work() {
   int work = 0;
+  if (accept_paused_until_ && clock_.now() >= *accept_paused_until_ && listen_) {
+    accept_paused_until_.reset();
+    try {
+      epoll_add(epoll_.get(), listen_.get(), kListenTag);
+    } catch (const Error& e) {
+      spdlog::warn("API: cannot listen again: {}", e.what());
+      accept_paused_until_ = clock_.now() + std::chrono::milliseconds(200);
+    }
+  }
   epoll_event evs[64];
   const int n = ::epoll_wait(epoll_.get(), evs, 64, 0);
   for (int i = 0; i < n; ++i) {
@@ -572,7 +648,7 @@ int ApiServer::do_work() {
 void ApiServer::drop_stalled() {
   const engine::Nanos now = clock_.now();
   for (auto& [id, c] : clients_) {
-    if (!c->open || c->draining || c->backlog.empty()) continue;
+    if (!c->open || c->draining || c->backlog.size() == c->events_in_backlog) continue;
     if (!c->stalled_since) {
       c->stalled_since = now;
     } else if (now - *c->stalled_since >= cfg_.stall_timeout) {
@@ -585,9 +661,9 @@ void ApiServer::drop_stalled() {
 }
 
 std::optional<engine::Nanos> ApiServer::next_deadline() const {
-  std::optional<engine::Nanos> next;
+  std::optional<engine::Nanos> next = accept_paused_until_;
   for (const auto& [id, c] : clients_)
-    if (c->stalled_since && (!next || *c->stalled_since + cfg_.stall_timeout < *next))
+    if (!c->draining && c->stalled_since && (!next || *c->stalled_since + cfg_.stall_timeout < *next))
       next = *c->stalled_since + cfg_.stall_timeout;
   return next;
 }

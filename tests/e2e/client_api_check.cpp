@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Checks liblocabus against a running daemon (tests/e2e/daemon_e2e.sh,
+// scenario client-api): the epoll fd is edge-like and goes quiet once drained,
+// a protocol can be open only once, events arrive, the C API reports errors.
+//
+//   client_api_check PEER_NODE   (LOCABUS_SOCKET names the local daemon)
+// It waits for 3 messages on protocol 20 that the test sends from PEER_NODE.
+#include <sys/epoll.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <locabus/locabus.h>
+#include <locabus/client.hpp>
+
+namespace {
+int failures = 0;
+void check(bool ok, const std::string& what) {
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  if (!ok) ++failures;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return std::fprintf(stderr, "usage: client_api_check PEER_NODE\n"), 2;
+  const auto peer = static_cast<std::uint16_t>(std::atoi(argv[1]));
+  try {
+    auto ep = locabus::Endpoint::open(20);
+    std::printf("ready\n");
+    std::fflush(stdout);
+
+    // A second endpoint on the same protocol is refused, by name.
+    locabus_endpoint* dup = nullptr;
+    const int rc = locabus_open(nullptr, 20, 0, &dup);
+    check(rc == -EADDRINUSE && std::strstr(locabus_last_error(), "already open"),
+          std::string("protocol 20 twice: ") + locabus_last_error());
+    check(locabus_open(nullptr, 3, 0, &dup) == -EINVAL, "a reserved protocol is refused");
+
+    // The epoll pattern of docs/API.md.
+    const int epfd = ::epoll_create1(EPOLL_CLOEXEC);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ::epoll_ctl(epfd, EPOLL_CTL_ADD, ep.fd(), &ev);
+    int got = 0, wakeups = 0;
+    while (got < 3 && wakeups < 200) {
+      epoll_event out;
+      if (::epoll_wait(epfd, &out, 1, 10000) <= 0) break;
+      ++wakeups;
+      while (auto m = ep.receive(std::chrono::milliseconds(0))) {
+        check(m->node == peer && m->text() == "epoll " + std::to_string(got),
+              "message " + std::to_string(got));
+        ++got;
+      }
+    }
+    check(got == 3, "3 messages through epoll, " + std::to_string(wakeups) + " wakeup(s)");
+    check(wakeups <= 6, "no spinning while the messages arrived");
+    epoll_event out;
+    check(::epoll_wait(epfd, &out, 1, 300) == 0, "the fd is quiet once drained");
+
+    // Peers and events.
+    bool listed = false;
+    for (const auto& p : ep.peers()) listed |= p.node == peer && p.state == "alive";
+    check(listed, "the peer is listed alive");
+    locabus::Endpoint monitor = [] {
+      locabus::EndpointOptions o;
+      o.protocol = LOCABUS_PROTO_NONE;
+      return locabus::Endpoint::open(o);
+    }();
+    bool refused = false;
+    try {
+      monitor.send(peer, "x");
+    } catch (const locabus::ClientError& e) {
+      refused = e.code() == EINVAL;
+    }
+    check(refused, "a monitor endpoint cannot send");
+    // A send to a node nobody has heard of comes back as an event.
+    check(ep.send(4242, "lost") == locabus::SendStatus::ok, "send to an unknown node is queued");
+    auto e = ep.wait_event(std::chrono::seconds(5));
+    while (e && e->kind != LOCABUS_EV_SEND_FAILED) e = ep.wait_event(std::chrono::seconds(5));
+    check(e && e->node == 4242 && e->failure == LOCABUS_FAIL_UNKNOWN_NODE,
+          "send_failed(unknown_node): " + (e ? e->to_string() : std::string("none")));
+    ::close(epfd);
+  } catch (const locabus::ClientError& e) {
+    std::printf("FAIL %s\n", e.what());
+    return 1;
+  }
+  return failures ? 1 : 0;
+}
