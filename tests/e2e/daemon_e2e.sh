@@ -140,7 +140,7 @@ case "$scenario" in
     wait_discovered 2 15
     "$cluster" chaos --name "$name" 1 --drop 10 --corrupt 1 --seed 7 >/dev/null
     "$cluster" chaos --name "$name" 2 --drop 10 --corrupt 1 --seed 8 >/dev/null
-    stream 100000 120
+    stream 100000 300
     st=$("$cluster" chaos --name "$name" 1 --status --json)
     note "chaos on node 1: $(jq -c . <<<"$st")"
     jq -e '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos dropped nothing: $st"
