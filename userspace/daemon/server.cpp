@@ -37,6 +37,7 @@ constexpr std::size_t kMaxEventBacklog = 4096;  // queued events per slow client
 constexpr std::size_t kEngineBatch = 256;       // messages taken from the engine per cycle
 constexpr std::size_t kClientBatch = 256;       // sends taken from one client per cycle
 constexpr std::size_t kMaxClients = 1024;       // connections (each costs 3 fds and, open, 4 MiB)
+constexpr std::size_t kMaxRefused = 64;         // refused connections kept open to read why
 
 // The C API's numbers are the engine's (include/locabus/locabus.h).
 static_assert(static_cast<int>(engine::EventKind::joined) == LOCABUS_EV_JOINED);
@@ -108,6 +109,8 @@ struct Client {
   bool send_blocked = false;    // the engine said would_block for the first record of the ring
   std::deque<Pending> backlog;  // records the ring had no room for
   std::optional<engine::Nanos> stalled_since;  // backlog non-empty and not moving since then
+  nlohmann::json refusal;                      // not authorized: the answer to every request
+  std::optional<engine::Nanos> refused_until;  // ... until the connection is closed
   bool draining = false;                       // hung up; its ring still holds sends for the engine
   std::size_t events_in_backlog = 0;
   std::uint64_t events_dropped_unreported = 0;
@@ -177,6 +180,7 @@ void ApiServer::forget(std::uint64_t id) {
   auto it = clients_.find(id);
   if (it == clients_.end()) return;
   Client& c = *it->second;
+  if (c.refused_until) --refused_count_;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
   if (c.bell.fd() >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.bell.fd(), nullptr);
   clients_.erase(it);
@@ -253,15 +257,28 @@ void ApiServer::accept_clients() {
     if (!authorized(*c, why)) {
       ++counters_.refused;
       spdlog::warn("API: refused {}: {}", c->who, why);
+      const nlohmann::json refusal = {
+          {"ok", false},
+          {"errno", EACCES},
+          {"error", "not authorized: " + why},
+          {"hint", "run as root, or ask the operator to add you to the daemon's api_group"}};
       try {
-        api::send_control(c->sock.get(), {{"ok", false},
-                                          {"errno", EACCES},
-                                          {"error", "not authorized: " + why},
-                                          {"hint",
-                                           "run as root, or ask the operator to add you to the daemon's "
-                                           "api_group"}});
+        api::send_control(c->sock.get(), refusal);
       } catch (const Error&) {
       }
+      // Closing now would reset the connection under a request the client
+      // may have sent already, and it would never read why. Keep it a
+      // moment, answering every request with the refusal; few at a time.
+      if (refused_count_ >= kMaxRefused) continue;
+      c->refusal = refusal;
+      c->refused_until = clock_.now() + std::chrono::seconds(2);
+      try {
+        epoll_add(epoll_.get(), c->sock.get(), kSocketKind | c->id);
+      } catch (const Error&) {
+        continue;
+      }
+      ++refused_count_;
+      clients_.emplace(c->id, std::move(c));
       continue;
     }
     if (clients_.size() >= kMaxClients) {
@@ -377,6 +394,7 @@ bool bool_field(const nlohmann::json& j, const char* key) {
 }  // namespace
 
 void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
+  if (c.refused_until) return reply(c, c.refusal);
   // Fields of the wrong type are refused, not guessed at.
   for (const auto& [key, ok] :
        {std::pair{"op", req.contains("op") && req["op"].is_string()},
@@ -647,6 +665,8 @@ int ApiServer::do_work() {
 // node (see receive_from_engine): after stall_timeout it is disconnected.
 void ApiServer::drop_stalled() {
   const engine::Nanos now = clock_.now();
+  for (auto& [id, c] : clients_)
+    if (c->refused_until && now >= *c->refused_until) drop(id, "refused");
   for (auto& [id, c] : clients_) {
     if (!c->open || c->draining || c->backlog.size() == c->events_in_backlog) continue;
     if (!c->stalled_since) {
@@ -662,6 +682,8 @@ void ApiServer::drop_stalled() {
 
 std::optional<engine::Nanos> ApiServer::next_deadline() const {
   std::optional<engine::Nanos> next = accept_paused_until_;
+  for (const auto& [id, c] : clients_)
+    if (c->refused_until && (!next || *c->refused_until < *next)) next = c->refused_until;
   for (const auto& [id, c] : clients_)
     if (!c->draining && c->stalled_since && (!next || *c->stalled_since + cfg_.stall_timeout < *next))
       next = *c->stalled_since + cfg_.stall_timeout;

@@ -110,6 +110,7 @@ class ApiServer {
   std::vector<std::uint64_t> doomed_;  // dropped during a pass, erased after it
   std::array<Client*, 256> by_proto_{};
   std::uint64_t next_id_ = 1;
+  std::size_t refused_count_ = 0;
   std::optional<engine::Nanos> accept_paused_until_;  // out of fds: listening again then
   ApiCounters counters_;
 };
