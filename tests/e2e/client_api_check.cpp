@@ -78,8 +78,13 @@ int main(int argc, char** argv) {
     check(refused, "a monitor endpoint cannot send");
     // A send to a node nobody has heard of comes back as an event.
     check(ep.send(4242, "lost") == locabus::SendStatus::ok, "send to an unknown node is queued");
+    bool connected = false;
     auto e = ep.wait_event(std::chrono::seconds(5));
-    while (e && e->kind != LOCABUS_EV_SEND_FAILED) e = ep.wait_event(std::chrono::seconds(5));
+    while (e && e->kind != LOCABUS_EV_SEND_FAILED) {
+      connected |= e->kind == LOCABUS_EV_CONNECTED && e->node == peer;
+      e = ep.wait_event(std::chrono::seconds(5));
+    }
+    check(connected, "a connected event for the peer that sent to us");
     check(e && e->node == 4242 && e->failure == LOCABUS_FAIL_UNKNOWN_NODE,
           "send_failed(unknown_node): " + (e ? e->to_string() : std::string("none")));
     ::close(epfd);

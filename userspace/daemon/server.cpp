@@ -73,11 +73,6 @@ locabus_event to_record(const engine::Event& e) {
   return r;
 }
 
-bool is_membership(engine::EventKind k) {
-  return k != engine::EventKind::send_failed && k != engine::EventKind::connected &&
-         k != engine::EventKind::disconnected;
-}
-
 void epoll_add(int ep, int fd, std::uint64_t tag) {
   epoll_event ev{};
   ev.events = EPOLLIN;
@@ -553,8 +548,9 @@ void ApiServer::on_event(const engine::Event& e) {
   for (auto& [id, cp] : clients_) {
     Client& c = *cp;
     if (!c.open || c.draining) continue;
-    const bool wanted = e.kind == engine::EventKind::send_failed ? c.sent_to->test(e.node)
-                                                                 : c.events && is_membership(e.kind);
+    // send_failed: to whoever sent to that node; the rest (membership and
+    // connection events) to endpoints opened with events.
+    const bool wanted = e.kind == engine::EventKind::send_failed ? c.sent_to->test(e.node) : c.events;
     if (!wanted) continue;
     try {
       deliver_event(c, rec);
