@@ -255,4 +255,62 @@ LOCABUS_STATIC_ASSERT(sizeof(struct locabus_reply) == 24, "reply header is 24 by
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_member_entry) == 16, "member entry is 16 bytes");
 LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_member_entry, epoch) == 8, "entry epoch at 8");
 
+/* ---------------------------------------------------------------------
+ * Reliable broadcast (docs/PROTOCOL.md, "Reliable broadcast").
+ *
+ * Every node owns one broadcast stream, numbered with seq_num in its own
+ * 16-bit sequence space. The frames of a stream:
+ *
+ *  DATA  node_to 0xFFFF, seq_num = stream sequence, ack_num = the oldest
+ *        sequence the sender still holds ("low"; a receiver behind it can
+ *        no longer be repaired and skips ahead), window 0.
+ *  POLL  node_to 0xFFFF, seq_num = the stream's next sequence (everything
+ *        before it has been sent), ack_num = low, window 0; data: a
+ *        locabus_poll naming the members that must acknowledge.
+ *  ACK   node_to = the stream's sender, ack_num = the receiver's next
+ *        expected sequence (cumulative), window = its free receive slots;
+ *        data: a locabus_bcast_ctl (first = count = 0).
+ *  NAK   node_to 0xFFFF (every node hears it, so others hold theirs back),
+ *        ack_num = the receiver's next expected sequence (cumulative),
+ *        window = free receive slots; data: a locabus_bcast_ctl naming the
+ *        stream and the missing range [first, first + count).
+ *
+ * Unicast ACK and NAK frames never carry data (len == 16); an ACK or NAK
+ * with data is always about a broadcast stream.
+ * ------------------------------------------------------------------- */
+#define LOCABUS_POLL_MAX_ACKERS 4
+
+struct locabus_poll {
+  __u8 version; /* LOCABUS_CTRL_VERSION */
+  __u8 nackers; /* entries used in ackers[], 0 .. LOCABUS_POLL_MAX_ACKERS */
+  __be16 reserved0;
+  __be32 reserved1;
+  __be64 epoch; /* the sender's boot epoch: the stream's incarnation */
+  __be16 ackers[LOCABUS_POLL_MAX_ACKERS]; /* members asked to ACK now */
+};
+
+struct locabus_bcast_ctl {
+  __u8 version;  /* LOCABUS_CTRL_VERSION */
+  __u8 flags;    /* zero */
+  __be16 stream; /* the node whose broadcast stream this is about */
+  __be16 first;  /* NAK: first missing sequence; ACK: 0 */
+  __be16 count;  /* NAK: missing sequences from first (>= 1); ACK: 0 */
+  __be64 epoch;  /* the stream's incarnation (its sender's boot epoch) */
+};
+
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_poll) == 24, "poll is 24 bytes");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_poll, epoch) == 8, "poll epoch at 8");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_poll, ackers) == 16, "poll ackers at 16");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_bcast_ctl) == 16, "broadcast ack/nak is 16 bytes");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_bcast_ctl, stream) == 2, "stream at 2");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_bcast_ctl, first) == 4, "first at 4");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_bcast_ctl, count) == 6, "count at 6");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_bcast_ctl, epoch) == 8, "ctl epoch at 8");
+
+/* Largest Locasock datagram: 64 KB, in at most 45 fragments of
+ * LOCASOCK_FRAG_PAYLOAD bytes. */
+#define LOCASOCK_MAX_DATAGRAM 65536
+#define LOCASOCK_MAX_FRAGS ((LOCASOCK_MAX_DATAGRAM + LOCASOCK_FRAG_PAYLOAD - 1) / LOCASOCK_FRAG_PAYLOAD)
+LOCABUS_STATIC_ASSERT(LOCASOCK_MAX_FRAGS == 45 && LOCASOCK_MAX_FRAGS <= 255, "64 KB in 45 fragments");
+
 #endif /* LOCABUS_WIRE_H */
