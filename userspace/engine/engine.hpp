@@ -54,6 +54,7 @@ struct Message {
   std::uint16_t node = 0;
   std::uint8_t proto = 0;
   std::span<const std::byte> payload;
+  bool broadcast = false;  // from the node's broadcast stream (Engine::broadcast), not unicast
 };
 
 struct PeerCounters {
