@@ -26,8 +26,9 @@ void for_each_seed(std::size_t count, Body&& body) {
     if (::testing::Test::HasFailure()) {
       std::fprintf(stderr,
                    "\n*** simulation failed with seed %llu; replay it with\n"
-                   "***   LOCABUS_SIM_SEED=%llu ./build/tests/engine_sim_tests --gtest_filter='*%s*'\n",
+                   "***   LOCABUS_SIM_SEED=%llu %s --gtest_filter='*%s*'\n",
                    static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed),
+                   ::testing::internal::GetArgvs().front().c_str(),
                    ::testing::UnitTest::GetInstance()->current_test_info()->name());
       return;
     }

@@ -41,6 +41,34 @@ struct EngineConfig {
   /// sequence number (sender) on one connection.
   Nanos nak_holdoff = std::chrono::milliseconds(2);
 
+  // ---- reliable broadcast (docs/PROTOCOL.md, "Reliable broadcast") ---------
+  /// Messages this node's broadcast stream holds until every live member has
+  /// them (sent or not); broadcast() returns would_block beyond it (<= 16384).
+  std::uint16_t broadcast_buffer = 4096;
+  /// Messages held per received stream: delivered but unread, plus frames
+  /// that arrived ahead of a gap (<= 16384). Frames further ahead are dropped
+  /// and asked for again later.
+  std::uint16_t broadcast_receive_buffer = 4096;
+  /// The sender POLLs after this many new frames...
+  std::uint16_t poll_every = 32;
+  /// ...and, while members have not confirmed everything, after this long
+  /// without one, doubling up to poll_interval_max while nothing is confirmed.
+  Nanos poll_interval = std::chrono::milliseconds(5);
+  Nanos poll_interval_max = std::chrono::milliseconds(100);
+  /// Members each POLL asks to acknowledge: the one furthest behind, then a
+  /// rotation over all live members (1..4).
+  std::uint8_t poll_ackers = 2;
+  /// A receiver waits a random time in [bcast_nak_delay/2, bcast_nak_delay]
+  /// after it notices a gap before it NAKs, so that one receiver's NAK can
+  /// hold back the others'.
+  Nanos bcast_nak_delay = std::chrono::milliseconds(2);
+  /// After a NAK for a sequence, its own or another node's, a receiver waits
+  /// this long for the repair before it asks again.
+  Nanos bcast_repair_wait = std::chrono::milliseconds(20);
+  /// The sender retransmits one frame at most once per this interval, however
+  /// many NAKs ask for it.
+  Nanos bcast_repair_holdoff = std::chrono::milliseconds(2);
+
   // ---- membership ----------------------------------------------------------
   /// DISCOVER is broadcast every discover_interval for discover_duration
   /// after start (the paper: "for up to one minute").

@@ -3,6 +3,7 @@
 // (struct locabus_hello, locabus_syn, locabus_reply, locabus_member_entry).
 #pragma once
 
+#include <array>
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -124,6 +125,70 @@ inline std::optional<Reply> decode_reply(std::span<const std::byte> payload) {
     r.entries.push_back(m);
   }
   return r;
+}
+
+// ---- broadcast streams (wire.h, "Reliable broadcast") -------------------
+
+struct Poll {
+  std::uint64_t epoch = 0;
+  std::uint8_t nackers = 0;
+  std::array<std::uint16_t, LOCABUS_POLL_MAX_ACKERS> ackers{};
+  bool asks(std::uint16_t node) const noexcept {
+    for (std::uint8_t i = 0; i < nackers; ++i) {
+      if (ackers[i] == node) return true;
+    }
+    return false;
+  }
+};
+
+inline locabus_poll encode(const Poll& p) noexcept {
+  locabus_poll raw{};
+  raw.version = LOCABUS_CTRL_VERSION;
+  raw.nackers = p.nackers;
+  raw.epoch = hton64(p.epoch);
+  for (std::uint8_t i = 0; i < p.nackers && i < LOCABUS_POLL_MAX_ACKERS; ++i)
+    raw.ackers[i] = wire::hton16(p.ackers[i]);
+  return raw;
+}
+
+/// nullopt if too short, of another version, or naming more ackers than fit.
+inline std::optional<Poll> decode_poll(std::span<const std::byte> payload) noexcept {
+  if (payload.size() < sizeof(locabus_poll)) return std::nullopt;
+  locabus_poll raw;
+  std::memcpy(&raw, payload.data(), sizeof raw);
+  if (raw.version != LOCABUS_CTRL_VERSION || raw.nackers > LOCABUS_POLL_MAX_ACKERS) return std::nullopt;
+  Poll p;
+  p.epoch = ntoh64(raw.epoch);
+  p.nackers = raw.nackers;
+  for (std::uint8_t i = 0; i < p.nackers; ++i) p.ackers[i] = wire::ntoh16(raw.ackers[i]);
+  return p;
+}
+
+/// The data of a broadcast stream's ACK or NAK.
+struct BcastCtl {
+  std::uint16_t stream = 0;
+  std::uint16_t first = 0;
+  std::uint16_t count = 0;
+  std::uint64_t epoch = 0;
+};
+
+inline locabus_bcast_ctl encode(const BcastCtl& c) noexcept {
+  locabus_bcast_ctl raw{};
+  raw.version = LOCABUS_CTRL_VERSION;
+  raw.stream = wire::hton16(c.stream);
+  raw.first = wire::hton16(c.first);
+  raw.count = wire::hton16(c.count);
+  raw.epoch = hton64(c.epoch);
+  return raw;
+}
+
+inline std::optional<BcastCtl> decode_bcast_ctl(std::span<const std::byte> payload) noexcept {
+  if (payload.size() < sizeof(locabus_bcast_ctl)) return std::nullopt;
+  locabus_bcast_ctl raw;
+  std::memcpy(&raw, payload.data(), sizeof raw);
+  if (raw.version != LOCABUS_CTRL_VERSION) return std::nullopt;
+  return BcastCtl{wire::ntoh16(raw.stream), wire::ntoh16(raw.first), wire::ntoh16(raw.count),
+                  ntoh64(raw.epoch)};
 }
 
 template <typename T>

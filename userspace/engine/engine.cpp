@@ -8,6 +8,7 @@
 
 #include "common/error.hpp"
 #include "engine/peer.hpp"
+#include "engine/seq.hpp"
 
 namespace locabus::engine {
 
@@ -56,6 +57,7 @@ Engine::Engine(const EngineConfig& config, Transport& transport, const Clock& cl
   tx_slot_.resize(config_.tx_batch);
   for (std::size_t i = 0; i < tx_slot_.size(); ++i) tx_slot_[i] = static_cast<std::uint16_t>(i);
   tx_frames_.reserve(config_.tx_batch);
+  bcast_init();
   // Nodes that boot together should not discover in lock-step.
   next_discover_ = started_at_ + jitter(std::min<Nanos>(config_.discover_interval / 4, 50ms));
   discover_until_ = started_at_ + config_.discover_duration;
@@ -88,7 +90,9 @@ std::array<Agent*, 3> Engine::agents() noexcept { return {receiver_.get(), condu
 std::optional<Nanos> Engine::next_deadline() const {
   Nanos next = std::min({next_heartbeat_, next_discover_, next_sweep_});
   if (auto w = wheel_.next_deadline()) next = std::min(next, *w);
-  if (!tx_ready_.empty() || tx_count_ > 0) {
+  if (btx_->next_poll.count() != 0) next = std::min(next, btx_->next_poll);
+  const bool bcast_pending = !btx_->repairs.empty() || seq_diff(btx_->nxt, btx_->low) != btx_->buf.size();
+  if (!tx_ready_.empty() || tx_count_ > 0 || bcast_pending) {
     // Something to send. If the transport refused frames and will wake its
     // wait_fd() when it can take them, sleep until then (with a backstop)
     // instead of offering them again in a busy loop.
@@ -111,6 +115,7 @@ int Engine::run_timers() {
   const Nanos now = clock_.now();
   int work = static_cast<int>(wheel_.expire(now, [this](const TimerWheel::Entry& e) { on_timer(e); }));
   work += membership_tick();
+  work += bcast_poll_tick();
   return work;
 }
 
@@ -122,6 +127,7 @@ int Engine::transmit() {
   tx_turn_.swap(tx_ready_);  // both keep their capacity: no allocation per cycle
   for (std::uint32_t idx : tx_turn_) peers_[idx]->tx_ready = false;
   for (std::uint32_t idx : tx_turn_) work += transmit_peer(*peers_[idx]);
+  work += transmit_broadcast();
   flush();
   return work;
 }
@@ -157,19 +163,36 @@ void Engine::on_frame(FrameBytes frame) {
     }
     return;
   }
-  switch (*f.header.type()) {
+  const wire::PacketType type = *f.header.type();
+  switch (type) {
     case wire::PacketType::discover:
     case wire::PacketType::discover_reply:
     case wire::PacketType::probe:
     case wire::PacketType::probe_reply:
     case wire::PacketType::heartbeat: on_membership_frame(f); return;
-    case wire::PacketType::poll:
-      ++stats_.rx_unsupported;  // broadcast streams: not yet
-      return;
     default: break;
   }
+  // Broadcast streams: POLL and DATA to everyone; ACK and NAK with data
+  // (unicast ACK/NAK never carry any).
+  if ((type == wire::PacketType::ack || type == wire::PacketType::nak) && !f.payload.empty()) {
+    on_bcast_ctl(f);
+    return;
+  }
+  if (type == wire::PacketType::poll || (to == wire::kBroadcast && type == wire::PacketType::data)) {
+    Peer* p = find(from);
+    if (!p || !is_live(*p) || p->mac != f.src) {
+      ++stats_.rx_unknown_peer;  // not a member (yet): its stream starts once it is
+      return;
+    }
+    if (type == wire::PacketType::poll) {
+      on_poll(f, *p);
+    } else {
+      on_bcast_data(f, *p);
+    }
+    return;
+  }
   if (to == wire::kBroadcast) {
-    ++stats_.rx_unsupported;  // broadcast data/ACK/NAK: not yet
+    ++stats_.rx_unsupported;  // no other type means anything sent to everyone
     return;
   }
   on_connection_frame(f);
@@ -272,6 +295,12 @@ PeerInfo Engine::info(const Peer& p) const {
   i.queued = p.tx.size();
   i.receivable = p.rx.size();
   i.next_message = p.next_message;
+  i.bcast_started = p.brx.started;
+  i.bcast_next = p.brx.rcv_nxt;
+  i.bcast_high = p.brx.high;
+  i.bcast_held = p.brx.ahead.size();
+  i.bcast_receivable = p.brx.queue.size();
+  i.bcast_acked = p.bcast_acked;
   i.counters = p.counters;
   return i;
 }
@@ -291,6 +320,19 @@ std::optional<PeerInfo> Engine::peer(std::uint16_t node) const {
 }
 
 // ---- application side -----------------------------------------------------------
+
+SendStatus Engine::can_send(std::uint16_t node, std::size_t messages) const noexcept {
+  if (node == wire::kBroadcast || node == config_.node_id) return SendStatus::invalid_node;
+  if (leaving_) return SendStatus::unreachable;
+  const Peer* p = find(node);
+  if (!p || p->member == MemberState::joining) return SendStatus::unknown_node;
+  if (p->member == MemberState::dead || p->member == MemberState::left) return SendStatus::unreachable;
+  if (p->conn.flags & Connection::kCloseAfterDrain || p->conn.state == ConnState::fin_wait) {
+    return SendStatus::closing;
+  }
+  if (messages > p->tx.limit()) return SendStatus::too_large;
+  return p->tx.free() >= messages ? SendStatus::ok : SendStatus::would_block;
+}
 
 SendResult Engine::send(std::uint16_t node, std::uint8_t proto, std::span<const std::byte> payload) {
   if (payload.size() > wire::kMaxPayload) return {SendStatus::too_large, 0};
@@ -312,20 +354,28 @@ SendResult Engine::send(std::uint16_t node, std::uint8_t proto, std::span<const 
 
 std::size_t Engine::receive(std::size_t max, FunctionRef<void(const Message&)> on_message) {
   std::size_t n = 0;
-  // Round robin, one message per peer per turn.
+  // Round robin, one message per stream (a peer's connection, a peer's
+  // broadcast stream) per turn.
   while (n < max && !rx_ready_.empty()) {
-    const std::uint32_t idx = rx_ready_.front();
+    const std::uint32_t entry = rx_ready_.front();
     rx_ready_.pop_front();
-    Peer& p = *peers_[idx];
-    if (p.rx.empty()) continue;
-    const MessageRing::Slot& slot = p.rx.at(0);
-    on_message(Message{p.node, slot.proto, slot.data});
-    p.rx.pop_front();
+    Peer& p = *peers_[entry >> 1];
+    const bool bcast = (entry & 1) != 0;
+    MessageRing& ring = bcast ? p.brx.queue : p.rx;
+    if (ring.empty()) continue;
+    const MessageRing::Slot& slot = ring.at(0);
+    on_message(Message{p.node, slot.proto, slot.data, bcast});
+    ring.pop_front();
     --receivable_;
-    ++p.counters.delivered;
     ++n;
-    if (!p.rx.empty()) rx_ready_.push_back(idx);
-    window_opened(p);
+    if (!ring.empty()) rx_ready_.push_back(entry);
+    if (bcast) {
+      ++p.counters.bcast_delivered;
+      bcast_check_gaps(p);  // room again: frames dropped for lack of it can be asked for
+    } else {
+      ++p.counters.delivered;
+      window_opened(p);
+    }
   }
   return n;
 }
@@ -386,6 +436,18 @@ void EngineConfig::validate() const {
   }
   if (rto_initial < rto_min || rto_max < rto_initial) bad("need rto_min <= rto_initial <= rto_max");
   if (max_retransmits == 0) bad("max_retransmits must be at least 1");
+  if (broadcast_buffer == 0 || broadcast_buffer > 16384) bad("broadcast_buffer must be 1..16384 messages");
+  if (broadcast_receive_buffer == 0 || broadcast_receive_buffer > 16384) {
+    bad("broadcast_receive_buffer must be 1..16384 messages");
+  }
+  if (poll_every == 0) bad("poll_every must be at least 1 frame");
+  if (poll_ackers == 0 || poll_ackers > LOCABUS_POLL_MAX_ACKERS) bad("poll_ackers must be 1..4");
+  if (poll_interval.count() <= 0 || poll_interval_max < poll_interval) {
+    bad("poll_interval must be positive and poll_interval_max at least poll_interval");
+  }
+  if (bcast_nak_delay.count() <= 0 || bcast_repair_wait.count() <= 0 || bcast_repair_holdoff.count() < 0) {
+    bad("bcast_nak_delay and bcast_repair_wait must be positive; bcast_repair_holdoff must not be negative");
+  }
   if (discover_interval.count() <= 0 || heartbeat_interval.count() <= 0 || probe_interval.count() <= 0) {
     bad("discover_interval, heartbeat_interval and probe_interval must be positive");
   }

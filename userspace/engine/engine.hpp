@@ -69,6 +69,21 @@ struct PeerCounters {
   std::uint64_t naks_received = 0;
   std::uint64_t timeouts = 0;
   std::uint64_t delivered = 0;  // handed to the application
+  // the peer's broadcast stream, as this node receives it
+  std::uint64_t bcast_received = 0;      // new frames accepted (in order or ahead of a gap)
+  std::uint64_t bcast_duplicates = 0;    // already had it
+  std::uint64_t bcast_out_of_order = 0;  // held until the gap before it is repaired
+  std::uint64_t bcast_window_drops = 0;  // too far ahead for broadcast_receive_buffer
+  std::uint64_t bcast_naks_sent = 0;     // NAK frames sent for gaps in its stream
+  std::uint64_t bcast_naks_heard = 0;    // other nodes' NAKs for its stream
+  std::uint64_t bcast_nak_held = 0;      // missing sequences not NAKed in a round: a NAK for them (another
+                                         // node's, or ours) was still waiting for its repair
+  std::uint64_t bcast_acks_sent = 0;     // ACKs sent when its POLL asked us
+  std::uint64_t bcast_skipped = 0;       // lost for good: the sender no longer had them
+  std::uint64_t bcast_delivered = 0;     // handed to the application
+  // this node's broadcast stream, as the peer acknowledged it
+  std::uint64_t bcast_acks_received = 0;
+  std::uint64_t bcast_naks_received = 0;
 };
 
 /// A snapshot of one peer, for status tools and tests.
@@ -87,7 +102,25 @@ struct PeerInfo {
   std::size_t receivable = 0;      // delivered, waiting for receive()
   std::uint16_t peer_window = 0;   // credit the peer last advertised
   std::uint64_t next_message = 0;  // id the next send() will get
+  // broadcast: its stream as we receive it, and ours as it confirmed it
+  bool bcast_started = false;        // we have a position in its stream
+  std::uint16_t bcast_next = 0;      // next sequence we expect from it
+  std::uint16_t bcast_high = 0;      // one past the highest it is known to have sent
+  std::size_t bcast_held = 0;        // its frames held ahead of a gap
+  std::size_t bcast_receivable = 0;  // its broadcasts waiting for receive()
+  std::uint16_t bcast_acked = 0;     // next sequence of our stream it confirmed
   PeerCounters counters;
+};
+
+/// This node's broadcast stream (sender side).
+struct BroadcastInfo {
+  std::uint16_t low = 0;           // oldest sequence still held
+  std::uint16_t next = 0;          // next sequence to transmit for the first time
+  std::size_t held = 0;            // messages held: sent and unconfirmed, plus queued
+  std::size_t queued = 0;          // accepted by broadcast(), not sent yet
+  std::size_t repairs_queued = 0;  // retransmissions waiting to go out
+  std::size_t holding = 0;         // live members that have not confirmed everything sent
+  std::uint64_t next_message = 0;  // id the next broadcast() will get
 };
 
 struct EngineStats {
@@ -98,7 +131,7 @@ struct EngineStats {
   std::uint64_t rx_stale_epoch = 0;           // from an older incarnation
   std::uint64_t rx_conflict = 0;              // from a MAC that conflicts with a member's id
   std::uint64_t rx_unknown_peer = 0;          // connection frame from an unknown node
-  std::uint64_t rx_unsupported = 0;           // valid but not handled yet (broadcast data, POLL)
+  std::uint64_t rx_unsupported = 0;           // valid, but no meaning (e.g. a broadcast SYN)
   std::uint64_t rx_malformed_control = 0;     // control payload too short or wrong version
   std::uint64_t tx_frames = 0;
   std::uint64_t tx_control_dropped = 0;  // TX queue full: a control frame was not sent
@@ -108,6 +141,19 @@ struct EngineStats {
   std::uint64_t heartbeats_sent = 0;
   std::uint64_t probes_sent = 0;
   std::uint64_t events_dropped = 0;
+  // this node's broadcast stream
+  std::uint64_t bcast_sent = 0;          // first transmissions
+  std::uint64_t bcast_retransmits = 0;   // repairs sent for NAKs
+  std::uint64_t bcast_repairs_held = 0;  // NAKed sequences not resent: sent again within bcast_repair_holdoff
+  std::uint64_t bcast_unrepairable = 0;  // NAKs for sequences already released
+  std::uint64_t bcast_polls_sent = 0;
+  std::uint64_t bcast_acks_received = 0;
+  std::uint64_t bcast_naks_received = 0;
+  std::uint64_t bcast_released = 0;      // messages every live member confirmed (or that no member holds)
+  std::uint64_t bcast_would_block = 0;   // broadcast() refused: the buffer was full
+  std::uint64_t bcast_dropped = 0;       // held messages given up by leave()
+  std::uint64_t rx_bcast_malformed = 0;  // POLL or broadcast ACK/NAK with bad data
+  std::uint64_t rx_bcast_stale = 0;      // POLL or broadcast ACK/NAK for another incarnation
 };
 
 class Engine final : public Agent {
@@ -138,8 +184,22 @@ class Engine final : public Agent {
   /// Hands up to `max` received messages to `on_message`, fairly across
   /// peers. Reading frees receive credit, which is advertised to the peer.
   std::size_t receive(std::size_t max, FunctionRef<void(const Message&)> on_message);
-  /// Messages waiting for receive().
+  /// Messages waiting for receive(), unicast and broadcast.
   std::size_t receivable() const noexcept { return receivable_; }
+  /// ok when `messages` sends to `node` would all be accepted now; otherwise
+  /// what send() would say (too_large if they could never fit the queue).
+  SendStatus can_send(std::uint16_t node, std::size_t messages) const noexcept;
+
+  // ---- reliable broadcast -------------------------------------------------------
+  /// Queues one message (<= 1484 bytes) on this node's broadcast stream: one
+  /// frame reaches every node, and every member that is alive when it is sent
+  /// delivers it in order, exactly once, with Message::broadcast set. Never
+  /// blocks: would_block while the stream holds broadcast_buffer messages
+  /// that some live member has not confirmed. The id counts broadcasts.
+  SendResult broadcast(std::uint8_t proto, std::span<const std::byte> payload);
+  /// ok when `messages` broadcasts would all be accepted now.
+  SendStatus can_broadcast(std::size_t messages) const noexcept;
+  BroadcastInfo broadcast_info() const;
   /// Closes the connection to `node` once everything queued is delivered
   /// (FIN/FIN_ACK). Sends after this return closing until it is done.
   void close(std::uint16_t node);
@@ -162,7 +222,8 @@ class Engine final : public Agent {
 
  private:
   struct Peer;
-  enum TimerKind : std::uint8_t { kRtoTimer, kAckTimer };
+  enum TimerKind : std::uint8_t { kRtoTimer, kAckTimer, kBcastNakTimer };
+  struct BroadcastTx;
   class Receiver;
   class Conductor;
   class Sender;
@@ -236,6 +297,30 @@ class Engine final : public Agent {
   void send_reset(const wire::FrameView& f, Peer* p);
   int transmit_peer(Peer& p);
   void mark_tx_ready(Peer& p);
+  Nanos* timer_fields(Peer& p, TimerKind kind, Nanos*& wheel) noexcept;
+
+  // broadcast (broadcast.cpp)
+  void bcast_init();
+  void bcast_drop_all();
+  bool is_live(const Peer& p) const noexcept;
+  void on_bcast_data(const wire::FrameView& f, Peer& p);
+  void on_poll(const wire::FrameView& f, Peer& p);
+  void on_bcast_ctl(const wire::FrameView& f);
+  void bcast_start(Peer& p, std::uint16_t low);
+  void bcast_reset_rx(Peer& p);
+  void bcast_skip_to(Peer& p, std::uint16_t low);
+  void bcast_accept(Peer& p, std::uint8_t proto, std::span<const std::byte> payload);
+  void bcast_check_gaps(Peer& p);
+  void bcast_nak_due(Peer& p);
+  void bcast_note_ack(Peer& p, std::uint16_t ack);
+  void bcast_release();
+  void bcast_member_joined(Peer& p);
+  void bcast_repair(std::uint16_t first, std::uint16_t count);
+  bool emit_bcast_data(std::uint16_t seq, Nanos now, bool repair);
+  void send_poll(Nanos now);
+  int bcast_poll_tick();
+  int transmit_broadcast();
+  void send_bcast_ack(Peer& p);
 
   EngineConfig config_;
   Transport& transport_;
@@ -264,7 +349,11 @@ class Engine final : public Agent {
   std::vector<std::uint32_t> tx_ready_;  // peers with data or control to send
   std::vector<std::uint32_t> tx_turn_;   // the peers transmit() is serving
 
-  std::deque<std::uint32_t> rx_ready_;  // peers with messages for receive()
+  std::unique_ptr<BroadcastTx> btx_;  // our broadcast stream
+
+  // Streams with messages for receive(): (peer index << 1) | 1 for its
+  // broadcast stream, | 0 for its unicast connection.
+  std::deque<std::uint32_t> rx_ready_;
   std::size_t receivable_ = 0;
 
   // membership timers

@@ -20,9 +20,12 @@ constexpr double kRepliesWanted = 3.0;   // expected replies to a repeated DISCO
 
 void Engine::set_member(Peer& p, MemberState s) {
   const auto live = [](MemberState m) { return m == MemberState::alive || m == MemberState::suspect; };
-  if (live(p.member) && !live(s)) --live_count_;
-  if (!live(p.member) && live(s)) ++live_count_;
+  const bool was = live(p.member);
+  if (was && !live(s)) --live_count_;
+  if (!was && live(s)) ++live_count_;
   p.member = s;
+  if (!was && live(s)) bcast_member_joined(p);
+  if (was && !live(s)) bcast_release();  // it no longer holds our broadcast buffer
 }
 
 Event Engine::member_event(EventKind kind, const Peer& p) const {
@@ -81,11 +84,13 @@ Engine::Contact Engine::observe(std::uint16_t node, const wire::MacAddress& mac,
     // reported with the old epoch).
     const std::uint64_t old = p.epoch;
     reset_connection(p, Failure::peer_restarted);
+    bcast_reset_rx(p);  // its new life has a new broadcast stream
     p.epoch = *epoch;
     p.last_heard = now;
     p.probes = 0;
     p.last_reply = Nanos{-1};
     set_member(p, MemberState::alive);
+    bcast_member_joined(p);  // and starts at our stream's current position
     Event e = member_event(EventKind::restarted, p);
     e.old_epoch = old;
     push_event(e);
@@ -326,6 +331,7 @@ void Engine::leave() {
     }
     reset_connection(p, Failure::shutdown);
   }
+  bcast_drop_all();
   send_heartbeat(true);
   leaving_ = true;
   next_discover_ = next_heartbeat_ = Nanos::max();

@@ -9,44 +9,40 @@
 #include "engine/control.hpp"
 #include "engine/engine.hpp"
 #include "engine/peer.hpp"
+#include "engine/seq.hpp"
 
 namespace locabus::engine {
 
 using wire::PacketType;
 using wire::seq_before;
 
-namespace {
-
-std::uint16_t seq_add(std::uint16_t s, std::size_t n) noexcept {
-  return static_cast<std::uint16_t>(s + static_cast<std::uint16_t>(n));
-}
-std::uint16_t seq_diff(std::uint16_t later, std::uint16_t earlier) noexcept {
-  return static_cast<std::uint16_t>(later - earlier);
-}
-/// a <= x <= b in serial arithmetic.
-bool seq_between(std::uint16_t a, std::uint16_t x, std::uint16_t b) noexcept {
-  return !seq_before(x, a) && !seq_before(b, x);
-}
-
-}  // namespace
-
 // ---- timers ---------------------------------------------------------------------
 
+Nanos* Engine::timer_fields(Peer& p, TimerKind kind, Nanos*& wheel) noexcept {
+  switch (kind) {
+    case kRtoTimer: wheel = &p.conn.rto_wheel; return &p.conn.rto_at;
+    case kAckTimer: wheel = &p.conn.ack_wheel; return &p.conn.ack_at;
+    case kBcastNakTimer: wheel = &p.brx.nak_wheel; return &p.brx.nak_at;
+  }
+  wheel = nullptr;
+  return nullptr;
+}
+
 void Engine::arm(Peer& p, TimerKind kind, Nanos at) {
-  Connection& c = p.conn;
-  Nanos& deadline = kind == kRtoTimer ? c.rto_at : c.ack_at;
-  Nanos& wheel = kind == kRtoTimer ? c.rto_wheel : c.ack_wheel;
+  Nanos* wheel = nullptr;
+  Nanos& deadline = *timer_fields(p, kind, wheel);
   deadline = at;
   // Only an earlier deadline needs a new wheel entry; a later one is found
   // when the current entry fires (on_timer re-inserts it).
-  if (wheel.count() == 0 || at < wheel) {
+  if (wheel->count() == 0 || at < *wheel) {
     wheel_.schedule(at, p.index, kind);
-    wheel = at;
+    *wheel = at;
   }
 }
 
 void Engine::disarm(Peer& p, TimerKind kind) {
-  (kind == kRtoTimer ? p.conn.rto_at : p.conn.ack_at) = Nanos{0};
+  Nanos* wheel = nullptr;
+  *timer_fields(p, kind, wheel) = Nanos{0};
 }
 
 void Engine::on_timer(const TimerWheel::Entry& e) {
@@ -54,8 +50,10 @@ void Engine::on_timer(const TimerWheel::Entry& e) {
   Peer& p = *peers_[e.owner];
   Connection& c = p.conn;
   const auto kind = static_cast<TimerKind>(e.kind);
-  Nanos& deadline = kind == kRtoTimer ? c.rto_at : c.ack_at;
-  Nanos& wheel = kind == kRtoTimer ? c.rto_wheel : c.ack_wheel;
+  if (kind != kRtoTimer && kind != kAckTimer && kind != kBcastNakTimer) return;
+  Nanos* wheel_ptr = nullptr;
+  Nanos& deadline = *timer_fields(p, kind, wheel_ptr);
+  Nanos& wheel = *wheel_ptr;
   if (e.deadline != wheel) return;  // superseded by an earlier entry
   wheel = Nanos{0};
   if (deadline.count() == 0) return;  // disarmed
@@ -65,6 +63,10 @@ void Engine::on_timer(const TimerWheel::Entry& e) {
     return;
   }
   deadline = Nanos{0};
+  if (kind == kBcastNakTimer) {
+    bcast_nak_due(p);
+    return;
+  }
   if (kind == kRtoTimer) {
     on_rto(p);
     return;
@@ -395,7 +397,7 @@ void Engine::on_data(const wire::FrameView& f, Peer& p) {
       mark_tx_ready(p);
       return;
     }
-    if (p.rx.empty()) rx_ready_.push_back(p.index);
+    if (p.rx.empty()) rx_ready_.push_back(p.index << 1);
     p.rx.push(f.header.proto(), f.payload);
     ++receivable_;
     ++p.counters.data_received;

@@ -37,6 +37,8 @@ class SimCluster {
   /// The engine of node `index`; the node must be up.
   engine::Engine& node(std::size_t index);
   bool up(std::size_t index) const noexcept { return nodes_[index].engine != nullptr; }
+  /// Node `index`'s port on the network.
+  SimNetwork::Port port_of(std::size_t index) const { return nodes_.at(index).port; }
 
   /// Kills a node: its engine and all its state vanish, its port goes down.
   void crash(std::size_t index);

@@ -98,6 +98,7 @@ struct SimNetwork::PortState {
   std::optional<std::size_t> tx_budget;
   std::size_t tx_used = 0;
   std::uint32_t group = 0;  // meaningful while partitioned_
+  double egress_loss = 0;   // dropped before the fan-out: every receiver misses it
 };
 
 namespace {
@@ -169,6 +170,11 @@ SimNetwork::Port SimNetwork::add_port(wire::MacAddress mac) {
   ports_.back()->group = kIsolated;
   ports_by_mac_[mac_key(mac)].push_back(id);
   return id;
+}
+
+void SimNetwork::set_egress_loss(Port port, double p) {
+  if (!(p >= 0 && p <= 1)) throw std::invalid_argument("SimNetwork: egress loss must be in [0, 1]");
+  port_state(port).egress_loss = p;
 }
 
 SimNetwork::PortState& SimNetwork::port_state(Port port) {
@@ -313,6 +319,11 @@ void SimNetwork::send_one(Port from, engine::FrameBytes bytes) {
   ++stats_.sent;
   if (send_tap_) send_tap_(from, frame->bytes, now());
   record(EventKind::send, DropReason::none, from, kNoPort, frame);
+  if (const double egress = ports_[from]->egress_loss; egress > 0 && chance(egress)) {
+    ++stats_.egress_lost;
+    record(EventKind::drop, DropReason::loss, from, kNoPort, frame);
+    return;
+  }
 
   wire::MacAddress dst;
   if (bytes.size() >= dst.bytes.size()) std::memcpy(dst.bytes.data(), bytes.data(), dst.bytes.size());

@@ -57,6 +57,7 @@ struct SimStats {
   std::uint64_t port_down = 0;    ///< frames sent by, and copies addressed to, a down port
   std::uint64_t unknown_dst = 0;  ///< frames to a MAC no other port has
   std::uint64_t tx_refused = 0;   ///< frames send() did not accept (TX budget)
+  std::uint64_t egress_lost = 0;  ///< frames dropped at the sender by set_egress_loss (all copies)
 };
 
 /// What a trace event records; part of the digest.
@@ -179,6 +180,11 @@ class SimNetwork {
   /// previous partition. A port listed twice is std::invalid_argument.
   void partition(const std::vector<std::vector<Port>>& groups);
   void heal() noexcept { partitioned_ = false; }
+
+  /// Drops each frame `port` sends with probability `p` before it reaches
+  /// any receiver (a loss every receiver shares, e.g. at the sender's NIC).
+  /// std::invalid_argument outside [0, 1].
+  void set_egress_loss(Port port, double p);
 
   /// Crash (false) or restart (true) a port. Going down empties its receive
   /// queue and its tracked() set.
