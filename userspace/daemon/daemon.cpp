@@ -35,10 +35,29 @@ std::int64_t micros(engine::Nanos n) {
 }
 
 nlohmann::json counters_json(const engine::PeerCounters& c) {
-  return {{"data_sent", c.data_sent},   {"retransmits", c.retransmits},   {"data_received", c.data_received},
-          {"duplicates", c.duplicates}, {"out_of_order", c.out_of_order}, {"window_drops", c.window_drops},
-          {"acks_sent", c.acks_sent},   {"naks_sent", c.naks_sent},       {"naks_received", c.naks_received},
-          {"timeouts", c.timeouts},     {"delivered", c.delivered}};
+  return {{"data_sent", c.data_sent},
+          {"retransmits", c.retransmits},
+          {"data_received", c.data_received},
+          {"duplicates", c.duplicates},
+          {"out_of_order", c.out_of_order},
+          {"window_drops", c.window_drops},
+          {"acks_sent", c.acks_sent},
+          {"naks_sent", c.naks_sent},
+          {"naks_received", c.naks_received},
+          {"timeouts", c.timeouts},
+          {"delivered", c.delivered},
+          {"bcast_received", c.bcast_received},
+          {"bcast_duplicates", c.bcast_duplicates},
+          {"bcast_out_of_order", c.bcast_out_of_order},
+          {"bcast_window_drops", c.bcast_window_drops},
+          {"bcast_naks_sent", c.bcast_naks_sent},
+          {"bcast_naks_heard", c.bcast_naks_heard},
+          {"bcast_nak_held", c.bcast_nak_held},
+          {"bcast_acks_sent", c.bcast_acks_sent},
+          {"bcast_skipped", c.bcast_skipped},
+          {"bcast_delivered", c.bcast_delivered},
+          {"bcast_acks_received", c.bcast_acks_received},
+          {"bcast_naks_received", c.bcast_naks_received}};
 }
 
 spdlog::level::level_enum event_level(engine::EventKind k) {
@@ -371,7 +390,27 @@ nlohmann::json Daemon::counters() const {
                         {"replies_sent", s.replies_sent},
                         {"heartbeats_sent", s.heartbeats_sent},
                         {"probes_sent", s.probes_sent},
-                        {"events_dropped", s.events_dropped}};
+                        {"events_dropped", s.events_dropped},
+                        {"bcast_sent", s.bcast_sent},
+                        {"bcast_retransmits", s.bcast_retransmits},
+                        {"bcast_repairs_held", s.bcast_repairs_held},
+                        {"bcast_unrepairable", s.bcast_unrepairable},
+                        {"bcast_polls_sent", s.bcast_polls_sent},
+                        {"bcast_acks_received", s.bcast_acks_received},
+                        {"bcast_naks_received", s.bcast_naks_received},
+                        {"bcast_released", s.bcast_released},
+                        {"bcast_would_block", s.bcast_would_block},
+                        {"bcast_dropped", s.bcast_dropped},
+                        {"rx_bcast_malformed", s.rx_bcast_malformed},
+                        {"rx_bcast_stale", s.rx_bcast_stale}};
+  const auto bi = engine_->broadcast_info();
+  eng["broadcast"] = {{"low", bi.low},
+                      {"next", bi.next},
+                      {"held", bi.held},
+                      {"queued", bi.queued},
+                      {"repairs_queued", bi.repairs_queued},
+                      {"holding", bi.holding},
+                      {"next_message", bi.next_message}};
   engine::PeerCounters sum;
   nlohmann::json per_peer = nlohmann::json::object();
   for (const auto& p : engine_->peers()) {
@@ -388,6 +427,18 @@ nlohmann::json Daemon::counters() const {
     sum.naks_received += c.naks_received;
     sum.timeouts += c.timeouts;
     sum.delivered += c.delivered;
+    sum.bcast_received += c.bcast_received;
+    sum.bcast_duplicates += c.bcast_duplicates;
+    sum.bcast_out_of_order += c.bcast_out_of_order;
+    sum.bcast_window_drops += c.bcast_window_drops;
+    sum.bcast_naks_sent += c.bcast_naks_sent;
+    sum.bcast_naks_heard += c.bcast_naks_heard;
+    sum.bcast_nak_held += c.bcast_nak_held;
+    sum.bcast_acks_sent += c.bcast_acks_sent;
+    sum.bcast_skipped += c.bcast_skipped;
+    sum.bcast_delivered += c.bcast_delivered;
+    sum.bcast_acks_received += c.bcast_acks_received;
+    sum.bcast_naks_received += c.bcast_naks_received;
   }
   eng["peers_total"] = counters_json(sum);
   nlohmann::json j = {{"engine", eng},
