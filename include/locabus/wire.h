@@ -263,10 +263,11 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_member_entry, epoch) == 8,
  *
  *  DATA  node_to 0xFFFF, seq_num = stream sequence, ack_num = the oldest
  *        sequence the sender still holds ("low"; a receiver behind it can
- *        no longer be repaired and skips ahead), window 0.
+ *        no longer be repaired and skips ahead), window = the low 16 bits
+ *        of the sender's boot epoch (an incarnation tag).
  *  POLL  node_to 0xFFFF, seq_num = the stream's next sequence (everything
- *        before it has been sent), ack_num = low, window 0; data: a
- *        locabus_poll naming the members that must acknowledge.
+ *        before it has been sent), ack_num = low, window = incarnation tag;
+ *        data: a locabus_poll naming the members that must acknowledge.
  *  ACK   node_to = the stream's sender, ack_num = the receiver's next
  *        expected sequence (cumulative), window = its free receive slots;
  *        data: a locabus_bcast_ctl (first = count = 0).

@@ -30,6 +30,10 @@ namespace {
 constexpr std::size_t kMaxNaksPerRound = 16;
 /// Sequences one NAK asks for at most.
 constexpr std::size_t kMaxNakRun = 1024;
+/// Broadcast DATA and POLL carry the low 16 bits of the sender's boot epoch
+/// in `window`, so that a late frame of a previous incarnation is not taken
+/// for part of the new stream.
+std::uint16_t epoch_tag(std::uint64_t epoch) noexcept { return static_cast<std::uint16_t>(epoch); }
 }  // namespace
 
 void Engine::bcast_init() {
@@ -149,7 +153,7 @@ bool Engine::emit_bcast_data(std::uint16_t seq, Nanos now, bool repair) {
   const MessageRing::Slot& slot = b.buf.at(seq_diff(seq, b.low));
   wire::Header h;
   h.set_type(PacketType::data).set_proto_raw(slot.proto).set_node_to(wire::kBroadcast);
-  h.set_seq(seq).set_ack(b.low).set_window(0);
+  h.set_seq(seq).set_ack(b.low).set_window(epoch_tag(epoch_));
   if (!emit(wire::MacAddress::broadcast(), h, slot.data)) return false;
   b.repaired_at[seq & b.mask] = repair ? now : Nanos{0};
   return true;
@@ -177,7 +181,7 @@ void Engine::send_poll(Nanos now) {
   const locabus_poll raw = control::encode(poll);
   wire::Header h;
   h.set_type(PacketType::poll).set_proto(wire::Protocol::control).set_node_to(wire::kBroadcast);
-  h.set_seq(b.nxt).set_ack(b.low).set_window(0);
+  h.set_seq(b.nxt).set_ack(b.low).set_window(epoch_tag(epoch_));
   if (emit_control(wire::MacAddress::broadcast(), h, control::bytes_of(raw))) {
     ++stats_.bcast_polls_sent;
     b.since_poll = 0;
@@ -325,6 +329,10 @@ void Engine::bcast_check_gaps(Peer& p) {
 
 void Engine::on_bcast_data(const wire::FrameView& f, Peer& p) {
   BroadcastRx& r = p.brx;
+  if (f.header.window() != epoch_tag(p.epoch)) {
+    ++stats_.rx_bcast_stale;  // from another incarnation of the sender (a late frame of the last one)
+    return;
+  }
   const std::uint16_t seq = f.header.seq();
   if (!r.started) bcast_start(p, f.header.ack());
   bcast_skip_to(p, f.header.ack());
@@ -359,13 +367,13 @@ void Engine::on_poll(const wire::FrameView& f, Peer& p) {
     ++stats_.rx_bcast_malformed;
     return;
   }
-  if (poll->epoch != p.epoch) {
+  if (poll->epoch != p.epoch || f.header.window() != epoch_tag(p.epoch)) {
     ++stats_.rx_bcast_stale;  // an older (or, not yet known to us, newer) incarnation
     return;
   }
   BroadcastRx& r = p.brx;
-  if (r.started && r.epoch != p.epoch) bcast_reset_rx(p);
   const std::uint16_t next = f.header.seq();
+  if (r.started && r.epoch != p.epoch) bcast_reset_rx(p);
   if (!r.started) bcast_start(p, f.header.ack());
   bcast_skip_to(p, f.header.ack());
   // The sender has sent everything before `next`: a lost tail shows up here.
