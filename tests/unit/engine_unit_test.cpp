@@ -715,6 +715,55 @@ TEST(ControlCodec, ReplyWithTheMostEntriesAFrameHolds) {
   }
 }
 
+TEST(ControlCodec, PollRoundTripLayoutAndRejections) {
+  control::Poll p;
+  p.epoch = 0x0102030405060708ULL;
+  p.nackers = 2;
+  p.ackers[0] = 0x0A0B;
+  p.ackers[1] = 7;
+  const locabus_poll raw = control::encode(p);
+  const auto bytes = control::bytes_of(raw);
+  ASSERT_EQ(bytes.size(), 24u);
+  EXPECT_EQ(bytes[0], std::byte{LOCABUS_CTRL_VERSION});
+  EXPECT_EQ(bytes[1], std::byte{2});
+  EXPECT_EQ(bytes[8], std::byte{1});  // epoch big-endian at 8
+  EXPECT_EQ(bytes[15], std::byte{8});
+  EXPECT_EQ(bytes[16], std::byte{0x0A});  // ackers[0] at 16
+  EXPECT_EQ(bytes[17], std::byte{0x0B});
+  auto back = control::decode_poll(bytes);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->epoch, p.epoch);
+  EXPECT_TRUE(back->asks(0x0A0B));
+  EXPECT_TRUE(back->asks(7));
+  EXPECT_FALSE(back->asks(8));
+  EXPECT_FALSE(control::decode_poll(bytes.first(23)));
+  std::vector<std::byte> bad(bytes.begin(), bytes.end());
+  bad[1] = std::byte{5};  // more ackers than fit
+  EXPECT_FALSE(control::decode_poll(bad));
+  bad[1] = std::byte{2};
+  bad[0] = std::byte{2};  // another version
+  EXPECT_FALSE(control::decode_poll(bad));
+}
+
+TEST(ControlCodec, BroadcastAckNakRoundTripAndLayout) {
+  const control::BcastCtl c{0x1234, 0xFFFE, 3, 42};
+  const locabus_bcast_ctl raw = control::encode(c);
+  const auto bytes = control::bytes_of(raw);
+  ASSERT_EQ(bytes.size(), 16u);
+  EXPECT_EQ(bytes[2], std::byte{0x12});  // stream at 2
+  EXPECT_EQ(bytes[4], std::byte{0xFF});  // first at 4
+  EXPECT_EQ(bytes[5], std::byte{0xFE});
+  EXPECT_EQ(bytes[7], std::byte{3});  // count at 6
+  EXPECT_EQ(bytes[15], std::byte{42});
+  auto back = control::decode_bcast_ctl(bytes);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->stream, 0x1234);
+  EXPECT_EQ(back->first, 0xFFFE);
+  EXPECT_EQ(back->count, 3);
+  EXPECT_EQ(back->epoch, 42u);
+  EXPECT_FALSE(control::decode_bcast_ctl(bytes.first(15)));
+}
+
 TEST(ControlCodec, TruncatedEntryListIsRejected) {
   const Bytes b = control::encode_reply(control::Hello{0, 3, 9}, 0, members(3));
   ASSERT_TRUE(control::decode_reply(b));
@@ -787,6 +836,18 @@ TEST(EngineConfig, EachInvalidSettingThrowsNamingIt) {
       {"dead_after", [](EngineConfig& c) { c.dead_after = c.suspect_after; }},
       {"rx_batch", [](EngineConfig& c) { c.rx_batch = 0; }},
       {"tx_batch", [](EngineConfig& c) { c.tx_batch = 0; }},
+      {"broadcast_buffer", [](EngineConfig& c) { c.broadcast_buffer = 0; }},
+      {"broadcast_buffer", [](EngineConfig& c) { c.broadcast_buffer = 16385; }},
+      {"broadcast_receive_buffer", [](EngineConfig& c) { c.broadcast_receive_buffer = 0; }},
+      {"broadcast_receive_buffer", [](EngineConfig& c) { c.broadcast_receive_buffer = 20000; }},
+      {"poll_every", [](EngineConfig& c) { c.poll_every = 0; }},
+      {"poll_ackers", [](EngineConfig& c) { c.poll_ackers = 0; }},
+      {"poll_ackers", [](EngineConfig& c) { c.poll_ackers = 5; }},
+      {"poll_interval", [](EngineConfig& c) { c.poll_interval = 0ns; }},
+      {"poll_interval_max", [](EngineConfig& c) { c.poll_interval_max = c.poll_interval - 1ns; }},
+      {"bcast_nak_delay", [](EngineConfig& c) { c.bcast_nak_delay = 0ns; }},
+      {"bcast_repair_wait", [](EngineConfig& c) { c.bcast_repair_wait = 0ns; }},
+      {"bcast_repair_holdoff", [](EngineConfig& c) { c.bcast_repair_holdoff = -1ns; }},
   };
   for (const BadSetting& bad : cases) {
     EngineConfig c;
