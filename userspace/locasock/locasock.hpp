@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Locasock: reliable datagrams of up to 64 KB with ports (the paper's
+// Table 2), cut into fragments that each travel as one engine message of
+// LOCABUS_P_LOCASOCK. The engine already makes every message reliable,
+// in order and exactly once per stream; this layer fragments on the way
+// out and reassembles on the way in, with bounded memory and time.
+// Single-threaded, like the engine. docs/LOCASOCK.md has the rules.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+
+#include <locabus/wire.h>
+
+#include "common/function_ref.hpp"
+#include "engine/clock.hpp"
+#include "engine/engine.hpp"
+
+namespace locabus::locasock {
+
+inline constexpr std::size_t kMaxDatagram = LOCASOCK_MAX_DATAGRAM;  // 65536
+inline constexpr std::size_t kFragPayload = LOCASOCK_FRAG_PAYLOAD;  // 1476
+inline constexpr std::size_t kHeaderLen = LOCASOCK_HDR_LEN;         // 8
+inline constexpr std::size_t kMaxFrags = LOCASOCK_MAX_FRAGS;        // 45
+
+/// Fragments a datagram of `bytes` takes (a 0-byte datagram is 1 fragment).
+std::size_t fragments_for(std::size_t bytes) noexcept;
+
+/// A received datagram; `data` is valid only during the deliver callback.
+struct Datagram {
+  std::uint16_t node = 0;  // the sender
+  std::uint16_t sport = 0;
+  std::uint16_t dport = 0;
+  bool broadcast = false;  // came on the sender's broadcast stream
+  std::span<const std::byte> data;
+};
+
+/// What Locasock needs from the engine (EngineBus adapts engine::Engine;
+/// tests use a fake).
+class Bus {
+ public:
+  virtual ~Bus() = default;
+  /// ok if `messages` sends to `node` would all be accepted now, else the
+  /// status send() would give.
+  virtual engine::SendStatus can_send(std::uint16_t node, std::size_t messages) const = 0;
+  virtual engine::SendStatus can_broadcast(std::size_t messages) const = 0;
+  virtual engine::SendResult send(std::uint16_t node, std::uint8_t proto,
+                                  std::span<const std::byte> payload) = 0;
+  virtual engine::SendResult broadcast(std::uint8_t proto, std::span<const std::byte> payload) = 0;
+};
+
+struct ServiceConfig {
+  /// A partial datagram is dropped this long after its first fragment arrived.
+  engine::Nanos reassembly_timeout = std::chrono::seconds(5);
+  /// Bytes held by partial datagrams, at most (>= kMaxDatagram). When a new
+  /// partial would not fit, the oldest partials are evicted.
+  std::size_t reassembly_memory = 32u << 20;
+  /// Throws locabus::Error naming the bad setting.
+  void validate() const;
+};
+
+/// Counters, each only ever increasing.
+struct ServiceStats {
+  // ---- sending
+  std::uint64_t datagrams_sent = 0;   // send() returned ok: every fragment queued
+  std::uint64_t fragments_sent = 0;   // messages the bus accepted
+  std::uint64_t send_refused = 0;     // send() queued nothing (too_large, would_block, unknown_node, ...)
+  std::uint64_t send_incomplete = 0;  // the bus refused a fragment after can_send() said ok (a Bus
+                                      // bug): part of a datagram went out; receivers time it out
+  // ---- receiving
+  std::uint64_t fragments_received = 0;   // messages given to on_message(), malformed included
+  std::uint64_t datagrams_delivered = 0;  // deliver() calls
+  std::uint64_t malformed = 0;            // dropped: not LOCABUS_P_LOCASOCK, shorter than the 8-byte header,
+                                          // nfrags not 1..45, frag >= nfrags, a non-last fragment not
+                                          // 1476 bytes, a last fragment over 1476 bytes, empty (nfrags > 1)
+                                          // or making the datagram over 64 KB
+  std::uint64_t duplicates = 0;           // ignored: a fragment identical to one already held
+  std::uint64_t reassembly_replaced = 0;  // partials dropped because a fragment with their key cannot be
+                                          // part of them (other nfrags or dport, other bytes for a fragment
+                                          // held) or their ident has wrapped: a new datagram took the key
+  std::uint64_t reassembly_timeouts = 0;  // partials dropped by expire()
+  std::uint64_t reassembly_evicted = 0;   // partials dropped to stay within reassembly_memory
+  std::uint64_t reassembly_dropped = 0;   // partials dropped by drop_node()
+};
+
+/// The Locasock service of one node: fragments outgoing datagrams onto a
+/// Bus and reassembles incoming ones.
+class Service {
+ public:
+  /// The bus and clock must outlive the service. Throws locabus::Error if
+  /// the config is invalid.
+  Service(Bus& bus, const engine::Clock& clock, const ServiceConfig& config = {});
+  Service(const Service&) = delete;
+  Service& operator=(const Service&) = delete;
+
+  /// Sends one datagram to `node`, or to port `dport` on every node when
+  /// node == LOCABUS_NODE_BROADCAST. All fragments are queued or none: when
+  /// the bus cannot take them all now (can_send/can_broadcast), returns its
+  /// status (would_block, unknown_node, ...) and queues nothing. Over
+  /// kMaxDatagram: too_large.
+  engine::SendStatus send(std::uint16_t node, std::uint16_t sport, std::uint16_t dport,
+                          std::span<const std::byte> data);
+
+  /// A LOCABUS_P_LOCASOCK message from the engine (m.broadcast tells the
+  /// stream). Calls `deliver` for the datagram it completes, if any (the
+  /// span is valid only during the call; the callback may call send()).
+  void on_message(const engine::Message& m, FunctionRef<void(const Datagram&)> deliver);
+
+  /// Frees partial datagrams whose deadline (first fragment + timeout) has
+  /// come; returns how many.
+  std::size_t expire();
+  /// When the oldest partial expires; nullopt if there is none.
+  std::optional<engine::Nanos> next_deadline() const;
+  /// Frees every partial datagram from `node` (call it when the engine
+  /// reports the node dead, left or restarted); returns how many.
+  std::size_t drop_node(std::uint16_t node);
+
+  /// Bytes held by partial datagrams (<= config().reassembly_memory).
+  std::size_t reassembly_bytes() const noexcept { return held_; }
+  std::size_t partial_datagrams() const noexcept { return partials_.size(); }
+  const ServiceStats& stats() const noexcept { return stats_; }
+  const ServiceConfig& config() const noexcept { return config_; }
+
+ private:
+  using Key = std::uint64_t;        // node, stream, sport, ident
+  using SourceKey = std::uint32_t;  // node, stream
+
+  /// A sender's stream that has partials: how far its idents have moved
+  /// forward, to tell a wrapped ident from the partial it collides with.
+  struct Source {
+    std::uint16_t newest = 0;    // the most advanced ident seen (serial order)
+    std::uint64_t travel = 0;    // total forward distance of `newest`
+    std::uint32_t partials = 0;  // partials of this stream (erased at 0)
+  };
+
+  /// A datagram with some of its fragments.
+  struct Partial {
+    std::unique_ptr<std::byte[]> data;  // `capacity` bytes, accounted in held_
+    std::size_t capacity = 0;           // exact once the last fragment is held, else nfrags * 1476
+    engine::Nanos first_at{0};
+    std::uint64_t have = 0;      // bit i: fragment i held
+    std::uint64_t position = 0;  // where the ident lies on its source's travel
+    Source* source = nullptr;
+    std::list<Key>::iterator age;
+    std::uint16_t dport = 0;
+    std::uint16_t last_len = 0;  // bytes of the last fragment, once held
+    std::uint8_t nfrags = 0;
+    std::uint8_t count = 0;  // fragments held
+  };
+
+  static void advance(Source& s, std::uint16_t ident) noexcept;
+  std::unordered_map<Key, Partial>::iterator remove(std::unordered_map<Key, Partial>::iterator it);
+  void make_room(std::size_t bytes);
+
+  Bus& bus_;
+  const engine::Clock& clock_;
+  ServiceConfig config_;
+  std::uint16_t next_ident_ = 0;
+  std::array<std::byte, LOCABUS_MAX_PAYLOAD> frame_{};  // the fragment being sent (header + data)
+
+  std::unordered_map<Key, Partial> partials_;
+  std::list<Key> age_;  // partials, oldest first (creation order = first-fragment order)
+  std::unordered_map<SourceKey, Source> sources_;  // streams with partials: ident tracking
+  std::size_t held_ = 0;
+  ServiceStats stats_;
+};
+
+/// SendResult::describe() for a Locasock send: names the 64 KB datagram
+/// limit for too_large and broadcast for node 0xFFFF.
+std::string describe(engine::SendStatus status, std::uint16_t node);
+
+}  // namespace locabus::locasock
