@@ -3,7 +3,8 @@
 // Bus that records every message, and reassembly of what it recorded (or of
 // hand-made fragments) by another Service: boundaries, all-or-nothing
 // sends, broadcast, reordering, duplicates, malformed input, the timeout,
-// the memory bound and ident wrap-around.
+// the memory bound and ident wrap-around. Last, EngineBus: datagrams through
+// real engines on the simulated network.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <tuple>
@@ -21,7 +23,9 @@
 #include "common/error.hpp"
 #include "engine/clock.hpp"
 #include "engine/engine.hpp"
+#include "locasock/engine_bus.hpp"
 #include "locasock/locasock.hpp"
+#include "sim/sim_cluster.hpp"
 
 namespace locabus::locasock {
 namespace {
@@ -730,6 +734,91 @@ TEST(LocasockIdent, IdentsSentToOtherNodesCountTowardTheWrap) {
   ASSERT_FALSE(rx.got.empty());
   EXPECT_EQ(rx.got.back().data, again);
   EXPECT_EQ(rx.service.partial_datagrams(), 0u);
+}
+
+// ---- over the engine -------------------------------------------------------------
+
+/// The simulation's virtual time, for the services beside its engines.
+class ClusterClock final : public engine::Clock {
+ public:
+  explicit ClusterClock(const sim::SimCluster& cluster) : cluster_(cluster) {}
+  engine::Nanos now() const noexcept override { return cluster_.now(); }
+  engine::Nanos wall() const noexcept override { return cluster_.now(); }
+
+ private:
+  const sim::SimCluster& cluster_;
+};
+
+TEST(LocasockOverEngine, DatagramsCrossALossyNetworkThroughEngineBus) {
+  sim::LinkParams link;
+  link.loss = 0.05;
+  link.reorder = 0.05;
+  sim::SimCluster c(3, 3, {}, link);
+  ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
+  ClusterClock clock(c);
+  std::vector<std::unique_ptr<EngineBus>> buses;
+  std::vector<std::unique_ptr<Service>> services;
+  std::vector<std::vector<Received>> got(c.size());
+  for (std::size_t i = 0; i < c.size(); ++i) {
+    buses.push_back(std::make_unique<EngineBus>(c.node(i)));
+    services.push_back(std::make_unique<Service>(*buses.back(), clock));
+  }
+  std::uint64_t other = 0;
+  c.on_step([&](std::size_t idx) {
+    c.node(idx).receive(1u << 20, [&](const engine::Message& m) {
+      if (m.proto != LOCABUS_P_LOCASOCK) {
+        ++other;
+        return;
+      }
+      services[idx]->on_message(m, [&](const Datagram& d) {
+        got[idx].push_back({d.node, d.sport, d.dport, d.broadcast, to_vector(d.data)});
+      });
+    });
+  });
+  auto send = [&](std::size_t from, std::uint16_t to, std::uint16_t port, const Bytes& data) {
+    SendStatus st;
+    while ((st = services[from]->send(to, port, port, data)) == SendStatus::would_block) c.run_for(1ms);
+    ASSERT_EQ(st, SendStatus::ok) << describe(st, to);
+  };
+
+  // Node 1 to node 3: datagrams of every size class, in order.
+  std::vector<Received> to3;
+  for (std::size_t size : {kMaxDatagram, std::size_t{0}, std::size_t{1}, kFragPayload, kFragPayload + 1}) {
+    const Bytes data = pattern(size, static_cast<std::uint32_t>(size) + 1);
+    send(0, 3, 11, data);
+    to3.push_back({1, 11, 11, false, data});
+  }
+  // Node 2 to everyone.
+  const Bytes all = pattern(kMaxDatagram - 1, 99);
+  send(1, kBroadcast, 22, all);
+  const Received bc{2, 22, 22, true, all};
+
+  ASSERT_TRUE(c.run_until([&] { return got[2].size() == to3.size() + 1 && got[0].size() == 1; }, 60s))
+      << "node 1 got " << got[0].size() << ", node 3 got " << got[2].size();
+  c.run_for(1s);
+  EXPECT_EQ(got[0], std::vector<Received>{bc});
+  EXPECT_TRUE(got[1].empty()) << "the broadcaster does not hear itself";
+  std::vector<Received> unicast;
+  for (const Received& r : got[2]) {
+    if (r.broadcast) {
+      EXPECT_EQ(r, bc);
+    } else {
+      unicast.push_back(r);
+    }
+  }
+  EXPECT_TRUE(unicast == to3) << "unicast datagrams lost, damaged or out of order";
+  EXPECT_EQ(other, 0u);
+  EXPECT_GT(c.net().stats().lost, 0u) << "the link lost nothing: the test proves less than it claims";
+  for (const auto& svc : services) {
+    EXPECT_EQ(svc->partial_datagrams(), 0u);
+    EXPECT_EQ(svc->stats().malformed + svc->stats().duplicates + svc->stats().reassembly_replaced, 0u);
+  }
+  EXPECT_EQ(services[0]->stats().fragments_sent, 45u + 1 + 1 + 1 + 2);
+  EXPECT_EQ(services[1]->stats().fragments_sent, 45u);
+
+  // The engine's refusals come through: no such node, or ourselves.
+  EXPECT_EQ(services[0]->send(9, 1, 1, all), SendStatus::unknown_node);
+  EXPECT_EQ(services[0]->send(1, 1, 1, all), SendStatus::invalid_node);
 }
 
 // ---- configuration -----------------------------------------------------------------

@@ -262,7 +262,9 @@ std::string describe(SendStatus status, std::uint16_t node) {
   switch (status) {
     case SendStatus::ok: return to + " queued";
     case SendStatus::too_large:
-      return to + " is larger than " + std::to_string(kMaxDatagram) + " bytes, Locasock's maximum; split it";
+      return to + " is too large: over " + std::to_string(kMaxDatagram) +
+             " bytes (Locasock's maximum: split it), or more fragments of " + std::to_string(kFragPayload) +
+             " bytes than the engine's send queue holds (raise send_buffer or broadcast_buffer)";
     case SendStatus::would_block:
       return to + " would block: " + (broadcast ? "the broadcast stream's" : "the node's") +
              " send queue cannot take all its fragments now; retry when it drains";
