@@ -286,7 +286,7 @@ struct locabus_poll {
   __u8 nackers; /* entries used in ackers[], 0 .. LOCABUS_POLL_MAX_ACKERS */
   __be16 reserved0;
   __be32 reserved1;
-  __be64 epoch; /* the sender's boot epoch: the stream's incarnation */
+  __be64 epoch;                           /* the sender's boot epoch: the stream's incarnation */
   __be16 ackers[LOCABUS_POLL_MAX_ACKERS]; /* members asked to ACK now */
 };
 
