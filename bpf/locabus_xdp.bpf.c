@@ -12,6 +12,8 @@
  *     announced on the locabus_acks ring buffer (a small record, at most one
  *     wakeup per drain), and when that ring is full the ACK is delivered to
  *     the socket instead. NAKs from them are recorded and passed on;
+ *   - broadcast NAKs for our own broadcast stream that repeat a range
+ *     passed to user space within nak_dedup_us are dropped (locabus_naks);
  *   - everything else is redirected into the AF_XDP socket registered for
  *     (RX queue, protocol), else the queue's default socket, else dropped.
  */
@@ -56,6 +58,15 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, LOCABUS_ACK_RING_BYTES);
 } locabus_acks SEC(".maps");
+
+/* The last broadcast NAK to us passed to user space, per first sequence:
+ * duplicate-NAK suppression (xdp_maps.h describes the rule). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LOCABUS_NAK_DEDUP_ENTRIES);
+	__type(key, struct locabus_nak_key);
+	__type(value, struct locabus_nak_entry);
+} locabus_naks SEC(".maps");
 
 /* XSKMAP keys/values have no BTF type (the kernel rejects one). */
 struct {
@@ -219,6 +230,55 @@ static __always_inline void record_nak(struct locabus_xdp_stats *st, struct loca
 	count(st, LOCABUS_CTR_nak_recorded);
 }
 
+/* A broadcast NAK for our stream, as the dedup check saw it. */
+struct bcast_nak {
+	struct locabus_nak_key key;
+	struct locabus_nak_entry entry; /* what to record if it is passed */
+};
+
+enum nak_dedup {
+	NAK_UNTOUCHED, /* not a well-formed broadcast NAK to us, or dedup off */
+	NAK_DUPLICATE, /* the range was passed up within the interval: drop */
+	NAK_NEW,       /* pass, and record in locabus_naks if it reaches user space */
+};
+
+/* Decides about a broadcast NAK (the caller checked type and node_to) of
+ * len bytes. Malformed ones (short, another version, count 0) and NAKs for
+ * other streams are left alone: user space counts or uses them. */
+static __always_inline enum nak_dedup nak_dedup_check(struct xdp_md *ctx, __u32 len, __u16 our_id,
+						      __u32 interval_us, struct bcast_nak *n)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct locabus_bcast_ctl *ctl = data + LOCABUS_ETH_HLEN + LOCABUS_HDR_LEN;
+	struct locabus_nak_entry *old;
+	__u16 count;
+	__u64 now;
+
+	if (!interval_us || len < LOCABUS_HDR_LEN + sizeof(*ctl))
+		return NAK_UNTOUCHED;
+	if ((void *)(ctl + 1) > end) /* cannot fail after len <= frame length */
+		return NAK_UNTOUCHED;
+	count = bpf_ntohs(ctl->count);
+	if (ctl->version != LOCABUS_CTRL_VERSION || count == 0 || bpf_ntohs(ctl->stream) != our_id)
+		return NAK_UNTOUCHED;
+
+	now = bpf_ktime_get_ns();
+	n->key.first = bpf_ntohs(ctl->first);
+	n->key.reserved = 0;
+	n->entry.passed_ns = now;
+	n->entry.count = count;
+	n->entry.reserved0 = 0;
+	n->entry.reserved1 = 0;
+	n->entry.epoch = bpf_be64_to_cpu(ctl->epoch);
+
+	old = bpf_map_lookup_elem(&locabus_naks, &n->key);
+	if (old && old->epoch == n->entry.epoch &&
+	    now - old->passed_ns < (__u64)interval_us * 1000 && count <= old->count)
+		return NAK_DUPLICATE;
+	return NAK_NEW;
+}
+
 /* Redirects to the socket of (queue, proto), else the queue's default
  * socket. With no socket the frame is dropped, or passed when configured. */
 static __always_inline int deliver(struct xdp_md *ctx, struct locabus_xdp_stats *st, __u8 proto,
@@ -269,6 +329,9 @@ int locabus_xdp(struct xdp_md *ctx)
 	struct locabus_xdp_stats *st;
 	__u32 zero = 0, frame_len, len, flags;
 	__u16 node_to, node_from, our_id;
+	enum nak_dedup dedup = NAK_UNTOUCHED;
+	struct bcast_nak nak = {};
+	int verdict;
 
 	st = bpf_map_lookup_elem(&locabus_stats, &zero);
 
@@ -353,13 +416,25 @@ int locabus_xdp(struct xdp_md *ctx)
 		count(st, LOCABUS_CTR_ack_untracked);
 	}
 	if (h->type == LOCABUS_T_NAK) {
-		struct locabus_peer *peer = peer_lookup(node_from);
+		struct locabus_peer *peer;
 
+		if (node_to == LOCABUS_NODE_BROADCAST) {
+			dedup = nak_dedup_check(ctx, len, our_id, locabus_cfg.nak_dedup_us, &nak);
+			if (dedup == NAK_DUPLICATE)
+				return drop(st, LOCABUS_CTR_nak_dup_dropped);
+		}
+		peer = peer_lookup(node_from);
 		if (peer)
 			record_nak(st, peer, h);
 	}
 
-	return deliver(ctx, st, h->proto, flags);
+	verdict = deliver(ctx, st, h->proto, flags);
+	if (dedup == NAK_NEW && verdict != XDP_DROP) {
+		/* It reached user space: repeats within the interval are dropped. */
+		bpf_map_update_elem(&locabus_naks, &nak.key, &nak.entry, BPF_ANY);
+		count(st, LOCABUS_CTR_nak_bcast_passed);
+	}
+	return verdict;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -11,6 +11,7 @@
  *   peers   (locabus_peers)  HASH               struct locabus_peer_key -> struct locabus_peer
  *   xsks    (locabus_xsks)   XSKMAP             u32 slot key -> AF_XDP socket fd
  *   acks    (locabus_acks)   RINGBUF            struct locabus_ack_record, one per consumed ACK
+ *   naks    (locabus_naks)   LRU_HASH           struct locabus_nak_key -> struct locabus_nak_entry
  * (pin name, then the map's name in the BPF object)
  */
 #ifndef LOCABUS_XDP_MAPS_H
@@ -36,37 +37,45 @@ struct locabus_config {
   __u16 reserved0;      /* zero */
   __u32 flags;          /* LOCABUS_CFG_F_* */
   __u32 owner_pid;      /* process that owns the attachment, 0 = none */
-  __u32 reserved1;      /* zero */
+  __u32 nak_dedup_us;   /* broadcast NAK suppression interval in microseconds, 0 = off */
   __u64 owner_start;    /* owner's start time (/proc/PID/stat field 22) */
   __u64 attached_at_ns; /* CLOCK_REALTIME of the attach, for operators */
 };
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_config) == 32, "locabus_config layout");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_config, nak_dedup_us) == 12 &&
+                          LOCABUS_OFFSETOF(struct locabus_config, owner_start) == 16,
+                      "locabus_config field offsets");
+
+/* The loader's default for nak_dedup_us (Options::nak_dedup_us). */
+#define LOCABUS_NAK_DEDUP_US_DEFAULT 2000
 
 /* ------------------------------------------------------------------ */
 /* locabus_stats: per-CPU counters, one named field per event/reason.  */
 
 /* X(name, description). Order is the counter index; append only. */
-#define LOCABUS_XDP_COUNTERS(X)                                                        \
-  X(rx_locabus, "Locabus frames seen (EtherType 0x88B5), any verdict")                 \
-  X(pass_other, "other EtherTypes passed to the kernel stack untouched")               \
-  X(redirected, "frames redirected to an AF_XDP socket")                               \
-  X(passed_unclaimed, "unclaimed frames passed to the stack (PASS_UNCLAIMED set)")     \
-  X(ack_consumed, "pure ACKs from tracked peers consumed into locabus_peers")          \
-  X(ack_stale, "consumed pure ACKs older than the recorded cumulative ACK")            \
-  X(nak_recorded, "NAKs from tracked peers recorded in locabus_peers (and passed on)") \
-  X(ack_untracked, "pure ACKs from peers user space does not track, delivered")        \
-  X(drop_short, "dropped: frame shorter than Ethernet + Locabus header")               \
-  X(drop_len_small, "dropped: len field smaller than the Locabus header")              \
-  X(drop_len_max, "dropped: len field larger than the 1500-byte maximum")              \
-  X(drop_len_frame, "dropped: len field larger than the frame")                        \
-  X(drop_csum, "dropped: checksum mismatch")                                           \
-  X(drop_type, "dropped: unknown packet type")                                         \
-  X(drop_src, "dropped: node_from is the broadcast id")                                \
-  X(drop_not_ours, "dropped: node_to neither our node id nor broadcast")               \
-  X(drop_own, "dropped: our own frame looped back (or a node id clash)")               \
-  X(drop_no_socket, "dropped: no AF_XDP socket registered for the frame")              \
-  X(ack_ring_out, "consumed ACKs that changed ack/window, announced on the acks ring") \
-  X(ack_ring_full, "tracked peers' pure ACKs delivered: the acks ring was full")
+#define LOCABUS_XDP_COUNTERS(X)                                                                     \
+  X(rx_locabus, "Locabus frames seen (EtherType 0x88B5), any verdict")                              \
+  X(pass_other, "other EtherTypes passed to the kernel stack untouched")                            \
+  X(redirected, "frames redirected to an AF_XDP socket")                                            \
+  X(passed_unclaimed, "unclaimed frames passed to the stack (PASS_UNCLAIMED set)")                  \
+  X(ack_consumed, "pure ACKs from tracked peers consumed into locabus_peers")                       \
+  X(ack_stale, "consumed pure ACKs older than the recorded cumulative ACK")                         \
+  X(nak_recorded, "NAKs from tracked peers recorded in locabus_peers (and passed on)")              \
+  X(ack_untracked, "pure ACKs from peers user space does not track, delivered")                     \
+  X(drop_short, "dropped: frame shorter than Ethernet + Locabus header")                            \
+  X(drop_len_small, "dropped: len field smaller than the Locabus header")                           \
+  X(drop_len_max, "dropped: len field larger than the 1500-byte maximum")                           \
+  X(drop_len_frame, "dropped: len field larger than the frame")                                     \
+  X(drop_csum, "dropped: checksum mismatch")                                                        \
+  X(drop_type, "dropped: unknown packet type")                                                      \
+  X(drop_src, "dropped: node_from is the broadcast id")                                             \
+  X(drop_not_ours, "dropped: node_to neither our node id nor broadcast")                            \
+  X(drop_own, "dropped: our own frame looped back (or a node id clash)")                            \
+  X(drop_no_socket, "dropped: no AF_XDP socket registered for the frame")                           \
+  X(ack_ring_out, "consumed ACKs that changed ack/window, announced on the acks ring")              \
+  X(ack_ring_full, "tracked peers' pure ACKs delivered: the acks ring was full")                    \
+  X(nak_dup_dropped, "broadcast NAKs to us for a range already NAKed within nak_dedup_us, dropped") \
+  X(nak_bcast_passed, "broadcast NAKs to us passed to user space (and recorded in locabus_naks)")
 
 #define LOCABUS_X_ENUM(name, desc) LOCABUS_CTR_##name,
 enum locabus_counter_id { LOCABUS_XDP_COUNTERS(LOCABUS_X_ENUM) LOCABUS_CTR__COUNT };
@@ -146,6 +155,48 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_ack_record, node_id) == 0 
                           LOCABUS_OFFSETOF(struct locabus_ack_record, ack_num) == 2 &&
                           LOCABUS_OFFSETOF(struct locabus_ack_record, window) == 4,
                       "locabus_ack_record field offsets");
+
+/* ------------------------------------------------------------------ */
+/* locabus_naks: duplicate-NAK suppression for our broadcast stream.
+ *
+ * Every receiver of a broadcast stream hears every other receiver's NAKs
+ * (they go to 0xFFFF), so a loss seen by many receivers can bring the
+ * stream's sender the same NAK many times. For a well-formed broadcast NAK
+ * to us (ctl.stream == locabus_cfg.node_id) while nak_dedup_us != 0, the
+ * program looks up the range [first, first + count) of the last such NAK
+ * with the same `first` that was passed to user space:
+ *
+ *   dropped (nak_dup_dropped)  iff an entry for `first` exists, its epoch
+ *       equals the NAK's, now - passed_ns < nak_dedup_us, and the NAK's
+ *       count <= the entry's count (the range is the same or a prefix);
+ *   passed otherwise; if it then reaches user space (redirected, or passed
+ *       to the stack), the entry for `first` becomes {now, count, epoch}
+ *       (nak_bcast_passed).
+ *
+ * Only passed NAKs refresh passed_ns, so duplicates cannot extend the
+ * suppression: a NAK is let through again nak_dedup_us after the last one
+ * that was passed. The match is exact on `first`: a NAK whose range lies
+ * inside an earlier-starting range that was passed ([5, 8) after [3, 10))
+ * is passed. The table is an LRU: an evicted entry only means a NAK passes. */
+#define LOCABUS_NAK_DEDUP_ENTRIES 4096
+
+struct locabus_nak_key {
+  __u16 first;    /* first missing sequence (host byte order) */
+  __u16 reserved; /* zero */
+};
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_nak_key) == 4, "locabus_nak_key layout");
+
+struct locabus_nak_entry {
+  __u64 passed_ns; /* CLOCK_MONOTONIC when it was passed to user space */
+  __u16 count;     /* its count: the range was [first, first + count) */
+  __u16 reserved0; /* zero */
+  __u32 reserved1; /* zero */
+  __u64 epoch;     /* the stream incarnation it named (host byte order) */
+};
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_nak_entry) == 24, "locabus_nak_entry layout");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_nak_entry, count) == 8 &&
+                          LOCABUS_OFFSETOF(struct locabus_nak_entry, epoch) == 16,
+                      "locabus_nak_entry field offsets");
 
 /* ------------------------------------------------------------------ */
 /* locabus_xsks: AF_XDP sockets, by RX queue and protocol.             */

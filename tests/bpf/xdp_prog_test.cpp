@@ -6,10 +6,13 @@
 #include <time.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <initializer_list>
 #include <memory>
 #include <optional>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include <bpf/bpf.h>
@@ -129,6 +132,13 @@ class XdpProgram : public ::testing::Test {
         if (static_cast<std::size_t>(id) == i) ++want;
       EXPECT_EQ(after[i], want) << "counter " << fastpath::kCounters[i].name;
     }
+  }
+
+  // Sets locabus_cfg.nak_dedup_us at run time, as the loader and operators can.
+  void set_nak_dedup_us(std::uint32_t us) {
+    auto cfg = maps_->config();
+    cfg.nak_dedup_us = us;
+    maps_->set_config(cfg);
   }
 
   // An AF_XDP socket registered for (queue 0, slot).
@@ -509,6 +519,254 @@ TEST_F(XdpProgram, ConfigChangesTakeEffectWithoutReload) {
   maps_->set_config(cfg);
   expect(data_to_us().build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_not_ours});
   expect(data_to_us().to(7).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+}
+
+// ---- duplicate broadcast NAK suppression ----
+
+constexpr std::uint64_t kEpoch = 0x1122334455667788ULL;
+constexpr std::uint16_t kOtherReceiver = 3;
+constexpr std::uint32_t kLongInterval = 10'000'000;  // 10 s: nothing in a test outlives it
+
+// The data of a broadcast NAK (struct locabus_bcast_ctl, network order).
+struct NakCtl {
+  std::uint16_t stream = kUs;
+  std::uint16_t first = 100;
+  std::uint16_t count = 1;
+  std::uint64_t epoch = kEpoch;
+  std::uint8_t version = LOCABUS_CTRL_VERSION;
+  std::size_t size = sizeof(locabus_bcast_ctl);  // bytes of data actually sent
+
+  std::string bytes() const {
+    locabus_bcast_ctl c{};
+    c.version = version;
+    c.stream = wire::hton16(stream);
+    c.first = wire::hton16(first);
+    c.count = wire::hton16(count);
+    for (int i = 0; i < 8; ++i)  // big-endian, whatever the host
+      reinterpret_cast<std::uint8_t*>(&c.epoch)[i] = static_cast<std::uint8_t>(epoch >> (56 - 8 * i));
+    std::string out(reinterpret_cast<const char*>(&c), sizeof c);
+    out.resize(size, '\x5a');
+    return out;
+  }
+};
+
+FrameBuilder bcast_nak(const NakCtl& ctl, std::uint16_t from = kPeer) {
+  return FrameBuilder()
+      .type(PacketType::nak)
+      .from(from)
+      .to(wire::kBroadcast)
+      .ack(ctl.first)
+      .window(64)
+      .payload(ctl.bytes());
+}
+FrameBuilder bcast_nak(std::uint16_t first, std::uint16_t count, std::uint16_t from = kPeer) {
+  NakCtl c;
+  c.first = first;
+  c.count = count;
+  return bcast_nak(c, from);
+}
+
+class XdpNakDedup : public XdpProgram {
+ protected:
+  void SetUp() override {
+    XdpProgram::SetUp();
+    register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+    set_nak_dedup_us(kLongInterval);
+  }
+
+  // A NAK that gets through: delivered, counted and recorded.
+  void expect_passed(const std::vector<std::byte>& frame) {
+    expect(frame, XDP_REDIRECT,
+           {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected, LOCABUS_CTR_nak_bcast_passed});
+  }
+  // A NAK that is dropped as a duplicate.
+  void expect_dropped(const std::vector<std::byte>& frame) {
+    expect(frame, XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_nak_dup_dropped});
+  }
+  // A NAK the dedup does not touch: delivered like any frame, not recorded.
+  void expect_untouched(const std::vector<std::byte>& frame) {
+    expect(frame, XDP_REDIRECT, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
+  }
+};
+
+TEST_F(XdpNakDedup, TheFirstNakPassesAndIsRecorded) {
+  EXPECT_FALSE(maps_->nak(100));
+  const auto t0 = monotonic_ns();
+  expect_passed(bcast_nak(100, 5).build());
+  const auto t1 = monotonic_ns();
+  const auto e = maps_->nak(100);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->count, 5);
+  EXPECT_EQ(e->epoch, kEpoch);
+  EXPECT_GE(e->passed_ns, t0);
+  EXPECT_LE(e->passed_ns, t1);
+  EXPECT_EQ(e->reserved0, 0);
+  EXPECT_EQ(e->reserved1, 0u);
+  EXPECT_EQ(maps_->naks().size(), 1u);
+}
+
+TEST_F(XdpNakDedup, TheSameNakWithinTheIntervalIsDropped) {
+  expect_passed(bcast_nak(100, 5).build());
+  const auto passed_at = maps_->nak(100)->passed_ns;
+  // From the same receiver or another one: the sender repairs once.
+  expect_dropped(bcast_nak(100, 5).build());
+  expect_dropped(bcast_nak(100, 5, kOtherReceiver).build());
+  // Drops never refresh the record: duplicates cannot extend the suppression.
+  EXPECT_EQ(maps_->nak(100)->passed_ns, passed_at);
+  EXPECT_EQ(maps_->nak(100)->count, 5);
+}
+
+TEST_F(XdpNakDedup, ASubRangeWithTheSameFirstIsDropped) {
+  expect_passed(bcast_nak(100, 5).build());
+  expect_dropped(bcast_nak(100, 4).build());
+  expect_dropped(bcast_nak(100, 1).build());
+  EXPECT_EQ(maps_->nak(100)->count, 5);
+}
+
+TEST_F(XdpNakDedup, AWiderRangePassesAndReplacesTheRecord) {
+  expect_passed(bcast_nak(100, 3).build());
+  const auto first_pass = maps_->nak(100)->passed_ns;
+  expect_passed(bcast_nak(100, 4).build());
+  const auto e = maps_->nak(100);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->count, 4);
+  EXPECT_GE(e->passed_ns, first_pass);
+  // The wider range is now what covers: 4 is dropped, 5 passes.
+  expect_dropped(bcast_nak(100, 4).build());
+  expect_dropped(bcast_nak(100, 3).build());
+  expect_passed(bcast_nak(100, 5).build());
+}
+
+TEST_F(XdpNakDedup, ADifferentFirstPassesEvenInsideAnEarlierRange) {
+  expect_passed(bcast_nak(100, 10).build());
+  // The match is exact on first: [101, 102) lies inside [100, 110) but passes.
+  expect_passed(bcast_nak(101, 1).build());
+  expect_passed(bcast_nak(99, 1).build());
+  expect_passed(bcast_nak(65535, 3).build());  // a range across the wrap
+  EXPECT_EQ(maps_->naks().size(), 4u);
+  EXPECT_EQ(maps_->nak(100)->count, 10);
+  EXPECT_EQ(maps_->nak(101)->count, 1);
+  // Each first has its own record.
+  expect_dropped(bcast_nak(101, 1).build());
+  expect_dropped(bcast_nak(65535, 2).build());
+}
+
+TEST_F(XdpNakDedup, AfterTheIntervalTheNakPassesAgain) {
+  expect_passed(bcast_nak(100, 5).build());
+  expect_dropped(bcast_nak(100, 5).build());
+  const auto passed_at = maps_->nak(100)->passed_ns;
+  // The interval is read on every frame: shorten it and let it run out.
+  set_nak_dedup_us(20'000);
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  expect_passed(bcast_nak(100, 5).build());
+  const auto repassed_at = maps_->nak(100)->passed_ns;
+  EXPECT_GE(repassed_at, passed_at + 20'000'000);
+  // The pass started a new interval (10 s again, so no timing in the check).
+  set_nak_dedup_us(kLongInterval);
+  expect_dropped(bcast_nak(100, 5).build());
+  EXPECT_EQ(maps_->nak(100)->passed_ns, repassed_at);
+}
+
+TEST_F(XdpNakDedup, ZeroIntervalTurnsItOff) {
+  set_nak_dedup_us(0);
+  expect_untouched(bcast_nak(100, 5).build());
+  expect_untouched(bcast_nak(100, 5).build());
+  EXPECT_TRUE(maps_->naks().empty());
+  // Turned on again at run time, it suppresses from the next pass on.
+  set_nak_dedup_us(kLongInterval);
+  expect_passed(bcast_nak(100, 5).build());
+  expect_dropped(bcast_nak(100, 5).build());
+}
+
+TEST_F(XdpNakDedup, NaksForAnotherStreamAreUntouched) {
+  NakCtl c;
+  c.stream = 7;  // another node's stream: we only overhear the NAK
+  expect_untouched(bcast_nak(c).build());
+  expect_untouched(bcast_nak(c).build());
+  EXPECT_TRUE(maps_->naks().empty());
+  // ... and they do not suppress NAKs for ours.
+  expect_passed(bcast_nak(100, 1).build());
+}
+
+TEST_F(XdpNakDedup, UnicastNaksAreUnaffected) {
+  for (int i = 0; i < 2; ++i) {
+    expect_untouched(FrameBuilder().type(PacketType::nak).from(kPeer).to(kUs).ack(100).build());
+    // Even with a broadcast NAK's data (unicast NAKs never carry any).
+    expect_untouched(
+        FrameBuilder().type(PacketType::nak).from(kPeer).to(kUs).payload(NakCtl{}.bytes()).build());
+  }
+  EXPECT_TRUE(maps_->naks().empty());
+  // Unicast NAKs from a tracked peer are still recorded in its entry.
+  maps_->track_peer(kPeer);
+  expect(FrameBuilder().type(PacketType::nak).from(kPeer).to(kUs).ack(100).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_nak_recorded, LOCABUS_CTR_redirected});
+}
+
+TEST_F(XdpNakDedup, MalformedBroadcastNaksPassUntouched) {
+  std::vector<NakCtl> bad(5);
+  bad[0].size = sizeof(locabus_bcast_ctl) - 1;  // len 31
+  bad[1].size = 0;                              // len 16
+  bad[2].version = LOCABUS_CTRL_VERSION + 1;
+  bad[3].version = 0;
+  bad[4].count = 0;
+  for (std::size_t i = 0; i < bad.size(); ++i) {
+    SCOPED_TRACE(i);
+    expect_untouched(bcast_nak(bad[i]).build());
+    expect_untouched(bcast_nak(bad[i]).build());
+  }
+  // len short of the control payload, though the frame holds all of it
+  // (as Ethernet padding might): len decides, not the frame's size.
+  for (std::uint16_t len : {16 + 15, 16}) {
+    SCOPED_TRACE(len);
+    expect_untouched(bcast_nak(100, 1).len(len).build());
+    expect_untouched(bcast_nak(100, 1).len(len).build());
+  }
+  EXPECT_TRUE(maps_->naks().empty());
+  // None of them suppresses the well-formed NAK for the same range.
+  expect_passed(bcast_nak(100, 1).build());
+}
+
+TEST_F(XdpNakDedup, LongerDataIsStillABroadcastNak) {
+  // Later versions may append fields: receivers accept longer payloads.
+  NakCtl c;
+  c.size = sizeof(locabus_bcast_ctl) + 8;
+  expect_passed(bcast_nak(c).build());
+  expect_dropped(bcast_nak(c).build());
+  expect_dropped(bcast_nak(100, 1).build());
+}
+
+TEST_F(XdpNakDedup, ANakForAnotherIncarnationPasses) {
+  expect_passed(bcast_nak(100, 5).build());
+  NakCtl old;
+  old.count = 5;
+  old.epoch = kEpoch - 1;  // a receiver still on our previous life's stream
+  expect_passed(bcast_nak(old).build());
+  EXPECT_EQ(maps_->nak(100)->epoch, kEpoch - 1);
+  expect_passed(bcast_nak(100, 5).build());
+  expect_dropped(bcast_nak(100, 5).build());
+}
+
+TEST_F(XdpNakDedup, OnlyNaksThatReachUserSpaceAreRecorded) {
+  ASSERT_TRUE(maps_->unregister_socket(0, LOCABUS_XSK_DEFAULT_SLOT));
+  // No socket: dropped as unclaimed, so nobody heard it and nothing is recorded.
+  expect(bcast_nak(100, 5).build(), XDP_DROP, {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
+  EXPECT_FALSE(maps_->nak(100));
+  // Passed to the stack (an AF_PACKET reader) counts as reaching user space.
+  auto cfg = maps_->config();
+  cfg.flags = LOCABUS_CFG_F_PASS_UNCLAIMED;
+  maps_->set_config(cfg);
+  expect(bcast_nak(100, 5).build(), XDP_PASS,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_passed_unclaimed, LOCABUS_CTR_nak_bcast_passed});
+  expect_dropped(bcast_nak(100, 5).build());
+}
+
+TEST_F(XdpNakDedup, ADuplicateFromATrackedPeerIsNotRecordedInItsEntry) {
+  maps_->track_peer(kPeer);
+  expect(bcast_nak(100, 5).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_nak_recorded, LOCABUS_CTR_redirected,
+          LOCABUS_CTR_nak_bcast_passed});
+  expect_dropped(bcast_nak(100, 5).build());
+  EXPECT_EQ(maps_->peer(kPeer)->naks, 1u);
 }
 
 }  // namespace

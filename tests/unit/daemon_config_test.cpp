@@ -46,6 +46,7 @@ TEST_F(ConfigFile, TheShippedExampleLoadsAndIsValid) {
   EXPECT_EQ(c.engine.window, 1024);
   EXPECT_EQ(c.engine.ack_delay, std::chrono::milliseconds(200));
   EXPECT_EQ(c.api_mode, 0660u);
+  EXPECT_EQ(c.nak_dedup_us, 2000u);
   EXPECT_NO_THROW(c.validate());
 }
 
@@ -61,6 +62,7 @@ api_mode = "0600"
 [xdp]
 attach_mode = "generic"
 max_peers = 77
+nak_dedup_us = 1500
 [engine]
 window = 64
 rto_min_ms = 300
@@ -75,9 +77,24 @@ dead_after_ms = 9000
   EXPECT_EQ(c.api_mode, 0600u);
   EXPECT_EQ(c.attach_mode, fastpath::AttachMode::generic);
   EXPECT_EQ(c.max_peers, 77u);
+  EXPECT_EQ(c.nak_dedup_us, 1500u);
   EXPECT_EQ(c.engine.window, 64);
   EXPECT_EQ(c.engine.rto_min, std::chrono::milliseconds(300));
   EXPECT_EQ(c.engine.dead_after, std::chrono::milliseconds(9000));
+}
+
+TEST_F(ConfigFile, NakDedupDefaultsTo2msAndZeroTurnsItOff) {
+  EXPECT_EQ(Config{}.nak_dedup_us, 2000u);
+  EXPECT_EQ(load("[xdp]\nmax_peers = 5\n").nak_dedup_us, 2000u);  // absent: unchanged
+  EXPECT_EQ(load("[xdp]\nnak_dedup_us = 0\n").nak_dedup_us, 0u);
+  EXPECT_EQ(load("[xdp]\nnak_dedup_us = 1000000\n").nak_dedup_us, 1000000u);
+  EXPECT_NE(
+      error_of("[xdp]\nnak_dedup_us = 1000001\n").find("xdp.nak_dedup_us: 1000001 is outside 0..1000000"),
+      std::string::npos);
+  EXPECT_NE(error_of("[xdp]\nnak_dedup_us = -1\n").find("xdp.nak_dedup_us"), std::string::npos);
+  EXPECT_NE(error_of("[xdp]\nnak_dedup_us = \"2ms\"\n").find("expected an integer"), std::string::npos);
+  // It belongs to [xdp]: at the top level it is an unknown key.
+  EXPECT_NE(error_of("nak_dedup_us = 10\n").find("nak_dedup_us: unknown key"), std::string::npos);
 }
 
 TEST_F(ConfigFile, NodeIdAsInteger) { EXPECT_EQ(load("node_id = 513\n").node_id, 513); }
@@ -107,6 +124,10 @@ TEST(Config, ValidateChecksTheEngineAndTheRings) {
   c.ring_bytes = 3 << 20;  // not a power of two
   EXPECT_THROW(c.validate(), Error);
   c.ring_bytes = 1 << 20;
+  c.nak_dedup_us = 1'000'001;  // above 1 s
+  EXPECT_THROW(c.validate(), Error);
+  c.nak_dedup_us = 0;
+  EXPECT_NO_THROW(c.validate());
   c.engine.rto_min = std::chrono::milliseconds(100);  // below the delayed ACK
   EXPECT_THROW(c.validate(), Error);
 }

@@ -33,11 +33,13 @@ std::string wall_time(std::uint64_t ns) {
 }
 
 json config_json(const locabus_config& c) {
-  return {{"node_id", c.node_id},
-          {"flags", c.flags},
-          {"flags_text", flags_text(c.flags)},
-          {"owner_pid", c.owner_pid},
-          {"attached_at_ns", c.attached_at_ns}};
+  json j{{"node_id", c.node_id},
+         {"flags", c.flags},
+         {"flags_text", flags_text(c.flags)},
+         {"owner_pid", c.owner_pid},
+         {"attached_at_ns", c.attached_at_ns}};
+  j["nak_dedup_us"] = c.nak_dedup_us;
+  return j;
 }
 
 json status_json(const fastpath::Status& s) {
@@ -68,6 +70,11 @@ void print_status(const fastpath::Status& s) {
   if (s.config) {
     fmt::print("node id     {} (0x{:04x})\n", s.config->node_id, s.config->node_id);
     fmt::print("flags       {}\n", flags_text(s.config->flags));
+    if (s.config->nak_dedup_us)
+      fmt::print("NAK dedup   {} microseconds (repeated broadcast NAKs to us dropped)\n",
+                 s.config->nak_dedup_us);
+    else
+      fmt::print("NAK dedup   off\n");
     if (s.config->owner_pid)
       fmt::print("owner       process {} ({})\n", s.config->owner_pid,
                  s.owner == fastpath::OwnerState::alive ? "running" : "gone");
@@ -105,6 +112,7 @@ void register_xdp_commands(CLI::App& app) {
     auto ack_to_user = std::make_shared<bool>(false);
     auto pass_unclaimed = std::make_shared<bool>(false);
     auto max_peers = std::make_shared<std::uint32_t>(LOCABUS_MAX_PEERS_DEFAULT);
+    auto nak_dedup_us = std::make_shared<std::uint32_t>(LOCABUS_NAK_DEDUP_US_DEFAULT);
     add_target_options(*cmd, *t);
     cmd->add_option("-n,--node-id", *node,
                     "Our node id, 0..65534 (default: low 16 bits of the interface's IPv4 address)");
@@ -115,6 +123,10 @@ void register_xdp_commands(CLI::App& app) {
                   "Pass frames no AF_XDP socket claims to the kernel stack instead of dropping them");
     cmd->add_option("--max-peers", *max_peers, "Size of the kernel peer table")
         ->check(CLI::Range(1u, 65535u));
+    cmd->add_option("--nak-dedup-us", *nak_dedup_us,
+                    "Drop broadcast NAKs to us that repeat a range passed to user space within this many "
+                    "microseconds (0 = off)")
+        ->check(CLI::Range(0u, fastpath::kMaxNakDedupUs));
     cmd->callback([=] {
       fastpath::Options o;
       o.iface = t->iface;
@@ -123,6 +135,7 @@ void register_xdp_commands(CLI::App& app) {
       o.flags = (*ack_to_user ? LOCABUS_CFG_F_ACK_TO_USER : 0u) |
                 (*pass_unclaimed ? LOCABUS_CFG_F_PASS_UNCLAIMED : 0u);
       o.max_peers = *max_peers;
+      o.nak_dedup_us = *nak_dedup_us;
       o.pin_dir = pin_dir_of(*t);
       o.own = false;  // outlives this command
       auto fp = fastpath::FastPath::attach(o);

@@ -28,6 +28,9 @@ void Config::validate() const {
     throw Error(fmt::format("locabusd: ring_bytes {} is invalid", ring_bytes), EINVAL,
                 "use a power of two between 64 KiB and 256 MiB");
   if (api_mode & ~0777u) throw Error("locabusd: api_mode has bits beyond 0777", EINVAL);
+  if (nak_dedup_us > fastpath::kMaxNakDedupUs)
+    throw Error(fmt::format("locabusd: nak_dedup_us {} is invalid", nak_dedup_us), EINVAL,
+                fmt::format("use 0 (off) .. {} microseconds", fastpath::kMaxNakDedupUs));
   static constexpr const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   if (std::find(std::begin(kLevels), std::end(kLevels), log_level) == std::end(kLevels))
     throw Error("locabusd: log_level '" + log_level + "' is not a level", EINVAL,
@@ -174,6 +177,7 @@ void load_toml(const std::filesystem::path& file, Config& cfg) {
       cfg.attach_mode = *m;
     }
     xr.integer("max_peers", cfg.max_peers, 1, 65535);
+    xr.integer("nak_dedup_us", cfg.nak_dedup_us, 0, fastpath::kMaxNakDedupUs);
     xr.finish();
   }
   if (const toml::table* t = r.table("engine")) {

@@ -23,6 +23,8 @@ struct Config {
   fastpath::AttachMode attach_mode = fastpath::AttachMode::automatic;
   bool busy_poll = false;  // spin instead of sleeping: lowest latency, one core
   std::uint32_t max_peers = LOCABUS_MAX_PEERS_DEFAULT;
+  /// In-kernel duplicate broadcast NAK suppression interval, 0 = off.
+  std::uint32_t nak_dedup_us = LOCABUS_NAK_DEDUP_US_DEFAULT;
 
   std::filesystem::path run_dir = "/run/locabus";
   std::filesystem::path api_socket;     // empty: <run_dir>/locabusd.sock

@@ -144,6 +144,7 @@ transport::OpenedDatapath open_datapath(const Config& cfg, std::uint16_t node_id
   o.busy_poll = cfg.busy_poll;
   o.attach_mode = cfg.attach_mode;
   o.max_peers = cfg.max_peers;
+  o.nak_dedup_us = cfg.nak_dedup_us;
   return transport::open_datapath(o);
 }
 

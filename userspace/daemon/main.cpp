@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   std::string config_file, config_optional, iface, node_id, datapath, run_dir, api_socket, api_group,
       api_mode, log_level, attach_mode;
   bool busy_poll = false;
+  std::optional<std::uint32_t> nak_dedup_us;
   app.add_option("-c,--config", config_file, "TOML config file (dist/locabusd.toml documents every key)")
       ->check(CLI::ExistingFile);
   app.add_option("--config-optional", config_optional, "Like --config, but a missing file is not an error");
@@ -53,6 +55,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "xdp", "packet"}));
   app.add_option("--attach-mode", attach_mode, "XDP attach mode: auto, native or generic")
       ->check(CLI::IsMember({"auto", "native", "generic"}));
+  app.add_option("--nak-dedup-us", nak_dedup_us,
+                 "Drop repeated broadcast NAKs for our stream in the kernel within this many microseconds "
+                 "(0 = off; default 2000)")
+      ->check(CLI::Range(0u, locabus::fastpath::kMaxNakDedupUs));
   app.add_flag("--busy-poll", busy_poll, "Spin instead of sleeping when idle (lowest latency, burns a core)");
   app.add_option("--run-dir", run_dir,
                  "Directory for the pid file and the API socket (default /run/locabus)");
@@ -80,6 +86,7 @@ int main(int argc, char** argv) {
     }
     if (!datapath.empty()) cfg.datapath = *locabus::transport::parse_datapath(datapath);
     if (!attach_mode.empty()) cfg.attach_mode = *locabus::fastpath::parse_attach_mode(attach_mode);
+    if (nak_dedup_us) cfg.nak_dedup_us = *nak_dedup_us;
     if (busy_poll) cfg.busy_poll = true;
     if (!run_dir.empty()) cfg.run_dir = run_dir;
     if (!api_socket.empty()) cfg.api_socket = api_socket;

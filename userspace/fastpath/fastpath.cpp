@@ -132,7 +132,7 @@ std::optional<locabus_config> read_pinned_config(const std::filesystem::path& di
 
 bool all_pins_present(const std::filesystem::path& dir) {
   std::error_code ec;
-  for (const char* name : {kPinConfig, kPinStats, kPinProto, kPinPeers, kPinXsks, kPinAcks})
+  for (const char* name : {kPinConfig, kPinStats, kPinProto, kPinPeers, kPinXsks, kPinAcks, kPinNaks})
     if (!std::filesystem::exists(dir / name, ec)) return false;
   return true;
 }
@@ -269,13 +269,15 @@ Maps::Maps(bpf::TypedMap<std::uint32_t, locabus_config> config,
            bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats,
            bpf::PerCpuMap<std::uint32_t, locabus_proto_stats> proto,
            bpf::TypedMap<locabus_peer_key, locabus_peer> peers,
-           bpf::TypedMap<std::uint32_t, std::uint32_t> xsks, UniqueFd acks, const std::string& acks_what)
+           bpf::TypedMap<std::uint32_t, std::uint32_t> xsks, UniqueFd acks, const std::string& acks_what,
+           bpf::TypedMap<locabus_nak_key, locabus_nak_entry> naks)
     : config_(std::move(config)),
       stats_(std::move(stats)),
       proto_(std::move(proto)),
       peers_(std::move(peers)),
       xsks_(std::move(xsks)),
-      acks_(std::move(acks)) {
+      acks_(std::move(acks)),
+      naks_(std::move(naks)) {
   // A ring buffer has no keys or values; its size is max_entries.
   const bpf::MapInfo info = bpf::map_info(acks_.get());
   bpf::check_map(info, acks_what, 0, 0, BPF_MAP_TYPE_RINGBUF);
@@ -283,12 +285,14 @@ Maps::Maps(bpf::TypedMap<std::uint32_t, locabus_config> config,
 }
 
 Maps Maps::open_pinned(const std::filesystem::path& dir) {
-  return Maps(bpf::TypedMap<std::uint32_t, locabus_config>::pinned(dir / kPinConfig, BPF_MAP_TYPE_ARRAY),
-              bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats>::pinned(dir / kPinStats),
-              bpf::PerCpuMap<std::uint32_t, locabus_proto_stats>::pinned(dir / kPinProto),
-              bpf::TypedMap<locabus_peer_key, locabus_peer>::pinned(dir / kPinPeers, BPF_MAP_TYPE_HASH),
-              bpf::TypedMap<std::uint32_t, std::uint32_t>::pinned(dir / kPinXsks, BPF_MAP_TYPE_XSKMAP),
-              bpf::open_pinned(dir / kPinAcks), (dir / kPinAcks).string());
+  return Maps(
+      bpf::TypedMap<std::uint32_t, locabus_config>::pinned(dir / kPinConfig, BPF_MAP_TYPE_ARRAY),
+      bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats>::pinned(dir / kPinStats),
+      bpf::PerCpuMap<std::uint32_t, locabus_proto_stats>::pinned(dir / kPinProto),
+      bpf::TypedMap<locabus_peer_key, locabus_peer>::pinned(dir / kPinPeers, BPF_MAP_TYPE_HASH),
+      bpf::TypedMap<std::uint32_t, std::uint32_t>::pinned(dir / kPinXsks, BPF_MAP_TYPE_XSKMAP),
+      bpf::open_pinned(dir / kPinAcks), (dir / kPinAcks).string(),
+      bpf::TypedMap<locabus_nak_key, locabus_nak_entry>::pinned(dir / kPinNaks, BPF_MAP_TYPE_LRU_HASH));
 }
 
 Maps Maps::from_object(bpf_object* obj) {
@@ -308,7 +312,9 @@ Maps Maps::from_object(bpf_object* obj) {
       bpf::PerCpuMap<std::uint32_t, locabus_proto_stats>(dup_of("locabus_proto"), "proto"),
       bpf::TypedMap<locabus_peer_key, locabus_peer>(dup_of("locabus_peers"), "peers", BPF_MAP_TYPE_HASH),
       bpf::TypedMap<std::uint32_t, std::uint32_t>(dup_of("locabus_xsks"), "xsks", BPF_MAP_TYPE_XSKMAP),
-      dup_of("locabus_acks"), "acks");
+      dup_of("locabus_acks"), "acks",
+      bpf::TypedMap<locabus_nak_key, locabus_nak_entry>(dup_of("locabus_naks"), "naks",
+                                                        BPF_MAP_TYPE_LRU_HASH));
 }
 
 locabus_config Maps::config() const {
@@ -349,6 +355,18 @@ void Maps::track_peer(std::uint16_t node) {
 }
 
 bool Maps::forget_peer(std::uint16_t node) { return peers_.erase(locabus_peer_key{node}); }
+
+std::optional<locabus_nak_entry> Maps::nak(std::uint16_t first) const {
+  return naks_.lookup(locabus_nak_key{first, 0});
+}
+
+std::vector<std::pair<std::uint16_t, locabus_nak_entry>> Maps::naks() const {
+  std::vector<std::pair<std::uint16_t, locabus_nak_entry>> out;
+  for (const auto& key : naks_.keys())
+    if (auto v = naks_.lookup(key)) out.emplace_back(key.first, *v);
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
 
 void Maps::register_socket(std::uint32_t queue, std::uint32_t slot, int xsk_fd) {
   if (queue >= LOCABUS_MAX_QUEUES || slot >= LOCABUS_XSK_SLOTS_PER_QUEUE)
@@ -393,6 +411,9 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
   if (opts.flags & ~LOCABUS_CFG_F_ALL)
     throw Error(fmt::format("unknown fast path flags {:#x}", opts.flags & ~LOCABUS_CFG_F_ALL));
   if (opts.max_peers == 0) throw Error("max_peers must be at least 1");
+  if (opts.nak_dedup_us > kMaxNakDedupUs)
+    throw Error(
+        fmt::format("nak_dedup_us {} is above the maximum of {} (1 s)", opts.nak_dedup_us, kMaxNakDedupUs));
   const auto page = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
   if (opts.ack_ring_bytes < page || (opts.ack_ring_bytes & (opts.ack_ring_bytes - 1)) != 0)
     throw Error(fmt::format("ACK ring size {} bytes: must be a power of two and at least a page ({} bytes)",
@@ -414,6 +435,7 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
   locabus_config cfg{};
   cfg.node_id = impl->node_id;
   cfg.flags = opts.flags;
+  cfg.nak_dedup_us = opts.nak_dedup_us;
   if (opts.own) {
     cfg.owner_pid = static_cast<std::uint32_t>(::getpid());
     cfg.owner_start = process_start_time(::getpid()).value_or(0);
@@ -479,12 +501,13 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
     std::filesystem::create_directories(fp->impl_->pin_dir, ec);
     if (ec) throw Error("create pin directory " + fp->impl_->pin_dir.string(), ec.value());
     const auto& s = *fp->impl_->skel;
-    const std::array<std::pair<bpf_map*, const char*>, 6> pins{{{s->maps.bss, kPinConfig},
+    const std::array<std::pair<bpf_map*, const char*>, 7> pins{{{s->maps.bss, kPinConfig},
                                                                 {s->maps.locabus_stats, kPinStats},
                                                                 {s->maps.locabus_proto, kPinProto},
                                                                 {s->maps.locabus_peers, kPinPeers},
                                                                 {s->maps.locabus_xsks, kPinXsks},
-                                                                {s->maps.locabus_acks, kPinAcks}}};
+                                                                {s->maps.locabus_acks, kPinAcks},
+                                                                {s->maps.locabus_naks, kPinNaks}}};
     for (const auto& [map, name] : pins) {
       const auto path = fp->impl_->pin_dir / name;
       if (int err = bpf_map__pin(map, path.c_str())) throw Error("pin BPF map at " + path.string(), err);

@@ -40,6 +40,7 @@ inline constexpr const char* kPinProto = "proto";
 inline constexpr const char* kPinPeers = "peers";
 inline constexpr const char* kPinXsks = "xsks";
 inline constexpr const char* kPinAcks = "acks";
+inline constexpr const char* kPinNaks = "naks";
 
 /// Thrown when a live process (possibly this one) owns the fast path on the
 /// interface: nobody else may replace it, and nothing may fall back to
@@ -54,6 +55,10 @@ class InterfaceInUse final : public Error {
   pid_t owner_;
 };
 
+/// Largest Options::nak_dedup_us (1 s): a longer suppression would hold
+/// back a receiver's repeated NAK after the repair it asked for was lost.
+inline constexpr std::uint32_t kMaxNakDedupUs = 1'000'000;
+
 /// The name of our program as the kernel and libxdp report it.
 inline constexpr std::string_view kProgramName = "locabus_xdp";
 
@@ -66,6 +71,10 @@ struct Options {
   std::uint32_t max_peers = LOCABUS_MAX_PEERS_DEFAULT;
   /// Size of the ACK ring buffer (`acks`): a power of two, at least a page.
   std::uint32_t ack_ring_bytes = LOCABUS_ACK_RING_BYTES;
+  /// Broadcast NAKs to us that repeat a range passed to user space within
+  /// this many microseconds are dropped in the kernel; 0 turns that off.
+  /// At most kMaxNakDedupUs.
+  std::uint32_t nak_dedup_us = LOCABUS_NAK_DEDUP_US_DEFAULT;
   /// Empty: bpffs::default_pin_dir(iface, bpffs_root).
   std::filesystem::path pin_dir;
   std::filesystem::path bpffs_root = bpffs::kDefaultRoot;
@@ -110,6 +119,11 @@ class Maps {
 
   const bpf::TypedMap<std::uint32_t, std::uint32_t>& xsks() const { return xsks_; }
 
+  /// The duplicate-NAK table's entry for broadcast NAKs starting at `first`.
+  std::optional<locabus_nak_entry> nak(std::uint16_t first) const;
+  /// Every entry of the duplicate-NAK table, ordered by first sequence.
+  std::vector<std::pair<std::uint16_t, locabus_nak_entry>> naks() const;
+
   /// The ACK ring buffer (BPF_MAP_TYPE_RINGBUF): one locabus_ack_record per
   /// consumed pure ACK that changed a tracked peer's record. Poll this fd
   /// for POLLIN and read it through its mmap (libbpf's ring_buffer API).
@@ -123,7 +137,7 @@ class Maps {
        bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats,
        bpf::PerCpuMap<std::uint32_t, locabus_proto_stats> proto,
        bpf::TypedMap<locabus_peer_key, locabus_peer> peers, bpf::TypedMap<std::uint32_t, std::uint32_t> xsks,
-       UniqueFd acks, const std::string& acks_what);
+       UniqueFd acks, const std::string& acks_what, bpf::TypedMap<locabus_nak_key, locabus_nak_entry> naks);
 
   bpf::TypedMap<std::uint32_t, locabus_config> config_;
   bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats_;
@@ -132,6 +146,7 @@ class Maps {
   bpf::TypedMap<std::uint32_t, std::uint32_t> xsks_;
   UniqueFd acks_;
   std::uint32_t acks_bytes_ = 0;
+  bpf::TypedMap<locabus_nak_key, locabus_nak_entry> naks_;
 };
 
 /// The fast path attached to one interface by this process. Destroying it

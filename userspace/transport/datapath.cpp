@@ -89,6 +89,7 @@ OpenedDatapath open_datapath(const DatapathOptions& o) {
   fo.flags = o.xdp_flags;
   fo.mode = o.attach_mode;
   fo.max_peers = o.max_peers;
+  fo.nak_dedup_us = o.nak_dedup_us;
   fo.pin_dir = o.pin_dir;
   fo.bpffs_root = o.bpffs_root;
   fo.own = true;

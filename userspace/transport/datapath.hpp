@@ -40,6 +40,8 @@ struct DatapathOptions {
   /// Empty: the default pin directory of the interface.
   std::filesystem::path pin_dir;
   std::uint32_t max_peers = LOCABUS_MAX_PEERS_DEFAULT;
+  /// Broadcast NAK suppression in the kernel (fastpath::Options::nak_dedup_us).
+  std::uint32_t nak_dedup_us = LOCABUS_NAK_DEDUP_US_DEFAULT;
   /// Fast path flags (LOCABUS_CFG_F_*).
   std::uint32_t xdp_flags = 0;
   /// Socket settings; xdp.busy_poll is overridden by busy_poll above.
