@@ -423,7 +423,9 @@ int locabus_xdp(struct xdp_md *ctx)
 			if (dedup == NAK_DUPLICATE)
 				return drop(st, LOCABUS_CTR_nak_dup_dropped);
 		}
-		peer = peer_lookup(node_from);
+		/* The connection's record holds unicast NAKs only: a broadcast
+		 * NAK names a position in a broadcast stream, not in it. */
+		peer = node_to == our_id ? peer_lookup(node_from) : NULL;
 		if (peer)
 			record_nak(st, peer, h);
 	}

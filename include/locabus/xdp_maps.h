@@ -60,7 +60,7 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_config, nak_dedup_us) == 1
   X(passed_unclaimed, "unclaimed frames passed to the stack (PASS_UNCLAIMED set)")                  \
   X(ack_consumed, "pure ACKs from tracked peers consumed into locabus_peers")                       \
   X(ack_stale, "consumed pure ACKs older than the recorded cumulative ACK")                         \
-  X(nak_recorded, "NAKs from tracked peers recorded in locabus_peers (and passed on)")              \
+  X(nak_recorded, "unicast NAKs from tracked peers recorded in locabus_peers (and passed on)")      \
   X(ack_untracked, "pure ACKs from peers user space does not track, delivered")                     \
   X(drop_short, "dropped: frame shorter than Ethernet + Locabus header")                            \
   X(drop_len_small, "dropped: len field smaller than the Locabus header")                           \

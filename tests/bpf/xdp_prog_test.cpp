@@ -760,13 +760,15 @@ TEST_F(XdpNakDedup, OnlyNaksThatReachUserSpaceAreRecorded) {
   expect_dropped(bcast_nak(100, 5).build());
 }
 
-TEST_F(XdpNakDedup, ADuplicateFromATrackedPeerIsNotRecordedInItsEntry) {
+TEST_F(XdpNakDedup, BroadcastNaksFromATrackedPeerStayOutOfItsConnectionRecord) {
+  // The peers entry describes the unicast connection; a broadcast NAK names
+  // a position in our broadcast stream and must not be mixed into it.
   maps_->track_peer(kPeer);
   expect(bcast_nak(100, 5).build(), XDP_REDIRECT,
-         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_nak_recorded, LOCABUS_CTR_redirected,
-          LOCABUS_CTR_nak_bcast_passed});
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected, LOCABUS_CTR_nak_bcast_passed});
   expect_dropped(bcast_nak(100, 5).build());
-  EXPECT_EQ(maps_->peer(kPeer)->naks, 1u);
+  EXPECT_EQ(maps_->peer(kPeer)->naks, 0u);
+  EXPECT_FALSE(maps_->peer(kPeer)->flags & LOCABUS_PEER_F_NAK_VALID);
 }
 
 }  // namespace
