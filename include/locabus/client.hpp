@@ -6,10 +6,15 @@
 //   if (auto m = ep.receive(std::chrono::seconds(1)))
 //     std::cout << "node " << m->node << ": " << m->text() << "\n";
 //
+//   auto sock = locabus::Socket::bind(7000);        // a Locasock datagram socket
+//   sock.send_to(2, 7000, big_buffer);              // up to 64 KB, to port 7000 on node 2
+//   if (auto d = sock.receive(std::chrono::seconds(1)))
+//     std::cout << d->node << ":" << d->port << " sent " << d->data.size() << " bytes\n";
+//
 // Messages are reliable, in order and exactly once per peer connection;
-// failures come back as events (Endpoint::next_event). An Endpoint belongs
-// to one thread at a time. docs/API.md has the details; locabus/locabus.h is
-// the same API in C.
+// failures come back as events (Endpoint::next_event). An Endpoint or a
+// Socket belongs to one thread at a time. docs/API.md has the details;
+// locabus/locabus.h is the same API in C.
 #pragma once
 
 #include <chrono>
@@ -32,7 +37,7 @@ class ClientError : public std::runtime_error {
  public:
   ClientError(const std::string& what, int code) : std::runtime_error(what), code_(code) {}
   /// An errno value: ENOENT/ECONNREFUSED no daemon, EACCES not allowed,
-  /// EADDRINUSE protocol taken, ENOTCONN the daemon went away...
+  /// EADDRINUSE protocol or port taken, ENOTCONN the daemon went away...
   int code() const noexcept { return code_; }
 
  private:
@@ -52,6 +57,7 @@ struct EndpointOptions {
 /// A received message.
 struct Message {
   std::uint16_t node = 0;  // the sender
+  bool broadcast = false;  // sent to every node (send to LOCABUS_NODE_BROADCAST), not to us alone
   std::vector<std::byte> data;
   std::string_view text() const noexcept { return {reinterpret_cast<const char*>(data.data()), data.size()}; }
 };
@@ -80,8 +86,8 @@ struct Peer {
 enum class SendStatus {
   ok,            // queued; a delivery failure comes later as a send_failed event
   would_block,   // the send ring stayed full for the whole timeout
-  too_large,     // over LOCABUS_MAX_MESSAGE bytes
-  invalid_node,  // 0xFFFF
+  too_large,     // over LOCABUS_MAX_MESSAGE bytes (a Socket: LOCABUS_MAX_DATAGRAM)
+  invalid_node,  // no longer returned: 0xFFFF (LOCABUS_NODE_BROADCAST) now sends to every node
 };
 
 inline constexpr std::chrono::milliseconds kForever{-1};
@@ -107,6 +113,10 @@ class Endpoint {
   /// Queues a message for `node`, waiting up to `timeout` while the ring to
   /// the daemon is full. Throws ClientError(ENOTCONN) when the daemon went
   /// away: open a new Endpoint (it may have restarted).
+  ///
+  /// `node` LOCABUS_NODE_BROADCAST (0xFFFF) sends to the endpoints of this
+  /// protocol on every other node (not to this node), reliably and in order
+  /// among this node's broadcasts; they receive it with Message::broadcast set.
   SendStatus send(std::uint16_t node, std::span<const std::byte> data,
                   std::chrono::milliseconds timeout = kForever);
   SendStatus send(std::uint16_t node, std::string_view text, std::chrono::milliseconds timeout = kForever) {
@@ -119,6 +129,9 @@ class Endpoint {
   /// Like receive(), into `buffer`: the length, or nullopt. Throws
   /// ClientError(EMSGSIZE) when the buffer is too small (the message stays).
   std::optional<std::size_t> receive_into(std::span<std::byte> buffer, std::uint16_t& from,
+                                          std::chrono::milliseconds timeout = kForever);
+  /// The same; `broadcast` tells whether the message was a broadcast.
+  std::optional<std::size_t> receive_into(std::span<std::byte> buffer, std::uint16_t& from, bool& broadcast,
                                           std::chrono::milliseconds timeout = kForever);
 
   /// The next event, if there is one now; never blocks.
@@ -141,6 +154,98 @@ class Endpoint {
 
  private:
   explicit Endpoint(std::unique_ptr<Impl> impl) noexcept;
+  std::unique_ptr<Impl> impl_;
+};
+
+struct SocketOptions {
+  /// Empty: $LOCABUS_SOCKET, else /run/locabus/locabusd.sock.
+  std::string socket_path;
+  /// Deliver membership events (next_event / wait_event). Send failures
+  /// (send_failed) come as events either way.
+  bool events = false;
+};
+
+/// Where a datagram came from.
+struct DatagramInfo {
+  std::uint16_t node = 0;  // the sender's node
+  std::uint16_t port = 0;  // the sender's port (its Socket::local_port())
+  bool broadcast = false;  // sent with broadcast(), to every node
+};
+
+/// A received Locasock datagram.
+struct Datagram : DatagramInfo {
+  std::vector<std::byte> data;
+  std::string_view text() const noexcept { return {reinterpret_cast<const char*>(data.data()), data.size()}; }
+};
+
+/// A Locasock datagram socket (docs/API.md, "Sockets"): datagrams of up to
+/// LOCABUS_MAX_DATAGRAM (65,536) bytes between ports on any nodes, reliable,
+/// in order per sending socket and destination, each delivered whole or not
+/// at all. One socket per port per node.
+class Socket {
+ public:
+  /// Connects to the daemon and binds `port` (1..65535); 0 lets the daemon
+  /// pick a free ephemeral port (49152..65535, see local_port()). Throws
+  /// ClientError: EADDRINUSE when the port is taken (the message names the
+  /// holder), EMSGSIZE when the daemon's ring_bytes is too small for 64 KB
+  /// datagrams, and as Endpoint::open.
+  static Socket bind(std::uint16_t port = 0, const SocketOptions& options = {});
+
+  Socket(Socket&&) noexcept;
+  Socket& operator=(Socket&&) noexcept;
+  /// Datagrams send_to()/broadcast() accepted are still sent.
+  ~Socket();
+
+  std::uint16_t local_port() const noexcept;
+  std::uint16_t node_id() const noexcept;
+
+  /// Queues a datagram for port `port` on `node`, waiting up to `timeout`
+  /// while the ring to the daemon is full. too_large over LOCABUS_MAX_DATAGRAM
+  /// bytes. A datagram for a port nobody bound is dropped there (like UDP);
+  /// an unknown or unreachable node comes back as a send_failed event.
+  /// Throws ClientError(EINVAL) for port 0, ClientError(ENOTCONN) when the
+  /// daemon went away.
+  SendStatus send_to(std::uint16_t node, std::uint16_t port, std::span<const std::byte> data,
+                     std::chrono::milliseconds timeout = kForever);
+  SendStatus send_to(std::uint16_t node, std::uint16_t port, std::string_view text,
+                     std::chrono::milliseconds timeout = kForever) {
+    return send_to(node, port, std::as_bytes(std::span(text.data(), text.size())), timeout);
+  }
+  /// Queues a datagram for port `port` on every other node (not this one:
+  /// Locabus broadcast does not loop back); they receive it with
+  /// DatagramInfo::broadcast set. The same as send_to(LOCABUS_NODE_BROADCAST, ...).
+  SendStatus broadcast(std::uint16_t port, std::span<const std::byte> data,
+                       std::chrono::milliseconds timeout = kForever);
+  SendStatus broadcast(std::uint16_t port, std::string_view text,
+                       std::chrono::milliseconds timeout = kForever) {
+    return broadcast(port, std::as_bytes(std::span(text.data(), text.size())), timeout);
+  }
+
+  /// The next datagram, waiting up to `timeout` (0: only what is there);
+  /// nullopt when none came. Throws ClientError(ENOTCONN) as send_to() does.
+  std::optional<Datagram> receive(std::chrono::milliseconds timeout = kForever);
+  /// Like receive(), into `buffer`: the length, or nullopt. Throws
+  /// ClientError(EMSGSIZE) when the buffer is too small (the datagram stays).
+  std::optional<std::size_t> receive_into(std::span<std::byte> buffer, DatagramInfo& from,
+                                          std::chrono::milliseconds timeout = kForever);
+
+  /// Events: send_failed always, membership events when bound with events.
+  std::optional<Event> next_event();
+  std::optional<Event> wait_event(std::chrono::milliseconds timeout);
+
+  /// For poll/epoll, with the contract of Endpoint::fd(): call receive(0) /
+  /// next_event() until they have nothing before waiting again.
+  int fd() const noexcept;
+
+  /// The daemon's peers (a round trip on the control socket).
+  std::vector<Peer> peers();
+  /// False once the daemon has gone away.
+  bool connected() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit Socket(std::unique_ptr<Impl> impl) noexcept;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -15,6 +15,15 @@
  *   long n = locabus_recv(ep, &from, buf, sizeof buf, 1000);
  *   locabus_close(ep);
  *
+ * Locasock sockets carry datagrams of up to 64 KB between ports:
+ *
+ *   locabus_socket* s;
+ *   if (locabus_socket_open(NULL, 7000, 0, &s) < 0) { ... locabus_last_error() ... }
+ *   locabus_sendto(s, 2, 7000, data, len, -1);          (to port 7000 on node 2)
+ *   uint16_t node, port; unsigned flags;
+ *   long n = locabus_recvfrom(s, buf, sizeof buf, &node, &port, &flags, 1000);
+ *   locabus_socket_close(s);
+ *
  * Every function returns 0 (or a count) on success and a negative errno
  * value on failure; locabus_last_error() has a sentence saying what failed
  * and what to do. An endpoint is not thread-safe: use it from one thread at
@@ -32,6 +41,14 @@ extern "C" {
 
 /* Largest message payload (one frame's data, docs/PROTOCOL.md). */
 #define LOCABUS_MAX_MESSAGE 1484
+/* Largest Locasock datagram (wire.h LOCASOCK_MAX_DATAGRAM). */
+#define LOCABUS_MAX_DATAGRAM 65536
+
+/* The destination node "every other node" (wire.h has the same macro):
+ * locabus_send() broadcasts to the endpoints of its protocol on all other
+ * nodes, locabus_sendto() to a port on all other nodes. Broadcasts do not
+ * loop back to the sending node. */
+#define LOCABUS_NODE_BROADCAST 0xFFFF
 
 /* Protocol ids 0..15 belong to Locabus services (wire.h LOCABUS_P_*);
  * applications use 16..255. */
@@ -41,13 +58,17 @@ extern "C" {
  * messages, and any number of them may be open. */
 #define LOCABUS_PROTO_NONE 0
 
-/* locabus_open() flags */
+/* locabus_open() and locabus_socket_open() flags */
 #define LOCABUS_OPEN_EVENTS (1U << 0) /* deliver membership events */
+
+/* Flags locabus_recv_ex() and locabus_recvfrom() report */
+#define LOCABUS_MSG_BROADCAST (1U << 0) /* it was sent to every node, not to us alone */
 
 /* Timeouts, in milliseconds: -1 waits for ever, 0 never waits. */
 #define LOCABUS_WAIT_FOREVER (-1)
 
 typedef struct locabus_endpoint locabus_endpoint;
+typedef struct locabus_socket locabus_socket;
 
 /* Event kinds, in the order of the engine's EventKind. */
 enum locabus_event_kind {
@@ -76,7 +97,7 @@ enum locabus_failure {
   LOCABUS_FAIL_CLOSED = 6,         /* closed locally before it went out */
   LOCABUS_FAIL_SHUTDOWN = 7,       /* the local daemon is shutting down */
   LOCABUS_FAIL_UNKNOWN_NODE = 16,  /* never heard from that node: wait for it to join */
-  LOCABUS_FAIL_INVALID_NODE = 17,  /* broadcast id or our own id */
+  LOCABUS_FAIL_INVALID_NODE = 17,  /* our own id (or a message too large for the engine) */
 };
 
 /* One membership or delivery event; 56 bytes, the same layout in the
@@ -124,15 +145,22 @@ uint16_t locabus_node_id(const locabus_endpoint* ep);
 
 /* Queues `len` bytes (<= LOCABUS_MAX_MESSAGE) for `node`. Waits up to
  * timeout_ms while the endpoint's send ring is full. Delivery failures are
- * reported later as LOCABUS_EV_SEND_FAILED events.
- * 0, -EAGAIN (ring full), -EMSGSIZE, -EINVAL (bad node), -ENOTCONN (the
- * daemon went away: close and open again). */
+ * reported later as LOCABUS_EV_SEND_FAILED events. `node`
+ * LOCABUS_NODE_BROADCAST sends to this protocol's endpoints on every other
+ * node (they see LOCABUS_MSG_BROADCAST in locabus_recv_ex()).
+ * 0, -EAGAIN (ring full), -EMSGSIZE, -ENOTCONN (the daemon went away: close
+ * and open again). */
 int locabus_send(locabus_endpoint* ep, uint16_t node, const void* data, size_t len, int timeout_ms);
 
 /* Receives one message into buf; *from gets the sender. Returns its
  * length, or -EAGAIN (none within timeout_ms), -EMSGSIZE (cap too small:
  * the message is kept), -ENOTCONN (the daemon went away). */
 long locabus_recv(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, int timeout_ms);
+
+/* locabus_recv(), and *flags (if not NULL) gets LOCABUS_MSG_BROADCAST when
+ * the message was a broadcast, else 0. */
+long locabus_recv_ex(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, unsigned* flags,
+                     int timeout_ms);
 
 /* Takes the next membership event: 1 when *out was filled, 0 when there is
  * none now, or -ENOTCONN. Never blocks. */
@@ -146,6 +174,58 @@ int locabus_fd(const locabus_endpoint* ep);
 /* Fills up to `cap` peers; *count gets how many the daemon knows (which may
  * exceed cap). 0 or -errno. */
 int locabus_peers(locabus_endpoint* ep, struct locabus_peer_info* out, size_t cap, size_t* count);
+
+/* ---- Locasock sockets (docs/API.md, "Sockets") ----
+ * Datagrams of up to LOCABUS_MAX_DATAGRAM bytes between ports: reliable, in
+ * order per sending socket and destination, each delivered whole or not at
+ * all. A datagram for a port nobody bound on the destination node is
+ * dropped there (as UDP does). */
+
+/* Opens a socket on the daemon at `socket_path` (NULL: as locabus_open())
+ * bound to `port` (1..65535, one socket per port per node), or with port 0
+ * to a free ephemeral port (49152..65535) the daemon picks:
+ * locabus_socket_port() says which. flags: LOCABUS_OPEN_EVENTS for
+ * membership events. 0 or -errno: -EADDRINUSE port taken, -EMSGSIZE the
+ * daemon's ring_bytes is too small for 64 KB datagrams, and as
+ * locabus_open(). */
+int locabus_socket_open(const char* socket_path, uint16_t port, unsigned flags, locabus_socket** out);
+
+/* Closes the socket and frees it (datagrams already accepted are still
+ * sent). NULL is ignored. */
+void locabus_socket_close(locabus_socket* s);
+
+/* The port the socket is bound to; our node id. */
+uint16_t locabus_socket_port(const locabus_socket* s);
+uint16_t locabus_socket_node_id(const locabus_socket* s);
+
+/* Queues a datagram of `len` bytes (<= LOCABUS_MAX_DATAGRAM) for port `port`
+ * on `node` (LOCABUS_NODE_BROADCAST: on every other node). Waits up to
+ * timeout_ms while the socket's send ring is full. An unknown or unreachable
+ * node is reported later as a LOCABUS_EV_SEND_FAILED event.
+ * 0, -EAGAIN (ring full), -EMSGSIZE (over LOCABUS_MAX_DATAGRAM), -EINVAL
+ * (port 0), -ENOTCONN (the daemon went away). */
+int locabus_sendto(locabus_socket* s, uint16_t node, uint16_t port, const void* data, size_t len,
+                   int timeout_ms);
+
+/* locabus_sendto(s, LOCABUS_NODE_BROADCAST, port, ...): to port `port` on
+ * every other node (not this one). */
+int locabus_broadcast_to(locabus_socket* s, uint16_t port, const void* data, size_t len, int timeout_ms);
+
+/* Receives one datagram into buf. *node and *port get the sender's node and
+ * port, *flags LOCABUS_MSG_BROADCAST or 0 (each may be NULL). Returns its
+ * length, or -EAGAIN (none within timeout_ms), -EMSGSIZE (cap too small:
+ * the datagram is kept), -ENOTCONN (the daemon went away). */
+long locabus_recvfrom(locabus_socket* s, void* buf, size_t cap, uint16_t* node, uint16_t* port,
+                      unsigned* flags, int timeout_ms);
+
+/* As locabus_next_event(): 1 when *out was filled, 0 when there is none
+ * now, or -ENOTCONN. send_failed events always; the rest with
+ * LOCABUS_OPEN_EVENTS. Never blocks. */
+int locabus_socket_next_event(locabus_socket* s, struct locabus_event* out);
+
+/* As locabus_fd(): readable when locabus_recvfrom() or
+ * locabus_socket_next_event() may have something (edge-like). */
+int locabus_socket_fd(const locabus_socket* s);
 
 /* The last error of the calling thread as a sentence (never NULL). */
 const char* locabus_last_error(void);

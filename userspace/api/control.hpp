@@ -30,12 +30,38 @@ inline constexpr const char* kSocketEnv = "LOCABUS_SOCKET";
 /// $LOCABUS_SOCKET, else /run/locabus/locabusd.sock.
 std::filesystem::path default_socket_path();
 
-/// Record types in the shared rings.
+/// Record types in the shared rings (docs/LOCAL_API_SHM.md, "Record types").
 enum RecordType : std::uint16_t {
-  kRecordSend = 1,     // client -> daemon: aux = destination node, payload = message
+  kRecordSend = 1,     // client -> daemon: aux = destination node (0xFFFF: broadcast), payload = message
   kRecordMessage = 2,  // daemon -> client: aux = source node, payload = message
   kRecordEvent = 3,    // daemon -> client: payload = struct locabus_event
+  /// daemon -> client: aux = source node, payload = a message from the
+  /// source's broadcast stream. Only to clients that asked for it in "open"
+  /// ("broadcast_records": true); others get such messages as kRecordMessage.
+  kRecordBroadcastMessage = 4,
+  kRecordDatagramSend = 5,  // client -> daemon (socket): payload = DatagramHeader + datagram
+  kRecordDatagram = 6,      // daemon -> client (socket): payload = DatagramHeader + datagram
 };
+
+/// Starts the payload of kRecordDatagramSend and kRecordDatagram, in host
+/// byte order (both ends are on one machine). aux is 0.
+///   kRecordDatagramSend: node = destination (0xFFFF: every other node), port = destination port
+///   kRecordDatagram:     node = source, port = source port, flags = kDatagramBroadcast if it was
+///                        broadcast
+struct DatagramHeader {
+  std::uint16_t node;
+  std::uint16_t port;
+  std::uint16_t flags;
+  std::uint16_t reserved;  // 0
+};
+static_assert(sizeof(DatagramHeader) == 8);
+inline constexpr std::uint16_t kDatagramBroadcast = 1;
+/// Largest datagram (LOCASOCK_MAX_DATAGRAM), and so the largest datagram record payload.
+inline constexpr std::size_t kMaxDatagram = 65536;
+inline constexpr std::size_t kMaxDatagramRecord = sizeof(DatagramHeader) + kMaxDatagram;
+/// Ephemeral Locasock ports: what "open" with port 0 binds.
+inline constexpr std::uint16_t kEphemeralPortFirst = 49152;
+inline constexpr std::uint16_t kEphemeralPortLast = 65535;
 
 /// Connects to the daemon's socket. Throws Error with a hint (is locabusd
 /// running? are you in its group?).

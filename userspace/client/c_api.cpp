@@ -14,6 +14,10 @@ struct locabus_endpoint {
   locabus::Endpoint ep;
 };
 
+struct locabus_socket {
+  locabus::Socket sock;
+};
+
 namespace {
 
 thread_local std::string g_last_error = "no error";
@@ -78,25 +82,32 @@ int locabus_send(locabus_endpoint* ep, uint16_t node, const void* data, size_t l
         return fail(EAGAIN, "the send ring to locabusd is full (the peer or the daemon is slower): retry");
       case locabus::SendStatus::too_large:
         return fail(EMSGSIZE, "message over LOCABUS_MAX_MESSAGE (1484) bytes");
-      case locabus::SendStatus::invalid_node:
-        return fail(EINVAL, "node 0xFFFF is the broadcast id, not a node");
+      case locabus::SendStatus::invalid_node: return fail(EINVAL, "invalid destination node");
     }
     return fail(EIO, "unexpected send status");
   });
 }
 
-long locabus_recv(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, int timeout_ms) {
+long locabus_recv_ex(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, unsigned* flags,
+                     int timeout_ms) {
   if (!ep || (!buf && cap)) return fail(EINVAL, "locabus_recv: NULL argument");
   long result = 0;
   const int r = guarded([&] {
     std::uint16_t node = 0;
-    auto n = ep->ep.receive_into(std::span(static_cast<std::byte*>(buf), cap), node, ms(timeout_ms));
+    bool broadcast = false;
+    auto n =
+        ep->ep.receive_into(std::span(static_cast<std::byte*>(buf), cap), node, broadcast, ms(timeout_ms));
     if (!n) return fail(EAGAIN, "no message arrived within the timeout");
     if (from) *from = node;
+    if (flags) *flags = broadcast ? LOCABUS_MSG_BROADCAST : 0;
     result = static_cast<long>(*n);
     return 0;
   });
   return r < 0 ? r : result;
+}
+
+long locabus_recv(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, int timeout_ms) {
+  return locabus_recv_ex(ep, from, buf, cap, nullptr, timeout_ms);
 }
 
 int locabus_next_event(locabus_endpoint* ep, struct locabus_event* out) {
@@ -135,6 +146,78 @@ int locabus_peers(locabus_endpoint* ep, struct locabus_peer_info* out, size_t ca
     return 0;
   });
 }
+
+// ---- sockets ------------------------------------------------------------------------
+
+int locabus_socket_open(const char* socket_path, uint16_t port, unsigned flags, locabus_socket** out) {
+  if (!out) return fail(EINVAL, "locabus_socket_open: out is NULL");
+  *out = nullptr;
+  if (flags & ~LOCABUS_OPEN_EVENTS) return fail(EINVAL, "locabus_socket_open: unknown flags");
+  return guarded([&] {
+    locabus::SocketOptions o;
+    if (socket_path) o.socket_path = socket_path;
+    o.events = (flags & LOCABUS_OPEN_EVENTS) != 0;
+    // Owned by the caller until locabus_socket_close().
+    *out = std::make_unique<locabus_socket>(locabus_socket{locabus::Socket::bind(port, o)}).release();
+    return 0;
+  });
+}
+
+void locabus_socket_close(locabus_socket* s) { std::unique_ptr<locabus_socket> owned(s); }
+
+uint16_t locabus_socket_port(const locabus_socket* s) { return s ? s->sock.local_port() : 0; }
+uint16_t locabus_socket_node_id(const locabus_socket* s) { return s ? s->sock.node_id() : 0; }
+
+int locabus_sendto(locabus_socket* s, uint16_t node, uint16_t port, const void* data, size_t len,
+                   int timeout_ms) {
+  if (!s || (!data && len)) return fail(EINVAL, "locabus_sendto: NULL argument");
+  return guarded([&] {
+    switch (
+        s->sock.send_to(node, port, std::span(static_cast<const std::byte*>(data), len), ms(timeout_ms))) {
+      case locabus::SendStatus::ok: return 0;
+      case locabus::SendStatus::would_block:
+        return fail(EAGAIN, "the send ring to locabusd is full (the peer or the daemon is slower): retry");
+      case locabus::SendStatus::too_large:
+        return fail(EMSGSIZE, "a " + std::to_string(len) +
+                                  "-byte datagram is over LOCABUS_MAX_DATAGRAM (65536 bytes): split it");
+      case locabus::SendStatus::invalid_node: return fail(EINVAL, "invalid destination node");
+    }
+    return fail(EIO, "unexpected send status");
+  });
+}
+
+int locabus_broadcast_to(locabus_socket* s, uint16_t port, const void* data, size_t len, int timeout_ms) {
+  return locabus_sendto(s, LOCABUS_NODE_BROADCAST, port, data, len, timeout_ms);
+}
+
+long locabus_recvfrom(locabus_socket* s, void* buf, size_t cap, uint16_t* node, uint16_t* port,
+                      unsigned* flags, int timeout_ms) {
+  if (!s || (!buf && cap)) return fail(EINVAL, "locabus_recvfrom: NULL argument");
+  long result = 0;
+  const int r = guarded([&] {
+    locabus::DatagramInfo from;
+    auto n = s->sock.receive_into(std::span(static_cast<std::byte*>(buf), cap), from, ms(timeout_ms));
+    if (!n) return fail(EAGAIN, "no datagram arrived within the timeout");
+    if (node) *node = from.node;
+    if (port) *port = from.port;
+    if (flags) *flags = from.broadcast ? LOCABUS_MSG_BROADCAST : 0;
+    result = static_cast<long>(*n);
+    return 0;
+  });
+  return r < 0 ? r : result;
+}
+
+int locabus_socket_next_event(locabus_socket* s, struct locabus_event* out) {
+  if (!s || !out) return fail(EINVAL, "locabus_socket_next_event: NULL argument");
+  return guarded([&] {
+    auto e = s->sock.next_event();
+    if (!e) return 0;
+    *out = *e;
+    return 1;
+  });
+}
+
+int locabus_socket_fd(const locabus_socket* s) { return s ? s->sock.fd() : -EINVAL; }
 
 const char* locabus_last_error(void) { return g_last_error.c_str(); }
 

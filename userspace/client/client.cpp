@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -23,8 +24,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Messages read ahead while looking for an event (and the reverse) are kept;
-// beyond this many, next_event() stops reading ahead.
+// beyond this many (or this many bytes of datagrams), next_event() stops
+// reading ahead.
 constexpr std::size_t kMaxStash = 4096;
+constexpr std::size_t kMaxStashBytes = std::size_t{16} << 20;
 
 [[noreturn]] void rethrow(const Error& e) {
   throw ClientError(e.what() + (e.hint().empty() ? "" : " (" + e.hint() + ")"), e.code());
@@ -55,33 +58,91 @@ std::string Event::to_string() const {
   }
 }
 
-struct Endpoint::Impl {
+// What an Endpoint and a Socket share: the control connection, the rings,
+// the doorbell, the epoll fd, and the stashes of records read ahead.
+struct Connection {
   UniqueFd ctl;
   std::optional<api::SharedRegion> region;
   api::Doorbell bell;
   UniqueFd epfd;
   std::uint16_t node_id = 0;
-  std::uint8_t proto = 0;
   bool connected = true;
+  const char* kind = "endpoint";  // for error messages: "open a new endpoint"
   std::deque<Message> messages;
+  std::deque<Datagram> datagrams;
+  std::size_t datagram_bytes = 0;
   std::deque<Event> events;
 
   [[noreturn]] void gone() {
     connected = false;
-    throw ClientError(
-        "locabusd closed the connection (it stopped or restarted): open a new endpoint to reconnect",
-        ENOTCONN);
+    throw ClientError(fmt::format("locabusd closed the connection (it stopped or restarted): open a new {} "
+                                  "to reconnect",
+                                  kind),
+                      ENOTCONN);
   }
   void check_connected() {
     if (!connected) gone();
+  }
+  [[noreturn]] void corrupt(api::ProtocolError e) {
+    connected = false;
+    throw ClientError(fmt::format("the daemon's ring is corrupt ({}): open a new {}", api::describe(e), kind),
+                      EPROTO);
+  }
+
+  // Connects, sends the open request `req` and attaches the ring and the
+  // doorbell the reply carries. Returns the reply.
+  nlohmann::json open(const std::string& socket_path, const nlohmann::json& req) {
+    nlohmann::json reply;
+    try {
+      const std::filesystem::path path =
+          socket_path.empty() ? api::default_socket_path() : std::filesystem::path(socket_path);
+      ctl = api::connect_control(path);
+      std::vector<UniqueFd> fds;
+      reply = api::request(ctl.get(), req, &fds);
+      if (fds.size() != 2)
+        throw ClientError("locabusd's open reply did not carry the ring and doorbell", EPROTO);
+      region.emplace(api::SharedRegion::attach(std::move(fds[0])));
+      bell = api::Doorbell::adopt(std::move(fds[1]));
+      node_id = reply.value("node_id", std::uint16_t{0});
+    } catch (const Error& e) {
+      rethrow(e);
+    }
+    epfd = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epfd) throw ClientError(fmt::format("epoll_create1: {}", std::strerror(errno)), errno);
+    for (int fd : {bell.fd(), ctl.get()}) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = fd;
+      if (::epoll_ctl(epfd.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+        throw ClientError(fmt::format("epoll_ctl: {}", std::strerror(errno)), errno);
+    }
+    // Armed from the start, so that fd() becomes readable with the first
+    // message even before any receive() (the ring is empty now).
+    (void)region->consumer().prepare_sleep();
+    return reply;
+  }
+
+  // Read-ahead beyond this stops next_event() from reading further.
+  bool stash_full() const noexcept {
+    return messages.size() + datagrams.size() >= kMaxStash || datagram_bytes >= kMaxStashBytes;
   }
 
   // Moves up to `max` records from the ring into the stashes.
   std::size_t fill(std::size_t max) {
     auto r = region->consumer().read(
         max, [&](std::uint16_t type, std::uint16_t aux, std::span<const std::byte> p) {
-          if (type == api::kRecordMessage) {
-            messages.push_back(Message{aux, {p.begin(), p.end()}});
+          if (type == api::kRecordMessage || type == api::kRecordBroadcastMessage) {
+            messages.push_back(Message{aux, type == api::kRecordBroadcastMessage, {p.begin(), p.end()}});
+          } else if (type == api::kRecordDatagram && p.size() >= sizeof(api::DatagramHeader)) {
+            api::DatagramHeader h;
+            std::memcpy(&h, p.data(), sizeof h);
+            Datagram d;
+            d.node = h.node;
+            d.port = h.port;
+            d.broadcast = (h.flags & api::kDatagramBroadcast) != 0;
+            d.data.assign(p.begin() + sizeof h, p.end());
+            datagram_bytes += d.data.size();
+            datagrams.push_back(std::move(d));
           } else if (type == api::kRecordEvent && p.size() == sizeof(locabus_event)) {
             Event e;
             std::memcpy(static_cast<locabus_event*>(&e), p.data(), sizeof(locabus_event));
@@ -89,12 +150,7 @@ struct Endpoint::Impl {
             events.push_back(e);
           }
         });
-    if (!r) {
-      connected = false;
-      throw ClientError(
-          fmt::format("the daemon's ring is corrupt ({}): open a new endpoint", api::describe(r.error)),
-          EPROTO);
-    }
+    if (!r) corrupt(r.error);
     if (r.wake_producer && !bell.ring()) gone();
     return r.records;
   }
@@ -127,6 +183,109 @@ struct Endpoint::Impl {
   bool expired(const std::optional<Clock::time_point>& deadline) const {
     return deadline && Clock::now() >= *deadline;
   }
+
+  // Writes one record (payload a + b) into the ring towards the daemon,
+  // waiting up to `timeout` while it is full.
+  SendStatus write(std::uint16_t type, std::uint16_t aux, std::span<const std::byte> a,
+                   std::span<const std::byte> b, std::chrono::milliseconds timeout) {
+    const auto deadline = deadline_of(timeout);
+    auto& out = region->producer();
+    for (;;) {
+      switch (out.try_write(type, aux, a, b)) {
+        case api::RingProducer::Status::kWritten:
+          if (out.publish() && !bell.ring()) gone();
+          return SendStatus::ok;
+        case api::RingProducer::Status::kFull: break;
+        case api::RingProducer::Status::kInvalid: return SendStatus::too_large;
+        case api::RingProducer::Status::kProtocolError: corrupt(out.error());
+      }
+      if (out.publish() && !bell.ring()) gone();  // e.g. padding staged by the full try_write
+      if (timeout.count() == 0 || expired(deadline)) {
+        pollfd p{ctl.get(), POLLIN, 0};  // a full ring may mean a dead daemon
+        if (::poll(&p, 1, 0) > 0) gone();
+        return SendStatus::would_block;
+      }
+      if (out.prepare_sleep(a.size() + b.size()) && !wait(deadline)) return SendStatus::would_block;
+    }
+  }
+
+  // Waits up to `timeout` until `queue` (messages or datagrams) has an entry.
+  template <typename Queue>
+  bool await(Queue& queue, std::chrono::milliseconds timeout) {
+    const auto deadline = deadline_of(timeout);
+    for (;;) {
+      if (!queue.empty()) return true;
+      check_connected();
+      if (fill(64) > 0 || !quiet()) continue;
+      // Armed before returning too, so that fd() becomes readable when the
+      // daemon publishes (the edge-triggered contract).
+      if (!region->consumer().prepare_sleep()) continue;
+      if (timeout.count() == 0 || expired(deadline)) return false;
+      if (!wait(deadline)) {
+        fill(64);  // one last look
+        return !queue.empty();
+      }
+    }
+  }
+
+  std::optional<Event> wait_event(std::chrono::milliseconds timeout) {
+    const auto deadline = deadline_of(timeout);
+    for (;;) {
+      if (!events.empty()) {
+        Event e = events.front();
+        events.pop_front();
+        return e;
+      }
+      check_connected();
+      if (stash_full()) {
+        // Unread messages fill the stash and the events are behind them in
+        // the ring: only receive() can make progress.
+        if (timeout.count() == 0 || expired(deadline)) return std::nullopt;
+        const int left = remaining_ms(deadline);
+        ::poll(nullptr, 0, left < 0 ? 10 : std::min(left, 10));
+        continue;
+      }
+      if (fill(64) > 0 || !quiet()) continue;
+      if (!region->consumer().prepare_sleep()) continue;
+      if (timeout.count() == 0 || expired(deadline)) return std::nullopt;
+      if (!wait(deadline)) {
+        fill(64);
+        if (events.empty()) return std::nullopt;
+      }
+    }
+  }
+
+  std::vector<Peer> peers() {
+    check_connected();
+    nlohmann::json reply;
+    try {
+      reply = api::request(ctl.get(), {{"op", "peers"}});
+    } catch (const Error& e) {
+      if (e.code() == ECONNRESET || e.code() == EPIPE) gone();
+      rethrow(e);
+    }
+    std::vector<Peer> out;
+    for (const auto& j : reply.value("peers", nlohmann::json::array())) {
+      Peer p;
+      p.node = j.value("node", std::uint16_t{0});
+      p.mac = j.value("mac", std::string());
+      p.state = j.value("state", std::string());
+      p.connection = j.value("connection", std::string());
+      p.epoch = j.value("epoch", std::uint64_t{0});
+      p.rtt = std::chrono::microseconds(j.value("rtt_us", std::int64_t{0}));
+      p.retransmits = j.value("retransmits", std::uint64_t{0});
+      p.in_flight = j.value("in_flight", std::uint32_t{0});
+      p.window = j.value("window", std::uint32_t{0});
+      out.push_back(std::move(p));
+    }
+    return out;
+  }
+};
+
+// ---- Endpoint ----------------------------------------------------------------------
+
+struct Endpoint::Impl : Connection {
+  std::uint8_t proto = 0;
 };
 
 Endpoint::Endpoint(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
@@ -144,38 +303,12 @@ Endpoint Endpoint::open(const EndpointOptions& options) {
     throw ClientError(fmt::format("protocol {} is reserved for Locabus services: use {}..255",
                                   options.protocol, LOCABUS_PROTO_USER_MIN),
                       EINVAL);
-  try {
-    const std::filesystem::path path =
-        options.socket_path.empty() ? api::default_socket_path() : std::filesystem::path(options.socket_path);
-    impl->ctl = api::connect_control(path);
-    std::vector<UniqueFd> fds;
-    const auto reply = api::request(impl->ctl.get(),
-                                    {{"op", "open"},
-                                     {"version", api::kProtocolVersion},
-                                     {"proto", options.protocol},
-                                     {"events", options.events}},
-                                    &fds);
-    if (fds.size() != 2)
-      throw ClientError("locabusd's open reply did not carry the ring and doorbell", EPROTO);
-    impl->region.emplace(api::SharedRegion::attach(std::move(fds[0])));
-    impl->bell = api::Doorbell::adopt(std::move(fds[1]));
-    impl->node_id = reply.value("node_id", std::uint16_t{0});
-    impl->proto = options.protocol;
-  } catch (const Error& e) {
-    rethrow(e);
-  }
-  impl->epfd = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
-  if (!impl->epfd) throw ClientError(fmt::format("epoll_create1: {}", std::strerror(errno)), errno);
-  for (int fd : {impl->bell.fd(), impl->ctl.get()}) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (::epoll_ctl(impl->epfd.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
-      throw ClientError(fmt::format("epoll_ctl: {}", std::strerror(errno)), errno);
-  }
-  // Armed from the start, so that fd() becomes readable with the first
-  // message even before any receive() (the ring is empty now).
-  (void)impl->region->consumer().prepare_sleep();
+  impl->open(options.socket_path, {{"op", "open"},
+                                   {"version", api::kProtocolVersion},
+                                   {"proto", options.protocol},
+                                   {"events", options.events},
+                                   {"broadcast_records", true}});
+  impl->proto = options.protocol;
   return Endpoint(std::move(impl));
 }
 
@@ -191,62 +324,27 @@ SendStatus Endpoint::send(std::uint16_t node, std::span<const std::byte> data,
   if (m.proto == LOCABUS_PROTO_NONE)
     throw ClientError("this endpoint was opened for events only (protocol 0): it cannot send", EINVAL);
   if (data.size() > LOCABUS_MAX_MESSAGE) return SendStatus::too_large;
-  if (node == 0xFFFF) return SendStatus::invalid_node;
-  const auto deadline = deadline_of(timeout);
-  auto& out = m.region->producer();
-  for (;;) {
-    switch (out.try_write(api::kRecordSend, node, data)) {
-      case api::RingProducer::Status::kWritten:
-        if (out.publish() && !m.bell.ring()) m.gone();
-        return SendStatus::ok;
-      case api::RingProducer::Status::kFull: break;
-      case api::RingProducer::Status::kInvalid: return SendStatus::too_large;
-      case api::RingProducer::Status::kProtocolError:
-        m.connected = false;
-        throw ClientError(
-            fmt::format("the daemon's ring is corrupt ({}): open a new endpoint", api::describe(out.error())),
-            EPROTO);
-    }
-    if (out.publish() && !m.bell.ring()) m.gone();  // e.g. padding staged by the full try_write
-    if (timeout.count() == 0 || m.expired(deadline)) {
-      pollfd p{m.ctl.get(), POLLIN, 0};  // a full ring may mean a dead daemon
-      if (::poll(&p, 1, 0) > 0) m.gone();
-      return SendStatus::would_block;
-    }
-    if (out.prepare_sleep(data.size()) && !m.wait(deadline)) return SendStatus::would_block;
-  }
+  return m.write(api::kRecordSend, node, data, {}, timeout);
 }
 
 std::optional<Message> Endpoint::receive(std::chrono::milliseconds timeout) {
   Impl& m = *impl_;
-  const auto deadline = deadline_of(timeout);
-  for (;;) {
-    if (!m.messages.empty()) {
-      Message msg = std::move(m.messages.front());
-      m.messages.pop_front();
-      return msg;
-    }
-    m.check_connected();
-    if (m.fill(64) > 0 || !m.quiet()) continue;
-    // Armed before returning too, so that fd() becomes readable when the
-    // daemon publishes (the edge-triggered contract).
-    if (!m.region->consumer().prepare_sleep()) continue;
-    if (timeout.count() == 0 || m.expired(deadline)) return std::nullopt;
-    if (!m.wait(deadline)) {
-      m.fill(64);  // one last look
-      if (m.messages.empty()) return std::nullopt;
-    }
-  }
+  if (!m.await(m.messages, timeout)) return std::nullopt;
+  Message msg = std::move(m.messages.front());
+  m.messages.pop_front();
+  return msg;
 }
 
 std::optional<std::size_t> Endpoint::receive_into(std::span<std::byte> buffer, std::uint16_t& from,
                                                   std::chrono::milliseconds timeout) {
+  bool broadcast = false;
+  return receive_into(buffer, from, broadcast, timeout);
+}
+
+std::optional<std::size_t> Endpoint::receive_into(std::span<std::byte> buffer, std::uint16_t& from,
+                                                  bool& broadcast, std::chrono::milliseconds timeout) {
   Impl& m = *impl_;
-  if (m.messages.empty()) {
-    auto msg = receive(timeout);
-    if (!msg) return std::nullopt;
-    m.messages.push_front(std::move(*msg));
-  }
+  if (!m.await(m.messages, timeout)) return std::nullopt;
   Message& front = m.messages.front();
   if (front.data.size() > buffer.size())
     throw ClientError(
@@ -254,66 +352,102 @@ std::optional<std::size_t> Endpoint::receive_into(std::span<std::byte> buffer, s
         EMSGSIZE);
   std::memcpy(buffer.data(), front.data.data(), front.data.size());
   from = front.node;
+  broadcast = front.broadcast;
   const std::size_t n = front.data.size();
   m.messages.pop_front();
   return n;
 }
 
-std::optional<Event> Endpoint::next_event() { return wait_event(std::chrono::milliseconds(0)); }
-
+std::optional<Event> Endpoint::next_event() { return impl_->wait_event(std::chrono::milliseconds(0)); }
 std::optional<Event> Endpoint::wait_event(std::chrono::milliseconds timeout) {
-  Impl& m = *impl_;
-  const auto deadline = deadline_of(timeout);
-  for (;;) {
-    if (!m.events.empty()) {
-      Event e = m.events.front();
-      m.events.pop_front();
-      return e;
-    }
-    m.check_connected();
-    if (m.messages.size() >= kMaxStash) {
-      // Unread messages fill the stash and the events are behind them in
-      // the ring: only receive() can make progress.
-      if (timeout.count() == 0 || m.expired(deadline)) return std::nullopt;
-      const int left = remaining_ms(deadline);
-      ::poll(nullptr, 0, left < 0 ? 10 : std::min(left, 10));
-      continue;
-    }
-    if (m.fill(64) > 0 || !m.quiet()) continue;
-    if (!m.region->consumer().prepare_sleep()) continue;
-    if (timeout.count() == 0 || m.expired(deadline)) return std::nullopt;
-    if (!m.wait(deadline)) {
-      m.fill(64);
-      if (m.events.empty()) return std::nullopt;
-    }
+  return impl_->wait_event(timeout);
+}
+std::vector<Peer> Endpoint::peers() { return impl_->peers(); }
+
+// ---- Socket ------------------------------------------------------------------------
+
+struct Socket::Impl : Connection {
+  std::uint16_t port = 0;
+
+  Datagram pop() {
+    Datagram d = std::move(datagrams.front());
+    datagrams.pop_front();
+    datagram_bytes -= d.data.size();
+    return d;
   }
+};
+
+Socket::Socket(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+Socket::Socket(Socket&&) noexcept = default;
+Socket& Socket::operator=(Socket&&) noexcept = default;
+Socket::~Socket() = default;
+
+Socket Socket::bind(std::uint16_t port, const SocketOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->kind = "socket";
+  const auto reply = impl->open(
+      options.socket_path,
+      {{"op", "open"}, {"version", api::kProtocolVersion}, {"port", port}, {"events", options.events}});
+  impl->port = reply.value("port", std::uint16_t{0});
+  if (impl->port == 0 || (port != 0 && impl->port != port))
+    throw ClientError(fmt::format("locabusd bound port {} where {} was asked for: is it the same release?",
+                                  impl->port, port),
+                      EPROTO);
+  if (impl->region->max_payload() < api::kMaxDatagramRecord)
+    throw ClientError(fmt::format("locabusd's rings ({} bytes) are too small for {}-byte datagrams: set "
+                                  "ring_bytes to at least {} in its configuration",
+                                  impl->region->ring_bytes(), api::kMaxDatagram,
+                                  std::bit_ceil(4 * (api::kMaxDatagramRecord + sizeof(api::RecordHeader)))),
+                      EMSGSIZE);
+  return Socket(std::move(impl));
 }
 
-std::vector<Peer> Endpoint::peers() {
+std::uint16_t Socket::local_port() const noexcept { return impl_->port; }
+std::uint16_t Socket::node_id() const noexcept { return impl_->node_id; }
+int Socket::fd() const noexcept { return impl_->epfd.get(); }
+bool Socket::connected() const noexcept { return impl_->connected; }
+
+SendStatus Socket::send_to(std::uint16_t node, std::uint16_t port, std::span<const std::byte> data,
+                           std::chrono::milliseconds timeout) {
   Impl& m = *impl_;
   m.check_connected();
-  nlohmann::json reply;
-  try {
-    reply = api::request(m.ctl.get(), {{"op", "peers"}});
-  } catch (const Error& e) {
-    if (e.code() == ECONNRESET || e.code() == EPIPE) m.gone();
-    rethrow(e);
-  }
-  std::vector<Peer> out;
-  for (const auto& j : reply.value("peers", nlohmann::json::array())) {
-    Peer p;
-    p.node = j.value("node", std::uint16_t{0});
-    p.mac = j.value("mac", std::string());
-    p.state = j.value("state", std::string());
-    p.connection = j.value("connection", std::string());
-    p.epoch = j.value("epoch", std::uint64_t{0});
-    p.rtt = std::chrono::microseconds(j.value("rtt_us", std::int64_t{0}));
-    p.retransmits = j.value("retransmits", std::uint64_t{0});
-    p.in_flight = j.value("in_flight", std::uint32_t{0});
-    p.window = j.value("window", std::uint32_t{0});
-    out.push_back(std::move(p));
-  }
-  return out;
+  if (port == 0) throw ClientError("port 0 is not a destination: give the port the receiver bound", EINVAL);
+  if (data.size() > LOCABUS_MAX_DATAGRAM) return SendStatus::too_large;
+  const api::DatagramHeader h{node, port, 0, 0};
+  return m.write(api::kRecordDatagramSend, 0, std::as_bytes(std::span(&h, 1)), data, timeout);
 }
+
+SendStatus Socket::broadcast(std::uint16_t port, std::span<const std::byte> data,
+                             std::chrono::milliseconds timeout) {
+  return send_to(LOCABUS_NODE_BROADCAST, port, data, timeout);
+}
+
+std::optional<Datagram> Socket::receive(std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  if (!m.await(m.datagrams, timeout)) return std::nullopt;
+  return m.pop();
+}
+
+std::optional<std::size_t> Socket::receive_into(std::span<std::byte> buffer, DatagramInfo& from,
+                                                std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  if (!m.await(m.datagrams, timeout)) return std::nullopt;
+  const Datagram& front = m.datagrams.front();
+  if (front.data.size() > buffer.size())
+    throw ClientError(
+        fmt::format("a {}-byte datagram does not fit a {}-byte buffer", front.data.size(), buffer.size()),
+        EMSGSIZE);
+  std::memcpy(buffer.data(), front.data.data(), front.data.size());
+  from = front;
+  const std::size_t n = front.data.size();
+  m.pop();
+  return n;
+}
+
+std::optional<Event> Socket::next_event() { return impl_->wait_event(std::chrono::milliseconds(0)); }
+std::optional<Event> Socket::wait_event(std::chrono::milliseconds timeout) {
+  return impl_->wait_event(timeout);
+}
+std::vector<Peer> Socket::peers() { return impl_->peers(); }
 
 }  // namespace locabus
