@@ -2,7 +2,8 @@
 # End-to-end tests with real locabusd daemons in a virtual cluster
 # (tools/cluster/locabus-cluster): discovery, streams over AF_XDP and
 # AF_PACKET (also through the chaos program), restart after SIGKILL, clean
-# SIGTERM, IP beside Locabus, API authorisation, the C client example.
+# SIGTERM, IP beside Locabus, API authorisation, the C client example,
+# Locasock sockets and broadcast (also through the chaos program).
 #
 #   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
 #
@@ -30,6 +31,7 @@ fi
 
 cluster="$here/tools/cluster/locabus-cluster"
 ctl="$bin_dir/tools/locabusctl/locabusctl"
+cat="$bin_dir/tools/locabus-cat/locabus-cat"
 export LOCABUS_BIN_DIR=$bin_dir
 name="t$(printf '%06x' $(((RANDOM << 9 ^ RANDOM ^ $$) & 0xffffff)))"
 work=$(mktemp -d)
@@ -105,6 +107,43 @@ stream() { # count timeout
   jq -e '.ok and .received == .expected and .corrupt == 0 and .out_of_order == 0' "$work/recv.json" >/dev/null ||
     fail "stream incomplete: $(cat "$work/recv.json")"
   note "$count messages in order, exactly once, in $((SECONDS - t0))s: $(cat "$work/recv.json")"
+}
+
+# Node 1 broadcasts $count numbered datagrams of 1 KB to port 7000 with
+# locabus-cat; every other node of $n must receive all of them, in order,
+# exactly once and intact (locabus-cat --expect --sequence).
+bcast_stream() { # n count timeout
+  local n=$1 count=$2 timeout=$3 k
+  local -a rps=()
+  for ((k = 2; k <= n; k++)); do
+    on "$k" "$cat" --port 7000 --expect "$count" --sequence --size 1024 --timeout "$timeout" --json \
+      >"$work/recv$k.json" 2>"$work/recv$k.err" &
+    rps[k]=$!
+    bg_pids+=("$!")
+  done
+  # every receiver's socket must be bound before the first datagram
+  local deadline=$((SECONDS + 20))
+  for ((k = 2; k <= n; k++)); do
+    until on "$k" "$ctl" counters --json | jq -e '.locasock.sockets > 0' >/dev/null; do
+      ((SECONDS < deadline)) || fail "the receiver on node $k did not bind port 7000"
+      sleep 0.1
+    done
+  done
+  local t0 t1
+  t0=$(date +%s.%N)
+  on 1 "$cat" --broadcast --dport 7000 --generate "$count" --size 1024 --timeout "$timeout" --json \
+    >"$work/send.json" 2>"$work/send.err" || fail "sender failed: $(cat "$work/send.json" "$work/send.err")"
+  for ((k = 2; k <= n; k++)); do
+    wait "${rps[k]}" || fail "node $k: $(cat "$work/recv$k.json"; tail -n 5 "$work/recv$k.err")"
+    jq -e --argjson c "$count" '.ok and .received == $c and .errors == 0 and .broadcast == $c' "$work/recv$k.json" \
+      >/dev/null || fail "node $k: $(cat "$work/recv$k.json")"
+  done
+  t1=$(date +%s.%N)
+  note "sender: $(cat "$work/send.json")"
+  local slowest
+  slowest=$(jq -s 'max_by(.total_seconds) | "\(.total_seconds) s, \(.rate | floor) datagrams/s"' "$work"/recv*.json)
+  note "$count x 1 KB broadcast datagrams reached $((n - 1)) nodes in order in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s" \
+    "(slowest receiver: $slowest)"
 }
 
 # The datapath the daemon on node k got.
@@ -292,6 +331,74 @@ case "$scenario" in
       note "$req -> $out"
     done
     "$ctl" status --socket "$(sock 1)" --json | jq -e .node_id >/dev/null || fail "the daemon stopped serving"
+    ;;
+  locasock)
+    # The socket API between 3 nodes (socket_api_check), locabus-cat, and a
+    # daemon whose rings are too small for 64 KB datagrams.
+    up 3
+    wait_discovered 3 15
+    sps=()
+    for k in 2 3; do
+      on "$k" "$bin_dir/tests/socket_api_check" serve >"$work/serve$k.txt" 2>&1 &
+      sps[k]=$!
+      bg_pids+=("$!")
+    done
+    deadline=$((SECONDS + 10))
+    until grep -q ready "$work/serve2.txt" && grep -q ready "$work/serve3.txt"; do
+      ((SECONDS < deadline)) || fail "socket_api_check serve did not start: $(cat "$work"/serve*.txt)"
+      sleep 0.1
+    done
+    on 1 "$bin_dir/tests/socket_api_check" client 2 3 >"$work/check.txt" 2>&1 ||
+      fail "socket_api_check: $(grep -v '^ok' "$work/check.txt")"
+    note "$(grep -c '^ok' "$work/check.txt") checks passed; $(grep -v '^ok' "$work/check.txt" | tr '\n' ';')"
+    for k in 2 3; do
+      wait "${sps[k]}" || fail "the server on node $k: $(grep -v '^ok' "$work/serve$k.txt")"
+    done
+    on 2 "$ctl" counters --json | jq -e '.locasock.no_port >= 1 and .api.locasock_no_port >= 1' >/dev/null ||
+      fail "the datagram to an unbound port was not counted: $(on 2 "$ctl" counters --json | jq -c .locasock)"
+    # locabus-cat: lines, then binary blocks, from node 1 to node 3
+    on 3 "$cat" --port 7300 --listen --count 2 --timeout 10 --json >"$work/lines.json" 2>"$work/lines.err" &
+    lp=$!
+    bg_pids+=("$lp")
+    until on 3 "$ctl" counters --json | jq -e '.locasock.sockets > 0' >/dev/null; do sleep 0.1; done
+    printf 'first line\nsecond line\n' | on 1 "$cat" --to 3 --dport 7300 || fail "locabus-cat could not send lines"
+    wait "$lp" || fail "lines did not arrive: $(cat "$work/lines.json" "$work/lines.err")"
+    jq -s -e '.[0].text == "first line" and .[1].text == "second line" and .[0].node == 1 and (.[0].broadcast | not)' \
+      "$work/lines.json" >/dev/null || fail "wrong lines: $(cat "$work/lines.json")"
+    head -c 200000 /dev/urandom >"$work/blob"
+    on 3 "$cat" --port 7301 --listen --raw --count 4 --timeout 10 >"$work/blob.out" 2>"$work/blob.err" &
+    lp=$!
+    bg_pids+=("$lp")
+    until on 3 "$ctl" counters --json | jq -e '.locasock.sockets > 0' >/dev/null; do sleep 0.1; done
+    on 1 "$cat" --to 3 --dport 7301 --chunk 65536 <"$work/blob" || fail "locabus-cat could not send blocks"
+    wait "$lp" || fail "blocks did not arrive: $(cat "$work/blob.err")"
+    cmp -s "$work/blob" "$work/blob.out" || fail "200,000 bytes in 4 datagrams came out different"
+    if out=$(on 1 "$cat" --to 2 --dport 7000 --chunk 65537 </dev/null 2>&1); then fail "--chunk 65537 accepted"; fi
+    note "locabus-cat: lines and 64 KB blocks arrived intact"
+    # A ring too small for a 64 KB datagram record: a clear refusal, no hang.
+    "$cluster" down "$name" -q
+    printf 'ring_bytes = 262144\n' >"$work/locabusd.toml"
+    up 1 -- --config "$work/locabusd.toml"
+    if out=$(on 1 timeout 10 "$cat" --port 7000 --listen 2>&1); then fail "a socket opened on 256 KiB rings: $out"; fi
+    grep -q "ring_bytes to at least 524288" <<<"$out" || fail "unclear refusal: $out"
+    note "small rings: $out"
+    ;;
+  bcast-8)
+    up 8 --timeout 60
+    wait_discovered 8 30
+    bcast_stream 8 65536 300
+    ;;
+  chaos-bcast)
+    up 8 --timeout 60
+    wait_discovered 8 30
+    for k in 1 2 3 4 5 6 7 8; do "$cluster" chaos --name "$name" "$k" --drop 5 --seed "$k" >/dev/null; done
+    bcast_stream 8 65536 900
+    st=$("$cluster" chaos --name "$name" 1 --status --json)
+    note "chaos on node 1: $(jq -c . <<<"$st")"
+    jq -e '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos dropped nothing: $st"
+    c=$(on 1 "$ctl" counters --json)
+    note "node 1's broadcast stream: $(jq -c '.engine | with_entries(select(.key | startswith("bcast_")))' <<<"$c")"
+    jq -e '.engine.bcast_retransmits > 0' <<<"$c" >/dev/null || fail "no broadcast repair through 5% loss?"
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2

@@ -14,7 +14,7 @@ prefix=$work/prefix
 cmake --install "$build" --prefix "$prefix" >"$work/install.log" || { cat "$work/install.log"; exit 1; }
 libdir=$(find "$prefix" -name liblocabus.so -printf '%h\n' | head -1)
 [[ -n $libdir ]] || { echo "install_test: liblocabus.so was not installed" >&2; exit 1; }
-for f in include/locabus/locabus.h include/locabus/client.hpp sbin/locabusd sbin/locabusctl \
+for f in include/locabus/locabus.h include/locabus/client.hpp sbin/locabusd sbin/locabusctl bin/locabus-cat \
   lib/systemd/system/locabusd@.service; do
   [[ -e $prefix/$f ]] || { echo "install_test: $f was not installed" >&2; exit 1; }
 done
@@ -33,7 +33,7 @@ grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear error: 
 
 # CMake package
 mkdir -p "$work/app"
-cp "$here/examples/hello.cpp" "$work/app/"
+cp "$here/examples/hello.cpp" "$here/examples/locasock_echo.cpp" "$work/app/"
 cat >"$work/app/CMakeLists.txt" <<'CMAKE'
 cmake_minimum_required(VERSION 3.25)
 project(app CXX)
@@ -41,6 +41,8 @@ set(CMAKE_CXX_STANDARD 20)
 find_package(locabus 0.1 REQUIRED)
 add_executable(hello hello.cpp)
 target_link_libraries(hello PRIVATE locabus::locabus)
+add_executable(locasock_echo locasock_echo.cpp)
+target_link_libraries(locasock_echo PRIVATE locabus::locabus)
 CMAKE
 cmake -S "$work/app" -B "$work/app/build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" >"$work/cmake.log" ||
   { cat "$work/cmake.log"; exit 1; }
@@ -50,4 +52,13 @@ if out=$(LOCABUS_SOCKET=$work/none.sock "$work/app/build/hello" 2 2>&1); then
   exit 1
 fi
 grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear error: $out" >&2; exit 1; }
+if out=$(LOCABUS_SOCKET=$work/none.sock "$work/app/build/locasock_echo" serve 2>&1); then
+  echo "install_test: locasock_echo succeeded without a daemon" >&2
+  exit 1
+fi
+grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear error: $out" >&2; exit 1; }
+# The new symbols carry their own version (client/liblocabus.map).
+objdump -T "$libdir/liblocabus.so" | grep -q "LOCABUS_0.2 *locabus_socket_open" ||
+  { echo "install_test: locabus_socket_open is not exported as LOCABUS_0.2" >&2; exit 1; }
+LD_LIBRARY_PATH=$libdir "$prefix/bin/locabus-cat" --help | grep -q -- "--generate" || { echo "install_test: locabus-cat --help" >&2; exit 1; }
 echo "install_test: installed package works with pkg-config and find_package"

@@ -445,7 +445,8 @@ nlohmann::json Daemon::counters() const {
   nlohmann::json j = {{"engine", eng},
                       {"peers", per_peer},
                       {"transport", transport_counters()},
-                      {"api", server_->counters()}};
+                      {"api", server_->counters()},
+                      {"locasock", server_->locasock_counters()}};
   if (dp_.fastpath) {
     const auto v = dp_.fastpath->maps().counters();
     nlohmann::json x = nlohmann::json::object();

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <bitset>
 #include <cerrno>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include <locabus/locabus.h>
+#include <locabus/wire.h>
 
 #include "api/control.hpp"
 #include "api/shm.hpp"
@@ -97,7 +99,10 @@ struct Client {
 
   // the endpoint, once opened
   bool open = false;
-  std::uint8_t proto = 0;
+  std::uint8_t proto = 0;  // a socket: LOCABUS_P_LOCASOCK
+  bool socket = false;     // a Locasock socket bound to `port`, not a protocol endpoint
+  std::uint16_t port = 0;
+  bool broadcast_records = false;  // understands kRecordBroadcastMessage
   bool events = false;
   std::optional<api::SharedRegion> region;
   api::Doorbell bell;           // our end: readable when the client rings; ring() wakes the client
@@ -115,7 +120,13 @@ struct Client {
 
 ApiServer::ApiServer(const Config& cfg, engine::Engine& engine, const engine::Clock& clock,
                      const Introspection& introspection)
-    : cfg_(cfg), engine_(engine), clock_(clock), introspection_(introspection), path_(cfg.socket_path()) {
+    : cfg_(cfg),
+      engine_(engine),
+      clock_(clock),
+      introspection_(introspection),
+      path_(cfg.socket_path()),
+      bus_(std::make_unique<locasock::EngineBus>(engine)),
+      service_(std::make_unique<locasock::Service>(*bus_, clock)) {
   if (!cfg_.api_group.empty()) {
     errno = 0;
     const group* g = ::getgrnam(cfg_.api_group.c_str());
@@ -307,13 +318,26 @@ void ApiServer::reply(Client& c, const nlohmann::json& msg, std::span<const int>
   api::send_control(c.sock.get(), msg, fds);  // Error: the caller drops the client
 }
 
+std::string ApiServer::what(const Client& c) {
+  return c.socket ? fmt::format("socket port {}", c.port) : fmt::format("endpoint protocol {}", c.proto);
+}
+
+// Frees the client's protocol id or port for others.
+void ApiServer::unbind(Client& c) {
+  if (c.socket) {
+    if (auto it = by_port_.find(c.port); it != by_port_.end() && it->second == &c) by_port_.erase(it);
+  } else if (c.proto != LOCABUS_PROTO_NONE && by_proto_[c.proto] == &c) {
+    by_proto_[c.proto] = nullptr;
+  }
+}
+
 void ApiServer::drop(std::uint64_t id, const std::string& why) {
   auto it = clients_.find(id);
   if (it == clients_.end() || std::find(doomed_.begin(), doomed_.end(), id) != doomed_.end()) return;
   Client& c = *it->second;
   if (c.open) {
-    spdlog::info("API: endpoint protocol {} of {} closed: {}", c.proto, c.who, why);
-    if (c.proto != LOCABUS_PROTO_NONE && by_proto_[c.proto] == &c) by_proto_[c.proto] = nullptr;
+    spdlog::info("API: {} of {} closed: {}", what(c), c.who, why);
+    unbind(c);
   } else {
     spdlog::debug("API: client {} ({}) gone: {}", id, c.who, why);
   }
@@ -337,10 +361,10 @@ void ApiServer::hangup(Client& c) {
   // an unreachable peer fails them, so this ends).
   c.draining = true;
   c.stalled_since.reset();
-  if (c.proto != LOCABUS_PROTO_NONE && by_proto_[c.proto] == &c) by_proto_[c.proto] = nullptr;
+  unbind(c);
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.bell.fd(), nullptr);
-  spdlog::info("API: {} closed protocol {}; queueing its remaining sends", c.who, c.proto);
+  spdlog::info("API: {} closed {}; queueing its remaining sends", c.who, what(c));
 }
 
 void ApiServer::on_client_readable(std::uint64_t id) {
@@ -395,7 +419,10 @@ void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
        {std::pair{"op", req.contains("op") && req["op"].is_string()},
         std::pair{"version", !req.contains("version") || req["version"].is_number_integer()},
         std::pair{"proto", !req.contains("proto") || req["proto"].is_number_integer()},
-        std::pair{"events", !req.contains("events") || req["events"].is_boolean()}})
+        std::pair{"events", !req.contains("events") || req["events"].is_boolean()},
+        std::pair{"port", !req.contains("port") || req["port"].is_number_integer()},
+        std::pair{"broadcast_records",
+                  !req.contains("broadcast_records") || req["broadcast_records"].is_boolean()}})
     if (!ok)
       return reply(c, {{"ok", false},
                        {"errno", EINVAL},
@@ -417,6 +444,7 @@ void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
                             api::kProtocolVersion),
                 "use a liblocabus that matches the daemon");
   if (c.open) return fail(EISCONN, "this connection already has an endpoint", "open another connection");
+  if (req.contains("port")) return open_socket(c, req);
   const std::int64_t proto = int_field(req, "proto", -1);
   const bool monitor = proto == LOCABUS_PROTO_NONE;
   if (monitor && !bool_field(req, "events"))
@@ -434,6 +462,7 @@ void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
   c.bell = std::move(mine);
   c.proto = static_cast<std::uint8_t>(proto);
   c.events = bool_field(req, "events");
+  c.broadcast_records = bool_field(req, "broadcast_records");
   c.sent_to = std::make_unique<std::bitset<65536>>();
   epoll_add(epoll_.get(), c.bell.fd(), kBellKind | c.id);
   const int fds[2] = {c.region->fd(), theirs.fd()};
@@ -444,8 +473,85 @@ void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
   spdlog::info("API: {} opened protocol {}{}", c.who, proto, c.events ? " with events" : "");
 }
 
+// "open" with a "port": a Locasock socket (docs/API.md, "Sockets").
+void ApiServer::open_socket(Client& c, const nlohmann::json& req) {
+  auto fail = [&](int err, const std::string& what, const std::string& hint = {}) {
+    reply(c, {{"ok", false}, {"errno", err}, {"error", what}, {"hint", hint}});
+  };
+  if (req.contains("proto") && int_field(req, "proto", -1) != LOCABUS_P_LOCASOCK)
+    return fail(EINVAL, "a socket is opened with a port and no protocol (or protocol 1, Locasock)",
+                "see docs/API.md for the open request");
+  const std::int64_t asked = int_field(req, "port", -1);
+  if (asked < 0 || asked > 65535)
+    return fail(EINVAL, fmt::format("port {} is not a port", asked),
+                "use 1..65535, or 0 for an ephemeral port");
+  if (api::SharedRegion::max_payload_for(cfg_.ring_bytes) < api::kMaxDatagramRecord)
+    return fail(EMSGSIZE,
+                fmt::format("this daemon's rings ({} bytes) are too small for {}-byte datagrams",
+                            cfg_.ring_bytes, api::kMaxDatagram),
+                fmt::format("set ring_bytes to at least {} in locabusd's configuration",
+                            std::bit_ceil(4 * (api::kMaxDatagramRecord + sizeof(api::RecordHeader)))));
+  std::uint16_t port = static_cast<std::uint16_t>(asked);
+  if (port == 0) {
+    // The next free one after the last one given, so that a port just
+    // closed is not handed out again at once.
+    constexpr unsigned range = api::kEphemeralPortLast - api::kEphemeralPortFirst + 1;
+    for (unsigned i = 0; i < range && port == 0; ++i) {
+      const auto candidate =
+          static_cast<std::uint16_t>(api::kEphemeralPortFirst + (next_ephemeral_ + i) % range);
+      if (!by_port_.contains(candidate)) {
+        port = candidate;
+        next_ephemeral_ = (next_ephemeral_ + i + 1) % range;
+      }
+    }
+    if (port == 0)
+      return fail(EADDRINUSE,
+                  fmt::format("no free ephemeral port: all of {}..{} are bound", api::kEphemeralPortFirst,
+                              api::kEphemeralPortLast),
+                  "close sockets, or bind an explicit port");
+  } else if (auto it = by_port_.find(port); it != by_port_.end()) {
+    return fail(EADDRINUSE, fmt::format("port {} is already bound by {}", port, it->second->who),
+                "close that socket, use another port, or 0 for an ephemeral one");
+  }
+
+  c.region.emplace(api::SharedRegion::create(fmt::format("locabus-sock{}", c.id), cfg_.ring_bytes));
+  auto [mine, theirs] = api::Doorbell::create_pair();
+  c.bell = std::move(mine);
+  c.socket = true;
+  c.proto = LOCABUS_P_LOCASOCK;
+  c.port = port;
+  c.events = bool_field(req, "events");
+  c.sent_to = std::make_unique<std::bitset<65536>>();
+  epoll_add(epoll_.get(), c.bell.fd(), kBellKind | c.id);
+  const int fds[2] = {c.region->fd(), theirs.fd()};
+  reply(c,
+        {{"ok", true},
+         {"node_id", engine_.node_id()},
+         {"port", port},
+         {"max_datagram", api::kMaxDatagram},
+         {"ring_bytes", cfg_.ring_bytes}},
+        fds);
+  c.open = true;
+  by_port_[port] = &c;
+  spdlog::info("API: {} bound socket port {}{}", c.who, port, c.events ? " with events" : "");
+}
+
 void ApiServer::publish(Client& c) {
   if (c.region->producer().publish()) c.bell.ring();
+}
+
+// A send the engine refused at once: a send_failed event tells the client.
+void ApiServer::refused(Client& c, std::uint16_t node, engine::SendStatus status) {
+  ++c.refused;
+  ++counters_.send_refused;
+  if (c.draining) return;  // nobody is left to tell
+  locabus_event ev{};
+  ev.kind = LOCABUS_EV_SEND_FAILED;
+  ev.failure = refusal_code(status);
+  ev.node = node;
+  ev.first_message = c.sent;
+  ev.count = 1;
+  deliver_event(c, ev);
 }
 
 // Client -> engine. A send the engine cannot queue yet (would_block) stays
@@ -453,53 +559,61 @@ void ApiServer::publish(Client& c) {
 int ApiServer::pump_to_engine(Client& c) {
   auto& in = c.region->consumer();
   c.send_blocked = false;
-  bool bad_record = false;
+  const char* bad_record = nullptr;
   const auto r = in.read(
-      kClientBatch, [&](std::uint16_t type, std::uint16_t node, std::span<const std::byte> payload) -> bool {
-        if (type != api::kRecordSend || payload.size() > wire::kMaxPayload || c.proto == LOCABUS_PROTO_NONE) {
-          bad_record = true;
-          return false;
-        }
+      kClientBatch, [&](std::uint16_t type, std::uint16_t aux, std::span<const std::byte> payload) -> bool {
+        std::uint16_t node = aux;
+        engine::SendResult res;
         // The payload is in memory the client can still write; the engine copies
-        // it before send() returns, so a misbehaving client garbles only its own
-        // message.
-        const auto res = engine_.send(node, c.proto, payload);
+        // it before send() returns (the Locasock service copies each fragment), so
+        // a misbehaving client garbles only its own message.
+        if (c.socket) {
+          if (type != api::kRecordDatagramSend || payload.size() < sizeof(api::DatagramHeader) ||
+              payload.size() > api::kMaxDatagramRecord) {
+            bad_record = "a record that is not a datagram of at most 65536 bytes";
+            return false;
+          }
+          api::DatagramHeader h;
+          std::memcpy(&h, payload.data(), sizeof h);  // read once
+          node = h.node;
+          res.status = service_->send(node, c.port, h.port, payload.subspan(sizeof h));
+        } else {
+          if (type != api::kRecordSend || payload.size() > wire::kMaxPayload ||
+              c.proto == LOCABUS_PROTO_NONE) {
+            bad_record = "a record that is not a send of at most 1484 bytes";
+            return false;
+          }
+          res = node == LOCABUS_NODE_BROADCAST ? engine_.broadcast(c.proto, payload)
+                                               : engine_.send(node, c.proto, payload);
+        }
         if (res.status == engine::SendStatus::would_block) {
           c.send_blocked = true;
           return false;
         }
         ++c.sent;
         if (res) {
-          ++counters_.messages_in;
+          ++(c.socket ? counters_.datagrams_in : counters_.messages_in);
           c.sent_to->set(node);
         } else {
-          ++c.refused;
-          ++counters_.send_refused;
-          if (c.draining) return true;  // nobody is left to tell
-          locabus_event ev{};
-          ev.kind = LOCABUS_EV_SEND_FAILED;
-          ev.failure = refusal_code(res.status);
-          ev.node = node;
-          ev.first_message = c.sent;
-          ev.count = 1;
-          deliver_event(c, ev);
+          refused(c, node, res.status);
         }
         return true;
       });
   if (!r) throw ClientFault(std::string(api::describe(r.error)));
-  if (bad_record) throw ClientFault("a record that is not a send of at most 1484 bytes");
+  if (bad_record) throw ClientFault(bad_record);
   if (r.wake_producer) c.bell.ring();
   if (r.records == 0 && !c.send_blocked && !in.prepare_sleep()) return 1;  // arrived meanwhile: go again
   return static_cast<int>(r.records);
 }
 
 bool ApiServer::write_record(Client& c, std::uint16_t type, std::uint16_t aux,
-                             std::span<const std::byte> bytes) {
-  switch (c.region->producer().try_write(type, aux, bytes)) {
+                             std::span<const std::byte> bytes, std::span<const std::byte> more) {
+  switch (c.region->producer().try_write(type, aux, bytes, more)) {
     case api::RingProducer::Status::kWritten: return true;
     case api::RingProducer::Status::kFull: return false;
     case api::RingProducer::Status::kInvalid:
-      throw ClientFault(fmt::format("a record of {} bytes does not fit the ring", bytes.size()));
+      throw ClientFault(
+          fmt::format("a record of {} bytes does not fit the ring", bytes.size() + more.size()));
     case api::RingProducer::Status::kProtocolError: break;
   }
   throw ClientFault(std::string(api::describe(c.region->producer().error())));
@@ -544,6 +658,11 @@ void ApiServer::deliver_event(Client& c, const locabus_event& ev) {
 }
 
 void ApiServer::on_event(const engine::Event& e) {
+  // What a node that died, left or restarted had sent of a datagram will
+  // never be completed.
+  if (e.kind == engine::EventKind::dead || e.kind == engine::EventKind::left ||
+      e.kind == engine::EventKind::restarted)
+    service_->drop_node(e.node);
   const locabus_event rec = to_record(e);
   for (auto& [id, cp] : clients_) {
     Client& c = *cp;
@@ -567,14 +686,52 @@ void ApiServer::fault(Client& c, const ClientFault& f) {
   drop(c.id, "protocol error");
 }
 
-// Engine -> clients, routed by protocol id. Not while any client has a
-// backlog: the engine then keeps the messages, its receive buffers fill and
-// the credit window slows the senders down (end-to-end back-pressure).
+// Queues a record for the client: into its ring when nothing waits before
+// it, else at the end of its backlog. The caller publishes.
+void ApiServer::deliver(Client& c, std::uint16_t type, std::uint16_t aux, std::span<const std::byte> head,
+                        std::span<const std::byte> body) {
+  try {
+    if (c.backlog.empty() && write_record(c, type, aux, head, body)) return;
+  } catch (const ClientFault& f) {
+    fault(c, f);
+    return;
+  }
+  Pending p{type, aux, {}};
+  p.bytes.reserve(head.size() + body.size());
+  p.bytes.insert(p.bytes.end(), head.begin(), head.end());
+  p.bytes.insert(p.bytes.end(), body.begin(), body.end());
+  c.backlog.push_back(std::move(p));
+}
+
+// Engine -> clients, routed by protocol id, and for Locasock by port. Not
+// while any client has a backlog: the engine then keeps the messages, its
+// receive buffers fill and the credit window slows the senders down
+// (end-to-end back-pressure).
 int ApiServer::receive_from_engine() {
   for (auto& [id, c] : clients_)
     if (c->open && !c->draining && c->backlog.size() > c->events_in_backlog) return 0;
   std::vector<Client*> touched;
+  auto touch = [&](Client* c) {
+    if (std::find(touched.begin(), touched.end(), c) == touched.end()) touched.push_back(c);
+  };
   const std::size_t n = engine_.receive(kEngineBatch, [&](const engine::Message& m) {
+    if (m.proto == LOCABUS_P_LOCASOCK) {
+      service_->on_message(m, [&](const locasock::Datagram& d) {
+        auto it = by_port_.find(d.dport);
+        if (it == by_port_.end()) {
+          ++counters_.locasock_no_port;
+          return;
+        }
+        Client* c = it->second;
+        ++counters_.datagrams_out;
+        ++c->received;
+        touch(c);
+        const api::DatagramHeader h{d.node, d.sport, d.broadcast ? api::kDatagramBroadcast : std::uint16_t{0},
+                                    0};
+        deliver(*c, api::kRecordDatagram, 0, std::as_bytes(std::span(&h, 1)), d.data);
+      });
+      return;
+    }
     Client* c = by_proto_[m.proto];
     if (!c) {
       ++counters_.rx_no_endpoint;
@@ -582,14 +739,9 @@ int ApiServer::receive_from_engine() {
     }
     ++counters_.messages_out;
     ++c->received;
-    if (std::find(touched.begin(), touched.end(), c) == touched.end()) touched.push_back(c);
-    try {
-      if (c->backlog.empty() && write_record(*c, api::kRecordMessage, m.node, m.payload)) return;
-    } catch (const ClientFault& f) {
-      fault(*c, f);
-      return;
-    }
-    c->backlog.push_back(Pending{api::kRecordMessage, m.node, {m.payload.begin(), m.payload.end()}});
+    touch(c);
+    deliver(*c, m.broadcast && c->broadcast_records ? api::kRecordBroadcastMessage : api::kRecordMessage,
+            m.node, m.payload);
   });
   int work = static_cast<int>(n);
   for (Client* c : touched) {
@@ -651,6 +803,10 @@ int ApiServer::do_work() {
     }
   }
   work += receive_from_engine();
+  // Reassembly timeouts: the daemon's idle strategy wakes up for them
+  // (next_deadline()).
+  if (const auto d = service_->next_deadline(); d && clock_.now() >= *d)
+    work += static_cast<int>(service_->expire());
   drop_stalled();
   for (std::uint64_t id : doomed_) forget(id);
   doomed_.clear();
@@ -677,7 +833,8 @@ void ApiServer::drop_stalled() {
 }
 
 std::optional<engine::Nanos> ApiServer::next_deadline() const {
-  std::optional<engine::Nanos> next = accept_paused_until_;
+  std::optional<engine::Nanos> next = service_->next_deadline();
+  if (accept_paused_until_ && (!next || *accept_paused_until_ < *next)) next = accept_paused_until_;
   for (const auto& [id, c] : clients_)
     if (c->refused_until && (!next || *c->refused_until < *next)) next = c->refused_until;
   for (const auto& [id, c] : clients_)
@@ -686,18 +843,36 @@ std::optional<engine::Nanos> ApiServer::next_deadline() const {
   return next;
 }
 
+nlohmann::json ApiServer::locasock_counters() const {
+  const auto& st = service_->stats();
+  return {{"sockets", by_port_.size()},
+          {"no_port", counters_.locasock_no_port},
+          {"datagrams_sent", st.datagrams_sent},
+          {"fragments_sent", st.fragments_sent},
+          {"send_refused", st.send_refused},
+          {"send_incomplete", st.send_incomplete},
+          {"fragments_received", st.fragments_received},
+          {"datagrams_delivered", st.datagrams_delivered},
+          {"malformed", st.malformed},
+          {"duplicates", st.duplicates},
+          {"reassembly_replaced", st.reassembly_replaced},
+          {"reassembly_timeouts", st.reassembly_timeouts},
+          {"reassembly_evicted", st.reassembly_evicted},
+          {"reassembly_dropped", st.reassembly_dropped},
+          {"reassembly_bytes", service_->reassembly_bytes()},
+          {"partial_datagrams", service_->partial_datagrams()}};
+}
+
 nlohmann::json ApiServer::counters() const {
   nlohmann::json eps = nlohmann::json::array();
   for (const auto& [id, c] : clients_) {
     if (!c->open) continue;
-    eps.push_back({{"proto", c->proto},
-                   {"pid", c->cred.pid},
-                   {"uid", c->cred.uid},
-                   {"events", c->events},
-                   {"sent", c->sent},
-                   {"received", c->received},
-                   {"refused", c->refused},
-                   {"backlog", c->backlog.size()}});
+    nlohmann::json ep = {{"proto", c->proto},     {"pid", c->cred.pid},
+                         {"uid", c->cred.uid},    {"events", c->events},
+                         {"sent", c->sent},       {"received", c->received},
+                         {"refused", c->refused}, {"backlog", c->backlog.size()}};
+    if (c->socket) ep["port"] = c->port;
+    eps.push_back(std::move(ep));
   }
   return {{"clients", clients_.size()},
           {"accepted", counters_.accepted},
@@ -710,6 +885,10 @@ nlohmann::json ApiServer::counters() const {
           {"events_out", counters_.events_out},
           {"events_dropped", counters_.events_dropped},
           {"stalled", counters_.stalled},
+          {"datagrams_in", counters_.datagrams_in},
+          {"datagrams_out", counters_.datagrams_out},
+          {"locasock_no_port", counters_.locasock_no_port},
+          {"sockets", by_port_.size()},
           {"endpoints", eps}};
 }
 
