@@ -58,7 +58,9 @@ if out=$(LOCABUS_SOCKET=$work/none.sock "$work/app/build/locasock_echo" serve 2>
 fi
 grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear error: $out" >&2; exit 1; }
 # The new symbols carry their own version (client/liblocabus.map).
-objdump -T "$libdir/liblocabus.so" | grep -q "LOCABUS_0.2 *locabus_socket_open" ||
+dynsyms=$(objdump -T "$libdir/liblocabus.so")  # not piped into grep -q: pipefail and SIGPIPE
+grep -q "LOCABUS_0.2 *locabus_socket_open" <<<"$dynsyms" ||
   { echo "install_test: locabus_socket_open is not exported as LOCABUS_0.2" >&2; exit 1; }
-LD_LIBRARY_PATH=$libdir "$prefix/bin/locabus-cat" --help | grep -q -- "--generate" || { echo "install_test: locabus-cat --help" >&2; exit 1; }
+help=$(LD_LIBRARY_PATH=$libdir "$prefix/bin/locabus-cat" --help)
+grep -q -- "--generate" <<<"$help" || { echo "install_test: locabus-cat --help" >&2; exit 1; }
 echo "install_test: installed package works with pkg-config and find_package"
