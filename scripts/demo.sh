@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Locabus demo: a 4-node virtual cluster (network namespaces on one bridge,
 # a real locabusd with the XDP fast path in each), membership, messages
-# between nodes, a 10,000-message stream, a node killed and restarted, then
-# everything torn down. It checks what it shows and exits non-zero if
-# anything misbehaves.
+# between nodes, a 10,000-message stream, a broadcast reaching every node
+# (a line of text, then 8,192 numbered 1 KB datagrams), a node killed and
+# restarted, then everything torn down. It checks what it shows and exits
+# non-zero if anything misbehaves.
 #
 #   scripts/demo.sh                       # as root: installs packages, builds, runs
 #   scripts/demo.sh --no-build --bin-dir build
@@ -16,7 +17,7 @@ while (($#)); do
   case "$1" in
     --no-build) build=0 ;;
     --bin-dir) bin_dir=$2; shift ;;
-    -h | --help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -36,15 +37,16 @@ if ((build)); then
   step "Installing dependencies and building"
   "$here/scripts/setup.sh"
   cmake -S "$here" -B "$bin_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$bin_dir" --target locabusd locabusctl
+  cmake --build "$bin_dir" --target locabusd locabusctl locabus-cat
 fi
 export LOCABUS_BIN_DIR=$bin_dir
 ctl="$bin_dir/tools/locabusctl/locabusctl"
-for b in "$ctl" "$bin_dir/userspace/daemon/locabusd"; do
+cat_bin="$bin_dir/tools/locabus-cat/locabus-cat"
+for b in "$ctl" "$cat_bin" "$bin_dir/userspace/daemon/locabusd"; do
   [[ -x $b ]] || { echo "demo.sh: $b is not built (drop --no-build)" >&2; exit 1; }
 done
 # The demo runs as the README shows it: `locabus-cluster` and `locabusctl`.
-PATH="$here/tools/cluster:$(dirname "$ctl"):$PATH"
+PATH="$here/tools/cluster:$(dirname "$ctl"):$(dirname "$cat_bin"):$PATH"
 
 name="demo$(printf '%04x' $(((RANDOM ^ $$) & 0xffff)))"
 work=$(mktemp -d)
@@ -91,7 +93,41 @@ run on 3 locabusctl msg send --to 4 --sequence --count 10000 --size 1024
 wait "${bg[-1]}" || true
 jq -c . "$work/stream.json"
 
-step "5. Node 4's daemon is killed (SIGKILL); node 1 notices, then sees it restart"
+step "5. Broadcast: one frame reaches every node (Locasock datagrams to port 7000 on all nodes)"
+wait_bound() { # node port: until a socket is bound on that node
+  for _ in $(seq 100); do
+    on "$1" locabusctl counters --json | jq -e '.locasock.sockets > 0' >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "demo.sh: node $1 did not bind its port" >&2
+  return 1
+}
+hello_pids=()
+for k in 2 3 4; do
+  on "$k" locabus-cat --port 7000 --listen --count 1 --timeout 10 >"$work/hello$k.txt" &
+  bg+=($!)
+  hello_pids+=($!)
+done
+for k in 2 3 4; do wait_bound "$k"; done
+printf '%s$ echo "hello, cluster" | locabus-cat --broadcast --dport 7000%s\n' "$dim" "$reset"
+echo "hello, cluster" | on 1 locabus-cat --broadcast --dport 7000
+for p in "${hello_pids[@]}"; do wait "$p" || true; done
+for k in 2 3 4; do printf '  node %s received: %s\n' "$k" "$(cat "$work/hello$k.txt")"; done
+echo "Now 8,192 numbered 1 KB datagrams (the paper's broadcast benchmark), checked for order and gaps on every node:"
+stream_pids=()
+for k in 2 3 4; do
+  on "$k" locabus-cat --port 7001 --expect 8192 --sequence --size 1024 --timeout 60 --json -q >"$work/bcast$k.json" &
+  bg+=($!)
+  stream_pids+=($!)
+done
+sleep 0.5
+for k in 2 3 4; do wait_bound "$k"; done
+run on 1 locabus-cat --broadcast --dport 7001 --generate 8192 --size 1024 --timeout 60 -q
+for p in "${stream_pids[@]}"; do wait "$p" || true; done
+for k in 2 3 4; do printf '  node %s: %s\n' "$k" "$(jq -c '{ok, received, errors, total_seconds}' "$work/bcast$k.json")"; done
+on 1 locabusctl counters --json | jq -c '.engine | {bcast_sent, bcast_retransmits, bcast_polls_sent, bcast_acks_received, bcast_naks_received}'
+
+step "6. Node 4's daemon is killed (SIGKILL); node 1 notices, then sees it restart"
 on 1 locabusctl events --node 4 --until restarted --timeout 20 >"$work/events.txt" &
 bg+=($!)
 sleep 0.3
@@ -102,7 +138,7 @@ wait "${bg[-1]}" || true
 echo "node 1 saw:"
 sed 's/^/  /' "$work/events.txt"
 
-step "6. The counters behind it (node 3, the stream's sender)"
+step "7. The counters behind it (node 3, the unicast stream's sender)"
 on 3 locabusctl counters --json >"$work/counters.json"
 jq '{engine: {tx_frames: .engine.tx_frames, data_sent: .engine.peers_total.data_sent,
       retransmits: .engine.peers_total.retransmits}, xdp: (.xdp // {} | {redirected, ack_consumed}),
@@ -117,6 +153,10 @@ check() { # name expected actual
 check "messages node 2 received" 3 "$(grep -c '^node ' "$work/recv.txt")"
 check "first message" "node 1: hello from node 1" "$(head -1 "$work/recv.txt")"
 check "stream complete and in order" true "$(jq -r .ok "$work/stream.json")"
+for k in 2 3 4; do
+  check "node $k got the broadcast line from node 1" "hello, cluster" "$(sed -n 's/^1:[0-9]*: //p' "$work/hello$k.txt" | head -1)"
+  check "node $k got all 8,192 broadcasts in order" true "$(jq -r '.ok and .received == 8192' "$work/bcast$k.json")"
+done
 check "node 1 saw node 4 die" yes "$(grep -q "node 4 dead" "$work/events.txt" && echo yes || echo no)"
 check "node 1 saw node 4 restart" yes "$(grep -q "node 4 restarted" "$work/events.txt" && echo yes || echo no)"
 check "datapath of node 1" "$(on 1 locabusctl status --json | jq -r .datapath)" xdp
