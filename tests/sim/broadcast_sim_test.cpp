@@ -333,6 +333,32 @@ TEST(Broadcast, ACrashedReceiverDoesNotStallTheOthers) {
   });
 }
 
+TEST(Broadcast, ReceiversStopAskingASenderThatDied) {
+  for_each_seed(3, [](std::uint64_t seed) {
+    EngineConfig cfg;  // dead after 4 s
+    SimCluster c(seed, 3, cfg);
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
+    BroadcastDelivery d(c);
+    LinkParams lossy;
+    lossy.loss = 0.5;
+    c.net().set_link(c.port_of(0), c.port_of(2), lossy);
+    for (int i = 0; i < 200; ++i) ASSERT_TRUE(c.node(0).broadcast(LOCABUS_P_MPI, testing::payload(1, i)));
+    c.run_for(3ms);  // sent, and node 3 has gaps it is about to NAK
+    c.crash(0);
+    ASSERT_TRUE(c.run_until([&] { return c.node(2).peer(1)->member == engine::MemberState::dead; }, 10s));
+    c.run_for(100ms);
+    const auto naks = c.node(2).peer(1)->counters.bcast_naks_sent;
+    const auto frames = c.node(2).stats().tx_frames;
+    c.run_for(10s);
+    // Nothing more is asked of a dead sender, and nothing is held for it.
+    EXPECT_EQ(c.node(2).peer(1)->counters.bcast_naks_sent, naks);
+    EXPECT_EQ(c.node(2).peer(1)->bcast_held, 0u);
+    // Only heartbeats go out (2 per second, for 10 s, to node 2 alone).
+    EXPECT_LE(c.node(2).stats().tx_frames - frames, 30u);
+    d.expect_clean();
+  });
+}
+
 TEST(Broadcast, ALateJoinerStartsAtTheCurrentPosition) {
   for_each_seed(3, [](std::uint64_t seed) {
     SimCluster c(seed, 3, bcast_config());

@@ -34,6 +34,14 @@ constexpr std::size_t kMaxNakRun = 1024;
 /// in `window`, so that a late frame of a previous incarnation is not taken
 /// for part of the new stream.
 std::uint16_t epoch_tag(std::uint64_t epoch) noexcept { return static_cast<std::uint16_t>(epoch); }
+
+/// The sender has sent everything before `end`: what lies beyond the
+/// receive buffer cannot be asked for yet, so `high` moves at most that far.
+void bcast_raise_high(BroadcastRx& r, std::uint16_t end) noexcept {
+  const std::size_t ahead = std::min<std::size_t>(seq_diff(end, r.rcv_nxt), r.queue.limit());
+  const std::uint16_t capped = seq_add(r.rcv_nxt, ahead);
+  if (wire::seq_before(r.high, capped) && !wire::seq_before(end, r.rcv_nxt)) r.high = capped;
+}
 }  // namespace
 
 void Engine::bcast_init() {
@@ -193,11 +201,16 @@ int Engine::bcast_poll_tick() {
   BroadcastTx& b = *btx_;
   const Nanos now = clock_.now();
   if (b.next_poll.count() == 0 || now < b.next_poll) return 0;
-  if (b.low == b.nxt) {
+  if (b.low == b.nxt && !b.poll_owed) {
     b.next_poll = Nanos{0};  // everything sent is confirmed: quiet until the next broadcast
     return 0;
   }
   send_poll(now);
+  b.poll_owed = false;
+  if (b.low == b.nxt) {
+    b.next_poll = Nanos{0};  // only owed: its low edge tells a receiver behind it to skip
+    return 1;
+  }
   // Back off while nothing gets confirmed (a member is slow, or gone and not
   // yet declared dead); poll briskly again once it moves.
   b.poll_backoff =
@@ -252,6 +265,21 @@ void Engine::bcast_reset_rx(Peer& p) {
   r.asked.clear();
   disarm(p, kBcastNakTimer);
   // Messages already delivered in order stay readable.
+}
+
+void Engine::bcast_sender_lost(Peer& p) {
+  // The sender is dead or left: its frames held past a gap can never be
+  // completed (they are dropped), and nobody is asked for anything more. If
+  // it comes back in the same life, its next POLL says whether our position
+  // is still inside its stream.
+  BroadcastRx& r = p.brx;
+  if (!r.started) return;
+  if (!r.ahead.empty()) p.counters.bcast_skipped += r.ahead.size();
+  r.ahead.clear();
+  r.asked.clear();
+  r.high = r.rcv_nxt;
+  r.resync = true;
+  disarm(p, kBcastNakTimer);
 }
 
 void Engine::bcast_start(Peer& p, std::uint16_t low) {
@@ -320,7 +348,7 @@ void Engine::bcast_skip_to(Peer& p, std::uint16_t low) {
 
 void Engine::bcast_check_gaps(Peer& p) {
   BroadcastRx& r = p.brx;
-  if (!r.started || r.nak_at.count() != 0) return;
+  if (!r.started || r.nak_at.count() != 0 || leaving_ || !is_live(p)) return;
   if (seq_diff(r.high, r.rcv_nxt) <= r.ahead.size()) return;  // nothing missing
   // Wait a random part of bcast_nak_delay: whoever NAKs first holds back the rest.
   const Nanos half = config_.bcast_nak_delay / 2;
@@ -334,6 +362,7 @@ void Engine::on_bcast_data(const wire::FrameView& f, Peer& p) {
     return;
   }
   const std::uint16_t seq = f.header.seq();
+  if (r.resync) return;  // the next POLL places us first (it is repaired if we need it)
   if (!r.started) bcast_start(p, f.header.ack());
   bcast_skip_to(p, f.header.ack());
   if (seq_before(seq, r.rcv_nxt) || r.ahead.contains(seq)) {
@@ -374,10 +403,20 @@ void Engine::on_poll(const wire::FrameView& f, Peer& p) {
   BroadcastRx& r = p.brx;
   const std::uint16_t next = f.header.seq();
   if (r.started && r.epoch != p.epoch) bcast_reset_rx(p);
+  if (r.resync) {
+    // Back after being dead, same life. Our position still means something
+    // if it lies within [low, next]; otherwise (the sender moved on by more
+    // than half the sequence space) start again at its low edge.
+    r.resync = false;
+    if (!seq_between(f.header.ack(), r.rcv_nxt, next)) {
+      ++p.counters.bcast_skipped;
+      r.rcv_nxt = r.high = f.header.ack();
+    }
+  }
   if (!r.started) bcast_start(p, f.header.ack());
   bcast_skip_to(p, f.header.ack());
   // The sender has sent everything before `next`: a lost tail shows up here.
-  if (seq_before(r.high, next) && seq_diff(next, r.rcv_nxt) <= r.queue.limit()) r.high = next;
+  bcast_raise_high(r, next);
   if (poll->asks(config_.node_id)) send_bcast_ack(p);
   bcast_check_gaps(p);
 }
@@ -394,7 +433,7 @@ void Engine::send_bcast_ack(Peer& p) {
 
 void Engine::bcast_nak_due(Peer& p) {
   BroadcastRx& r = p.brx;
-  if (!r.started) return;
+  if (!r.started || leaving_ || !is_live(p)) return;
   const Nanos now = clock_.now();
   // Ask only for what there is room to hold.
   const std::uint16_t span =
@@ -487,7 +526,11 @@ void Engine::on_bcast_ctl(const wire::FrameView& f) {
     }
     bcast_note_ack(*sender, f.header.ack());  // a NAK is a cumulative ACK too
     if (nak && ctl->count > 0) bcast_repair(ctl->first, ctl->count);
-    if (nak && seq_before(ctl->first, btx_->low)) btx_->next_poll = clock_.now();  // tell it where low is
+    if (nak && seq_before(ctl->first, btx_->low)) {
+      // Asked for what is freed: a POLL at once tells it where the low edge is.
+      btx_->poll_owed = true;
+      btx_->next_poll = clock_.now();
+    }
     return;
   }
   if (!nak || f.header.node_to() != wire::kBroadcast) {
@@ -497,13 +540,17 @@ void Engine::on_bcast_ctl(const wire::FrameView& f) {
   // Another receiver NAKed a third node's stream: hold back our own NAK for
   // the same sequences while the repair is on its way.
   Peer* owner = find(ctl->stream);
-  if (!owner || !owner->brx.started || ctl->epoch != owner->epoch || ctl->count == 0) return;
+  if (!owner || !owner->brx.started || ctl->count == 0 || !is_live(*owner)) return;
+  if (ctl->epoch != owner->epoch) {
+    ++stats_.rx_bcast_stale;
+    return;
+  }
   BroadcastRx& r = owner->brx;
   ++owner->counters.bcast_naks_heard;
   const Nanos until = clock_.now() + config_.bcast_repair_wait;
   const std::uint16_t end = seq_add(ctl->first, ctl->count);
   // Those sequences exist: a gap we had not seen yet shows up.
-  if (seq_before(r.high, end) && seq_diff(end, r.rcv_nxt) <= r.queue.limit()) r.high = end;
+  bcast_raise_high(r, end);
   std::uint16_t s = seq_before(ctl->first, r.rcv_nxt) ? r.rcv_nxt : ctl->first;
   for (; seq_before(s, end) && seq_before(s, r.high); s = seq_add(s, 1)) {
     if (r.ahead.contains(s)) continue;

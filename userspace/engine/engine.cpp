@@ -175,7 +175,7 @@ void Engine::on_frame(FrameBytes frame) {
   // Broadcast streams: POLL and DATA to everyone; ACK and NAK with data
   // (unicast ACK/NAK never carry any).
   if ((type == wire::PacketType::ack || type == wire::PacketType::nak) && !f.payload.empty()) {
-    on_bcast_ctl(f);
+    if (!leaving_) on_bcast_ctl(f);
     return;
   }
   if (type == wire::PacketType::poll || (to == wire::kBroadcast && type == wire::PacketType::data)) {
@@ -184,6 +184,7 @@ void Engine::on_frame(FrameBytes frame) {
       ++stats_.rx_unknown_peer;  // not a member (yet): its stream starts once it is
       return;
     }
+    if (leaving_) return;  // we are going: no more receiving streams
     if (type == wire::PacketType::poll) {
       on_poll(f, *p);
     } else {

@@ -308,6 +308,7 @@ class Engine final : public Agent {
   void on_bcast_ctl(const wire::FrameView& f);
   void bcast_start(Peer& p, std::uint16_t low);
   void bcast_reset_rx(Peer& p);
+  void bcast_sender_lost(Peer& p);
   void bcast_skip_to(Peer& p, std::uint16_t low);
   void bcast_accept(Peer& p, std::uint8_t proto, std::span<const std::byte> payload);
   void bcast_check_gaps(Peer& p);

@@ -25,7 +25,10 @@ void Engine::set_member(Peer& p, MemberState s) {
   if (!was && live(s)) ++live_count_;
   p.member = s;
   if (!was && live(s)) bcast_member_joined(p);
-  if (was && !live(s)) bcast_release();  // it no longer holds our broadcast buffer
+  if (was && !live(s)) {
+    bcast_release();       // it no longer holds our broadcast buffer
+    bcast_sender_lost(p);  // and we stop asking it for its stream
+  }
 }
 
 Event Engine::member_event(EventKind kind, const Peer& p) const {
@@ -91,6 +94,7 @@ Engine::Contact Engine::observe(std::uint16_t node, const wire::MacAddress& mac,
     p.last_reply = Nanos{-1};
     set_member(p, MemberState::alive);
     bcast_member_joined(p);  // and starts at our stream's current position
+    bcast_release();         // which may free what its old life held
     Event e = member_event(EventKind::restarted, p);
     e.old_epoch = old;
     push_event(e);

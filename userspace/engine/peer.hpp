@@ -17,11 +17,12 @@ struct BroadcastRx {
     std::uint8_t proto = 0;
     std::vector<std::byte> data;
   };
-  bool started = false;                            // rcv_nxt/high mean something
-  bool accepted = false;                           // something was accepted since it started
-  std::uint64_t epoch = 0;                         // the sender incarnation the position belongs to
-  std::uint16_t rcv_nxt = 0;                       // next sequence to deliver
-  std::uint16_t high = 0;                          // one past the highest sequence known to exist
+  bool started = false;       // rcv_nxt/high mean something
+  bool accepted = false;      // something was accepted since it started
+  bool resync = false;        // the sender was not live for a while: check the position at its next POLL
+  std::uint64_t epoch = 0;    // the sender incarnation the position belongs to
+  std::uint16_t rcv_nxt = 0;  // next sequence to deliver
+  std::uint16_t high = 0;     // one past the highest sequence known to exist
   std::unordered_map<std::uint16_t, Held> ahead;   // received beyond a gap
   std::unordered_map<std::uint16_t, Nanos> asked;  // missing: NAKed (by anyone) until then
   MessageRing queue;                               // in order, for receive()
@@ -86,6 +87,7 @@ struct Engine::BroadcastTx {
   Nanos poll_backoff{0};
   std::uint16_t poll_low = 0;  // low at the last timer POLL: progress since?
   std::uint32_t rotate = 0;    // next peer index the rotating acker choice looks at
+  bool poll_owed = false;      // a NAK asked for freed frames: POLL even if all is confirmed
   std::uint64_t next_message = 0;
 };
 
