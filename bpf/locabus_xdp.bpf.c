@@ -7,11 +7,13 @@
  *   - Locabus frames are validated (lengths, checksum, type, node ids) and
  *     the bad ones dropped and counted by reason;
  *   - pure ACKs from peers that user space tracks (established
- *     connections) are consumed here into locabus_peers and dropped, so they
- *     never cost an AF_XDP frame; one that changes the peer's record is
- *     announced on the locabus_acks ring buffer (a small record, at most one
- *     wakeup per drain), and when that ring is full the ACK is delivered to
- *     the socket instead. NAKs from them are recorded and passed on;
+ *     connections) are consumed here when the ACK rule (locabus/ack_rule.h,
+ *     shared with the simulator) allows it: only ACKs that advance inside
+ *     the range user space published in locabus_conns. A consumed ACK is
+ *     recorded in locabus_peers and announced on the locabus_acks ring
+ *     buffer (a small record, at most one wakeup per drain); when that ring
+ *     is full it is delivered to the socket instead. Every other ACK is
+ *     passed to user space. NAKs from tracked peers are recorded and passed;
  *   - broadcast NAKs for our own broadcast stream that repeat a range
  *     passed to user space within nak_dedup_us are dropped (locabus_naks);
  *   - everything else is redirected into the AF_XDP socket registered for
@@ -24,6 +26,7 @@
 #include <bpf/bpf_helpers.h>
 #include <xdp/xdp_helpers.h>
 
+#include <locabus/ack_rule.h>
 #include <locabus/wire.h>
 #include <locabus/xdp_maps.h>
 
@@ -67,6 +70,16 @@ struct {
 	__type(key, struct locabus_nak_key);
 	__type(value, struct locabus_nak_entry);
 } locabus_naks SEC(".maps");
+
+/* What user space publishes per connection for the ACK rule, by node id;
+ * memory-mapped by the engine (xdp_maps.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LOCABUS_CONN_ENTRIES);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct locabus_conn_pub);
+} locabus_conns SEC(".maps");
 
 /* XSKMAP keys/values have no BTF type (the kernel rejects one). */
 struct {
@@ -162,12 +175,6 @@ static __always_inline int csum_verify(struct xdp_md *ctx, __u32 len)
 	return locabus_csum_fold(acc) == 0xFFFF;
 }
 
-/* Serial-number comparison of 16-bit sequence numbers: a is at or after b. */
-static __always_inline int seq_geq(__u16 a, __u16 b)
-{
-	return (__s16)(__u16)(a - b) >= 0;
-}
-
 /* The kernel's record of a peer, present only while user space tracks it
  * (an established connection). The program never creates entries: peers it
  * does not know about cannot fill the table, and ACKs that user space needs
@@ -179,37 +186,44 @@ static __always_inline struct locabus_peer *peer_lookup(__u16 node)
 	return bpf_map_lookup_elem(&locabus_peers, &key);
 }
 
-enum ack_result {
-	ACK_STALE,    /* older than the recorded ACK: ignored */
-	ACK_SAME,     /* the recorded ACK and window again: nothing new */
-	ACK_ADVANCED, /* a newer ACK, or a new window: the record changed */
-};
+/* The published state of the connection to node, read with one 64-bit load
+ * so that it is one consistent snapshot of what user space stored. */
+static __always_inline struct locabus_conn_pub conn_snapshot(__u16 node)
+{
+	struct locabus_conn_pub pub = {};
+	__u32 key = node;
+	__u64 *word = bpf_map_lookup_elem(&locabus_conns, &key);
 
-/* A pure ACK from a tracked peer: record the highest cumulative ACK and its
- * window. Counts nothing: the caller decides what became of the frame. */
-static __always_inline enum ack_result consume_ack(struct locabus_peer *peer, __u16 ack,
-						   __u16 window)
+	if (word) {
+		__u64 v = *(volatile __u64 *)word;
+
+		__builtin_memcpy(&pub, &v, sizeof(pub));
+	}
+	return pub;
+}
+
+/* A pure ACK from a tracked peer: the ACK rule decides, under the record's
+ * lock, against the newest ACK consumed so far; a consumed one becomes the
+ * record. Counts nothing: the caller decides what became of the frame. */
+static __always_inline enum locabus_ack_verdict
+consume_ack(struct locabus_peer *peer, const struct locabus_conn_pub *pub, __u16 ack, __u16 window)
 {
 	__u64 now = bpf_ktime_get_ns(); /* no helper calls under the lock */
-	enum ack_result r;
+	enum locabus_ack_verdict v;
 
 	bpf_spin_lock(&peer->lock);
 	peer->last_heard_ns = now;
-	peer->acks++;
-	if (!(peer->flags & LOCABUS_PEER_F_ACK_VALID) || seq_geq(ack, peer->ack_num)) {
-		r = (peer->flags & LOCABUS_PEER_F_ACK_VALID) && ack == peer->ack_num &&
-				    window == peer->ack_window
-			    ? ACK_SAME
-			    : ACK_ADVANCED;
+	v = locabus_ack_decide(pub, peer->flags & LOCABUS_PEER_F_ACK_VALID, peer->ack_num, ack);
+	if (v == LOCABUS_ACK_CONSUME) {
+		peer->acks++;
 		peer->ack_num = ack;
 		peer->ack_window = window;
 		peer->flags |= LOCABUS_PEER_F_ACK_VALID;
 	} else {
-		peer->stale_acks++;
-		r = ACK_STALE;
+		peer->passed_acks++;
 	}
 	bpf_spin_unlock(&peer->lock);
-	return r;
+	return v;
 }
 
 static __always_inline void record_nak(struct locabus_xdp_stats *st, struct locabus_peer *peer,
@@ -389,27 +403,39 @@ int locabus_xdp(struct xdp_md *ctx)
 		if (peer) {
 			__u16 ack = bpf_ntohs(h->ack_num);
 			__u16 window = bpf_ntohs(h->window);
-			enum ack_result r = consume_ack(peer, ack, window);
+			struct locabus_conn_pub pub = conn_snapshot(node_from);
+			enum locabus_ack_verdict v = consume_ack(peer, &pub, ack, window);
+			struct locabus_ack_record rec = {
+				.node_id = node_from,
+				.ack_num = ack,
+				.window = window,
+			};
 
-			if (r == ACK_STALE)
-				return drop(st, LOCABUS_CTR_ack_stale);
-			if (r == ACK_ADVANCED) {
-				struct locabus_ack_record rec = {
-					.node_id = node_from,
-					.ack_num = ack,
-					.window = window,
-				};
-
-				/* Default flags: the kernel wakes the reader only
-				 * if it had caught up with the ring. */
-				if (bpf_ringbuf_output(&locabus_acks, &rec, sizeof(rec), 0) != 0) {
-					/* Nobody would hear of this ACK: let it
-					 * wake user space the ordinary way. */
-					count(st, LOCABUS_CTR_ack_ring_full);
-					return deliver(ctx, st, h->proto, flags);
-				}
-				count(st, LOCABUS_CTR_ack_ring_out);
+			switch (v) {
+			case LOCABUS_ACK_CONSUME:
+				break;
+			case LOCABUS_ACK_PASS_ALL:
+				count(st, LOCABUS_CTR_ack_pass_all);
+				return deliver(ctx, st, h->proto, flags);
+			case LOCABUS_ACK_PASS_RANGE:
+				count(st, LOCABUS_CTR_ack_pass_range);
+				return deliver(ctx, st, h->proto, flags);
+			case LOCABUS_ACK_PASS_UNPUBLISHED:
+				count(st, LOCABUS_CTR_ack_pass_unpublished);
+				return deliver(ctx, st, h->proto, flags);
+			default:
+				count(st, LOCABUS_CTR_ack_pass_behind);
+				return deliver(ctx, st, h->proto, flags);
 			}
+			/* Default flags: the kernel wakes the reader only if it
+			 * had caught up with the ring. */
+			if (bpf_ringbuf_output(&locabus_acks, &rec, sizeof(rec), 0) != 0) {
+				/* Nobody would hear of this ACK: let it reach user
+				 * space the ordinary way. */
+				count(st, LOCABUS_CTR_ack_ring_full);
+				return deliver(ctx, st, h->proto, flags);
+			}
+			count(st, LOCABUS_CTR_ack_ring_out);
 			return drop(st, LOCABUS_CTR_ack_consumed);
 		}
 		/* Not tracked (yet): user space handles it, e.g. a handshake's ACK. */

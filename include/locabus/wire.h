@@ -276,8 +276,9 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_member_entry, epoch) == 8,
  *        window = free receive slots; data: a locabus_bcast_ctl naming the
  *        stream and the missing range [first, first + count).
  *
- * Unicast ACK and NAK frames never carry data (len == 16); an ACK or NAK
- * with data is always about a broadcast stream.
+ * Unicast ACK frames never carry data (len == 16); an ACK with data is
+ * always about a broadcast stream, and so is a NAK to 0xFFFF. A unicast
+ * NAK (to one node) carries a locabus_nak_ranges (below).
  * ------------------------------------------------------------------- */
 #define LOCABUS_POLL_MAX_ACKERS 4
 
@@ -307,6 +308,45 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_bcast_ctl, stream) == 2, "
 LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_bcast_ctl, first) == 4, "first at 4");
 LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_bcast_ctl, count) == 6, "count at 6");
 LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_bcast_ctl, epoch) == 8, "ctl epoch at 8");
+
+/* ---------------------------------------------------------------------
+ * Reliable unicast: selective repeat (docs/PROTOCOL.md, "Selective
+ * repeat").
+ *
+ *  DATA  window = the sender's receive credit for the reverse direction
+ *        (<= 32767), with LOCABUS_WINDOW_ACK_REQ or'ed in when the sender
+ *        asks for an acknowledgment at once (a retransmission, a probe, the
+ *        last frame before it must wait for ACKs).
+ *  NAK   to one node: ack_num = the receiver's next expected sequence
+ *        (cumulative, as in an ACK), window = its credit; data: a
+ *        locabus_nak_ranges naming the sequences it is missing between
+ *        ack_num and `high`. Everything else in [ack_num, high) is held by
+ *        the receiver and need not be sent again.
+ * ------------------------------------------------------------------- */
+#define LOCABUS_WINDOW_ACK_REQ 0x8000 /* DATA only: acknowledge at once */
+#define LOCABUS_WINDOW_MASK 0x7FFF    /* the credit itself */
+#define LOCABUS_NAK_MAX_RANGES 256
+
+struct locabus_seq_range {
+  __be16 first; /* first missing sequence */
+  __be16 count; /* missing sequences from first, >= 1 */
+};
+
+struct locabus_nak_ranges {
+  __u8 version; /* LOCABUS_CTRL_VERSION */
+  __u8 flags;   /* zero */
+  __be16 count; /* ranges that follow, 1 .. LOCABUS_NAK_MAX_RANGES */
+  __be16 high;  /* one past the highest sequence the receiver holds */
+  __be16 reserved;
+  /* then `count` struct locabus_seq_range, ascending, inside [ack_num, high) */
+};
+
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_seq_range) == 4, "a NAK range is 4 bytes");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_nak_ranges) == 8, "the NAK ranges header is 8 bytes");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_nak_ranges) +
+                              LOCABUS_NAK_MAX_RANGES * sizeof(struct locabus_seq_range) <=
+                          LOCABUS_MAX_PAYLOAD,
+                      "a full NAK fits one frame");
 
 /* Largest Locasock datagram: 64 KB, in at most 45 fragments of
  * LOCASOCK_FRAG_PAYLOAD bytes. */

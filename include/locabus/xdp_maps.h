@@ -12,6 +12,7 @@
  *   xsks    (locabus_xsks)   XSKMAP             u32 slot key -> AF_XDP socket fd
  *   acks    (locabus_acks)   RINGBUF            struct locabus_ack_record, one per consumed ACK
  *   naks    (locabus_naks)   LRU_HASH           struct locabus_nak_key -> struct locabus_nak_entry
+ *   conns   (locabus_conns)  ARRAY[65536], mmap u32 node -> struct locabus_conn_pub (ack_rule.h)
  * (pin name, then the map's name in the BPF object)
  */
 #ifndef LOCABUS_XDP_MAPS_H
@@ -20,6 +21,7 @@
 #include <linux/bpf.h>
 #include <linux/types.h>
 
+#include "ack_rule.h"
 #include "wire.h"
 
 /* ------------------------------------------------------------------ */
@@ -53,29 +55,32 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_config, nak_dedup_us) == 1
 /* locabus_stats: per-CPU counters, one named field per event/reason.  */
 
 /* X(name, description). Order is the counter index; append only. */
-#define LOCABUS_XDP_COUNTERS(X)                                                                     \
-  X(rx_locabus, "Locabus frames seen (EtherType 0x88B5), any verdict")                              \
-  X(pass_other, "other EtherTypes passed to the kernel stack untouched")                            \
-  X(redirected, "frames redirected to an AF_XDP socket")                                            \
-  X(passed_unclaimed, "unclaimed frames passed to the stack (PASS_UNCLAIMED set)")                  \
-  X(ack_consumed, "pure ACKs from tracked peers consumed into locabus_peers")                       \
-  X(ack_stale, "consumed pure ACKs older than the recorded cumulative ACK")                         \
-  X(nak_recorded, "unicast NAKs from tracked peers recorded in locabus_peers (and passed on)")      \
-  X(ack_untracked, "pure ACKs from peers user space does not track, delivered")                     \
-  X(drop_short, "dropped: frame shorter than Ethernet + Locabus header")                            \
-  X(drop_len_small, "dropped: len field smaller than the Locabus header")                           \
-  X(drop_len_max, "dropped: len field larger than the 1500-byte maximum")                           \
-  X(drop_len_frame, "dropped: len field larger than the frame")                                     \
-  X(drop_csum, "dropped: checksum mismatch")                                                        \
-  X(drop_type, "dropped: unknown packet type")                                                      \
-  X(drop_src, "dropped: node_from is the broadcast id")                                             \
-  X(drop_not_ours, "dropped: node_to neither our node id nor broadcast")                            \
-  X(drop_own, "dropped: our own frame looped back (or a node id clash)")                            \
-  X(drop_no_socket, "dropped: no AF_XDP socket registered for the frame")                           \
-  X(ack_ring_out, "consumed ACKs that changed ack/window, announced on the acks ring")              \
-  X(ack_ring_full, "tracked peers' pure ACKs delivered: the acks ring was full")                    \
-  X(nak_dup_dropped, "broadcast NAKs to us for a range already NAKed within nak_dedup_us, dropped") \
-  X(nak_bcast_passed, "broadcast NAKs to us passed to user space (and recorded in locabus_naks)")
+#define LOCABUS_XDP_COUNTERS(X)                                                                          \
+  X(rx_locabus, "Locabus frames seen (EtherType 0x88B5), any verdict")                                   \
+  X(pass_other, "other EtherTypes passed to the kernel stack untouched")                                 \
+  X(redirected, "frames redirected to an AF_XDP socket")                                                 \
+  X(passed_unclaimed, "unclaimed frames passed to the stack (PASS_UNCLAIMED set)")                       \
+  X(ack_consumed, "pure ACKs from tracked peers consumed: they advanced inside the published range")     \
+  X(ack_pass_behind, "tracked peers' pure ACKs passed: at or behind the known ACK (dup, window update)") \
+  X(nak_recorded, "unicast NAKs from tracked peers recorded in locabus_peers (and passed on)")           \
+  X(ack_untracked, "pure ACKs from peers user space does not track, delivered")                          \
+  X(drop_short, "dropped: frame shorter than Ethernet + Locabus header")                                 \
+  X(drop_len_small, "dropped: len field smaller than the Locabus header")                                \
+  X(drop_len_max, "dropped: len field larger than the 1500-byte maximum")                                \
+  X(drop_len_frame, "dropped: len field larger than the frame")                                          \
+  X(drop_csum, "dropped: checksum mismatch")                                                             \
+  X(drop_type, "dropped: unknown packet type")                                                           \
+  X(drop_src, "dropped: node_from is the broadcast id")                                                  \
+  X(drop_not_ours, "dropped: node_to neither our node id nor broadcast")                                 \
+  X(drop_own, "dropped: our own frame looped back (or a node id clash)")                                 \
+  X(drop_no_socket, "dropped: no AF_XDP socket registered for the frame")                                \
+  X(ack_ring_out, "consumed ACKs that changed ack/window, announced on the acks ring")                   \
+  X(ack_ring_full, "tracked peers' pure ACKs delivered: the acks ring was full")                         \
+  X(nak_dup_dropped, "broadcast NAKs to us for a range already NAKed within nak_dedup_us, dropped")      \
+  X(nak_bcast_passed, "broadcast NAKs to us passed to user space (and recorded in locabus_naks)")        \
+  X(ack_pass_all, "tracked peers' pure ACKs passed: user space asked for all (probe or timeout)")        \
+  X(ack_pass_range, "tracked peers' pure ACKs passed: outside the published unacknowledged range")       \
+  X(ack_pass_unpublished, "tracked peers' pure ACKs passed: no connection state published")
 
 #define LOCABUS_X_ENUM(name, desc) LOCABUS_CTR_##name,
 enum locabus_counter_id { LOCABUS_XDP_COUNTERS(LOCABUS_X_ENUM) LOCABUS_CTR__COUNT };
@@ -121,11 +126,11 @@ struct locabus_peer {
   struct bpf_spin_lock lock; /* taken by XDP; read with BPF_F_LOCK */
   __u32 flags;               /* LOCABUS_PEER_F_* */
   __u64 last_heard_ns;       /* CLOCK_MONOTONIC of the last ACK or NAK */
-  __u64 acks;                /* pure ACKs consumed (stale ones included) */
-  __u64 stale_acks;          /* pure ACKs older than ack_num, ignored */
+  __u64 acks;                /* pure ACKs consumed */
+  __u64 passed_acks;         /* pure ACKs passed to user space (ack_rule.h) */
   __u64 naks;                /* NAKs seen */
   __u64 last_nak_ns;         /* CLOCK_MONOTONIC of the last NAK */
-  __u16 ack_num;             /* highest cumulative ACK (serial order) */
+  __u16 ack_num;             /* the newest consumed cumulative ACK */
   __u16 ack_window;          /* window advertised with that ACK */
   __u16 nak_ack;             /* last NAK's ack_num: first missing seq */
   __u16 nak_seq;             /* last NAK's seq_num */
@@ -135,13 +140,13 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_peer, last_heard_ns) == 8,
                       "locabus_peer: no hidden padding after the lock");
 
 /* ------------------------------------------------------------------ */
-/* locabus_acks: a BPF ring buffer. For every pure ACK it consumes that
- * changes a tracked peer's record (a newer ack_num, or a new window with
- * the same one), the program writes one record here, so that a sender
- * sleeping in poll()/epoll on the ring's fd wakes up. The kernel wakes the
- * consumer only when it had caught up (adaptive notification): at most one
- * wakeup per drain. When the ring is full the ACK is not consumed but
- * delivered to the AF_XDP socket like any frame (counter ack_ring_full). */
+/* locabus_acks: a BPF ring buffer. For every pure ACK it consumes (by
+ * ack_rule.h only ACKs that advance inside the published range, so every
+ * consumed ACK is news) the program writes one record here, so that a
+ * sender sleeping in poll()/epoll on the ring's fd wakes up. The kernel
+ * wakes the consumer only when it had caught up (adaptive notification): at
+ * most one wakeup per drain. When the ring is full the ACK is not consumed
+ * but delivered to the AF_XDP socket like any frame (counter ack_ring_full). */
 #define LOCABUS_ACK_RING_BYTES (256 * 1024) /* a power of two, a multiple of the page size */
 
 struct locabus_ack_record {
@@ -155,6 +160,20 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_ack_record, node_id) == 0 
                           LOCABUS_OFFSETOF(struct locabus_ack_record, ack_num) == 2 &&
                           LOCABUS_OFFSETOF(struct locabus_ack_record, window) == 4,
                       "locabus_ack_record field offsets");
+
+/* ------------------------------------------------------------------ */
+/* locabus_conns: what user space publishes about each connection for the
+ * ACK rule (ack_rule.h): an ARRAY indexed by node id, created with
+ * BPF_F_MMAPABLE so the engine updates an entry with one 64-bit store, no
+ * system call. The program reads an entry with one 64-bit load. */
+#define LOCABUS_CONN_ENTRIES 65536
+
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_conn_pub) == 8, "locabus_conn_pub is one 64-bit word");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_conn_pub, una) == 0 &&
+                          LOCABUS_OFFSETOF(struct locabus_conn_pub, max) == 2 &&
+                          LOCABUS_OFFSETOF(struct locabus_conn_pub, flags) == 4 &&
+                          LOCABUS_OFFSETOF(struct locabus_conn_pub, gen) == 6,
+                      "locabus_conn_pub field offsets");
 
 /* ------------------------------------------------------------------ */
 /* locabus_naks: duplicate-NAK suppression for our broadcast stream.

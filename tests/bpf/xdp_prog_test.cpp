@@ -21,6 +21,7 @@
 
 #include "locabus_xdp.skel.h"
 
+#include "ack_rule_vectors.hpp"
 #include "common/error.hpp"
 #include "fastpath/fastpath.hpp"
 #include "fastpath/skeleton.hpp"
@@ -108,6 +109,13 @@ class XdpProgram : public ::testing::Test {
       EXPECT_GE(ring_buffer__consume(ring_.get()), 0);
     }
     return records_;
+  }
+
+  // Tracks `node` and publishes [una, max] as its unacknowledged range.
+  void track(std::uint16_t node, std::uint16_t una, std::uint16_t max,
+             std::uint16_t flags = LOCABUS_CONN_F_PUBLISHED) {
+    maps_->track_peer(node);
+    maps_->publish(node, locabus_conn_pub{una, max, flags, 1});
   }
 
   test::ProgRun ack(std::uint16_t ack_num, std::uint16_t window) {
@@ -288,7 +296,7 @@ TEST_F(XdpProgram, AckFromAnUntrackedPeerGoesToUserSpace) {
 }
 
 TEST_F(XdpProgram, ConsumesPureAckFromATrackedPeer) {
-  maps_->track_peer(kPeer);
+  track(kPeer, 50, 150);
   const auto t0 = monotonic_ns();
   expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(100).window(512).build(), XDP_DROP,
          {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_consumed, LOCABUS_CTR_ack_ring_out});
@@ -311,57 +319,127 @@ TEST_F(XdpProgram, ConsumesPureAckFromATrackedPeer) {
   EXPECT_EQ(recs[0].reserved, 0);
 }
 
-TEST_F(XdpProgram, KeepsTheHighestCumulativeAckInSerialOrder) {
-  maps_->track_peer(kPeer);
+// The consume-or-pass decision, run in the kernel on the same vectors as the
+// function itself and the simulator (tests/support/ack_rule_vectors.hpp).
+TEST_F(XdpProgram, AckRuleVectors) {
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+  for (const test::AckRuleVector& v : test::kAckRuleVectors) {
+    SCOPED_TRACE(v.what);
+    maps_->track_peer(kPeer);
+    if (v.rec_valid) {
+      // Make the kernel's record say rec_ack: consume that ACK first.
+      maps_->publish(kPeer, locabus_conn_pub{static_cast<std::uint16_t>(v.rec_ack - 1), v.rec_ack,
+                                             LOCABUS_CONN_F_PUBLISHED, 1});
+      ASSERT_EQ(ack(v.rec_ack, 7).verdict, XDP_DROP);
+      ASSERT_EQ(maps_->peer(kPeer)->ack_num, v.rec_ack);
+    }
+    drain_acks();
+    maps_->publish(kPeer, v.pub);
+    const auto before = counters();
+    const auto r = ack(v.ack, 33);
+    const auto after = counters();
+    auto bumped = [&](locabus_counter_id id) { return after[id] - before[id]; };
+    const auto recs = drain_acks();
+    if (v.verdict == LOCABUS_ACK_CONSUME) {
+      EXPECT_EQ(r.verdict, XDP_DROP);
+      EXPECT_EQ(bumped(LOCABUS_CTR_ack_consumed), 1u);
+      ASSERT_EQ(recs.size(), 1u) << "a consumed ACK is always announced";
+      EXPECT_EQ(recs[0].ack_num, v.ack);
+      EXPECT_EQ(recs[0].window, 33);
+      EXPECT_EQ(maps_->peer(kPeer)->ack_num, v.ack);
+    } else {
+      EXPECT_EQ(r.verdict, XDP_REDIRECT) << "a passed ACK reaches user space";
+      EXPECT_TRUE(recs.empty());
+      EXPECT_EQ(bumped(LOCABUS_CTR_ack_consumed), 0u);
+      const locabus_counter_id why = v.verdict == LOCABUS_ACK_PASS_UNPUBLISHED
+                                         ? LOCABUS_CTR_ack_pass_unpublished
+                                     : v.verdict == LOCABUS_ACK_PASS_ALL   ? LOCABUS_CTR_ack_pass_all
+                                     : v.verdict == LOCABUS_ACK_PASS_RANGE ? LOCABUS_CTR_ack_pass_range
+                                                                           : LOCABUS_CTR_ack_pass_behind;
+      EXPECT_EQ(bumped(why), 1u);
+      if (v.rec_valid) {
+        EXPECT_EQ(maps_->peer(kPeer)->ack_num, v.rec_ack) << "a passed ACK changes no record";
+      }
+    }
+  }
+}
+
+TEST_F(XdpProgram, KeepsTheNewestConsumedAckInSerialOrder) {
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+  track(kPeer, 65520, 20);
   auto ack = [&](std::uint16_t a, std::uint16_t w) { return this->ack(a, w).verdict; };
   EXPECT_EQ(ack(65530, 10), XDP_DROP);
-  EXPECT_EQ(ack(5, 20), XDP_DROP);      // after 65530 across the wrap: newer
-  EXPECT_EQ(ack(65533, 30), XDP_DROP);  // older: ignored, counted stale
+  EXPECT_EQ(ack(5, 20), XDP_DROP);          // after 65530 across the wrap: newer
+  EXPECT_EQ(ack(65533, 30), XDP_REDIRECT);  // older: passed, the engine ignores it
   auto p = maps_->peer(kPeer);
   ASSERT_TRUE(p);
   EXPECT_EQ(p->ack_num, 5);
   EXPECT_EQ(p->ack_window, 20);
-  EXPECT_EQ(p->acks, 3u);
-  EXPECT_EQ(p->stale_acks, 1u);
-  EXPECT_EQ(ack(5, 64), XDP_DROP);  // same ACK, new window: a window update
-  p = maps_->peer(kPeer);
-  EXPECT_EQ(p->ack_window, 64);
+  EXPECT_EQ(p->acks, 2u);
+  EXPECT_EQ(p->passed_acks, 1u);
+  EXPECT_EQ(ack(5, 64), XDP_REDIRECT);  // same ACK, new window: a window update reaches the engine
   const auto c = counters();
-  EXPECT_EQ(c[LOCABUS_CTR_ack_consumed], 3u);
-  EXPECT_EQ(c[LOCABUS_CTR_ack_stale], 1u);
-  // One ring record per change of the record, none for the stale ACK.
+  EXPECT_EQ(c[LOCABUS_CTR_ack_consumed], 2u);
+  EXPECT_EQ(c[LOCABUS_CTR_ack_pass_behind], 2u);
+  // One ring record per consumed ACK.
   const auto recs = drain_acks();
-  ASSERT_EQ(recs.size(), 3u);
+  ASSERT_EQ(recs.size(), 2u);
   EXPECT_EQ(recs[0].ack_num, 65530);
   EXPECT_EQ(recs[1].ack_num, 5);
   EXPECT_EQ(recs[1].window, 20);
-  EXPECT_EQ(recs[2].ack_num, 5);
-  EXPECT_EQ(recs[2].window, 64);
-  EXPECT_EQ(c[LOCABUS_CTR_ack_ring_out], 3u);
+  EXPECT_EQ(c[LOCABUS_CTR_ack_ring_out], 2u);
 }
 
-TEST_F(XdpProgram, StaleOrRepeatedAckWritesNoRingRecord) {
-  maps_->track_peer(kPeer);
+TEST_F(XdpProgram, PassedAcksWriteNoRingRecord) {
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+  track(kPeer, 50, 150);
   ASSERT_EQ(ack(100, 50).verdict, XDP_DROP);
   ASSERT_EQ(drain_acks().size(), 1u);
-  // Older: consumed as stale, nothing to tell.
-  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(99).window(50).build(), XDP_DROP,
-         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_stale});
-  // The same ACK and window again: consumed, nothing new either.
-  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(100).window(50).build(), XDP_DROP,
-         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_consumed});
+  // Older, and the same again: both reach user space, neither is announced.
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(99).window(50).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_pass_behind, LOCABUS_CTR_redirected});
+  expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(100).window(50).build(), XDP_REDIRECT,
+         {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_pass_behind, LOCABUS_CTR_redirected});
   EXPECT_TRUE(drain_acks().empty());
   // Untracked peers' ACKs never reach the ring.
   ASSERT_TRUE(maps_->forget_peer(kPeer));
-  ASSERT_EQ(ack(200, 50).verdict, XDP_DROP);  // no socket
+  ASSERT_EQ(ack(120, 50).verdict, XDP_REDIRECT);
   EXPECT_TRUE(drain_acks().empty());
+}
+
+// Issue 11, seen 1: the record was last written before a long exchange whose
+// ACKs all rode on DATA; user space's published una moved on. The fresh pure
+// ACK is consumed (and announced), not dropped as "older".
+TEST_F(XdpProgram, AFreshAckAfterLongPiggyBackedTrafficIsNotStale) {
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+  track(kPeer, 0, 200);
+  ASSERT_EQ(ack(200, 64).verdict, XDP_DROP);
+  drain_acks();
+  maps_->publish(kPeer,
+                 locabus_conn_pub{static_cast<std::uint16_t>(200 + 41000),
+                                  static_cast<std::uint16_t>(200 + 41001), LOCABUS_CONN_F_PUBLISHED, 2});
+  EXPECT_EQ(ack(static_cast<std::uint16_t>(200 + 41001), 64).verdict, XDP_DROP);
+  const auto recs = drain_acks();
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].ack_num, static_cast<std::uint16_t>(200 + 41001));
+}
+
+// Issue 11, seen 2: answers to a zero-window probe are identical ACKs; while
+// the engine says a probe is out, every one of them reaches it.
+TEST_F(XdpProgram, ProbeAnswersReachUserSpace) {
+  register_socket(LOCABUS_XSK_DEFAULT_SLOT);
+  track(kPeer, 100, 101, LOCABUS_CONN_F_PUBLISHED | LOCABUS_CONN_F_PASS_ALL);
+  for (int i = 0; i < 3; ++i) {
+    expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(100).window(0).build(), XDP_REDIRECT,
+           {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_pass_all, LOCABUS_CTR_redirected});
+  }
 }
 
 TEST_F(XdpProgram, WithTheAckRingFullTheAckGoesToTheSocket) {
   const auto page = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
   load(0, LOCABUS_MAX_PEERS_DEFAULT, page);  // the smallest ring: page / 16 records
   register_socket(LOCABUS_XSK_DEFAULT_SLOT);
-  maps_->track_peer(kPeer);
+  track(kPeer, 0, 30000);
   // Nobody reads the ring: fill it with ACKs that each advance.
   std::uint16_t a = 1;
   std::size_t consumed = 0;
@@ -396,14 +474,14 @@ TEST_F(XdpProgram, WithTheAckRingFullTheAckGoesToTheSocket) {
 }
 
 TEST_F(XdpProgram, AckWithPayloadOrToBroadcastOrWithFlagIsNotConsumed) {
-  maps_->track_peer(kPeer);
+  track(kPeer, 0, 100);
   expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).payload("sack").build(), XDP_DROP,
          {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
   expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(wire::kBroadcast).build(), XDP_DROP,
          {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_drop_no_socket});
   EXPECT_EQ(maps_->peer(kPeer)->acks, 0u);
   load(LOCABUS_CFG_F_ACK_TO_USER);
-  maps_->track_peer(kPeer);
+  track(kPeer, 0, 100);
   register_socket(LOCABUS_XSK_DEFAULT_SLOT);
   expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(9).build(), XDP_REDIRECT,
          {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_redirected});
@@ -445,30 +523,32 @@ TEST_F(XdpProgram, TrackingMorePeersThanTheTableHoldsIsAClearError) {
 }
 
 TEST_F(XdpProgram, ForgetAndTrackAgainStartsAFreshRecord) {
-  maps_->track_peer(kPeer);
+  track(kPeer, 0, 200);
   run(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(100).build());
   ASSERT_EQ(maps_->peer(kPeer)->ack_num, 100);
   ASSERT_TRUE(maps_->forget_peer(kPeer));
   EXPECT_FALSE(maps_->forget_peer(kPeer));
+  EXPECT_FALSE(maps_->published(kPeer).flags & LOCABUS_CONN_F_PUBLISHED) << "forgetting unpublishes";
   // Forgotten: ACKs go to user space again.
   expect(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(200).build(), XDP_DROP,
          {LOCABUS_CTR_rx_locabus, LOCABUS_CTR_ack_untracked, LOCABUS_CTR_drop_no_socket});
-  // Tracked again (a new connection): an ACK "older" than 100 is accepted.
-  maps_->track_peer(kPeer);
+  // Tracked again (a new connection): an ACK "older" than 100 is consumed.
+  track(kPeer, 40, 60);
   run(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(50).build());
   const auto p = maps_->peer(kPeer);
   EXPECT_EQ(p->ack_num, 50);
   EXPECT_EQ(p->acks, 1u);
-  EXPECT_EQ(p->stale_acks, 0u);
+  EXPECT_EQ(p->passed_acks, 0u);
 }
 
-TEST_F(XdpProgram, TrackPeerResetsAnExistingRecord) {
-  maps_->track_peer(kPeer);
+TEST_F(XdpProgram, TrackPeerResetsAnExistingRecordAndUnpublishes) {
+  track(kPeer, 0, 200);
   run(FrameBuilder().type(PacketType::ack).from(kPeer).to(kUs).ack(100).build());
   maps_->track_peer(kPeer);
   const auto p = maps_->peer(kPeer);
   EXPECT_EQ(p->acks, 0u);
   EXPECT_FALSE(p->flags & LOCABUS_PEER_F_ACK_VALID);
+  EXPECT_EQ(maps_->published(kPeer).flags, 0) << "a new connection is unpublished until the engine says";
 }
 
 // ---- demultiplexing into AF_XDP sockets ----

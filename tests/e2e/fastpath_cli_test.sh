@@ -86,7 +86,7 @@ for _ in $(seq 50); do grep -q listening "$work/recv.err" 2>/dev/null && break; 
 cat "$work/recv.err"
 
 step "4. Node 2 tracks node 1 (as the engine will once a connection is up), node 1 sends frames"
-run in_b "$ctl" xdp track-peer --iface "$if_b" --node 1
+run in_b "$ctl" xdp track-peer --iface "$if_b" --node 1 --una 900 --max 1100
 send() { run in_a "$ctl" frame send --iface "$if_a" "$@"; }
 send --to 2 --proto kccm --seq 1 --payload "hello from node 1"
 send --to broadcast --proto monitor --seq 2 --payload "to every node"

@@ -174,6 +174,7 @@ TEST_F(FastPathE2E, PureAckFromATrackedPeerIsConsumedInTheKernel) {
   EXPECT_EQ(wire::decode_frame(first[0])->header.type(), PacketType::ack);
 
   fp_b_->maps().track_peer(kNodeA);
+  fp_b_->maps().publish(kNodeA, locabus_conn_pub{900, 1100, LOCABUS_CONN_F_PUBLISHED, 1});
   send_ack(1000);
   EXPECT_TRUE(receive(*rx, 1, 500ms).empty()) << "a tracked peer's pure ACK woke user space";
   const auto p = fp_b_->maps().peer(kNodeA);

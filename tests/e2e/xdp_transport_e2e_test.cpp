@@ -190,10 +190,10 @@ class XdpTransportE2E : public ::testing::Test {
       const auto& k = *o.a.kernel;
       const auto& x = o.a.xdp;
       std::printf(
-          "  sender XDP: ack_consumed %llu, ack_stale %llu, ack_ring_out %llu, ack_ring_full %llu, "
+          "  sender XDP: ack_consumed %llu, ack_pass_behind %llu, ack_ring_out %llu, ack_ring_full %llu, "
           "ack_untracked %llu\n",
           static_cast<unsigned long long>(k[LOCABUS_CTR_ack_consumed]),
-          static_cast<unsigned long long>(k[LOCABUS_CTR_ack_stale]),
+          static_cast<unsigned long long>(k[LOCABUS_CTR_ack_pass_behind]),
           static_cast<unsigned long long>(k[LOCABUS_CTR_ack_ring_out]),
           static_cast<unsigned long long>(k[LOCABUS_CTR_ack_ring_full]),
           static_cast<unsigned long long>(k[LOCABUS_CTR_ack_untracked]));
@@ -344,23 +344,25 @@ class XdpTransportRing : public XdpTransportE2E {
 TEST_F(XdpTransportRing, AConsumedAckWakesTheWaitFdAndPollAcksGivesTheNewest) {
   EXPECT_FALSE(readable(50ms)) << "nothing happened yet";
   tr_->track_peer(kA);
+  tr_->publish_conn(kA, locabus_conn_pub{0, 100, LOCABUS_CONN_F_PUBLISHED, 1});
+  EXPECT_EQ(fp_->maps().published(kA).max, 100) << "published through the mapped array";
   ack_from_a(10, 100);
   ack_from_a(12, 90);
-  ack_from_a(11, 80);  // reordered: stale, no record
-  ack_from_a(12, 95);  // a window update
+  ack_from_a(11, 80);  // reordered: behind the consumed 12, passed
+  ack_from_a(12, 95);  // a window update: passed to user space
   ASSERT_TRUE(readable(2000ms)) << "a consumed ACK must wake a poll() on wait_fd()";
   // The kernel takes the four in order: wait for the last before draining.
-  for (int i = 0; i < 200 && fp_->maps().counters()[LOCABUS_CTR_ack_ring_out] < 3; ++i)
+  for (int i = 0; i < 200 && fp_->maps().counters()[LOCABUS_CTR_ack_pass_behind] < 2; ++i)
     std::this_thread::sleep_for(10ms);
   const auto got = poll_acks();
   ASSERT_EQ(got.size(), 1u) << "one call per peer and drain";
   EXPECT_EQ(got[0].node, kA);
   EXPECT_EQ(got[0].ack, 12);
-  EXPECT_EQ(got[0].window, 95);
-  EXPECT_EQ(tr_->stats().acks_from_ring, 3u);
+  EXPECT_EQ(got[0].window, 90);
+  EXPECT_EQ(tr_->stats().acks_from_ring, 2u);
   EXPECT_EQ(tr_->stats().acks_applied, 1u);
-  EXPECT_EQ(fp_->maps().counters()[LOCABUS_CTR_ack_stale], 1u);
-  EXPECT_EQ(receive_all(100ms), 0u) << "consumed ACKs never arrive as frames";
+  EXPECT_EQ(fp_->maps().counters()[LOCABUS_CTR_ack_pass_behind], 2u);
+  EXPECT_EQ(receive_all(500ms), 2u) << "the two passed ACKs arrive as frames";
   // Drained: poll() sleeps again.
   EXPECT_FALSE(readable(50ms));
   EXPECT_TRUE(poll_acks().empty());
@@ -373,6 +375,7 @@ TEST_F(XdpTransportRing, UntrackedPeersAcksArriveAsFramesAndStrayRecordsAreIgnor
   // Tracked in the kernel behind the transport's back (e.g. by hand): the
   // record arrives, but the engine hears nothing of a peer it does not track.
   fp_->maps().track_peer(kA);
+  fp_->maps().publish(kA, locabus_conn_pub{0, 100, LOCABUS_CONN_F_PUBLISHED, 1});
   ack_from_a(6, 10);
   ASSERT_TRUE(readable(2000ms));
   EXPECT_TRUE(poll_acks().empty());
@@ -389,10 +392,12 @@ TEST_F(XdpTransportRing, RecordsFromBeforeTrackingNeverReachTheNewConnection) {
   // An ACK the kernel consumed for an earlier connection is still on the
   // ring when the engine tracks the peer again (a new connection).
   fp_->maps().track_peer(kA);
+  fp_->maps().publish(kA, locabus_conn_pub{49'000, 51'000, LOCABUS_CONN_F_PUBLISHED, 1});
   ack_from_a(50'000, 10);
   ASSERT_TRUE(readable(2000ms));
   tr_->track_peer(kA);
   EXPECT_TRUE(poll_acks().empty()) << "the old connection's ACK must not be applied";
+  tr_->publish_conn(kA, locabus_conn_pub{1, 10, LOCABUS_CONN_F_PUBLISHED, 1});
   ack_from_a(3, 20);
   ASSERT_TRUE(readable(2000ms));
   const auto got = poll_acks();

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
@@ -19,6 +20,13 @@ namespace locabus::ctl {
 namespace {
 
 using nlohmann::json;
+
+json published_json(const locabus_conn_pub& pub) {
+  return {{"published", (pub.flags & LOCABUS_CONN_F_PUBLISHED) != 0},
+          {"una", pub.una},
+          {"max", pub.max},
+          {"pass_all", (pub.flags & LOCABUS_CONN_F_PASS_ALL) != 0}};
+}
 
 std::string flags_text(std::uint32_t flags) {
   std::vector<std::string> names;
@@ -179,20 +187,36 @@ void register_xdp_commands(CLI::App& app) {
   for (const bool track : {true, false}) {
     auto* cmd = xdp->add_subcommand(
         track ? "track-peer" : "forget-peer",
-        track ? "Have the kernel consume a peer's pure ACKs and record its NAKs (the engine does this when a "
-                "connection is established); resets an existing record"
-              : "Stop tracking a peer: its pure ACKs go to user space again");
+        track
+            ? "Have the kernel record a peer's NAKs and judge its pure ACKs by the ACK rule (the engine does "
+              "this when a connection is established); resets an existing record. With --una/--max it also "
+              "publishes an unacknowledged range, so ACKs that advance inside it are consumed"
+            : "Stop tracking a peer: its pure ACKs go to user space again");
     auto t = std::make_shared<Target>();
     auto node = std::make_shared<std::string>();
+    auto una = std::make_shared<std::optional<std::uint16_t>>();
+    auto max = std::make_shared<std::optional<std::uint16_t>>();
     add_target_options(*cmd, *t, false);
     cmd->add_option("-n,--node", *node, "Peer node id")->required();
+    if (track) {
+      auto* u = cmd->add_option("--una", *una, "Publish: oldest unacknowledged sequence number");
+      auto* m = cmd->add_option("--max", *max, "Publish: one past the newest sequence sent");
+      u->needs(m);
+      m->needs(u);
+    }
     cmd->callback([=] {
       const auto id = node_id_option(*node, "--node");
       const auto dir = pin_dir_of(*t);
       auto maps = fastpath::Maps::open_pinned(dir);
       if (track) {
         maps.track_peer(id);
-        fmt::print("tracking peer {} on {}\n", id, t->iface);
+        if (una->has_value()) {
+          maps.publish(id, locabus_conn_pub{**una, **max, LOCABUS_CONN_F_PUBLISHED, 1});
+          fmt::print("tracking peer {} on {}, unacknowledged range [{}, {}] published\n", id, t->iface, **una,
+                     **max);
+        } else {
+          fmt::print("tracking peer {} on {} (nothing published: its pure ACKs are passed)\n", id, t->iface);
+        }
       } else if (maps.forget_peer(id)) {
         fmt::print("stopped tracking peer {} on {}\n", id, t->iface);
       } else {
@@ -253,7 +277,8 @@ void register_stats_command(CLI::App& app) {
                       {"ack_num", p.ack_num},
                       {"ack_window", p.ack_window},
                       {"acks", p.acks},
-                      {"stale_acks", p.stale_acks},
+                      {"acks_passed", p.passed_acks},
+                      {"published", published_json(maps.published(node))},
                       {"nak_valid", (p.flags & LOCABUS_PEER_F_NAK_VALID) != 0},
                       {"nak_ack", p.nak_ack},
                       {"nak_seq", p.nak_seq},
@@ -277,14 +302,20 @@ void register_stats_command(CLI::App& app) {
                    p["no_socket"].get<std::uint64_t>(), p["bytes"].get<std::uint64_t>());
     }
     if (!peers.empty()) {
-      fmt::print("\n{:<6} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8}\n", "peer", "ack", "window", "acks", "stale",
-                 "naks", "nak_ack");
-      for (const auto& [node, p] : peers)
-        fmt::print("{:<6} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8}\n", node,
+      fmt::print("\n{:<6} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8}  {}\n", "peer", "ack", "window", "consumed",
+                 "passed", "naks", "nak_ack", "published [una, max]");
+      for (const auto& [node, p] : peers) {
+        const locabus_conn_pub pub = maps.published(node);
+        fmt::print("{:<6} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8}  {}\n", node,
                    p.flags & LOCABUS_PEER_F_ACK_VALID ? std::to_string(p.ack_num) : "-",
                    p.flags & LOCABUS_PEER_F_ACK_VALID ? std::to_string(p.ack_window) : "-", p.acks,
-                   p.stale_acks, p.naks,
-                   p.flags & LOCABUS_PEER_F_NAK_VALID ? std::to_string(p.nak_ack) : "-");
+                   p.passed_acks, p.naks,
+                   p.flags & LOCABUS_PEER_F_NAK_VALID ? std::to_string(p.nak_ack) : "-",
+                   pub.flags & LOCABUS_CONN_F_PUBLISHED
+                       ? fmt::format("[{}, {}]{}", pub.una, pub.max,
+                                     pub.flags & LOCABUS_CONN_F_PASS_ALL ? " pass-all" : "")
+                       : "-");
+      }
     }
   });
 }

@@ -349,7 +349,7 @@ nlohmann::json Daemon::peers() const {
     if (dp_.fastpath) {
       if (auto k = dp_.fastpath->maps().peer(p.node)) {
         j["xdp"] = {{"acks_consumed", k->acks},
-                    {"stale_acks", k->stale_acks},
+                    {"acks_passed", k->passed_acks},
                     {"naks", k->naks},
                     {"ack_num", k->ack_num},
                     {"ack_window", k->ack_window}};

@@ -8,6 +8,8 @@
 #include <span>
 #include <vector>
 
+#include "engine/clock.hpp"
+
 namespace locabus::engine {
 
 /// A bounded FIFO of messages (a peer's send queue or receive queue). Slot
@@ -17,6 +19,8 @@ class MessageRing {
  public:
   struct Slot {
     std::uint8_t proto = 0;
+    std::uint8_t marks = 0;  // the owner's per-message state (a send queue's kSacked, ...)
+    Nanos sent_at{0};        // a send queue's last transmission (0 = never sent)
     std::vector<std::byte> data;
   };
 
@@ -44,7 +48,22 @@ class MessageRing {
     if (count_ == slots_.size()) grow();
     Slot& s = slots_[(head_ + count_) % slots_.size()];
     s.proto = proto;
+    s.marks = 0;
+    s.sent_at = Nanos{0};
     s.data.assign(data.begin(), data.end());
+    ++count_;
+  }
+
+  /// Appends by swapping buffers with `data`: no copy; `data` gets the
+  /// slot's old storage back for reuse. The caller checks full() first.
+  void push_swap(std::uint8_t proto, std::vector<std::byte>& data) {
+    assert(!full());
+    if (count_ == slots_.size()) grow();
+    Slot& s = slots_[(head_ + count_) % slots_.size()];
+    s.proto = proto;
+    s.marks = 0;
+    s.sent_at = Nanos{0};
+    s.data.swap(data);
     ++count_;
   }
 
@@ -79,6 +98,69 @@ class MessageRing {
   std::size_t head_ = 0;
   std::size_t count_ = 0;
   std::size_t limit_;
+};
+
+/// Frames a selective-repeat receiver holds ahead of a gap, by sequence
+/// number: slot seq & mask, so every held sequence must lie within
+/// `capacity` (a power of two, at least the window) of the next expected
+/// one. Storage is allocated on the first gap and reused.
+class ReorderBuffer {
+ public:
+  explicit ReorderBuffer(std::size_t capacity = 0) : mask_(capacity ? capacity - 1 : 0), cap_(capacity) {
+    assert((capacity & (capacity - 1)) == 0);
+  }
+
+  std::size_t size() const noexcept { return count_; }
+  bool empty() const noexcept { return count_ == 0; }
+  /// Payload bytes held.
+  std::size_t bytes() const noexcept { return bytes_; }
+
+  bool has(std::uint16_t seq) const noexcept {
+    return count_ != 0 && present_[seq & mask_] && seqs_[seq & mask_] == seq;
+  }
+  /// Holds a copy of `data` for `seq`. The caller checks has() first.
+  void put(std::uint16_t seq, std::uint8_t proto, std::span<const std::byte> data) {
+    if (slots_.empty()) {
+      slots_.resize(cap_);
+      present_.assign(cap_, 0);
+      seqs_.assign(cap_, 0);
+    }
+    const std::size_t i = seq & mask_;
+    assert(!present_[i]);
+    slots_[i].proto = proto;
+    slots_[i].data.assign(data.begin(), data.end());
+    present_[i] = 1;
+    seqs_[i] = seq;
+    ++count_;
+    bytes_ += data.size();
+  }
+  /// The frame held for `seq` (has(seq) must hold).
+  MessageRing::Slot& at(std::uint16_t seq) noexcept { return slots_[seq & mask_]; }
+  /// Forgets `seq` (after its data was taken, e.g. with push_swap()).
+  void erase(std::uint16_t seq, std::size_t payload_bytes) noexcept {
+    const std::size_t i = seq & mask_;
+    if (!present_[i]) return;
+    present_[i] = 0;
+    --count_;
+    bytes_ -= std::min(bytes_, payload_bytes);
+  }
+  /// Drops everything and gives the storage back.
+  void release() noexcept {
+    std::vector<MessageRing::Slot>().swap(slots_);
+    std::vector<std::uint8_t>().swap(present_);
+    std::vector<std::uint16_t>().swap(seqs_);
+    count_ = 0;
+    bytes_ = 0;
+  }
+
+ private:
+  std::size_t mask_;
+  std::size_t cap_;
+  std::vector<MessageRing::Slot> slots_;
+  std::vector<std::uint8_t> present_;
+  std::vector<std::uint16_t> seqs_;
+  std::size_t count_ = 0;
+  std::size_t bytes_ = 0;
 };
 
 }  // namespace locabus::engine

@@ -37,9 +37,28 @@ struct EngineConfig {
   /// Consecutive retransmission timeouts without progress after which the
   /// peer is declared unreachable and every pending send to it fails.
   std::uint8_t max_retransmits = 8;
-  /// Least time between two NAKs (receiver) or two go-backs for the same
-  /// sequence number (sender) on one connection.
+  /// Least time between two NAKs (or immediate ACKs answering duplicates)
+  /// on one connection. A frame that asks for an ACK is answered at once.
   Nanos nak_holdoff = std::chrono::milliseconds(2);
+  /// Tail-loss probe: when a frame that asked for an ACK got no answer for
+  /// max(2 * srtt, tlp_min), the newest unacknowledged frame is sent again
+  /// (once per round), long before the retransmission timeout.
+  Nanos tlp_min = std::chrono::milliseconds(5);
+  /// Payload bytes all connections together may hold ahead of gaps
+  /// (selective repeat). Beyond it frames ahead of a gap are dropped and
+  /// asked for again later; in-order frames are always taken.
+  std::uint32_t reorder_memory = 64u << 20;
+
+  // ---- congestion control (docs/ARCHITECTURE.md, "Congestion control") ------
+  /// Congestion window at the start of a connection, and its floor (packets).
+  std::uint16_t cc_initial_window = 64;
+  std::uint16_t cc_min_window = 4;
+  /// A run of this many consecutive first transmissions reported missing
+  /// in one NAK is taken for a queue overflowing (congestion); shorter runs
+  /// are random loss and only repaired.
+  std::uint16_t cc_loss_run = 6;
+  /// Multiplicative decrease on congestion, in 1/1024 (717 = 0.7).
+  std::uint16_t cc_beta = 717;
 
   // ---- reliable broadcast (docs/PROTOCOL.md, "Reliable broadcast") ---------
   /// Messages this node's broadcast stream holds until every live member has

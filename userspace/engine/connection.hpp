@@ -29,8 +29,7 @@ struct Connection {
   Nanos rtt_sent_at{0};  // when rtt_seq was first sent (Karn: never a retransmission)
 
   Nanos nak_sent_at{0};  // receiver: last NAK or immediate ACK (holdoff)
-  Nanos goback_at{0};    // sender: last go-back triggered by a NAK (holdoff)
-  Nanos rtt_min{0};      // smallest RTT sample: how soon a NAK can be answered
+  Nanos rtt_min{0};      // smallest RTT sample
 
   std::uint64_t peer_epoch = 0;  // the incarnation this connection is with
 
@@ -38,19 +37,28 @@ struct Connection {
   std::uint16_t iss = 0;       // our initial sequence number (the SYN's)
   std::uint16_t irs = 0;       // the peer's initial sequence number
   std::uint16_t snd_una = 0;   // oldest unacknowledged
-  std::uint16_t snd_nxt = 0;   // next to transmit (moves back on go-back)
-  std::uint16_t snd_max = 0;   // highest transmitted + 1
+  std::uint16_t snd_max = 0;   // next new sequence to transmit (everything before it was sent)
   std::uint16_t snd_edge = 0;  // peer's right window edge: its ack + window
   std::uint16_t rtt_seq = 0;   // the packet being timed
-  std::uint16_t goback_seq = 0;
-  std::uint16_t rcv_nxt = 0;     // next expected from the peer
+  std::uint16_t sacked = 0;    // sent packets the peer's NAKs say it holds (in [snd_una, snd_max))
+  std::uint16_t rcv_nxt = 0;   // next expected from the peer
+  std::uint16_t rcv_high =
+      0;  // one past the highest sequence held (> rcv_nxt while frames wait behind a gap)
   std::uint16_t rcv_edge = 0;    // right edge we last advertised
   std::uint16_t rx_unacked = 0;  // packets accepted since our last ACK
   std::uint16_t fin_seq = 0;     // fin_wait: our FIN's seq; close_wait: the peer's
 
+  // Congestion control (docs/ARCHITECTURE.md, "Congestion control"): packets.
+  std::uint16_t cwnd = 0;      // congestion window: packets in flight (sent, not acked or held) at most
+  std::uint16_t cwnd_acc = 0;  // congestion avoidance: packets acked towards the next +1
+  std::uint16_t ssthresh = 0;  // slow start below it
+  std::uint16_t recover = 0;   // snd_max at the last reduction: one reduction per round
+  std::uint16_t rtx_nxt = 0;   // after a timeout: next sequence to send again (up to `recover`)
+
   ConnState state = ConnState::closed;
   std::uint8_t retries = 0;  // consecutive timeouts without progress
   std::uint8_t flags = 0;    // kTiming | kCloseAfterDrain | ...
+  std::uint8_t flags2 = 0;   // kTlpArmed | kTlpSent | kRecovery | kRtoRecovery | kAckReqOut
 
   static constexpr std::uint8_t kTiming = 1 << 0;           // rtt_seq is being timed
   static constexpr std::uint8_t kCloseAfterDrain = 1 << 1;  // close() called: FIN once drained
@@ -60,6 +68,12 @@ struct Connection {
   static constexpr std::uint8_t kTracked = 1 << 5;          // Transport::track_peer() was called
   static constexpr std::uint8_t kNakPending = 1 << 6;       // NAK held back by the holdoff (ack timer)
   static constexpr std::uint8_t kAckPending = 1 << 7;       // ACK held back by the holdoff (ack timer)
+
+  static constexpr std::uint8_t kTlpArmed = 1 << 0;     // the retransmission timer is at the tail-loss probe
+  static constexpr std::uint8_t kTlpSent = 1 << 1;      // a tail-loss probe went out since the last progress
+  static constexpr std::uint8_t kRecovery = 1 << 2;     // cwnd was reduced; until snd_una passes `recover`
+  static constexpr std::uint8_t kRtoRecovery = 1 << 3;  // a timeout: resend [rtx_nxt, recover) within cwnd
+  static constexpr std::uint8_t kAckReqOut = 1 << 4;    // the newest DATA sent asked for an ACK at once
 
   bool open() const noexcept { return state != ConnState::closed; }
   /// Data may flow (ACKs, piggy-backing, our data).

@@ -3,6 +3,7 @@
 // (struct locabus_hello, locabus_syn, locabus_reply, locabus_member_entry).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstdint>
@@ -189,6 +190,62 @@ inline std::optional<BcastCtl> decode_bcast_ctl(std::span<const std::byte> paylo
   if (raw.version != LOCABUS_CTRL_VERSION) return std::nullopt;
   return BcastCtl{wire::ntoh16(raw.stream), wire::ntoh16(raw.first), wire::ntoh16(raw.count),
                   ntoh64(raw.epoch)};
+}
+
+// ---- selective repeat (wire.h, "Reliable unicast: selective repeat") ------
+
+struct SeqRange {
+  std::uint16_t first = 0;
+  std::uint16_t count = 0;
+  friend bool operator==(const SeqRange&, const SeqRange&) = default;
+};
+
+/// A unicast NAK's data: ready-to-send bytes. At most LOCABUS_NAK_MAX_RANGES
+/// ranges are encoded (the caller truncates and lowers `high` to match).
+inline std::size_t encode_nak(std::uint16_t high, std::span<const SeqRange> ranges,
+                              std::span<std::byte> out) noexcept {
+  const std::size_t n = std::min<std::size_t>(ranges.size(), LOCABUS_NAK_MAX_RANGES);
+  const std::size_t bytes = sizeof(locabus_nak_ranges) + n * sizeof(locabus_seq_range);
+  if (out.size() < bytes) return 0;
+  locabus_nak_ranges head{};
+  head.version = LOCABUS_CTRL_VERSION;
+  head.count = wire::hton16(static_cast<std::uint16_t>(n));
+  head.high = wire::hton16(high);
+  std::memcpy(out.data(), &head, sizeof head);
+  for (std::size_t i = 0; i < n; ++i) {
+    const locabus_seq_range r{wire::hton16(ranges[i].first), wire::hton16(ranges[i].count)};
+    std::memcpy(out.data() + sizeof head + i * sizeof r, &r, sizeof r);
+  }
+  return bytes;
+}
+
+struct NakRanges {
+  std::uint16_t high = 0;
+  std::vector<SeqRange> ranges;
+};
+
+/// nullopt if too short, of another version, with no ranges or more than
+/// LOCABUS_NAK_MAX_RANGES, or with an empty range. Ranges are not checked
+/// against each other: the receiver of a NAK checks them against its state.
+inline std::optional<NakRanges> decode_nak(std::span<const std::byte> payload) {
+  if (payload.size() < sizeof(locabus_nak_ranges)) return std::nullopt;
+  locabus_nak_ranges head;
+  std::memcpy(&head, payload.data(), sizeof head);
+  const std::size_t n = wire::ntoh16(head.count);
+  if (head.version != LOCABUS_CTRL_VERSION || n == 0 || n > LOCABUS_NAK_MAX_RANGES ||
+      payload.size() < sizeof head + n * sizeof(locabus_seq_range)) {
+    return std::nullopt;
+  }
+  NakRanges out{wire::ntoh16(head.high), {}};
+  out.ranges.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    locabus_seq_range r;
+    std::memcpy(&r, payload.data() + sizeof head + i * sizeof r, sizeof r);
+    const SeqRange sr{wire::ntoh16(r.first), wire::ntoh16(r.count)};
+    if (sr.count == 0) return std::nullopt;
+    out.ranges.push_back(sr);
+  }
+  return out;
 }
 
 template <typename T>

@@ -172,9 +172,11 @@ void Engine::on_frame(FrameBytes frame) {
     case wire::PacketType::heartbeat: on_membership_frame(f); return;
     default: break;
   }
-  // Broadcast streams: POLL and DATA to everyone; ACK and NAK with data
-  // (unicast ACK/NAK never carry any).
-  if ((type == wire::PacketType::ack || type == wire::PacketType::nak) && !f.payload.empty()) {
+  // Broadcast streams: POLL and DATA to everyone, NAKs to everyone, ACKs
+  // with data (a unicast ACK never carries any; a unicast NAK names the
+  // ranges a connection misses).
+  if ((type == wire::PacketType::ack && !f.payload.empty()) ||
+      (type == wire::PacketType::nak && to == wire::kBroadcast)) {
     if (!leaving_) on_bcast_ctl(f);
     return;
   }
@@ -292,7 +294,11 @@ PeerInfo Engine::info(const Peer& p) const {
   if (p.conn.synchronized()) {
     i.in_flight = static_cast<std::uint16_t>(p.conn.snd_max - p.conn.snd_una);
     i.peer_window = static_cast<std::uint16_t>(p.conn.snd_edge - p.conn.snd_una);
+    i.cwnd = p.conn.cwnd;
+    i.ssthresh = p.conn.ssthresh;
+    i.sacked = p.conn.sacked;
   }
+  i.held_ahead = p.ooo.size();
   i.queued = p.tx.size();
   i.receivable = p.rx.size();
   i.next_message = p.next_message;
@@ -436,6 +442,13 @@ void EngineConfig::validate() const {
         "delayed ACK can arrive");
   }
   if (rto_initial < rto_min || rto_max < rto_initial) bad("need rto_min <= rto_initial <= rto_max");
+  if (tlp_min.count() <= 0 || tlp_min >= rto_min) bad("tlp_min must be positive and shorter than rto_min");
+  if (cc_min_window == 0 || cc_initial_window < cc_min_window) {
+    bad("need 1 <= cc_min_window <= cc_initial_window (both are capped by window)");
+  }
+  if (cc_loss_run < 2) bad("cc_loss_run must be at least 2 packets (a single loss is never congestion)");
+  if (cc_beta < 512 || cc_beta >= 1024) bad("cc_beta must be 512..1023 (0.5 .. 0.999, in 1/1024)");
+  if (reorder_memory < wire::kMaxPayload) bad("reorder_memory must hold at least one frame (1484 bytes)");
   if (max_retransmits == 0) bad("max_retransmits must be at least 1");
   if (broadcast_buffer == 0 || broadcast_buffer > 16384) bad("broadcast_buffer must be 1..16384 messages");
   if (broadcast_receive_buffer == 0 || broadcast_receive_buffer > 16384) {

@@ -60,10 +60,14 @@ struct Message {
 struct PeerCounters {
   std::uint64_t data_sent = 0;  // first transmissions
   std::uint64_t retransmits = 0;
-  std::uint64_t data_received = 0;  // accepted in order
-  std::uint64_t duplicates = 0;     // already had it
-  std::uint64_t out_of_order = 0;   // discarded (go-back-N)
-  std::uint64_t window_drops = 0;   // discarded: no receive credit left
+  std::uint64_t data_received = 0;      // accepted in order
+  std::uint64_t duplicates = 0;         // already had it
+  std::uint64_t out_of_order = 0;       // held ahead of a gap (selective repeat)
+  std::uint64_t reorder_drops = 0;      // ahead of a gap, not held: reorder_memory was full (asked for again)
+  std::uint64_t tlp_probes = 0;         // tail-loss probes sent
+  std::uint64_t congestion_events = 0;  // congestion window reductions (loss runs, timeouts)
+  std::uint64_t rx_stale = 0;      // DATA whose ACK field belongs to no sequence of this connection: dropped
+  std::uint64_t window_drops = 0;  // discarded: no receive credit left
   std::uint64_t acks_sent = 0;
   std::uint64_t naks_sent = 0;
   std::uint64_t naks_received = 0;
@@ -96,11 +100,15 @@ struct PeerInfo {
   ConnState conn = ConnState::closed;
   Nanos srtt{0};
   Nanos rto{0};
-  Nanos retransmit_at{0};          // when the retransmission timer fires (0 = not armed)
-  std::uint16_t in_flight = 0;     // sent, not yet acknowledged
-  std::size_t queued = 0;          // in the send queue, in flight included
-  std::size_t receivable = 0;      // delivered, waiting for receive()
-  std::uint16_t peer_window = 0;   // credit the peer last advertised
+  Nanos retransmit_at{0};         // when the retransmission timer fires (0 = not armed)
+  std::uint16_t in_flight = 0;    // sent, not yet acknowledged
+  std::size_t queued = 0;         // in the send queue, in flight included
+  std::size_t receivable = 0;     // delivered, waiting for receive()
+  std::uint16_t peer_window = 0;  // credit the peer last advertised
+  std::uint16_t cwnd = 0;         // congestion window (packets)
+  std::uint16_t ssthresh = 0;
+  std::uint16_t sacked = 0;        // in flight, but reported held by the peer
+  std::size_t held_ahead = 0;      // its frames we hold ahead of a gap
   std::uint64_t next_message = 0;  // id the next send() will get
   // broadcast: its stream as we receive it, and ours as it confirmed it
   bool bcast_started = false;        // we have a position in its stream
@@ -292,6 +300,20 @@ class Engine final : public Agent {
   void acked_now(Peer& p);
   void send_syn(Peer& p, bool syn_ack);
   bool send_ack(Peer& p, bool nak);
+  std::size_t build_nak(Peer& p, std::span<std::byte> out);
+  void hold_ahead(Peer& p, std::uint16_t seq, std::uint8_t proto, std::span<const std::byte> payload);
+  void drain_held(Peer& p);
+  void drop_held(Peer& p);
+  void publish(Peer& p);
+  void arm_retransmit(Peer& p, Nanos now);
+  Nanos pto(const Connection& c) const;
+  Nanos repair_wait(const Connection& c) const;
+  void queue_retx(Peer& p, std::uint16_t seq);
+  void on_tail_probe(Peer& p);
+  void congestion(Peer& p, bool timeout);
+  void cc_acked(Peer& p, std::uint16_t acked);
+  std::uint16_t initial_seq(Peer& p);
+  bool emit_data(Peer& p, std::uint16_t seq, bool ack_req, Nanos now);
   void send_fin(Peer& p, bool fin_ack, std::uint16_t ack_for, bool reset);
   void send_fin_to(const wire::FrameView& f, Peer* p);
   void send_reset(const wire::FrameView& f, Peer* p);
@@ -356,6 +378,8 @@ class Engine final : public Agent {
   // broadcast stream, | 0 for its unicast connection.
   std::deque<std::uint32_t> rx_ready_;
   std::size_t receivable_ = 0;
+  std::size_t reorder_bytes_ = 0;  // payload held ahead of gaps, all peers (<= reorder_memory)
+  std::array<std::byte, wire::kMaxPayload> nak_buf_{};
 
   // membership timers
   Nanos next_discover_{0};

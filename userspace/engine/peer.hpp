@@ -37,6 +37,7 @@ struct Engine::Peer {
         mac(addr),
         tx(c.send_buffer),
         rx(c.receive_buffer),
+        ooo(std::bit_ceil(std::size_t{c.window})),
         brx(c.broadcast_receive_buffer) {}
 
   std::uint16_t node;
@@ -55,8 +56,13 @@ struct Engine::Peer {
 
   // reliable unicast
   Connection conn;
-  MessageRing tx;  // queued by send(): [snd_una, snd_una + size) in sequence space
-  MessageRing rx;  // delivered in order, waiting for receive()
+  MessageRing tx;                   // queued by send(): [snd_una, snd_una + size) in sequence space
+  MessageRing rx;                   // delivered in order, waiting for receive()
+  ReorderBuffer ooo;                // received ahead of a gap (selective repeat), within [rcv_nxt, rcv_edge)
+  std::vector<std::uint16_t> retx;  // sequences to retransmit (their tx slots carry kQueued)
+  locabus_conn_pub published{};     // what the fast path was last told (Transport::publish_conn)
+  std::uint16_t prev_snd_max = 0;   // where our last connection to it ended: the next starts far away
+  bool prev_valid = false;
   std::uint64_t next_message = 0;
   bool tx_ready = false;  // in Engine::tx_ready_
 

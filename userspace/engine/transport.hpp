@@ -9,6 +9,7 @@
 #include <span>
 
 #include "common/function_ref.hpp"
+#include "locabus/ack_rule.h"
 #include "locabus/wire.hpp"
 
 namespace locabus::engine {
@@ -58,6 +59,18 @@ class Transport {
   /// peer's pure ACKs (see docs/FASTPATH.md); others ignore it.
   virtual void track_peer(std::uint16_t node) { (void)node; }
   virtual void forget_peer(std::uint16_t node) { (void)node; }
+
+  /// What the engine knows about its connection to a tracked `node`, for the
+  /// fast path's ACK rule (locabus/ack_rule.h): the unacknowledged range and
+  /// whether it must see every ACK. The engine calls it whenever that
+  /// changes, before any frame beyond the previously published `max` is
+  /// handed to send(). Must be cheap (the AF_XDP transport stores one word
+  /// into a memory-mapped BPF array). A transport without a fast path
+  /// ignores it.
+  virtual void publish_conn(std::uint16_t node, const locabus_conn_pub& pub) {
+    (void)node;
+    (void)pub;
+  }
 
   /// The other half of track_peer(): pure ACKs from tracked peers that were
   /// consumed below the engine (the XDP program keeps the latest ack_num and

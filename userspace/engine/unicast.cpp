@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // Reliable unicast: the paper's connections, done carefully. 3-way
-// handshake, 2-way disconnect, go-back-N with a 16-bit packet sequence
-// space, cumulative and piggy-backed ACKs, a delayed-ACK timer, NAK-driven
-// fast go-back, the receiver's credit window, RTT-based retransmission with
-// exponential back-off. docs/ARCHITECTURE.md has the state diagram.
+// handshake, 2-way disconnect, a 16-bit packet sequence space, cumulative
+// and piggy-backed ACKs, a delayed-ACK timer, the receiver's credit window,
+// RTT-based retransmission with exponential back-off; and, beyond the
+// paper's go-back-N, selective repeat (the receiver holds frames ahead of a
+// gap, its NAKs name the missing ranges, the sender resends only those), a
+// tail-loss probe, and congestion control that tells random loss from a
+// queue overflowing. docs/ARCHITECTURE.md has the state diagram and the
+// rules; docs/PROTOCOL.md the frames.
 #include <algorithm>
 
 #include "engine/control.hpp"
@@ -15,6 +19,18 @@ namespace locabus::engine {
 
 using wire::PacketType;
 using wire::seq_before;
+
+namespace {
+// MessageRing::Slot::marks of a send queue.
+constexpr std::uint8_t kSacked = 1 << 0;         // the peer holds it (a NAK said so)
+constexpr std::uint8_t kLost = 1 << 1;           // a NAK reported it missing at least once
+constexpr std::uint8_t kQueued = 1 << 2;         // in Peer::retx
+constexpr std::uint8_t kRetransmitted = 1 << 3;  // sent more than once
+
+constexpr std::uint8_t clear(std::uint8_t flags, std::uint8_t bits) noexcept {
+  return static_cast<std::uint8_t>(flags & ~bits);
+}
+}  // namespace
 
 // ---- timers ---------------------------------------------------------------------
 
@@ -96,13 +112,73 @@ Nanos Engine::base_rto(const Connection& c) const {
   return std::clamp(c.srtt + std::max<Nanos>(4 * c.rttvar, 1ms), config_.rto_min, config_.rto_max);
 }
 
+Nanos Engine::pto(const Connection& c) const { return std::max(2 * c.srtt, config_.tlp_min); }
+
+// How long after sending a frame again a NAK that still names it means the
+// repair was lost too (and not merely still on its way).
+Nanos Engine::repair_wait(const Connection& c) const {
+  if (c.srtt.count() == 0) return config_.tlp_min;
+  return c.srtt + std::max<Nanos>(c.rttvar, 50us);
+}
+
+// The retransmission timer: at the tail-loss probe's time when the newest
+// frame asked for an ACK and no probe went out since the last progress,
+// else at the retransmission timeout.
+void Engine::arm_retransmit(Peer& p, Nanos now) {
+  Connection& c = p.conn;
+  c.flags2 = clear(c.flags2, Connection::kTlpArmed);
+  Nanos at = now + c.rto;
+  if (c.state == ConnState::established && (c.flags2 & Connection::kAckReqOut) &&
+      !(c.flags2 & Connection::kTlpSent) && c.srtt.count() != 0 && c.snd_una != c.snd_max) {
+    const Nanos probe = now + pto(c);
+    if (probe < at) {
+      at = probe;
+      c.flags2 |= Connection::kTlpArmed;
+    }
+  }
+  arm(p, kRtoTimer, at);
+}
+
+// ---- the fast path's view -------------------------------------------------------
+
+// Tells the transport what the fast path's ACK rule (locabus/ack_rule.h)
+// judges this peer's pure ACKs by, whenever it changes: the unacknowledged
+// range [snd_una, snd_una + queued] and whether every ACK must reach us.
+void Engine::publish(Peer& p) {
+  const Connection& c = p.conn;
+  locabus_conn_pub pub{};
+  if (c.synchronized() && (c.flags & Connection::kTracked)) {
+    pub.una = c.snd_una;
+    pub.max = seq_add(c.snd_una, std::max<std::size_t>(p.tx.size(), seq_diff(c.snd_max, c.snd_una)));
+    pub.flags = LOCABUS_CONN_F_PUBLISHED;
+    // Answers to window probes and to timeouts must never be judged stale.
+    if (c.retries > 0 || (c.flags & Connection::kProbe) || (c.flags2 & Connection::kRtoRecovery))
+      pub.flags |= LOCABUS_CONN_F_PASS_ALL;
+  }
+  const locabus_conn_pub& old = p.published;
+  if (pub.una == old.una && pub.max == old.max && pub.flags == old.flags) return;
+  pub.gen = static_cast<std::uint16_t>(old.gen + 1);
+  p.published = pub;
+  transport_.publish_conn(p.node, pub);
+}
+
 // ---- connection lifecycle -----------------------------------------------------
+
+// A new connection's first sequence number. The first with a peer is random;
+// the next starts half the sequence space away from where the last one
+// ended, so a late frame of the old connection can never fall inside the new
+// one's window (docs/PROTOCOL.md, "Initial sequence numbers").
+std::uint16_t Engine::initial_seq(Peer& p) {
+  const auto r = static_cast<std::uint16_t>(rng_());
+  if (!p.prev_valid) return r;
+  return seq_add(p.prev_snd_max, 0x8000u + (r & 0x3FFu));
+}
 
 void Engine::start_connect(Peer& p) {
   Connection& c = p.conn;
   c = Connection{};
-  c.iss = static_cast<std::uint16_t>(rng_());
-  c.snd_una = c.snd_nxt = c.snd_max = seq_add(c.iss, 1);
+  c.iss = initial_seq(p);
+  c.snd_una = c.snd_max = seq_add(c.iss, 1);
   c.snd_edge = c.snd_una;  // no credit until the peer advertises some
   c.peer_epoch = p.epoch;
   c.rto = config_.rto_initial;
@@ -120,9 +196,14 @@ void Engine::established(Peer& p) {
   c.state = ConnState::established;
   c.retries = 0;
   c.rcv_edge = c.rcv_nxt;
+  c.rcv_high = c.rcv_nxt;
+  c.cwnd = std::min(config_.cc_initial_window, config_.window);
+  c.ssthresh = config_.window;
+  c.recover = c.rtx_nxt = c.snd_una;
   disarm(p, kRtoTimer);
   transport_.track_peer(p.node);
   c.flags |= Connection::kTracked;
+  publish(p);
   Event e{EventKind::connected, p.node};
   e.mac = p.mac;
   e.epoch = p.epoch;
@@ -134,8 +215,16 @@ void Engine::established(Peer& p) {
 void Engine::reset_connection(Peer& p, Failure why) {
   Connection& c = p.conn;
   const bool was_open = c.open();
+  if (c.state != ConnState::closed) {
+    // Where this connection's sequence space ended: the next one starts far away.
+    p.prev_snd_max = c.snd_max;
+    p.prev_valid = true;
+  }
   if (c.flags & Connection::kTracked) transport_.forget_peer(p.node);
   c = Connection{};  // timers: the wheel entries no longer match and are ignored
+  p.published = locabus_conn_pub{};
+  p.retx.clear();
+  drop_held(p);
   if (was_open) {
     Event e{EventKind::disconnected, p.node};
     e.mac = p.mac;
@@ -156,6 +245,8 @@ void Engine::fail_pending(Peer& p, Failure why) {
   e.first_message = p.next_message - p.tx.size();
   push_event(e);
   p.tx.clear();
+  p.retx.clear();
+  p.conn.sacked = 0;
 }
 
 void Engine::close(std::uint16_t node) {
@@ -242,16 +333,16 @@ void Engine::accept_syn(const wire::FrameView& f, Peer& p) {
   const bool simultaneous = c.state == ConnState::syn_sent;
   if (!simultaneous) {
     c = Connection{};
-    c.iss = static_cast<std::uint16_t>(rng_());
-    c.snd_una = c.snd_nxt = c.snd_max = seq_add(c.iss, 1);
+    c.iss = initial_seq(p);
+    c.snd_una = c.snd_max = seq_add(c.iss, 1);
     c.rto = config_.rto_initial;
     c.rtt_sent_at = clock_.now();
     c.flags |= Connection::kTiming;
   }
   c.peer_epoch = p.epoch;
   c.irs = f.header.seq();
-  c.rcv_nxt = seq_add(c.irs, 1);
-  c.snd_edge = seq_add(c.snd_una, f.header.window());
+  c.rcv_nxt = c.rcv_high = seq_add(c.irs, 1);
+  c.snd_edge = seq_add(c.snd_una, f.header.window() & LOCABUS_WINDOW_MASK);
   c.state = ConnState::syn_received;
   send_syn(p, true);
   arm(p, kRtoTimer, clock_.now() + c.rto);
@@ -291,8 +382,8 @@ void Engine::on_syn_ack(const wire::FrameView& f, Peer& p) {
       if (f.header.ack() != seq_add(c.iss, 1)) return;  // not an answer to our SYN
       if (c.state == ConnState::syn_received && seq != c.irs) return;
       c.irs = seq;
-      c.rcv_nxt = seq_add(seq, 1);
-      c.snd_edge = seq_add(f.header.ack(), f.header.window());
+      c.rcv_nxt = c.rcv_high = seq_add(seq, 1);
+      c.snd_edge = seq_add(f.header.ack(), f.header.window() & LOCABUS_WINDOW_MASK);
       established(p);
       c.flags |= Connection::kAckNow;  // step 3
       mark_tx_ready(p);
@@ -318,75 +409,231 @@ void Engine::on_ack_fields(const wire::FrameView& f, Peer& p) {
     established(p);
   }
   if (!c.synchronized()) return;
-  apply_ack(p, ack, f.header.window());
+  apply_ack(p, ack, f.header.window() & LOCABUS_WINDOW_MASK);
 }
 
 void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
   Connection& c = p.conn;
   if (!seq_between(c.snd_una, ack, c.snd_max)) return;  // old, or acknowledges what we never sent
-  c.retries = 0;                                        // the peer is there
+  const bool was_retrying = c.retries > 0;
+  c.retries = 0;  // the peer is there
   const std::uint16_t acked = seq_diff(ack, c.snd_una);
+  const Nanos now = clock_.now();
   if (acked > 0) {
     if ((c.flags & Connection::kTiming) && seq_before(c.rtt_seq, ack)) {
-      rtt_sample(c, clock_.now() - c.rtt_sent_at);
+      rtt_sample(c, now - c.rtt_sent_at);
       c.flags &= static_cast<std::uint8_t>(~Connection::kTiming);
+    }
+    for (std::size_t i = 0; i < acked && i < p.tx.size(); ++i) {
+      if (p.tx.at(i).marks & kSacked) --c.sacked;
     }
     p.tx.pop_front(acked);
     c.snd_una = ack;
     // New data got through: the back-off is over (RFC 6298 keeps it until
-    // the next sample, which go-back-N under loss may not produce for long).
+    // the next sample, which may not come for long under loss).
     c.rto = base_rto(c);
-    if (seq_before(c.snd_nxt, ack)) c.snd_nxt = ack;
+    c.flags2 = clear(c.flags2, Connection::kTlpSent);
+    if (seq_before(c.rtx_nxt, ack)) c.rtx_nxt = ack;
+    if ((c.flags2 & (Connection::kRecovery | Connection::kRtoRecovery)) && !seq_before(ack, c.recover)) {
+      c.flags2 = clear(c.flags2, Connection::kRecovery | Connection::kRtoRecovery);
+    }
+    cc_acked(p, acked);
     if (c.snd_una == c.snd_max) {
       disarm(p, kRtoTimer);
+      c.flags2 = clear(c.flags2, Connection::kTlpArmed);
     } else {
-      arm(p, kRtoTimer, clock_.now() + c.rto);
+      arm_retransmit(p, now);
     }
   }
   // The right edge (ack + window) never moves back.
   const std::uint16_t edge = seq_add(ack, window);
   if (seq_before(c.snd_edge, edge)) c.snd_edge = edge;
-  if (acked > 0 || seq_before(c.snd_nxt, c.snd_edge)) mark_tx_ready(p);
+  if (acked > 0 || was_retrying) publish(p);
+  if (acked > 0 || seq_before(c.snd_max, c.snd_edge) || !p.retx.empty()) mark_tx_ready(p);
   if (acked > 0) maybe_finish_close(p);
 }
 
+// A NAK: the cumulative ACK, then the ranges the receiver is missing below
+// `high`; everything else below `high` it holds. Missing first transmissions
+// are sent again at once (a later frame arrived, so they are lost, or very
+// late); a missing retransmission only once repair_wait has passed since it
+// went out. A run of cc_loss_run first transmissions lost back to back is a
+// queue overflowing: the congestion window shrinks.
 void Engine::on_nak(const wire::FrameView& f, Peer& p) {
   on_ack_fields(f, p);
   Connection& c = p.conn;
   if (!c.synchronized()) return;
   ++p.counters.naks_received;
-  const std::uint16_t missing = f.header.ack();
-  if (missing != c.snd_una || !seq_before(missing, c.snd_nxt)) return;  // nothing to go back for
+  const std::uint16_t ack = f.header.ack();
+  control::NakRanges nak;
+  if (f.payload.empty()) {
+    nak.high = seq_add(ack, 1);  // the bare form: only ack_num is missing
+    nak.ranges.push_back({ack, 1});
+  } else if (auto decoded = control::decode_nak(f.payload)) {
+    nak = std::move(*decoded);
+  } else {
+    ++stats_.rx_malformed_control;
+    return;
+  }
+  // A NAK older than what we have already seen acknowledged says nothing new.
+  if (ack != c.snd_una) return;
+  std::uint16_t high = nak.high;
+  if (!seq_between(c.snd_una, high, c.snd_max)) high = c.snd_max;  // names what we never sent
   const Nanos now = clock_.now();
-  // srtt includes delayed ACKs; the quickest answer seen is what a NAK
-  // repeated for the same packet must be measured against.
-  const Nanos holdoff = std::max(config_.nak_holdoff, c.rtt_min);
-  if (missing == c.goback_seq && now - c.goback_at < holdoff) return;  // already going back
-  c.goback_seq = missing;
-  c.goback_at = now;
-  c.snd_nxt = missing;
-  c.flags &= static_cast<std::uint8_t>(~Connection::kTiming);  // Karn: no sample across a go-back
-  mark_tx_ready(p);
+  const Nanos wait = repair_wait(c);
+  std::uint16_t cursor = c.snd_una;
+  std::uint16_t run = 0;
+  bool congested = false;
+  auto held = [&](std::uint16_t from, std::uint16_t to) {
+    for (std::uint16_t s = from; s != to; s = seq_add(s, 1)) {
+      MessageRing::Slot& slot = p.tx.at(seq_diff(s, c.snd_una));
+      if (!(slot.marks & kSacked)) {
+        slot.marks |= kSacked;
+        ++c.sacked;
+      }
+    }
+  };
+  for (const control::SeqRange& r : nak.ranges) {
+    std::uint16_t first = r.first;
+    std::uint16_t end = seq_add(r.first, r.count);
+    if (seq_before(first, cursor)) first = cursor;  // overlapping or out of order: skip what was covered
+    if (seq_before(high, end)) end = high;
+    if (!seq_before(first, end)) continue;
+    held(cursor, first);
+    run = 0;
+    for (std::uint16_t s = first; s != end; s = seq_add(s, 1)) {
+      MessageRing::Slot& slot = p.tx.at(seq_diff(s, c.snd_una));
+      if (slot.marks & kSacked) {  // it said it held it: believe the newer word
+        slot.marks = clear(slot.marks, kSacked);
+        --c.sacked;
+      }
+      const bool first_report = !(slot.marks & kLost);
+      slot.marks |= kLost;
+      if (first_report && !(slot.marks & kRetransmitted)) {
+        if (++run >= config_.cc_loss_run) congested = true;
+      } else {
+        run = 0;
+      }
+      if ((slot.marks & kQueued) == 0 && (!(slot.marks & kRetransmitted) || now - slot.sent_at >= wait)) {
+        queue_retx(p, s);
+      }
+    }
+    cursor = end;
+  }
+  held(cursor, high);
+  if (congested) congestion(p, false);
+  if (!p.retx.empty()) mark_tx_ready(p);
+}
+
+void Engine::queue_retx(Peer& p, std::uint16_t seq) {
+  MessageRing::Slot& slot = p.tx.at(seq_diff(seq, p.conn.snd_una));
+  if (slot.marks & (kQueued | kSacked)) return;
+  slot.marks |= kQueued;
+  p.retx.push_back(seq);
+}
+
+// ---- congestion control -------------------------------------------------------------
+
+// One reduction per round trip (until snd_una passes what was in flight).
+void Engine::congestion(Peer& p, bool timeout) {
+  Connection& c = p.conn;
+  if (!timeout && (c.flags2 & Connection::kRecovery) && seq_before(c.snd_una, c.recover)) return;
+  ++p.counters.congestion_events;
+  const std::uint16_t flight = static_cast<std::uint16_t>(seq_diff(c.snd_max, c.snd_una) - c.sacked);
+  if (timeout) {
+    c.ssthresh = std::max<std::uint16_t>(flight / 2, config_.cc_min_window);
+    c.cwnd = config_.cc_min_window;
+    c.flags2 |= Connection::kRtoRecovery;
+    c.rtx_nxt = c.snd_una;
+  } else {
+    const auto reduced = static_cast<std::uint16_t>(std::uint32_t{c.cwnd} * config_.cc_beta / 1024);
+    c.cwnd = c.ssthresh = std::max(reduced, config_.cc_min_window);
+  }
+  c.cwnd_acc = 0;
+  c.recover = c.snd_max;
+  c.flags2 |= Connection::kRecovery;
+}
+
+// Slow start below ssthresh, then one packet per window of ACKed packets;
+// no growth while recovering from a reduction.
+void Engine::cc_acked(Peer& p, std::uint16_t acked) {
+  Connection& c = p.conn;
+  if ((c.flags2 & Connection::kRecovery) && !(c.flags2 & Connection::kRtoRecovery)) return;
+  const std::uint32_t limit = config_.window;
+  std::uint32_t cwnd = c.cwnd;
+  if (cwnd < c.ssthresh) {
+    cwnd = std::min<std::uint32_t>(cwnd + acked, c.ssthresh);
+  } else {
+    std::uint32_t acc = std::uint32_t{c.cwnd_acc} + acked;
+    while (acc >= cwnd && cwnd < limit) {
+      acc -= cwnd;
+      ++cwnd;
+    }
+    c.cwnd_acc = static_cast<std::uint16_t>(std::min<std::uint32_t>(acc, 0xFFFF));
+  }
+  c.cwnd = static_cast<std::uint16_t>(std::min(cwnd, limit));
+}
+
+// ---- receiving data -----------------------------------------------------------------
+
+void Engine::hold_ahead(Peer& p, std::uint16_t seq, std::uint8_t proto, std::span<const std::byte> payload) {
+  p.ooo.put(seq, proto, payload);
+  reorder_bytes_ += payload.size();
+}
+
+// Moves the frames held right behind rcv_nxt into the receive queue.
+void Engine::drain_held(Peer& p) {
+  Connection& c = p.conn;
+  while (!p.ooo.empty() && p.ooo.has(c.rcv_nxt) && !p.rx.full()) {
+    MessageRing::Slot& held = p.ooo.at(c.rcv_nxt);
+    const std::size_t bytes = held.data.size();
+    if (p.rx.empty()) rx_ready_.push_back(p.index << 1);
+    p.rx.push_swap(held.proto, held.data);
+    p.ooo.erase(c.rcv_nxt, bytes);
+    reorder_bytes_ -= std::min(reorder_bytes_, bytes);
+    ++receivable_;
+    ++p.counters.data_received;
+    ++c.rx_unacked;
+    c.rcv_nxt = seq_add(c.rcv_nxt, 1);
+  }
+}
+
+void Engine::drop_held(Peer& p) {
+  reorder_bytes_ -= std::min(reorder_bytes_, p.ooo.bytes());
+  p.ooo.release();
 }
 
 void Engine::on_data(const wire::FrameView& f, Peer& p) {
-  on_ack_fields(f, p);
   Connection& c = p.conn;
+  if (c.synchronized()) {
+    // The ACK field of a frame of this connection lies within what we sent
+    // (a reordered frame may carry an older one, never an older connection's).
+    const std::uint16_t slack =
+        static_cast<std::uint16_t>(std::min<std::uint32_t>(2u * config_.window, 0x4000));
+    if (!seq_between(static_cast<std::uint16_t>(c.snd_una - slack), f.header.ack(), c.snd_max)) {
+      ++p.counters.rx_stale;
+      return;
+    }
+  }
+  on_ack_fields(f, p);
   if (!c.synchronized()) {
     if (c.state == ConnState::closed) send_reset(f, &p);
     return;
   }
   const std::uint16_t seq = f.header.seq();
+  const bool ack_req = (f.header.window() & LOCABUS_WINDOW_ACK_REQ) != 0;
   const Nanos now = clock_.now();
-  // An immediate ACK or NAK goes out at once unless one just went out; then
-  // it is deferred to the end of the holdoff, never dropped.
-  auto respond = [&](std::uint8_t now_flag, std::uint8_t pending_flag) {
+  // An answer to a frame that asked for one goes out at once. Other
+  // immediate ACKs and NAKs go out at once unless one just went out; then
+  // they are deferred to the end of the holdoff, never dropped.
+  auto respond = [&](bool nak) {
+    const std::uint8_t now_flag = nak ? Connection::kNakNow : Connection::kAckNow;
     const Nanos at = c.nak_sent_at + config_.nak_holdoff;
-    if (c.nak_sent_at.count() == 0 || at <= now) {
+    if (ack_req || c.nak_sent_at.count() == 0 || at <= now) {
       c.flags |= now_flag;
       mark_tx_ready(p);
     } else {
-      c.flags |= pending_flag;
+      c.flags |= nak ? Connection::kNakPending : Connection::kAckPending;
       if (c.ack_at.count() == 0 || at < c.ack_at) arm(p, kAckTimer, at);
     }
   };
@@ -401,9 +648,16 @@ void Engine::on_data(const wire::FrameView& f, Peer& p) {
     p.rx.push(f.header.proto(), f.payload);
     ++receivable_;
     ++p.counters.data_received;
+    ++c.rx_unacked;
     c.rcv_nxt = seq_add(c.rcv_nxt, 1);
+    const bool filled = !p.ooo.empty();
+    if (filled) drain_held(p);
+    if (seq_before(c.rcv_high, c.rcv_nxt)) c.rcv_high = c.rcv_nxt;
     if (seq_before(c.rcv_edge, c.rcv_nxt)) c.rcv_edge = c.rcv_nxt;
-    if (++c.rx_unacked >= config_.ack_every) {
+    if (ack_req || filled) {
+      // A repair arrived (or the sender waits for us): say where we stand now.
+      respond(!p.ooo.empty());
+    } else if (c.rx_unacked >= config_.ack_every) {
       c.flags |= Connection::kAckNow;
       mark_tx_ready(p);
     } else if (c.ack_at.count() == 0) {
@@ -411,10 +665,21 @@ void Engine::on_data(const wire::FrameView& f, Peer& p) {
     }
   } else if (seq_before(seq, c.rcv_nxt)) {
     ++p.counters.duplicates;  // our ACK was lost or late: repeat it soon
-    respond(Connection::kAckNow, Connection::kAckPending);
+    respond(!p.ooo.empty());
+  } else if (!seq_before(seq, c.rcv_edge)) {
+    ++p.counters.window_drops;  // beyond the credit we gave
+    respond(!p.ooo.empty());
+  } else if (p.ooo.has(seq)) {
+    ++p.counters.duplicates;
+    respond(true);
+  } else if (reorder_bytes_ + f.payload.size() > config_.reorder_memory) {
+    ++p.counters.reorder_drops;  // no room to hold it: it stays missing and is asked for again
+    respond(true);
   } else {
-    ++p.counters.out_of_order;  // a gap: go-back-N discards, NAK asks for the first missing
-    respond(Connection::kNakNow, Connection::kNakPending);
+    ++p.counters.out_of_order;
+    hold_ahead(p, seq, f.header.proto(), f.payload);
+    if (seq_before(c.rcv_high, seq_add(seq, 1))) c.rcv_high = seq_add(seq, 1);
+    respond(true);
   }
 }
 
@@ -450,6 +715,7 @@ void Engine::on_fin(const wire::FrameView& f, Peer& p) {
       if (!c.synchronized()) return;
       if (f.header.seq() != c.rcv_nxt) {
         // Data before the FIN is missing: ask for it.
+        if (seq_before(c.rcv_high, f.header.seq())) c.rcv_high = f.header.seq();
         c.flags |= Connection::kNakNow;
         mark_tx_ready(p);
         return;
@@ -470,8 +736,34 @@ void Engine::on_fin_ack(const wire::FrameView& f, Peer& p) {
 
 // ---- timeouts -------------------------------------------------------------------
 
+// The tail-loss probe: a frame that asked for an ACK got no answer within
+// pto(). Send the newest frame the peer is not known to hold again (asking
+// for an ACK), once per round; the retransmission timeout stays behind it.
+void Engine::on_tail_probe(Peer& p) {
+  Connection& c = p.conn;
+  c.flags2 = clear(c.flags2, Connection::kTlpArmed);
+  c.flags2 |= Connection::kTlpSent;
+  if (c.synchronized() && c.snd_una != c.snd_max) {
+    for (std::uint16_t s = seq_add(c.snd_max, 0xFFFF);; s = seq_add(s, 0xFFFF)) {
+      MessageRing::Slot& slot = p.tx.at(seq_diff(s, c.snd_una));
+      if (!(slot.marks & kSacked)) {
+        queue_retx(p, s);
+        ++p.counters.tlp_probes;
+        mark_tx_ready(p);
+        break;
+      }
+      if (s == c.snd_una) break;
+    }
+  }
+  arm(p, kRtoTimer, clock_.now() + c.rto);
+}
+
 void Engine::on_rto(Peer& p) {
   Connection& c = p.conn;
+  if (c.flags2 & Connection::kTlpArmed) {
+    on_tail_probe(p);
+    return;
+  }
   const Nanos now = clock_.now();
   const bool data_pending = c.synchronized() && (c.snd_una != c.snd_max || !p.tx.empty());
   if (!data_pending && c.state != ConnState::syn_sent && c.state != ConnState::syn_received &&
@@ -490,10 +782,20 @@ void Engine::on_rto(Peer& p) {
     case ConnState::syn_received: send_syn(p, true); break;
     case ConnState::fin_wait: send_fin(p, false, 0, false); break;
     default:
-      c.snd_nxt = c.snd_una;  // go back N
-      // No credit for even the oldest packet: it goes out as a window probe
-      // (again at every timeout; the answer resets the retry count).
-      if (!seq_before(c.snd_una, c.snd_edge)) c.flags |= Connection::kProbe;
+      if (c.snd_una != c.snd_max) {
+        // Nothing came back for a whole timeout: what is in flight and not
+        // known held is presumed lost and sent again, oldest first, within
+        // a congestion window that starts over (transmit_peer).
+        congestion(p, true);
+        for (std::uint16_t s : p.retx)
+          p.tx.at(seq_diff(s, c.snd_una)).marks &= static_cast<std::uint8_t>(~kQueued);
+        p.retx.clear();
+      } else {
+        // No credit for the next packet: it goes out as a window probe
+        // (again at every timeout; the answer resets the retry count).
+        c.flags |= Connection::kProbe;
+      }
+      publish(p);  // every answer must reach us now
       mark_tx_ready(p);
       break;
   }
@@ -550,14 +852,45 @@ void Engine::send_syn(Peer& p, bool syn_ack) {
   emit_control(p.mac, h, control::bytes_of(raw));
 }
 
+// The missing ranges between rcv_nxt and rcv_high (at most
+// LOCABUS_NAK_MAX_RANGES; `high` is lowered to the end of the last one listed
+// when they do not all fit). With nothing held, rcv_nxt alone is missing.
+std::size_t Engine::build_nak(Peer& p, std::span<std::byte> out) {
+  const Connection& c = p.conn;
+  std::array<control::SeqRange, LOCABUS_NAK_MAX_RANGES> ranges;
+  std::size_t n = 0;
+  std::uint16_t high = c.rcv_high;
+  if (p.ooo.empty() || !seq_before(c.rcv_nxt, c.rcv_high)) {
+    ranges[n++] = {c.rcv_nxt, 1};
+    high = seq_add(c.rcv_nxt, 1);
+  } else {
+    for (std::uint16_t s = c.rcv_nxt; s != c.rcv_high;) {
+      if (p.ooo.has(s)) {
+        s = seq_add(s, 1);
+        continue;
+      }
+      if (n == ranges.size()) {
+        high = s;  // the rest does not fit: say nothing about it
+        break;
+      }
+      const std::uint16_t first = s;
+      while (s != c.rcv_high && !p.ooo.has(s)) s = seq_add(s, 1);
+      ranges[n++] = {first, seq_diff(s, first)};
+    }
+  }
+  return control::encode_nak(high, std::span(ranges.data(), n), out);
+}
+
 bool Engine::send_ack(Peer& p, bool nak) {
   Connection& c = p.conn;
   wire::Header h = conn_header(p, nak ? PacketType::nak : PacketType::ack, LOCABUS_P_CONTROL);
-  h.set_seq(c.snd_nxt);
-  if (!emit_control(p.mac, h, {})) return false;
+  h.set_seq(c.snd_max);
+  std::span<const std::byte> payload;
+  if (nak) payload = std::span<const std::byte>(nak_buf_.data(), build_nak(p, nak_buf_));
+  if (!emit_control(p.mac, h, payload)) return false;
   acked_now(p);
+  c.flags &= static_cast<std::uint8_t>(~(Connection::kNakNow | Connection::kNakPending));
   if (nak) {
-    c.flags &= static_cast<std::uint8_t>(~(Connection::kNakNow | Connection::kNakPending));
     ++p.counters.naks_sent;
   } else {
     ++p.counters.acks_sent;
@@ -600,61 +933,134 @@ void Engine::send_reset(const wire::FrameView& f, Peer* p) {
   if (emit_control(p ? p->mac : f.src, h, control::bytes_of(raw))) ++stats_.resets_sent;
 }
 
+// One DATA frame for `seq` (in [snd_una, snd_max] : a retransmission, or
+// the next new one), asking for an ACK at once if `ack_req`.
+bool Engine::emit_data(Peer& p, std::uint16_t seq, bool ack_req, Nanos now) {
+  Connection& c = p.conn;
+  MessageRing::Slot& slot = p.tx.at(seq_diff(seq, c.snd_una));
+  wire::Header h = conn_header(p, PacketType::data, slot.proto);
+  h.set_seq(seq);
+  if (ack_req) h.set_window(static_cast<std::uint16_t>(h.window() | LOCABUS_WINDOW_ACK_REQ));
+  if (!emit(p.mac, h, slot.data)) return false;
+  acked_now(p);  // the ACK rode along
+  const bool again = seq_before(seq, c.snd_max);
+  if (again) {
+    slot.marks |= kRetransmitted;
+    ++p.counters.retransmits;
+    if ((c.flags & Connection::kTiming) && c.rtt_seq == seq) {
+      c.flags &= static_cast<std::uint8_t>(~Connection::kTiming);  // Karn: never time a retransmission
+    }
+  } else {
+    ++p.counters.data_sent;
+    c.snd_max = seq_add(seq, 1);
+    if (ack_req && !(c.flags & Connection::kTiming)) {
+      // Only frames answered at once are timed: a delayed ACK's wait is no round trip.
+      c.flags |= Connection::kTiming;
+      c.rtt_seq = seq;
+      c.rtt_sent_at = now;
+    }
+  }
+  slot.sent_at = now;
+  if (ack_req) {
+    c.flags2 |= Connection::kAckReqOut;
+  } else {
+    c.flags2 = clear(c.flags2, Connection::kAckReqOut);
+  }
+  if (c.rto_at.count() == 0 || (ack_req && !(c.flags2 & Connection::kTlpSent))) arm_retransmit(p, now);
+  return true;
+}
+
 int Engine::transmit_peer(Peer& p) {
   Connection& c = p.conn;
   int work = 0;
+  bool stalled = false;  // the transport is full: continue next time
+  auto room = [&] {
+    if (tx_space() == 0 && (flush(), tx_space() == 0)) {
+      mark_tx_ready(p);
+      stalled = true;
+    }
+    return !stalled;
+  };
   if (c.synchronized()) {
     const Nanos now = clock_.now();
-    const std::uint16_t end = seq_add(c.snd_una, p.tx.size());
-    while (c.snd_nxt != end) {
-      if (tx_space() == 0 && (flush(), tx_space() == 0)) {
-        mark_tx_ready(p);  // the transport is full: continue next time
+    publish(p);  // before anything beyond the published range leaves
+    // 1. Repairs the peer's NAKs (or a tail-loss probe) asked for.
+    std::size_t done = 0;
+    while (done < p.retx.size() && room()) {
+      const std::uint16_t seq = p.retx[done];
+      if (!seq_before(seq, c.snd_max) || seq_before(seq, c.snd_una)) {
+        ++done;  // acknowledged meanwhile
+        continue;
+      }
+      MessageRing::Slot& slot = p.tx.at(seq_diff(seq, c.snd_una));
+      if (slot.marks & kSacked) {
+        slot.marks &= static_cast<std::uint8_t>(~kQueued);
+        ++done;
+        continue;
+      }
+      if (!emit_data(p, seq, done + 1 == p.retx.size(), now)) {
+        mark_tx_ready(p);
+        stalled = true;
         break;
       }
-      if (seq_diff(c.snd_nxt, c.snd_una) >= config_.window) break;  // window full
+      slot.marks &= static_cast<std::uint8_t>(~kQueued);
+      ++done;
+      ++work;
+    }
+    p.retx.erase(p.retx.begin(), p.retx.begin() + static_cast<std::ptrdiff_t>(done));
+    // 2. After a timeout: everything in flight that is not known held, again,
+    //    oldest first, within the (restarting) congestion window.
+    while (!stalled && (c.flags2 & Connection::kRtoRecovery) && seq_before(c.rtx_nxt, c.recover) &&
+           seq_before(c.rtx_nxt, c.snd_max) && seq_diff(c.rtx_nxt, c.snd_una) < c.cwnd && room()) {
+      MessageRing::Slot& slot = p.tx.at(seq_diff(c.rtx_nxt, c.snd_una));
+      if (!(slot.marks & kSacked)) {
+        if (!emit_data(p, c.rtx_nxt, true, now)) {
+          mark_tx_ready(p);
+          stalled = true;
+          break;
+        }
+        ++work;
+      }
+      c.rtx_nxt = seq_add(c.rtx_nxt, 1);
+    }
+    // 3. New data, within the window, the peer's credit and the congestion window.
+    const bool rescuing = (c.flags2 & Connection::kRtoRecovery) && seq_before(c.rtx_nxt, c.recover) &&
+                          seq_before(c.rtx_nxt, c.snd_max);
+    const std::uint16_t end = seq_add(c.snd_una, p.tx.size());
+    while (!stalled && !rescuing && c.snd_max != end && room()) {
+      const std::uint16_t span = seq_diff(c.snd_max, c.snd_una);
+      if (span >= config_.window) break;  // window full
       const bool probe = (c.flags & Connection::kProbe) != 0;
-      if (!seq_before(c.snd_nxt, c.snd_edge) && !probe) {
+      const std::uint16_t flight = static_cast<std::uint16_t>(span - c.sacked);
+      if (flight >= c.cwnd && !probe) break;
+      if (!seq_before(c.snd_max, c.snd_edge) && !probe) {
         // No credit. The retransmission timer doubles as the persist timer.
         if (c.rto_at.count() == 0) arm(p, kRtoTimer, now + c.rto);
         break;
       }
       c.flags &= static_cast<std::uint8_t>(~Connection::kProbe);
-      const MessageRing::Slot& slot = p.tx.at(seq_diff(c.snd_nxt, c.snd_una));
-      wire::Header h = conn_header(p, PacketType::data, slot.proto);
-      h.set_seq(c.snd_nxt);
-      if (!emit(p.mac, h, slot.data)) break;
-      acked_now(p);  // the ACK rode along
-      if (seq_before(c.snd_nxt, c.snd_max)) {
-        ++p.counters.retransmits;
-      } else {
-        ++p.counters.data_sent;
-        c.snd_max = seq_add(c.snd_nxt, 1);
-        if (!(c.flags & Connection::kTiming)) {
-          c.flags |= Connection::kTiming;
-          c.rtt_seq = c.snd_nxt;
-          c.rtt_sent_at = now;
-        }
+      const std::uint16_t next = seq_add(c.snd_max, 1);
+      // Ask for an ACK at once when we must wait for one next: a probe, the
+      // congestion window or the peer's credit used up, or the queue drained
+      // with more than one frame out (a lone frame is answered by the reply
+      // it usually provokes, or by the delayed ACK).
+      const bool ack_req = probe || flight + 1 >= c.cwnd || next == c.snd_edge ||
+                           seq_diff(next, c.snd_una) >= config_.window || (next == end && flight >= 1);
+      if (!emit_data(p, c.snd_max, ack_req, now)) {
+        mark_tx_ready(p);
+        break;
       }
-      c.snd_nxt = seq_add(c.snd_nxt, 1);
-      if (c.rto_at.count() == 0) arm(p, kRtoTimer, now + c.rto);
       ++work;
     }
   }
-  // send_ack() clears the flag only once the frame is queued; a full
-  // transport keeps the peer on the list for the next cycle.
-  if (c.flags & Connection::kNakNow) {
+  // send_ack() clears the flags only once the frame is queued; a full
+  // transport keeps the peer on the list for the next cycle. A NAK carries
+  // the cumulative ACK too, and with frames held behind a gap every ACK is
+  // a NAK (it names the gaps).
+  if (c.flags & (Connection::kNakNow | Connection::kAckNow)) {
     if (!c.synchronized()) {
-      c.flags &= static_cast<std::uint8_t>(~Connection::kNakNow);
-    } else if (send_ack(p, true)) {
-      ++work;
-    } else {
-      mark_tx_ready(p);
-    }
-  }
-  if (c.flags & Connection::kAckNow) {
-    if (!c.synchronized()) {
-      c.flags &= static_cast<std::uint8_t>(~Connection::kAckNow);
-    } else if (send_ack(p, false)) {
+      c.flags &= static_cast<std::uint8_t>(~(Connection::kNakNow | Connection::kAckNow));
+    } else if (send_ack(p, (c.flags & Connection::kNakNow) || !p.ooo.empty())) {
       ++work;
     } else {
       mark_tx_ready(p);

@@ -2,6 +2,7 @@
 #include "fastpath/fastpath.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -132,7 +134,8 @@ std::optional<locabus_config> read_pinned_config(const std::filesystem::path& di
 
 bool all_pins_present(const std::filesystem::path& dir) {
   std::error_code ec;
-  for (const char* name : {kPinConfig, kPinStats, kPinProto, kPinPeers, kPinXsks, kPinAcks, kPinNaks})
+  for (const char* name :
+       {kPinConfig, kPinStats, kPinProto, kPinPeers, kPinXsks, kPinAcks, kPinNaks, kPinConns})
     if (!std::filesystem::exists(dir / name, ec)) return false;
   return true;
 }
@@ -270,14 +273,15 @@ Maps::Maps(bpf::TypedMap<std::uint32_t, locabus_config> config,
            bpf::PerCpuMap<std::uint32_t, locabus_proto_stats> proto,
            bpf::TypedMap<locabus_peer_key, locabus_peer> peers,
            bpf::TypedMap<std::uint32_t, std::uint32_t> xsks, UniqueFd acks, const std::string& acks_what,
-           bpf::TypedMap<locabus_nak_key, locabus_nak_entry> naks)
+           bpf::TypedMap<locabus_nak_key, locabus_nak_entry> naks, ConnTable conns)
     : config_(std::move(config)),
       stats_(std::move(stats)),
       proto_(std::move(proto)),
       peers_(std::move(peers)),
       xsks_(std::move(xsks)),
       acks_(std::move(acks)),
-      naks_(std::move(naks)) {
+      naks_(std::move(naks)),
+      conns_(std::move(conns)) {
   // A ring buffer has no keys or values; its size is max_entries.
   const bpf::MapInfo info = bpf::map_info(acks_.get());
   bpf::check_map(info, acks_what, 0, 0, BPF_MAP_TYPE_RINGBUF);
@@ -292,7 +296,8 @@ Maps Maps::open_pinned(const std::filesystem::path& dir) {
       bpf::TypedMap<locabus_peer_key, locabus_peer>::pinned(dir / kPinPeers, BPF_MAP_TYPE_HASH),
       bpf::TypedMap<std::uint32_t, std::uint32_t>::pinned(dir / kPinXsks, BPF_MAP_TYPE_XSKMAP),
       bpf::open_pinned(dir / kPinAcks), (dir / kPinAcks).string(),
-      bpf::TypedMap<locabus_nak_key, locabus_nak_entry>::pinned(dir / kPinNaks, BPF_MAP_TYPE_LRU_HASH));
+      bpf::TypedMap<locabus_nak_key, locabus_nak_entry>::pinned(dir / kPinNaks, BPF_MAP_TYPE_LRU_HASH),
+      ConnTable(bpf::open_pinned(dir / kPinConns), (dir / kPinConns).string()));
 }
 
 Maps Maps::from_object(bpf_object* obj) {
@@ -314,7 +319,8 @@ Maps Maps::from_object(bpf_object* obj) {
       bpf::TypedMap<std::uint32_t, std::uint32_t>(dup_of("locabus_xsks"), "xsks", BPF_MAP_TYPE_XSKMAP),
       dup_of("locabus_acks"), "acks",
       bpf::TypedMap<locabus_nak_key, locabus_nak_entry>(dup_of("locabus_naks"), "naks",
-                                                        BPF_MAP_TYPE_LRU_HASH));
+                                                        BPF_MAP_TYPE_LRU_HASH),
+      ConnTable(dup_of("locabus_conns"), "conns"));
 }
 
 locabus_config Maps::config() const {
@@ -346,6 +352,7 @@ void Maps::track_peer(std::uint16_t node) {
   if (node == LOCABUS_NODE_BROADCAST) throw Error("track peer 0xFFFF: the broadcast id is not a node");
   const locabus_peer_key key{node};
   const locabus_peer fresh{};
+  conns_.store(node, locabus_conn_pub{});  // unpublished until the engine publishes the new connection
   try {
     if (!peers_.insert(key, fresh)) peers_.update(key, fresh, BPF_EXIST);
   } catch (const Error& e) {
@@ -354,7 +361,64 @@ void Maps::track_peer(std::uint16_t node) {
   }
 }
 
-bool Maps::forget_peer(std::uint16_t node) { return peers_.erase(locabus_peer_key{node}); }
+bool Maps::forget_peer(std::uint16_t node) {
+  conns_.store(node, locabus_conn_pub{});
+  return peers_.erase(locabus_peer_key{node});
+}
+
+// ---- ConnTable ------------------------------------------------------------
+
+ConnTable::ConnTable(UniqueFd fd, const std::string& what) : fd_(std::move(fd)) {
+  const bpf::MapInfo info = bpf::map_info(fd_.get());
+  bpf::check_map(info, what, sizeof(std::uint32_t), sizeof(locabus_conn_pub), BPF_MAP_TYPE_ARRAY);
+  if (info.max_entries < LOCABUS_CONN_ENTRIES)
+    throw Error(fmt::format("BPF map {} has {} entries, not one per node id ({})", what, info.max_entries,
+                            LOCABUS_CONN_ENTRIES),
+                0, "detach the fast path and attach it again with this version");
+  bytes_ = std::size_t{info.max_entries} * sizeof(locabus_conn_pub);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  bytes_ = (bytes_ + static_cast<std::size_t>(page) - 1) / static_cast<std::size_t>(page) *
+           static_cast<std::size_t>(page);
+  void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
+  if (p == MAP_FAILED)
+    throw Error(fmt::format("map BPF map {} into memory", what), errno,
+                "the map must be created with BPF_F_MMAPABLE (Linux 5.5 or later)");
+  base_ = p;
+}
+
+ConnTable::ConnTable(ConnTable&& o) noexcept
+    : fd_(std::move(o.fd_)), base_(std::exchange(o.base_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+
+ConnTable& ConnTable::operator=(ConnTable&& o) noexcept {
+  if (this != &o) {
+    unmap();
+    fd_ = std::move(o.fd_);
+    base_ = std::exchange(o.base_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
+}
+
+ConnTable::~ConnTable() { unmap(); }
+
+void ConnTable::unmap() noexcept {
+  if (base_) ::munmap(base_, bytes_);
+  base_ = nullptr;
+}
+
+void ConnTable::store(std::uint16_t node, const locabus_conn_pub& pub) noexcept {
+  std::uint64_t word;
+  std::memcpy(&word, &pub, sizeof word);
+  __atomic_store_n(static_cast<std::uint64_t*>(base_) + node, word, __ATOMIC_RELEASE);
+}
+
+locabus_conn_pub ConnTable::load(std::uint16_t node) const noexcept {
+  const std::uint64_t word =
+      __atomic_load_n(static_cast<const std::uint64_t*>(base_) + node, __ATOMIC_ACQUIRE);
+  locabus_conn_pub pub;
+  std::memcpy(&pub, &word, sizeof pub);
+  return pub;
+}
 
 std::optional<locabus_nak_entry> Maps::nak(std::uint16_t first) const {
   return naks_.lookup(locabus_nak_key{first, 0});
@@ -501,13 +565,14 @@ std::unique_ptr<FastPath> FastPath::attach(const Options& opts) {
     std::filesystem::create_directories(fp->impl_->pin_dir, ec);
     if (ec) throw Error("create pin directory " + fp->impl_->pin_dir.string(), ec.value());
     const auto& s = *fp->impl_->skel;
-    const std::array<std::pair<bpf_map*, const char*>, 7> pins{{{s->maps.bss, kPinConfig},
+    const std::array<std::pair<bpf_map*, const char*>, 8> pins{{{s->maps.bss, kPinConfig},
                                                                 {s->maps.locabus_stats, kPinStats},
                                                                 {s->maps.locabus_proto, kPinProto},
                                                                 {s->maps.locabus_peers, kPinPeers},
                                                                 {s->maps.locabus_xsks, kPinXsks},
                                                                 {s->maps.locabus_acks, kPinAcks},
-                                                                {s->maps.locabus_naks, kPinNaks}}};
+                                                                {s->maps.locabus_naks, kPinNaks},
+                                                                {s->maps.locabus_conns, kPinConns}}};
     for (const auto& [map, name] : pins) {
       const auto path = fp->impl_->pin_dir / name;
       if (int err = bpf_map__pin(map, path.c_str())) throw Error("pin BPF map at " + path.string(), err);

@@ -41,6 +41,7 @@ inline constexpr const char* kPinPeers = "peers";
 inline constexpr const char* kPinXsks = "xsks";
 inline constexpr const char* kPinAcks = "acks";
 inline constexpr const char* kPinNaks = "naks";
+inline constexpr const char* kPinConns = "conns";
 
 /// Thrown when a live process (possibly this one) owns the fast path on the
 /// interface: nobody else may replace it, and nothing may fall back to
@@ -84,6 +85,29 @@ struct Options {
   bool own = true;
 };
 
+/// The locabus_conns array (xdp_maps.h) mapped into this process: what the
+/// engine publishes per connection for the ACK rule (ack_rule.h), written
+/// and read with single 64-bit atomic accesses. Move-only; unmaps on
+/// destruction.
+class ConnTable {
+ public:
+  ConnTable(UniqueFd fd, const std::string& what);
+  ConnTable(ConnTable&& o) noexcept;
+  ConnTable& operator=(ConnTable&& o) noexcept;
+  ConnTable(const ConnTable&) = delete;
+  ConnTable& operator=(const ConnTable&) = delete;
+  ~ConnTable();
+
+  void store(std::uint16_t node, const locabus_conn_pub& pub) noexcept;
+  locabus_conn_pub load(std::uint16_t node) const noexcept;
+
+ private:
+  void unmap() noexcept;
+  UniqueFd fd_;
+  void* base_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
 /// The fast path's maps. Every map's key/value sizes are checked on open.
 class Maps {
  public:
@@ -108,7 +132,12 @@ class Maps {
   /// Throws Error when the table is full (attach with a larger max_peers).
   void track_peer(std::uint16_t node);
   /// Stops tracking `node` (connection closed or reset); false if it was not.
+  /// Its published connection state is cleared too.
   bool forget_peer(std::uint16_t node);
+  /// Publishes the connection state the ACK rule judges `node`'s pure ACKs
+  /// by (ack_rule.h): one 64-bit store into the mapped locabus_conns array.
+  void publish(std::uint16_t node, const locabus_conn_pub& pub) noexcept { conns_.store(node, pub); }
+  locabus_conn_pub published(std::uint16_t node) const noexcept { return conns_.load(node); }
 
   /// Registers AF_XDP socket `xsk_fd` for (queue, slot); see locabus_xsk_key.
   /// Throws Error when another socket holds the slot (the kernel removes a
@@ -137,7 +166,8 @@ class Maps {
        bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats,
        bpf::PerCpuMap<std::uint32_t, locabus_proto_stats> proto,
        bpf::TypedMap<locabus_peer_key, locabus_peer> peers, bpf::TypedMap<std::uint32_t, std::uint32_t> xsks,
-       UniqueFd acks, const std::string& acks_what, bpf::TypedMap<locabus_nak_key, locabus_nak_entry> naks);
+       UniqueFd acks, const std::string& acks_what, bpf::TypedMap<locabus_nak_key, locabus_nak_entry> naks,
+       ConnTable conns);
 
   bpf::TypedMap<std::uint32_t, locabus_config> config_;
   bpf::PerCpuMap<std::uint32_t, locabus_xdp_stats> stats_;
@@ -147,6 +177,7 @@ class Maps {
   UniqueFd acks_;
   std::uint32_t acks_bytes_ = 0;
   bpf::TypedMap<locabus_nak_key, locabus_nak_entry> naks_;
+  ConnTable conns_;
 };
 
 /// The fast path attached to one interface by this process. Destroying it

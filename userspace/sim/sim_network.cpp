@@ -121,16 +121,17 @@ bool SimTransport::consume(engine::FrameBytes frame) {
   if (!r || r->header.type() != wire::PacketType::ack || r->header.len() != wire::kHeaderLen) return false;
   const std::uint16_t from = r->header.node_from();
   if (!tracked_.count(from)) return false;  // untracked: the engine sees it (as XDP does)
-  auto [it, fresh] = acks_.try_emplace(from, AckRecord{r->header.ack(), r->header.window(), true});
-  if (!fresh) {
-    if (wire::seq_before(r->header.ack(), it->second.ack)) {
-      ++acks_stale_;
-      return true;
-    }
-    it->second = AckRecord{r->header.ack(), r->header.window(), true};
-  }
-  ++acks_consumed_;
+  const locabus_conn_pub pub = published(from);
+  AckRecord& rec = acks_[from];
+  const locabus_ack_verdict v = locabus_ack_decide(&pub, rec.valid, rec.ack, r->header.ack());
+  ++verdicts_.at(v);
+  if (v != LOCABUS_ACK_CONSUME) return false;
+  rec = AckRecord{r->header.ack(), r->header.window(), true, true};
   return true;
+}
+
+void SimTransport::publish_conn(std::uint16_t node, const locabus_conn_pub& pub) {
+  if (tracked_.count(node)) published_[node] = pub;
 }
 
 std::size_t SimTransport::poll_acks(
@@ -148,13 +149,16 @@ std::size_t SimTransport::poll_acks(
 void SimTransport::track_peer(std::uint16_t node) {
   ++track_calls_;
   tracked_.insert(node);
-  acks_.erase(node);  // as the fast path does: a new connection starts a new record
+  // As the fast path does: a new connection starts a new record, unpublished.
+  acks_.erase(node);
+  published_.erase(node);
 }
 
 void SimTransport::forget_peer(std::uint16_t node) {
   ++forget_calls_;
   tracked_.erase(node);
   acks_.erase(node);
+  published_.erase(node);
 }
 
 // ---- SimNetwork: setup ------------------------------------------------------
@@ -241,6 +245,7 @@ void SimNetwork::set_up(Port port, bool up) {
     p.rx.clear();
     p.transport.tracked_.clear();
     p.transport.acks_.clear();
+    p.transport.published_.clear();
   }
 }
 

@@ -10,6 +10,7 @@
 // time forward, then lets the engines receive.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -98,16 +99,25 @@ class SimTransport final : public engine::Transport {
   std::uint64_t forget_calls() const noexcept { return forget_calls_; }
   std::uint32_t port() const noexcept { return port_; }
 
-  /// Behave like the XDP fast path: a valid pure ACK (type ACK, len 16)
-  /// from a tracked peer is consumed on arrival, not queued; its ack_num and
-  /// window (the newest by serial arithmetic) are handed over by
-  /// poll_acks(). Off by default.
+  /// Behave like the XDP fast path (on by default): a valid pure ACK (type
+  /// ACK, len 16) from a tracked peer is judged by the fast path's own ACK
+  /// rule (locabus/ack_rule.h, the function the XDP program runs) against
+  /// what the engine published (publish_conn) and the newest ACK consumed so
+  /// far; a consumed ACK is not queued, and poll_acks() hands it over. Passed
+  /// ones reach the engine as frames.
   void set_consume_acks(bool on) noexcept { consume_acks_ = on; }
+  void publish_conn(std::uint16_t node, const locabus_conn_pub& pub) override;
   std::size_t poll_acks(
       FunctionRef<void(std::uint16_t node, std::uint16_t ack, std::uint16_t window)> on_ack) override;
-  /// Pure ACKs consumed, and those dropped as older than the recorded one.
-  std::uint64_t acks_consumed() const noexcept { return acks_consumed_; }
-  std::uint64_t acks_stale() const noexcept { return acks_stale_; }
+  /// Pure ACKs consumed, and how many the rule gave each verdict
+  /// (index: enum locabus_ack_verdict).
+  std::uint64_t acks_consumed() const noexcept { return verdicts_[LOCABUS_ACK_CONSUME]; }
+  std::uint64_t ack_verdicts(locabus_ack_verdict v) const noexcept { return verdicts_.at(v); }
+  /// What the engine last published for `node`.
+  locabus_conn_pub published(std::uint16_t node) const noexcept {
+    auto it = published_.find(node);
+    return it == published_.end() ? locabus_conn_pub{} : it->second;
+  }
 
  private:
   friend class SimNetwork;
@@ -115,14 +125,15 @@ class SimTransport final : public engine::Transport {
   bool consume(engine::FrameBytes frame);
 
   struct AckRecord {
-    std::uint16_t ack;
-    std::uint16_t window;
-    bool changed;
+    std::uint16_t ack = 0;
+    std::uint16_t window = 0;
+    bool valid = false;    // the kernel record's LOCABUS_PEER_F_ACK_VALID
+    bool changed = false;  // consumed since the last poll_acks()
   };
-  bool consume_acks_ = false;
+  bool consume_acks_ = true;
   std::map<std::uint16_t, AckRecord> acks_;
-  std::uint64_t acks_consumed_ = 0;
-  std::uint64_t acks_stale_ = 0;
+  std::map<std::uint16_t, locabus_conn_pub> published_;
+  std::array<std::uint64_t, 5> verdicts_{};
 
   SimNetwork& net_;
   std::uint32_t port_;

@@ -285,6 +285,10 @@ void XdpTransport::forget_peer(std::uint16_t node) {
   }
 }
 
+void XdpTransport::publish_conn(std::uint16_t node, const locabus_conn_pub& pub) {
+  if (tracked_.test(node)) fastpath_.maps().publish(node, pub);
+}
+
 int XdpTransport::on_ring_record(void* ctx, void* data, std::size_t size) {
   auto& self = *static_cast<XdpTransport*>(ctx);
   ++self.stats_.acks_from_ring;

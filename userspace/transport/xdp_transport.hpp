@@ -106,6 +106,9 @@ class XdpTransport final : public engine::Transport {
   /// untracked: its ACKs then arrive as frames, which is slower but correct.
   void track_peer(std::uint16_t node) override;
   void forget_peer(std::uint16_t node) override;
+  /// One 64-bit store into the memory-mapped locabus_conns array, for a
+  /// tracked peer (the kernel judges its pure ACKs by it: ack_rule.h).
+  void publish_conn(std::uint16_t node, const locabus_conn_pub& pub) override;
   /// Drains the ACK ring (no system call) and calls `on_ack` once per
   /// tracked node with the newest (serial order) ACK and its window.
   std::size_t poll_acks(
