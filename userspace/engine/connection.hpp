@@ -58,7 +58,7 @@ struct Connection {
   ConnState state = ConnState::closed;
   std::uint8_t retries = 0;  // consecutive timeouts without progress
   std::uint8_t flags = 0;    // kTiming | kCloseAfterDrain | ...
-  std::uint8_t flags2 = 0;   // kTlpArmed | kTlpSent | kRecovery | kRtoRecovery | kAckReqOut
+  std::uint8_t flags2 = 0;   // kTlpArmed | kRecovery | kRtoRecovery | kAckReqOut
 
   static constexpr std::uint8_t kTiming = 1 << 0;           // rtt_seq is being timed
   static constexpr std::uint8_t kCloseAfterDrain = 1 << 1;  // close() called: FIN once drained
@@ -70,10 +70,14 @@ struct Connection {
   static constexpr std::uint8_t kAckPending = 1 << 7;       // ACK held back by the holdoff (ack timer)
 
   static constexpr std::uint8_t kTlpArmed = 1 << 0;     // the retransmission timer is at the tail-loss probe
-  static constexpr std::uint8_t kTlpSent = 1 << 1;      // a tail-loss probe went out since the last progress
   static constexpr std::uint8_t kRecovery = 1 << 2;     // cwnd was reduced; until snd_una passes `recover`
   static constexpr std::uint8_t kRtoRecovery = 1 << 3;  // a timeout: resend [rtx_nxt, recover) within cwnd
   static constexpr std::uint8_t kAckReqOut = 1 << 4;    // the newest DATA sent asked for an ACK at once
+  // Bits 5-6: tail-loss probes sent since the peer last answered (0..3).
+  static constexpr int kTlpCountShift = 5;
+  static constexpr std::uint8_t kTlpCountMask = 3 << kTlpCountShift;
+  static constexpr std::uint8_t kMaxTailProbes = 3;
+  std::uint8_t tail_probes() const noexcept { return (flags2 & kTlpCountMask) >> kTlpCountShift; }
 
   bool open() const noexcept { return state != ConnState::closed; }
   /// Data may flow (ACKs, piggy-backing, our data).

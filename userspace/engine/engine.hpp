@@ -309,6 +309,7 @@ class Engine final : public Agent {
   Nanos pto(const Connection& c) const;
   Nanos repair_wait(const Connection& c) const;
   void queue_retx(Peer& p, std::uint16_t seq);
+  void answered(Peer& p);
   void on_tail_probe(Peer& p);
   void congestion(Peer& p, bool timeout);
   void cc_acked(Peer& p, std::uint16_t acked);

@@ -128,9 +128,10 @@ void Engine::arm_retransmit(Peer& p, Nanos now) {
   Connection& c = p.conn;
   c.flags2 = clear(c.flags2, Connection::kTlpArmed);
   Nanos at = now + c.rto;
+  const std::uint8_t probes = c.tail_probes();
   if (c.state == ConnState::established && (c.flags2 & Connection::kAckReqOut) &&
-      !(c.flags2 & Connection::kTlpSent) && c.srtt.count() != 0 && c.snd_una != c.snd_max) {
-    const Nanos probe = now + pto(c);
+      probes < Connection::kMaxTailProbes && c.srtt.count() != 0 && c.snd_una != c.snd_max) {
+    const Nanos probe = now + pto(c) * (1 << probes);  // backs off while unanswered
     if (probe < at) {
       at = probe;
       c.flags2 |= Connection::kTlpArmed;
@@ -322,7 +323,10 @@ void Engine::on_connection_frame(const wire::FrameView& f) {
     case PacketType::fin: on_fin(f, *p); break;
     case PacketType::fin_ack: on_fin_ack(f, *p); break;
     case PacketType::data: on_data(f, *p); break;
-    case PacketType::ack: on_ack_fields(f, *p); break;
+    case PacketType::ack:
+      on_ack_fields(f, *p);
+      answered(*p);
+      break;
     case PacketType::nak: on_nak(f, *p); break;
     default: break;
   }
@@ -432,7 +436,7 @@ void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
     // New data got through: the back-off is over (RFC 6298 keeps it until
     // the next sample, which may not come for long under loss).
     c.rto = base_rto(c);
-    c.flags2 = clear(c.flags2, Connection::kTlpSent);
+    c.flags2 = clear(c.flags2, Connection::kTlpCountMask);
     if (seq_before(c.rtx_nxt, ack)) c.rtx_nxt = ack;
     if ((c.flags2 & (Connection::kRecovery | Connection::kRtoRecovery)) && !seq_before(ack, c.recover)) {
       c.flags2 = clear(c.flags2, Connection::kRecovery | Connection::kRtoRecovery);
@@ -475,6 +479,7 @@ void Engine::on_nak(const wire::FrameView& f, Peer& p) {
     ++stats_.rx_malformed_control;
     return;
   }
+  answered(p);
   // A NAK older than what we have already seen acknowledged says nothing new.
   if (ack != c.snd_una) return;
   std::uint16_t high = nak.high;
@@ -493,6 +498,18 @@ void Engine::on_nak(const wire::FrameView& f, Peer& p) {
       }
     }
   };
+  // The timed frame asked for an ACK: a NAK that says it is held (below
+  // `high`, in no range) is that answer; one that says it is missing ends
+  // the timing. Waiting for the cumulative ACK instead would time the
+  // repair of an earlier gap, not the round trip.
+  if ((c.flags & Connection::kTiming) && seq_between(c.snd_una, c.rtt_seq, high) && c.rtt_seq != high) {
+    bool missing = false;
+    for (const control::SeqRange& r : nak.ranges) {
+      if (seq_diff(c.rtt_seq, r.first) < r.count) missing = true;
+    }
+    if (!missing) rtt_sample(c, now - c.rtt_sent_at);
+    c.flags &= static_cast<std::uint8_t>(~Connection::kTiming);
+  }
   for (const control::SeqRange& r : nak.ranges) {
     std::uint16_t first = r.first;
     std::uint16_t end = seq_add(r.first, r.count);
@@ -523,6 +540,16 @@ void Engine::on_nak(const wire::FrameView& f, Peer& p) {
   held(cursor, high);
   if (congested) congestion(p, false);
   if (!p.retx.empty()) mark_tx_ready(p);
+}
+
+// The peer answered with an ACK or NAK frame (not an ACK riding on its
+// data): it is there and hears us, so a further tail-loss probe may go out
+// if the frames still outstanding get no answer either.
+void Engine::answered(Peer& p) {
+  Connection& c = p.conn;
+  if (!c.synchronized() || c.tail_probes() == 0) return;
+  c.flags2 = clear(c.flags2, Connection::kTlpCountMask);
+  if (c.snd_una != c.snd_max && (c.flags2 & Connection::kAckReqOut)) arm_retransmit(p, clock_.now());
 }
 
 void Engine::queue_retx(Peer& p, std::uint16_t seq) {
@@ -742,7 +769,10 @@ void Engine::on_fin_ack(const wire::FrameView& f, Peer& p) {
 void Engine::on_tail_probe(Peer& p) {
   Connection& c = p.conn;
   c.flags2 = clear(c.flags2, Connection::kTlpArmed);
-  c.flags2 |= Connection::kTlpSent;
+  const auto probes =
+      static_cast<std::uint8_t>(std::min<int>(c.tail_probes() + 1, Connection::kMaxTailProbes));
+  c.flags2 = static_cast<std::uint8_t>(clear(c.flags2, Connection::kTlpCountMask) |
+                                       (probes << Connection::kTlpCountShift));
   if (c.synchronized() && c.snd_una != c.snd_max) {
     for (std::uint16_t s = seq_add(c.snd_max, 0xFFFF);; s = seq_add(s, 0xFFFF)) {
       MessageRing::Slot& slot = p.tx.at(seq_diff(s, c.snd_una));
@@ -755,7 +785,8 @@ void Engine::on_tail_probe(Peer& p) {
       if (s == c.snd_una) break;
     }
   }
-  arm(p, kRtoTimer, clock_.now() + c.rto);
+  // The next probe (backed off), or the timeout once probes are used up.
+  arm_retransmit(p, clock_.now());
 }
 
 void Engine::on_rto(Peer& p) {
@@ -966,7 +997,7 @@ bool Engine::emit_data(Peer& p, std::uint16_t seq, bool ack_req, Nanos now) {
   } else {
     c.flags2 = clear(c.flags2, Connection::kAckReqOut);
   }
-  if (c.rto_at.count() == 0 || (ack_req && !(c.flags2 & Connection::kTlpSent))) arm_retransmit(p, now);
+  if (c.rto_at.count() == 0 || (ack_req && c.tail_probes() == 0)) arm_retransmit(p, now);
   return true;
 }
 

@@ -74,6 +74,7 @@ std::string_view kind_name(EventKind k, DropReason r) noexcept {
     case DropReason::partition: return "drop:partition";
     case DropReason::port_down: return "drop:down";
     case DropReason::unknown_dst: return "drop:unknown";
+    case DropReason::overflow: return "drop:overflow";
     case DropReason::none: break;
   }
   return "drop";
@@ -99,6 +100,12 @@ struct SimNetwork::PortState {
   std::size_t tx_used = 0;
   std::uint32_t group = 0;  // meaningful while partitioned_
   double egress_loss = 0;   // dropped before the fan-out: every receiver misses it
+  // set_ingress_limit: the bottleneck's service time, queue bound, and the
+  // departure times of the copies in it (ascending).
+  std::optional<engine::Nanos> ingress_per_frame;
+  std::size_t ingress_limit = 0;
+  std::deque<engine::Nanos> ingress;
+  std::size_t ingress_peak = 0;
 };
 
 namespace {
@@ -391,9 +398,40 @@ void SimNetwork::route(Port from, Port to, const FramePtr& frame) {
       ++stats_.reordered;
       record(EventKind::reorder, DropReason::none, from, to, copy);
     }
+    PortState& dst = *ports_[to];
+    if (dst.ingress_per_frame) {
+      while (!dst.ingress.empty() && dst.ingress.front() <= at) dst.ingress.pop_front();
+      if (dst.ingress.size() >= dst.ingress_limit) {
+        ++stats_.overflow;
+        record(EventKind::drop, DropReason::overflow, from, to, copy);
+        continue;
+      }
+      const engine::Nanos start = dst.ingress.empty() ? at : std::max(at, dst.ingress.back());
+      at = start + *dst.ingress_per_frame;
+      dst.ingress.push_back(at);
+      dst.ingress_peak = std::max(dst.ingress_peak, dst.ingress.size());
+    }
     in_flight_.push(InFlight{at, next_order_++, from, to, std::move(copy)});
   }
 }
+
+void SimNetwork::set_ingress_limit(Port port, std::optional<engine::Nanos> per_frame,
+                                   std::size_t queue_frames) {
+  if (per_frame && (per_frame->count() <= 0 || queue_frames == 0))
+    throw std::invalid_argument("an ingress limit needs a positive time per frame and room for a frame");
+  PortState& p = port_state(port);
+  p.ingress_per_frame = per_frame;
+  p.ingress_limit = queue_frames;
+  p.ingress.clear();
+}
+
+std::size_t SimNetwork::ingress_queued(Port port) const {
+  const PortState& p = port_state(port);
+  return static_cast<std::size_t>(
+      std::count_if(p.ingress.begin(), p.ingress.end(), [&](engine::Nanos t) { return t > now(); }));
+}
+
+std::size_t SimNetwork::ingress_peak(Port port) const { return port_state(port).ingress_peak; }
 
 SimNetwork::FramePtr SimNetwork::corrupt_copy(const FramePtr& frame) {
   const auto [first, end] = corruptible_region(frame->bytes);
@@ -452,7 +490,12 @@ std::size_t SimNetwork::deliver_until(engine::Nanos t) {
   return delivered;
 }
 
-bool SimNetwork::rx_pending(Port port) const { return !port_state(port).rx.empty(); }
+bool SimNetwork::rx_pending(Port port) const {
+  // A consumed ACK waiting for poll_acks() wakes the node too, as the fast
+  // path's ACK ring wakes a real one.
+  const PortState& p = port_state(port);
+  return !p.rx.empty() || p.transport.acks_pending();
+}
 std::size_t SimNetwork::rx_queued(Port port) const { return port_state(port).rx.size(); }
 
 std::size_t SimNetwork::receive_on(Port port, std::size_t max,

@@ -59,11 +59,12 @@ struct SimStats {
   std::uint64_t unknown_dst = 0;  ///< frames to a MAC no other port has
   std::uint64_t tx_refused = 0;   ///< frames send() did not accept (TX budget)
   std::uint64_t egress_lost = 0;  ///< frames dropped at the sender by set_egress_loss (all copies)
+  std::uint64_t overflow = 0;     ///< copies dropped by a full ingress queue (set_ingress_limit)
 };
 
 /// What a trace event records; part of the digest.
 enum class EventKind : std::uint8_t { send, refuse, drop, duplicate, corrupt, reorder, deliver };
-enum class DropReason : std::uint8_t { none, loss, partition, port_down, unknown_dst };
+enum class DropReason : std::uint8_t { none, loss, partition, port_down, unknown_dst, overflow };
 
 class SimNetwork;
 
@@ -113,6 +114,12 @@ class SimTransport final : public engine::Transport {
   /// (index: enum locabus_ack_verdict).
   std::uint64_t acks_consumed() const noexcept { return verdicts_[LOCABUS_ACK_CONSUME]; }
   std::uint64_t ack_verdicts(locabus_ack_verdict v) const noexcept { return verdicts_.at(v); }
+  /// Consumed ACKs poll_acks() has not handed over yet.
+  bool acks_pending() const noexcept {
+    for (const auto& [node, rec] : acks_)
+      if (rec.changed && tracked_.count(node)) return true;
+    return false;
+  }
   /// What the engine last published for `node`.
   locabus_conn_pub published(std::uint16_t node) const noexcept {
     auto it = published_.find(node);
@@ -196,6 +203,15 @@ class SimNetwork {
   /// any receiver (a loss every receiver shares, e.g. at the sender's NIC).
   /// std::invalid_argument outside [0, 1].
   void set_egress_loss(Port port, double p);
+
+  /// A bottleneck in front of `port` (a NIC ring, a busy receiver): copies
+  /// to it pass one per `per_frame`, in order of arrival, and at most
+  /// `queue_frames` wait; more are dropped (drop tail, SimStats::overflow).
+  /// Copies wait in the queue on top of the link delay. nullopt removes it.
+  void set_ingress_limit(Port port, std::optional<engine::Nanos> per_frame, std::size_t queue_frames = 0);
+  /// Copies waiting in `port`'s ingress queue now, and the most there were.
+  std::size_t ingress_queued(Port port) const;
+  std::size_t ingress_peak(Port port) const;
 
   /// Crash (false) or restart (true) a port. Going down empties its receive
   /// queue and its tracked() set.
