@@ -83,6 +83,12 @@ enum locabus_event_kind {
   LOCABUS_EV_DISCONNECTED = 8, /* connection closed (failure says why) */
   LOCABUS_EV_SEND_FAILED = 9,  /* messages to the node could not be delivered */
   LOCABUS_EV_OVERRUN = 10,     /* this endpoint read too slowly: `count` events were dropped */
+  /* Broadcasts from `node` that will never arrive here: `count` consecutive
+   * messages of its broadcast stream (all protocols together), from stream
+   * sequence `first_message`, incarnation `epoch`; `failure` says why
+   * (LOCABUS_FAIL_RELEASED, _PEER_LEFT, _PEER_RESTARTED). Every endpoint and
+   * socket that can receive broadcasts gets it (docs/API.md). */
+  LOCABUS_EV_BROADCAST_LOST = 11,
 };
 
 /* Why sends failed or a connection ended (engine Failure, plus send
@@ -96,6 +102,7 @@ enum locabus_failure {
   LOCABUS_FAIL_PEER_RESET = 5,     /* it had no such connection */
   LOCABUS_FAIL_CLOSED = 6,         /* closed locally before it went out */
   LOCABUS_FAIL_SHUTDOWN = 7,       /* the local daemon is shutting down */
+  LOCABUS_FAIL_RELEASED = 8,       /* broadcast_lost: the sender had freed them (it had counted us out) */
   LOCABUS_FAIL_UNKNOWN_NODE = 16,  /* never heard from that node: wait for it to join */
   LOCABUS_FAIL_INVALID_NODE = 17,  /* our own id (or a message too large for the engine) */
 };
@@ -107,10 +114,13 @@ struct locabus_event {
   uint8_t failure; /* enum locabus_failure */
   uint16_t node;
   uint32_t reserved;
-  uint64_t epoch;         /* the member's boot epoch (restarted: the new one) */
+  uint64_t epoch;         /* the member's boot epoch (restarted: the new one; broadcast_lost: the
+                             incarnation whose stream lost them) */
   uint64_t old_epoch;     /* restarted: the previous one */
-  uint64_t first_message; /* send_failed: first failed message number (see below) */
-  uint64_t count;         /* send_failed: how many; overrun: events dropped */
+  uint64_t first_message; /* send_failed: first failed message number (see below);
+                             broadcast_lost: stream sequence of the first lost message (0..65535) */
+  uint64_t count;         /* send_failed: how many; overrun: events dropped; broadcast_lost: how many
+                             consecutive stream sequences (the range may wrap past 65535) */
   uint8_t mac[6];         /* the member's MAC (id_conflict: first claimant) */
   uint8_t other_mac[6];   /* id_conflict: second claimant */
   uint32_t reserved2;

@@ -3,7 +3,8 @@
 # (tools/cluster/locabus-cluster): discovery, streams over AF_XDP and
 # AF_PACKET (also through the chaos program), restart after SIGKILL, clean
 # SIGTERM, IP beside Locabus, API authorisation, the C client example,
-# Locasock sockets and broadcast (also through the chaos program).
+# Locasock sockets and broadcast (also through the chaos program), a
+# broadcast loss reported to the applications.
 #
 #   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
 #
@@ -321,12 +322,67 @@ case "$scenario" in
     wait "$cp" || fail "client_api_check: $(cat "$work/check.txt")"
     note "$(tr '\n' ';' <"$work/check.txt")"
     ;;
+  bcast-lost)
+    # A node cut off from a broadcasting node (both ways, past dead_after)
+    # while that node broadcasts is told what it missed: an endpoint and a
+    # socket opened without events each get one broadcast_lost naming the
+    # 1000 messages, locabusctl events prints it, and delivery goes on.
+    up 2
+    wait_discovered 2 15
+    chk="$bin_dir/tests/client_api_check"
+    on 2 "$chk" bcast-lost 1 100 1000 >"$work/check.txt" 2>&1 &
+    cp=$!
+    bg_pids+=("$cp")
+    deadline=$((SECONDS + 10))
+    until grep -q ready "$work/check.txt"; do
+      ((SECONDS < deadline)) || fail "client_api_check did not start: $(cat "$work/check.txt")"
+      sleep 0.1
+    done
+    on 2 "$ctl" events --until broadcast_lost --timeout 90 --json >"$work/events.json" 2>"$work/events.err" &
+    mp=$!
+    bg_pids+=("$mp")
+    until on 2 "$ctl" counters --json | jq -e '.api.endpoints | length >= 3' >/dev/null; do
+      ((SECONDS < deadline)) || fail "the monitor did not open"
+      sleep 0.1
+    done
+    on 1 "$chk" bcast-send 100 || fail "node 1 could not broadcast"
+    deadline=$((SECONDS + 20))
+    until grep -q "received 100" "$work/check.txt"; do
+      ((SECONDS < deadline)) || fail "the first 100 broadcasts did not arrive: $(cat "$work/check.txt")"
+      sleep 0.1
+    done
+    "$cluster" chaos --name "$name" 1 --drop 100 >/dev/null
+    "$cluster" chaos --name "$name" 2 --drop 100 >/dev/null
+    on 1 "$chk" bcast-send 1000 || fail "node 1 could not broadcast during the cut"
+    # Dead to each other (dead_after 4 s): node 1 frees what node 2 never got.
+    deadline=$((SECONDS + 20))
+    until on 1 "$ctl" peers --json | jq -e '.[] | select(.node == 2) | .state == "dead"' >/dev/null &&
+      on 2 "$ctl" peers --json | jq -e '.[] | select(.node == 1) | .state == "dead"' >/dev/null; do
+      ((SECONDS < deadline)) || fail "the cut nodes did not declare each other dead"
+      sleep 0.2
+    done
+    on 1 "$ctl" counters --json | jq -e '.engine.broadcast.held == 0' >/dev/null ||
+      fail "node 1 still holds broadcasts: $(on 1 "$ctl" counters --json | jq -c .engine.broadcast)"
+    "$cluster" chaos --name "$name" 1 --off >/dev/null
+    "$cluster" chaos --name "$name" 2 --off >/dev/null
+    wait_discovered 2 15
+    on 1 "$chk" bcast-send 1 after || fail "node 1 could not broadcast after the cut"
+    wait "$cp" || fail "client_api_check: $(cat "$work/check.txt")"
+    wait "$mp" || fail "locabusctl events saw no broadcast_lost: $(cat "$work/events.json" "$work/events.err")"
+    jq -s -e 'last | .kind == "broadcast_lost" and .node == 1 and .count == 1000 and .failure == "released"' \
+      "$work/events.json" >/dev/null || fail "locabusctl events: $(cat "$work/events.json")"
+    on 2 "$ctl" peers --json | jq -e '.[] | select(.node == 1) | .counters.bcast_skipped == 1000' >/dev/null ||
+      fail "bcast_skipped is not the 1000 reported: $(on 2 "$ctl" peers --json | jq -c '.[] | select(.node == 1)')"
+    note "$(tr '\n' ';' <"$work/check.txt")"
+    note "locabusctl events: $(jq -s -c 'last | .text' "$work/events.json")"
+    ;;
   bad-requests)
     # Malformed or mistyped requests from an authorised client get an error
     # reply; the daemon keeps serving.
     up 1
     for req in '{"op":5}' '{"op":"open","version":"1","proto":20}' '{"op":"open","version":1,"proto":1e30}' \
-      '{"op":"open","version":1,"proto":20,"events":1}' '[1,2]' 'not json'; do
+      '{"op":"open","version":1,"proto":20,"events":1}' '{"op":"open","version":1,"proto":20,"max_event_kind":"11"}' \
+      '[1,2]' 'not json'; do
       out=$("$ctl" request --socket "$(sock 1)" "$req" 2>&1) && fail "request $req was accepted: $out"
       note "$req -> $out"
     done

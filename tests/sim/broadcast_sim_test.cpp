@@ -4,6 +4,7 @@
 // several seeds; a failure prints the seed and how to replay it.
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <map>
 #include <set>
 
@@ -116,6 +117,14 @@ std::uint64_t sum_counters(SimCluster& c, F field) {
     if (!c.up(i)) continue;
     for (const auto& p : c.node(i).peers()) n += field(p.counters);
   }
+  return n;
+}
+
+/// broadcast_lost events reported anywhere in the cluster.
+std::size_t broadcast_lost_events(const SimCluster& c) {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < c.size(); ++i)
+    for (const auto& t : c.events(i)) n += t.event.kind == engine::EventKind::broadcast_lost;
   return n;
 }
 
@@ -250,6 +259,7 @@ TEST(Broadcast, ThirtyTwoNodesAllBroadcastingUnderLossDuplicationAndReordering) 
     for (auto& s : streams) blocked += s.would_block;
     EXPECT_GT(blocked, 0u);
     EXPECT_EQ(sum_counters(c, [](const auto& k) { return k.bcast_skipped; }), 0u);
+    EXPECT_EQ(broadcast_lost_events(c), 0u);
     // Everything is confirmed and freed in the end.
     ASSERT_TRUE(c.run_until(
         [&] {
@@ -423,6 +433,7 @@ TEST(Broadcast, ASlowReaderBacksUpTheSenderWithoutLosingAnything) {
         120s));
     d.expect_clean();
     EXPECT_EQ(sum_counters(c, [](const auto& k) { return k.bcast_skipped; }), 0u);
+    EXPECT_EQ(broadcast_lost_events(c), 0u);
   });
 }
 
@@ -464,6 +475,322 @@ TEST(Broadcast, ASingleNodeBroadcastsIntoTheVoid) {
   // No member holds anything: sent once and freed.
   EXPECT_EQ(c.node(0).broadcast_info().held, 0u);
   EXPECT_EQ(c.node(0).stats().bcast_sent, 100u);
+}
+
+// ---- losses: delivered or told ----------------------------------------------------
+
+/// What receivers got of one sender's stream, gaps allowed: the indices
+/// each delivered, to be checked against the broadcast_lost events it
+/// reported. The sender's stream starts at `iss` (its next sequence before
+/// its first broadcast), so index i has sequence iss + i.
+class LossLedger {
+ public:
+  LossLedger(SimCluster& c, std::size_t sender) : c_(c), sender_(sender) {
+    iss_ = c.node(sender).broadcast_info().next;
+    epoch_ = c.node(sender).epoch();
+    c_.on_step([this](std::size_t idx) { drain(idx); });
+  }
+
+  void drain(std::size_t idx) {
+    if (!c_.up(idx) || idx == sender_) return;
+    c_.node(idx).receive(1u << 20, [&](const engine::Message& m) {
+      const auto p = testing::parse(m.payload);
+      if (m.node == SimCluster::id_of(sender_) && m.broadcast && p.intact) delivered_[idx].push_back(p.index);
+    });
+  }
+  const std::vector<std::uint64_t>& delivered(std::size_t idx) { return delivered_[idx]; }
+  std::uint64_t last(std::size_t idx) {
+    const auto& d = delivered_[idx];
+    return d.empty() ? 0 : d.back();
+  }
+
+  /// Node idx's broadcast_lost events about the sender.
+  std::vector<engine::Event> losses(std::size_t idx) const {
+    std::vector<engine::Event> out;
+    for (const auto& t : c_.events(idx))
+      if (t.event.kind == engine::EventKind::broadcast_lost && t.event.node == SimCluster::id_of(sender_))
+        out.push_back(t.event);
+    return out;
+  }
+
+  /// Every index in [0, sent) was delivered (in order) or named lost,
+  /// exactly once; the lost ranges come in order, do not overlap, name the
+  /// sender's incarnation and the reason `why`.
+  ::testing::AssertionResult covers(std::size_t idx, std::uint64_t sent, engine::Failure why) {
+    std::vector<int> seen(sent, 0);
+    const auto& d = delivered_[idx];
+    for (std::size_t i = 0; i < d.size(); ++i) {
+      if (i > 0 && d[i] <= d[i - 1])
+        return ::testing::AssertionFailure() << "delivered " << d[i] << " after " << d[i - 1];
+      if (d[i] >= sent) return ::testing::AssertionFailure() << "delivered " << d[i] << " of " << sent;
+      ++seen[d[i]];
+    }
+    std::uint64_t end = 0;
+    for (const auto& e : losses(idx)) {
+      const std::uint64_t first = static_cast<std::uint16_t>(e.first_message - iss_);
+      if (e.count == 0 || first < end || first + e.count > sent || e.epoch != epoch_ || e.failure != why)
+        return ::testing::AssertionFailure() << "bad loss report: " << e.to_string() << " (index " << first
+                                             << ", previous range ended at " << end << ")";
+      end = first + e.count;
+      for (std::uint64_t i = first; i < end; ++i) ++seen[i];
+    }
+    for (std::uint64_t i = 0; i < sent; ++i) {
+      if (seen[i] != 1)
+        return ::testing::AssertionFailure()
+               << "index " << i
+               << (seen[i] ? " both delivered and reported lost" : " neither delivered nor reported lost");
+    }
+    return ::testing::AssertionSuccess();
+  }
+  std::uint64_t lost_total(std::size_t idx) const {
+    std::uint64_t n = 0;
+    for (const auto& e : losses(idx)) n += e.count;
+    return n;
+  }
+
+ private:
+  SimCluster& c_;
+  std::size_t sender_;
+  std::uint16_t iss_ = 0;
+  std::uint64_t epoch_ = 0;
+  std::map<std::size_t, std::vector<std::uint64_t>> delivered_;
+};
+
+void cut(SimCluster& c, std::size_t from, std::size_t to) {
+  LinkParams gone;
+  gone.loss = 1.0;
+  c.net().set_link(c.port_of(from), c.port_of(to), gone);
+}
+void mend(SimCluster& c, std::size_t from, std::size_t to) {
+  c.net().set_link(c.port_of(from), c.port_of(to), {});
+}
+
+TEST(BroadcastLoss, AReceiverCutOffPastDeadAfterIsToldExactlyWhatItMissed) {
+  for_each_seed(4, [](std::uint64_t seed) {
+    EngineConfig cfg;  // dead after 4 s
+    cfg.broadcast_buffer = 64;
+    SimCluster c(seed, 3, cfg);
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
+    LossLedger l(c, 0);
+    BroadcastStream s{0, 3000, 100};
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return l.delivered(2).size() >= 500;
+        },
+        30s));
+    // Node 3 and the sender lose each other both ways for 8 s; node 2 keeps
+    // confirming, so once node 3 is dead to it the sender frees frames node 3
+    // never got.
+    cut(c, 0, 2);
+    cut(c, 2, 0);
+    c.run_until(
+        [&] {
+          s.pump(c);
+          return false;
+        },
+        8s);
+    ASSERT_EQ(c.node(0).peer(3)->member, engine::MemberState::dead);
+    ASSERT_EQ(c.node(2).peer(1)->member, engine::MemberState::dead);
+    const std::uint64_t sent_in_cut = s.next;
+    mend(c, 0, 2);
+    mend(c, 2, 0);
+    // Told as soon as they hear each other again, even though the stream is
+    // idle now (the sender POLLs a member that comes back).
+    ASSERT_TRUE(c.run_until([&] { return !l.losses(2).empty(); }, 5s))
+        << "node 3 has " << l.delivered(2).size() << ", last " << l.last(2) << "; sent " << s.next
+        << ", node 3 sees node 1 " << to_string(c.node(2).peer(1)->member) << " next "
+        << c.node(2).peer(1)->bcast_next << " high " << c.node(2).peer(1)->bcast_high
+        << "; node 1 sees node 3 " << to_string(c.node(0).peer(3)->member) << ", low "
+        << c.node(0).broadcast_info().low << " next " << c.node(0).broadcast_info().next << " polls "
+        << c.node(0).stats().bcast_polls_sent;
+    ASSERT_EQ(l.losses(2).size(), 1u);
+    // And delivery resumes after the gap.
+    s.count = 4000;
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return s.next == s.count && l.last(2) == s.count - 1 && l.last(1) == s.count - 1;
+        },
+        60s))
+        << "node 3 has " << l.delivered(2).size() << ", last " << l.last(2) << "; sent " << s.next
+        << ", node 2 last " << l.last(1) << ", node 3 sees node 1 " << to_string(c.node(2).peer(1)->member)
+        << " next " << c.node(2).peer(1)->bcast_next << " high " << c.node(2).peer(1)->bcast_high
+        << "; node 1 sees node 3 " << to_string(c.node(0).peer(3)->member) << ", low "
+        << c.node(0).broadcast_info().low << " next " << c.node(0).broadcast_info().next;
+    // Node 2 got everything; node 3 everything but what it was told it lost.
+    EXPECT_TRUE(l.covers(1, s.count, engine::Failure::released));
+    EXPECT_TRUE(l.losses(1).empty());
+    EXPECT_TRUE(l.covers(2, s.count, engine::Failure::released));
+    EXPECT_EQ(l.losses(2).size(), 1u) << "one cut, one report";
+    EXPECT_LT(l.lost_total(2), sent_in_cut);
+    EXPECT_GT(l.lost_total(2), 0u);
+    EXPECT_EQ(c.node(2).peer(1)->counters.bcast_skipped, l.lost_total(2));
+  });
+}
+
+TEST(BroadcastLoss, AOneWayCutWithLossIsReportedRunByRun) {
+  for_each_seed(3, [](std::uint64_t seed) {
+    EngineConfig cfg;  // dead after 4 s
+    cfg.broadcast_buffer = 64;
+    SimCluster c(seed, 3, cfg);
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
+    LossLedger l(c, 0);
+    BroadcastStream s{0, 8000, 100};
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return l.delivered(2).size() >= 500;
+        },
+        30s));
+    // The sender stops hearing node 3 (so after 4 s it no longer holds frames
+    // for it), while node 3 hears the sender through 10 % loss and cannot get
+    // a single repair: its NAKs do not arrive.
+    cut(c, 2, 0);
+    LinkParams lossy;
+    lossy.loss = 0.1;
+    c.net().set_link(c.port_of(0), c.port_of(2), lossy);
+    c.run_until(
+        [&] {
+          s.pump(c);
+          return false;
+        },
+        8s);
+    ASSERT_EQ(c.node(0).peer(3)->member, engine::MemberState::dead);
+    mend(c, 2, 0);
+    mend(c, 0, 2);
+    // Everything sent is accounted for (delivered or named lost) soon after
+    // it heals, even a lost tail; then delivery goes on.
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return s.next == s.count && l.delivered(2).size() + l.lost_total(2) == s.count;
+        },
+        5s));
+    s.count = 9000;
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return s.next == s.count && l.last(2) == s.count - 1;
+        },
+        60s))
+        << "node 3 has " << l.delivered(2).size() << ", last " << l.last(2) << ", lost " << l.lost_total(2)
+        << "; sent " << s.next << ", node 3 sees node 1 " << to_string(c.node(2).peer(1)->member) << " next "
+        << c.node(2).peer(1)->bcast_next << " high " << c.node(2).peer(1)->bcast_high << " held "
+        << c.node(2).peer(1)->bcast_held << "; node 1 sees node 3 " << to_string(c.node(0).peer(3)->member)
+        << ", low " << c.node(0).broadcast_info().low << " next " << c.node(0).broadcast_info().next;
+    EXPECT_TRUE(l.covers(2, s.count, engine::Failure::released));
+    // Each run of lost messages has its event (a message held past a gap is
+    // delivered when the low edge passes, and separates two runs).
+    const auto losses = l.losses(2);
+    ASSERT_FALSE(losses.empty());
+    std::size_t runs = 0;
+    const auto& d = l.delivered(2);
+    std::uint64_t expect = 0;
+    for (std::uint64_t i : d) {
+      if (i != expect) ++runs;
+      expect = i + 1;
+    }
+    EXPECT_GE(losses.size(), runs);
+    // A run is split only where the sender's low edge stopped inside it (seen: 0 to 2 times).
+    EXPECT_LE(losses.size(), runs + 8);
+    EXPECT_EQ(c.node(2).peer(1)->counters.bcast_skipped, l.lost_total(2));
+  });
+}
+
+TEST(BroadcastLoss, ASenderStillHoldingEverythingCausesNoLossReport) {
+  for_each_seed(3, [](std::uint64_t seed) {
+    EngineConfig cfg;  // dead after 4 s
+    cfg.broadcast_buffer = 64;
+    SimCluster c(seed, 3, cfg);
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
+    LossLedger l(c, 0);
+    BroadcastStream s{0, 3000, 100};
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return l.delivered(2).size() >= 500;
+        },
+        30s));
+    // Node 3 stops hearing the sender (and declares it dead), but the sender
+    // still hears node 3 and so holds every frame for it (and blocks).
+    cut(c, 0, 2);
+    c.run_until(
+        [&] {
+          s.pump(c);
+          return false;
+        },
+        8s);
+    ASSERT_EQ(c.node(2).peer(1)->member, engine::MemberState::dead);
+    EXPECT_GT(s.would_block, 0u);
+    mend(c, 0, 2);
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return s.next == s.count && l.last(2) == s.count - 1;
+        },
+        60s));
+    // The gap was repaired when it came back: nothing lost, nothing reported.
+    EXPECT_TRUE(l.covers(2, s.count, engine::Failure::released));
+    EXPECT_EQ(broadcast_lost_events(c), 0u);
+  });
+}
+
+/// Node 3 misses sequences [100, 150) of node 1's stream and holds
+/// [150, 200) past the gap; then `end` ends node 1's life before the repair.
+void sender_goes_with_a_gap(std::uint64_t seed, const std::function<void(SimCluster&)>& end,
+                            engine::Failure why) {
+  SimCluster c(seed, 3, EngineConfig{});  // dead after 4 s
+  ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
+  LossLedger l(c, 0);
+  auto send = [&](std::uint64_t from, std::uint64_t to) {
+    for (std::uint64_t i = from; i < to; ++i)
+      ASSERT_TRUE(c.node(0).broadcast(LOCABUS_P_MPI, testing::payload(1, i)));
+  };
+  send(0, 100);
+  ASSERT_TRUE(c.run_until([&] { return l.delivered(2).size() == 100; }, 5s));
+  cut(c, 0, 2);
+  send(100, 150);
+  c.run_for(200us);
+  mend(c, 0, 2);
+  send(150, 200);
+  c.run_for(300us);  // arrived and held; the NAK waits its random 1-2 ms
+  ASSERT_EQ(c.node(2).peer(1)->bcast_held, 50u);
+  end(c);
+  ASSERT_TRUE(c.run_until([&] { return !l.losses(2).empty(); }, 10s));
+  c.run_for(1s);
+  // Exactly the gap and what was held past it, in one event.
+  EXPECT_TRUE(l.covers(2, 200, why));
+  ASSERT_EQ(l.losses(2).size(), 1u);
+  EXPECT_EQ(l.losses(2)[0].count, 100u);
+  EXPECT_EQ(c.node(2).peer(1)->bcast_held, 0u);
+  EXPECT_TRUE(l.covers(1, 200, why));
+  EXPECT_TRUE(l.losses(1).empty());
+}
+
+TEST(BroadcastLoss, ASenderThatLeavesWithAGapNamesTheGapAndWhatWasHeld) {
+  for_each_seed(3, [](std::uint64_t seed) {
+    sender_goes_with_a_gap(
+        seed, [](SimCluster& c) { c.stop(0); }, engine::Failure::peer_left);
+  });
+}
+
+TEST(BroadcastLoss, ASenderThatRestartsWithAGapNamesWhatItsOldLifeLost) {
+  for_each_seed(3, [](std::uint64_t seed) {
+    sender_goes_with_a_gap(
+        seed,
+        [](SimCluster& c) {
+          // Dead is not final (back in the same life, it would repair the
+          // gap), so death alone reports nothing; the restart does.
+          c.crash(0);
+          ASSERT_TRUE(
+              c.run_until([&] { return c.node(2).peer(1)->member == engine::MemberState::dead; }, 10s));
+          c.run_for(5s);
+          EXPECT_EQ(broadcast_lost_events(c), 0u);
+          c.restart(0);
+        },
+        engine::Failure::peer_restarted);
+  });
 }
 
 TEST(Broadcast, SameSeedSameTrace) {

@@ -1026,5 +1026,34 @@ TEST(FunctionRef, ArgumentsAndResults) {
   EXPECT_EQ(sizeof(FunctionRef<void()>), 2 * sizeof(void*));
 }
 
+// ---- events -------------------------------------------------------------------
+
+TEST(EngineEvents, BroadcastLostNamesTheRangeTheIncarnationAndWhy) {
+  Event e{EventKind::broadcast_lost, 7};
+  e.epoch = 1700;
+  e.failure = Failure::released;
+  e.first_message = 100;
+  e.count = 37;
+  EXPECT_EQ(to_string(e.kind), "broadcast_lost");
+  EXPECT_EQ(to_string(Failure::released), "released");
+  const std::string text = e.to_string();
+  EXPECT_NE(text.find("37 broadcast message(s) from node 7 lost (stream sequences 100..136, epoch 1700)"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("freed"), std::string::npos) << text;
+  // A range that wraps past 65535 names its last sequence as the stream does.
+  e.first_message = 65530;
+  e.count = 10;
+  e.failure = Failure::peer_left;
+  EXPECT_NE(e.to_string().find("stream sequences 65530..3, epoch 1700): node 7 left first"),
+            std::string::npos)
+      << e.to_string();
+  e.failure = Failure::peer_restarted;
+  EXPECT_NE(e.to_string().find("node 7 restarted first"), std::string::npos) << e.to_string();
+  // The local API's numbers (locabus.h): 10 is the daemon's overrun.
+  EXPECT_EQ(static_cast<int>(EventKind::broadcast_lost), 11);
+  EXPECT_EQ(static_cast<int>(Failure::released), 8);
+}
+
 }  // namespace
 }  // namespace locabus::engine

@@ -268,6 +268,7 @@ json event_json(const Event& e) {
   if (e.old_epoch) j["old_epoch"] = e.old_epoch;
   if (e.failure) j["failure"] = e.failure_name();
   if (e.count) j["count"] = e.count;
+  if (e.kind == LOCABUS_EV_BROADCAST_LOST) j["first"] = e.first_message;  // a stream sequence, 0 included
   return j;
 }
 
@@ -328,12 +329,15 @@ void register_daemon_commands(CLI::App& app) {
 
   auto ev = std::make_shared<EventOptions>();
   auto* events = app.add_subcommand(
-      "events", "Print membership events as locabusd reports them (joined, dead, restarted...)");
+      "events",
+      "Print membership events as locabusd reports them (joined, dead, restarted...), and broadcasts "
+      "this node will never get (broadcast_lost)");
   add_daemon_options(events, ev->target);
   events->add_option("--count", ev->count, "Stop after this many events");
   events->add_option("--timeout", ev->timeout_s, "Stop after this many seconds (default: never)");
   events->add_option("--until", ev->until, "Stop at the first event of this kind (exit 1 if none came)")
-      ->check(CLI::IsMember({"joined", "restarted", "suspect", "alive", "dead", "left", "id_conflict"}));
+      ->check(CLI::IsMember(
+          {"joined", "restarted", "suspect", "alive", "dead", "left", "id_conflict", "broadcast_lost"}));
   events->add_option("--node", ev->node, "Only events about this node");
   events->callback([ev] {
     if (const int rc = run_events(*ev)) throw CLI::RuntimeError(rc);

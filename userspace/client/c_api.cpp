@@ -224,7 +224,8 @@ const char* locabus_last_error(void) { return g_last_error.c_str(); }
 const char* locabus_event_kind_name(int kind) {
   static const char* const names[] = {"joined",       "restarted",   "suspect",     "alive",
                                       "dead",         "left",        "id_conflict", "connected",
-                                      "disconnected", "send_failed", "overrun"};
+                                      "disconnected", "send_failed", "overrun",     "broadcast_lost"};
+  static_assert(std::size(names) == LOCABUS_EV_BROADCAST_LOST + 1, "a name for every event kind");
   return kind >= 0 && kind < static_cast<int>(std::size(names)) ? names[kind] : "unknown";
 }
 
@@ -238,6 +239,7 @@ const char* locabus_failure_name(int failure) {
     case LOCABUS_FAIL_PEER_RESET: return "peer_reset";
     case LOCABUS_FAIL_CLOSED: return "closed";
     case LOCABUS_FAIL_SHUTDOWN: return "shutdown";
+    case LOCABUS_FAIL_RELEASED: return "released";
     case LOCABUS_FAIL_UNKNOWN_NODE: return "unknown_node";
     case LOCABUS_FAIL_INVALID_NODE: return "invalid_node";
     default: return "unknown";

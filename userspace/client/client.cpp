@@ -51,6 +51,10 @@ std::string Event::to_string() const {
     case LOCABUS_EV_SEND_FAILED:
       return fmt::format("{} message(s) to node {} failed: {}", count, node, failure_name());
     case LOCABUS_EV_OVERRUN: return fmt::format("{} event(s) dropped: this endpoint read too slowly", count);
+    case LOCABUS_EV_BROADCAST_LOST:
+      return fmt::format("{} broadcast message(s) from node {} lost (stream sequences {}..{}, epoch {}): {}",
+                         count, node, first_message, static_cast<std::uint16_t>(first_message + count - 1),
+                         epoch, failure_name());
     case LOCABUS_EV_DISCONNECTED:
       return fmt::format("node {} disconnected{}", node,
                          failure ? fmt::format(" ({})", failure_name()) : std::string());
@@ -307,7 +311,8 @@ Endpoint Endpoint::open(const EndpointOptions& options) {
                                    {"version", api::kProtocolVersion},
                                    {"proto", options.protocol},
                                    {"events", options.events},
-                                   {"broadcast_records", true}});
+                                   {"broadcast_records", true},
+                                   {"max_event_kind", LOCABUS_EV_BROADCAST_LOST}});
   impl->proto = options.protocol;
   return Endpoint(std::move(impl));
 }
@@ -385,9 +390,11 @@ Socket::~Socket() = default;
 Socket Socket::bind(std::uint16_t port, const SocketOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->kind = "socket";
-  const auto reply = impl->open(
-      options.socket_path,
-      {{"op", "open"}, {"version", api::kProtocolVersion}, {"port", port}, {"events", options.events}});
+  const auto reply = impl->open(options.socket_path, {{"op", "open"},
+                                                      {"version", api::kProtocolVersion},
+                                                      {"port", port},
+                                                      {"events", options.events},
+                                                      {"max_event_kind", LOCABUS_EV_BROADCAST_LOST}});
   impl->port = reply.value("port", std::uint16_t{0});
   if (impl->port == 0 || (port != 0 && impl->port != port))
     throw ClientError(fmt::format("locabusd bound port {} where {} was asked for: is it the same release?",

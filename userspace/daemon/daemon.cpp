@@ -70,7 +70,8 @@ spdlog::level::level_enum event_level(engine::EventKind k) {
     case EventKind::suspect:
     case EventKind::dead:
     case EventKind::id_conflict:
-    case EventKind::send_failed: return spdlog::level::warn;
+    case EventKind::send_failed:
+    case EventKind::broadcast_lost: return spdlog::level::warn;
     case EventKind::connected:
     case EventKind::disconnected: return spdlog::level::debug;
   }

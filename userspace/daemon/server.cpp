@@ -45,8 +45,10 @@ constexpr std::size_t kMaxRefused = 64;         // refused connections kept open
 static_assert(static_cast<int>(engine::EventKind::joined) == LOCABUS_EV_JOINED);
 static_assert(static_cast<int>(engine::EventKind::id_conflict) == LOCABUS_EV_ID_CONFLICT);
 static_assert(static_cast<int>(engine::EventKind::send_failed) == LOCABUS_EV_SEND_FAILED);
+static_assert(static_cast<int>(engine::EventKind::broadcast_lost) == LOCABUS_EV_BROADCAST_LOST);
 static_assert(static_cast<int>(engine::Failure::unreachable) == LOCABUS_FAIL_UNREACHABLE);
 static_assert(static_cast<int>(engine::Failure::shutdown) == LOCABUS_FAIL_SHUTDOWN);
+static_assert(static_cast<int>(engine::Failure::released) == LOCABUS_FAIL_RELEASED);
 static_assert(sizeof(locabus_event) == 56);
 
 std::uint8_t failure_code(engine::Failure f) { return static_cast<std::uint8_t>(f); }
@@ -103,6 +105,9 @@ struct Client {
   bool socket = false;     // a Locasock socket bound to `port`, not a protocol endpoint
   std::uint16_t port = 0;
   bool broadcast_records = false;  // understands kRecordBroadcastMessage
+  /// The highest event kind it understands ("max_event_kind" in "open"; a
+  /// client that does not say knows up to LOCABUS_EV_OVERRUN).
+  int max_event_kind = LOCABUS_EV_OVERRUN;
   bool events = false;
   std::optional<api::SharedRegion> region;
   api::Doorbell bell;           // our end: readable when the client rings; ring() wakes the client
@@ -422,7 +427,9 @@ void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
         std::pair{"events", !req.contains("events") || req["events"].is_boolean()},
         std::pair{"port", !req.contains("port") || req["port"].is_number_integer()},
         std::pair{"broadcast_records",
-                  !req.contains("broadcast_records") || req["broadcast_records"].is_boolean()}})
+                  !req.contains("broadcast_records") || req["broadcast_records"].is_boolean()},
+        std::pair{"max_event_kind",
+                  !req.contains("max_event_kind") || req["max_event_kind"].is_number_integer()}})
     if (!ok)
       return reply(c, {{"ok", false},
                        {"errno", EINVAL},
@@ -463,6 +470,8 @@ void ApiServer::handle_request(Client& c, const nlohmann::json& req) {
   c.proto = static_cast<std::uint8_t>(proto);
   c.events = bool_field(req, "events");
   c.broadcast_records = bool_field(req, "broadcast_records");
+  c.max_event_kind = static_cast<int>(std::clamp<std::int64_t>(
+      int_field(req, "max_event_kind", LOCABUS_EV_OVERRUN), LOCABUS_EV_OVERRUN, 255));
   c.sent_to = std::make_unique<std::bitset<65536>>();
   epoll_add(epoll_.get(), c.bell.fd(), kBellKind | c.id);
   const int fds[2] = {c.region->fd(), theirs.fd()};
@@ -521,6 +530,8 @@ void ApiServer::open_socket(Client& c, const nlohmann::json& req) {
   c.proto = LOCABUS_P_LOCASOCK;
   c.port = port;
   c.events = bool_field(req, "events");
+  c.max_event_kind = static_cast<int>(std::clamp<std::int64_t>(
+      int_field(req, "max_event_kind", LOCABUS_EV_OVERRUN), LOCABUS_EV_OVERRUN, 255));
   c.sent_to = std::make_unique<std::bitset<65536>>();
   epoll_add(epoll_.get(), c.bell.fd(), kBellKind | c.id);
   const int fds[2] = {c.region->fd(), theirs.fd()};
@@ -667,9 +678,15 @@ void ApiServer::on_event(const engine::Event& e) {
   for (auto& [id, cp] : clients_) {
     Client& c = *cp;
     if (!c.open || c.draining) continue;
-    // send_failed: to whoever sent to that node; the rest (membership and
-    // connection events) to endpoints opened with events.
-    const bool wanted = e.kind == engine::EventKind::send_failed ? c.sent_to->test(e.node) : c.events;
+    if (rec.kind > c.max_event_kind) continue;  // a client from before that kind existed
+    // send_failed: to whoever sent to that node. broadcast_lost: to whoever
+    // can receive broadcasts (every endpoint with a protocol, every socket:
+    // which protocol or port the lost messages were for is unknowable) and
+    // to monitors. The rest (membership and connection events) to endpoints
+    // opened with events.
+    bool wanted = c.events;
+    if (e.kind == engine::EventKind::send_failed) wanted = c.sent_to->test(e.node);
+    if (e.kind == engine::EventKind::broadcast_lost) wanted = c.events || c.proto != LOCABUS_PROTO_NONE;
     if (!wanted) continue;
     try {
       deliver_event(c, rec);

@@ -104,7 +104,26 @@ BroadcastInfo Engine::broadcast_info() const {
 void Engine::bcast_member_joined(Peer& p) {
   // A member that joins (or comes back, or restarts) starts at the stream's
   // current position: what is sent from now on is held for it.
-  p.bcast_acked = btx_->nxt;
+  BroadcastTx& b = *btx_;
+  p.bcast_acked = b.nxt;
+  // A POLL now tells it where our stream is, even if the stream is idle: a
+  // member back after we had counted it out may miss a tail it cannot know
+  // of, which it then asks for and, when freed, learns it lost. Nothing to
+  // tell before our first broadcast (a cluster starting up).
+  if (b.next_message > 0 && !leaving_) {
+    b.poll_owed = true;
+    b.next_poll = clock_.now();
+  }
+  // Its stream, as we receive it: back after being dead in the same life,
+  // we need its position to know whether we lost anything (on_poll). Ask
+  // for it now rather than wait for a POLL: its stream may be idle, and
+  // the POLL it may have sent when it heard us again came while it was
+  // still dead to us and was ignored (bcast_nak_due sends the question).
+  BroadcastRx& r = p.brx;
+  if (r.started && r.resync && !leaving_) {
+    const Nanos half = config_.bcast_nak_delay / 2;
+    arm(p, kBcastNakTimer, clock_.now() + half + jitter(half + Nanos{1}));
+  }
 }
 
 void Engine::bcast_note_ack(Peer& p, std::uint16_t ack) {
@@ -260,6 +279,9 @@ int Engine::transmit_broadcast() {
 
 void Engine::bcast_reset_rx(Peer& p) {
   BroadcastRx& r = p.brx;
+  // A new incarnation: what the old one was known to have sent and we did
+  // not deliver (the gaps and the frames held past them) is lost.
+  if (r.started) bcast_report_lost(p, r.rcv_nxt, seq_diff(r.high, r.rcv_nxt), Failure::peer_restarted);
   r.started = false;
   r.ahead.clear();
   r.asked.clear();
@@ -268,18 +290,38 @@ void Engine::bcast_reset_rx(Peer& p) {
 }
 
 void Engine::bcast_sender_lost(Peer& p) {
-  // The sender is dead or left: its frames held past a gap can never be
-  // completed (they are dropped), and nobody is asked for anything more. If
-  // it comes back in the same life, its next POLL says whether our position
-  // is still inside its stream.
+  // The sender is dead or left: nobody is asked for anything more, and the
+  // frames held past a gap are dropped (they cannot be delivered before the
+  // gap is repaired). `high` stays: it is what the sender is known to have
+  // sent.
   BroadcastRx& r = p.brx;
   if (!r.started) return;
-  if (!r.ahead.empty()) p.counters.bcast_skipped += r.ahead.size();
   r.ahead.clear();
   r.asked.clear();
-  r.high = r.rcv_nxt;
   r.resync = true;
   disarm(p, kBcastNakTimer);
+  if (p.member == MemberState::left) {
+    // It said goodbye: this life sends nothing more, so what we miss of it
+    // is lost now.
+    bcast_report_lost(p, r.rcv_nxt, seq_diff(r.high, r.rcv_nxt), Failure::peer_left);
+    r.rcv_nxt = r.high;
+    return;
+  }
+  // Dead: nothing is lost yet. If it comes back in the same life, its next
+  // POLL says whether our position is still inside its stream (the gap is
+  // repaired) or not (skipped, and reported then); if it restarts or leaves,
+  // bcast_reset_rx() or the branch above reports the rest.
+}
+
+void Engine::bcast_report_lost(Peer& p, std::uint16_t first, std::uint64_t count, Failure why) {
+  if (count == 0) return;
+  p.counters.bcast_skipped += count;
+  Event e = member_event(EventKind::broadcast_lost, p);
+  e.epoch = p.brx.epoch;
+  e.failure = why;
+  e.first_message = first;
+  e.count = count;
+  push_event(e);
 }
 
 void Engine::bcast_start(Peer& p, std::uint16_t low) {
@@ -322,10 +364,16 @@ void Engine::bcast_skip_to(Peer& p, std::uint16_t low) {
   BroadcastRx& r = p.brx;
   if (!seq_before(r.rcv_nxt, low)) return;
   // The sender no longer holds what we miss before `low`: deliver what we
-  // have of it, in order, and count the rest as lost.
+  // have of it, in order, and report each run of the rest as lost. Before
+  // the first message is delivered this is only a later start: the position
+  // was where we first heard the stream, not a promise.
+  std::uint16_t run_first = r.rcv_nxt;
+  std::uint64_t run_len = 0;
   while (seq_before(r.rcv_nxt, low)) {
     auto it = r.ahead.find(r.rcv_nxt);
     if (it != r.ahead.end() && !r.queue.full()) {
+      bcast_report_lost(p, run_first, run_len, Failure::released);
+      run_len = 0;
       const BroadcastRx::Held held = std::move(it->second);
       r.ahead.erase(it);
       bcast_accept(p, held.proto, held.data);
@@ -333,9 +381,12 @@ void Engine::bcast_skip_to(Peer& p, std::uint16_t low) {
     }
     if (it != r.ahead.end()) r.ahead.erase(it);
     r.asked.erase(r.rcv_nxt);
-    if (r.accepted) ++p.counters.bcast_skipped;  // before the first message it is only a later start
+    if (r.accepted) {
+      if (run_len++ == 0) run_first = r.rcv_nxt;
+    }
     r.rcv_nxt = seq_add(r.rcv_nxt, 1);
   }
+  bcast_report_lost(p, run_first, run_len, Failure::released);
   if (seq_before(r.high, r.rcv_nxt)) r.high = r.rcv_nxt;
   // Anything held right after `low` can go now.
   auto it = r.ahead.find(r.rcv_nxt);
@@ -405,12 +456,18 @@ void Engine::on_poll(const wire::FrameView& f, Peer& p) {
   if (r.started && r.epoch != p.epoch) bcast_reset_rx(p);
   if (r.resync) {
     // Back after being dead, same life. Our position still means something
-    // if it lies within [low, next]; otherwise (the sender moved on by more
-    // than half the sequence space) start again at its low edge.
+    // if it lies within [low, next]: what we miss is repaired. Before low,
+    // the sender freed it meanwhile: bcast_skip_to() below reports it. After
+    // next, the sender went round more than half the sequence space while
+    // we were away: everything up to its low edge is lost, a count known
+    // only modulo 65536.
     r.resync = false;
-    if (!seq_between(f.header.ack(), r.rcv_nxt, next)) {
-      ++p.counters.bcast_skipped;
-      r.rcv_nxt = r.high = f.header.ack();
+    const std::uint16_t low = f.header.ack();
+    if (r.started && seq_before(next, r.rcv_nxt)) {
+      if (r.accepted) bcast_report_lost(p, r.rcv_nxt, seq_diff(low, r.rcv_nxt), Failure::released);
+      r.ahead.clear();
+      r.asked.clear();
+      r.rcv_nxt = r.high = low;
     }
   }
   if (!r.started) bcast_start(p, f.header.ack());
@@ -435,6 +492,20 @@ void Engine::bcast_nak_due(Peer& p) {
   BroadcastRx& r = p.brx;
   if (!r.started || leaving_ || !is_live(p)) return;
   const Nanos now = clock_.now();
+  const Nanos half = config_.bcast_nak_delay / 2;
+  if (r.resync) {
+    // Waiting to learn where its stream is: a NAK with count 0 names our
+    // position and asks for nothing; the sender answers it with a POLL.
+    // Asked again after bcast_repair_wait until a POLL comes.
+    control::BcastCtl ctl{p.node, r.rcv_nxt, 0, p.epoch};
+    const locabus_bcast_ctl raw = control::encode(ctl);
+    wire::Header h;
+    h.set_type(PacketType::nak).set_proto(wire::Protocol::control).set_node_to(wire::kBroadcast);
+    h.set_seq(0).set_ack(r.rcv_nxt).set_window(static_cast<std::uint16_t>(r.queue.free()));
+    if (emit_control(wire::MacAddress::broadcast(), h, control::bytes_of(raw))) ++p.counters.bcast_naks_sent;
+    arm(p, kBcastNakTimer, now + config_.bcast_repair_wait + half + jitter(half + Nanos{1}));
+    return;
+  }
   // Ask only for what there is room to hold.
   const std::uint16_t span =
       static_cast<std::uint16_t>(std::min<std::size_t>(seq_diff(r.high, r.rcv_nxt), r.queue.free()));
@@ -494,7 +565,6 @@ void Engine::bcast_nak_due(Peer& p) {
   }
   // Every receiver that heard the same NAK waits until the same moment; a
   // random delay after it keeps them from asking again all at once.
-  const Nanos half = config_.bcast_nak_delay / 2;
   if (next_check.count() != 0) arm(p, kBcastNakTimer, next_check + half + jitter(half + Nanos{1}));
 }
 
@@ -526,8 +596,10 @@ void Engine::on_bcast_ctl(const wire::FrameView& f) {
     }
     bcast_note_ack(*sender, f.header.ack());  // a NAK is a cumulative ACK too
     if (nak && ctl->count > 0) bcast_repair(ctl->first, ctl->count);
-    if (nak && seq_before(ctl->first, btx_->low)) {
-      // Asked for what is freed: a POLL at once tells it where the low edge is.
+    if (nak && (seq_before(ctl->first, btx_->low) || ctl->count == 0)) {
+      // Asked for what is freed, or where the stream is (a receiver back
+      // after it had us for dead): a POLL at once tells it the low edge and
+      // the next sequence.
       btx_->poll_owed = true;
       btx_->next_poll = clock_.now();
     }

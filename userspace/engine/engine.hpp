@@ -83,7 +83,7 @@ struct PeerCounters {
   std::uint64_t bcast_nak_held = 0;      // missing sequences not NAKed in a round: a NAK for them (another
                                          // node's, or ours) was still waiting for its repair
   std::uint64_t bcast_acks_sent = 0;     // ACKs sent when its POLL asked us
-  std::uint64_t bcast_skipped = 0;       // lost for good: the sender no longer had them
+  std::uint64_t bcast_skipped = 0;       // lost for good: the sequences its broadcast_lost events named
   std::uint64_t bcast_delivered = 0;     // handed to the application
   // this node's broadcast stream, as the peer acknowledged it
   std::uint64_t bcast_acks_received = 0;
@@ -333,6 +333,7 @@ class Engine final : public Agent {
   void bcast_reset_rx(Peer& p);
   void bcast_sender_lost(Peer& p);
   void bcast_skip_to(Peer& p, std::uint16_t low);
+  void bcast_report_lost(Peer& p, std::uint16_t first, std::uint64_t count, Failure why);
   void bcast_accept(Peer& p, std::uint8_t proto, std::span<const std::byte> payload);
   void bcast_check_gaps(Peer& p);
   void bcast_nak_due(Peer& p);

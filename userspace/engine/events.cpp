@@ -38,6 +38,7 @@ std::string_view to_string(Failure f) noexcept {
     case Failure::peer_reset: return "peer_reset";
     case Failure::closed: return "closed";
     case Failure::shutdown: return "shutdown";
+    case Failure::released: return "released";
   }
   return "unknown";
 }
@@ -64,6 +65,12 @@ std::string describe(Failure f, std::uint16_t node) {
       return fmt::format("node {} reset the connection (it lost its state); resend", node);
     case Failure::closed: return fmt::format("the connection to node {} was closed locally", node);
     case Failure::shutdown: return fmt::format("this node is shutting down; node {} was not sent to", node);
+    case Failure::released:
+      return fmt::format(
+          "node {} had already freed them: it had stopped counting this node (cut off from it for longer "
+          "than dead_after, or joined after they were sent); they cannot be recovered, resend at the "
+          "application level if they matter",
+          node);
   }
   return fmt::format("node {}: unknown failure", node);
 }
@@ -80,6 +87,7 @@ std::string_view to_string(EventKind k) noexcept {
     case EventKind::connected: return "connected";
     case EventKind::disconnected: return "disconnected";
     case EventKind::send_failed: return "send_failed";
+    case EventKind::broadcast_lost: return "broadcast_lost";
   }
   return "unknown";
 }
@@ -98,6 +106,15 @@ std::string Event::to_string() const {
     case EventKind::send_failed:
       return fmt::format("{} message(s) to node {} failed (ids {}..{}): {}", count, node, first_message,
                          first_message + count - 1, describe(failure, node));
+    case EventKind::broadcast_lost: {
+      const auto last = static_cast<std::uint16_t>(first_message + count - 1);
+      const std::string why = failure == Failure::peer_left ? fmt::format("node {} left first", node)
+                              : failure == Failure::peer_restarted
+                                  ? fmt::format("node {} restarted first", node)
+                                  : describe(failure, node);
+      return fmt::format("{} broadcast message(s) from node {} lost (stream sequences {}..{}, epoch {}): {}",
+                         count, node, first_message, last, epoch, why);
+    }
     default:
       return fmt::format("node {} {} (mac {}, epoch {})", node, engine::to_string(kind), mac.to_string(),
                          epoch);

@@ -43,6 +43,7 @@ enum class Failure : std::uint8_t {
   peer_reset,      // the peer has no such connection (lost its state)
   closed,          // the connection was closed locally before the send went out
   shutdown,        // this engine is shutting down
+  released,        // broadcast_lost: the sender had already freed them (it no longer counted us)
 };
 std::string_view to_string(Failure f) noexcept;
 /// A sentence for logs and error messages: what happened and what to do.
@@ -62,19 +63,26 @@ enum class EventKind : std::uint8_t {
   disconnected,  // closed by either side (failure says why, none = clean)
   // sends
   send_failed,  // messages [first_message, first_message + count) to node failed
+  // 10 is the local API's overrun (locabus.h LOCABUS_EV_OVERRUN), made by the daemon
+  // broadcasts
+  broadcast_lost = 11,  // node's broadcast stream sequences [first_message, + count) will never be
+                        // delivered here (docs/PROTOCOL.md, "Reliable broadcast": "Losses")
 };
 std::string_view to_string(EventKind k) noexcept;
 
 struct Event {
   EventKind kind{};
   std::uint16_t node = 0;
-  wire::MacAddress mac{};        // the member's MAC (id_conflict: the first claimant)
-  wire::MacAddress other_mac{};  // id_conflict: the second claimant
-  std::uint64_t epoch = 0;       // the member's boot epoch (restarted: the new one)
-  std::uint64_t old_epoch = 0;   // restarted: the previous one
-  Failure failure = Failure::none;
-  std::uint64_t first_message = 0;  // send_failed: id of the first failed message
-  std::uint64_t count = 0;          // send_failed: how many, consecutive ids
+  wire::MacAddress mac{};           // the member's MAC (id_conflict: the first claimant)
+  wire::MacAddress other_mac{};     // id_conflict: the second claimant
+  std::uint64_t epoch = 0;          // the member's boot epoch (restarted: the new one; broadcast_lost:
+                                    // the incarnation whose stream lost them)
+  std::uint64_t old_epoch = 0;      // restarted: the previous one
+  Failure failure = Failure::none;  // broadcast_lost: released, peer_left or peer_restarted
+  std::uint64_t first_message = 0;  // send_failed: id of the first failed message;
+                                    // broadcast_lost: stream sequence of the first lost (0..65535)
+  std::uint64_t count = 0;          // send_failed: how many, consecutive ids; broadcast_lost: how
+                                    // many consecutive sequences (the range may wrap past 65535)
 
   /// One line for logs, e.g. "node 7 restarted (epoch 1700.. -> 1700..)".
   std::string to_string() const;
