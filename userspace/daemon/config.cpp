@@ -193,6 +193,12 @@ void load_toml(const std::filesystem::path& file, Config& cfg) {
     er.millis("rto_max_ms", e.rto_max);
     er.integer("max_retransmits", e.max_retransmits, 1, 255);
     er.millis("nak_holdoff_ms", e.nak_holdoff);
+    er.millis("tlp_min_ms", e.tlp_min);
+    er.integer("reorder_memory", e.reorder_memory, 1484, std::int64_t{1} << 31);
+    er.integer("cc_initial_window", e.cc_initial_window, 1, 32767);
+    er.integer("cc_min_window", e.cc_min_window, 1, 32767);
+    er.integer("cc_loss_run", e.cc_loss_run, 2, 32767);
+    er.integer("cc_beta", e.cc_beta, 512, 1023);
     er.millis("discover_interval_ms", e.discover_interval);
     er.millis("discover_duration_ms", e.discover_duration);
     er.millis("heartbeat_interval_ms", e.heartbeat_interval);

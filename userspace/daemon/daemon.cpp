@@ -35,29 +35,9 @@ std::int64_t micros(engine::Nanos n) {
 }
 
 nlohmann::json counters_json(const engine::PeerCounters& c) {
-  return {{"data_sent", c.data_sent},
-          {"retransmits", c.retransmits},
-          {"data_received", c.data_received},
-          {"duplicates", c.duplicates},
-          {"out_of_order", c.out_of_order},
-          {"window_drops", c.window_drops},
-          {"acks_sent", c.acks_sent},
-          {"naks_sent", c.naks_sent},
-          {"naks_received", c.naks_received},
-          {"timeouts", c.timeouts},
-          {"delivered", c.delivered},
-          {"bcast_received", c.bcast_received},
-          {"bcast_duplicates", c.bcast_duplicates},
-          {"bcast_out_of_order", c.bcast_out_of_order},
-          {"bcast_window_drops", c.bcast_window_drops},
-          {"bcast_naks_sent", c.bcast_naks_sent},
-          {"bcast_naks_heard", c.bcast_naks_heard},
-          {"bcast_nak_held", c.bcast_nak_held},
-          {"bcast_acks_sent", c.bcast_acks_sent},
-          {"bcast_skipped", c.bcast_skipped},
-          {"bcast_delivered", c.bcast_delivered},
-          {"bcast_acks_received", c.bcast_acks_received},
-          {"bcast_naks_received", c.bcast_naks_received}};
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& f : engine::PeerCounters::kFields) j[std::string(f.name)] = c.*f.member;
+  return j;
 }
 
 spdlog::level::level_enum event_level(engine::EventKind k) {
@@ -344,6 +324,10 @@ nlohmann::json Daemon::peers() const {
         {"queued", p.queued},
         {"receivable", p.receivable},
         {"window", p.peer_window},
+        {"cwnd", p.cwnd},
+        {"ssthresh", p.ssthresh},
+        {"sacked", p.sacked},
+        {"held_ahead", p.held_ahead},
         {"next_message", p.next_message},
         {"counters", counters_json(p.counters)},
     };
@@ -417,30 +401,7 @@ nlohmann::json Daemon::counters() const {
   nlohmann::json per_peer = nlohmann::json::object();
   for (const auto& p : engine_->peers()) {
     per_peer[std::to_string(p.node)] = counters_json(p.counters);
-    const auto& c = p.counters;
-    sum.data_sent += c.data_sent;
-    sum.retransmits += c.retransmits;
-    sum.data_received += c.data_received;
-    sum.duplicates += c.duplicates;
-    sum.out_of_order += c.out_of_order;
-    sum.window_drops += c.window_drops;
-    sum.acks_sent += c.acks_sent;
-    sum.naks_sent += c.naks_sent;
-    sum.naks_received += c.naks_received;
-    sum.timeouts += c.timeouts;
-    sum.delivered += c.delivered;
-    sum.bcast_received += c.bcast_received;
-    sum.bcast_duplicates += c.bcast_duplicates;
-    sum.bcast_out_of_order += c.bcast_out_of_order;
-    sum.bcast_window_drops += c.bcast_window_drops;
-    sum.bcast_naks_sent += c.bcast_naks_sent;
-    sum.bcast_naks_heard += c.bcast_naks_heard;
-    sum.bcast_nak_held += c.bcast_nak_held;
-    sum.bcast_acks_sent += c.bcast_acks_sent;
-    sum.bcast_skipped += c.bcast_skipped;
-    sum.bcast_delivered += c.bcast_delivered;
-    sum.bcast_acks_received += c.bcast_acks_received;
-    sum.bcast_naks_received += c.bcast_naks_received;
+    sum += p.counters;
   }
   eng["peers_total"] = counters_json(sum);
   nlohmann::json j = {{"engine", eng},

@@ -57,37 +57,57 @@ struct Message {
   bool broadcast = false;  // from the node's broadcast stream (Engine::broadcast), not unicast
 };
 
+/// Per-peer counters: X(name, description), defined once and rendered
+/// everywhere (struct, JSON, sums) from this list. Append only.
+#define LOCABUS_PEER_COUNTERS(X)                                                                        \
+  X(data_sent, "DATA first transmissions")                                                              \
+  X(retransmits, "DATA frames sent again (repairs, tail-loss probes, after timeouts)")                  \
+  X(data_received, "DATA accepted (in order, or delivered from behind a repaired gap)")                 \
+  X(duplicates, "DATA already had")                                                                     \
+  X(out_of_order, "DATA held ahead of a gap (selective repeat)")                                        \
+  X(window_drops, "DATA discarded: beyond the receive credit")                                          \
+  X(acks_sent, "pure ACK frames sent")                                                                  \
+  X(naks_sent, "NAK frames sent (naming the missing ranges)")                                           \
+  X(naks_received, "NAK frames received")                                                               \
+  X(timeouts, "retransmission timeouts (window probes included)")                                       \
+  X(delivered, "messages handed to the application")                                                    \
+  X(reorder_drops, "DATA ahead of a gap not held: reorder_memory was full (asked for again)")           \
+  X(tlp_probes, "tail-loss probes sent")                                                                \
+  X(congestion_events, "congestion window reductions (loss runs, timeouts)")                            \
+  X(rx_stale, "DATA whose ACK field belongs to no sequence of this connection: dropped")                \
+  X(bcast_received, "its broadcast stream: new frames accepted (in order or ahead of a gap)")           \
+  X(bcast_duplicates, "its broadcast stream: already had it")                                           \
+  X(bcast_out_of_order, "its broadcast stream: held until the gap before it is repaired")               \
+  X(bcast_window_drops, "its broadcast stream: too far ahead for broadcast_receive_buffer")             \
+  X(bcast_naks_sent, "its broadcast stream: NAK frames sent for gaps")                                  \
+  X(bcast_naks_heard, "its broadcast stream: other nodes' NAKs heard")                                  \
+  X(bcast_nak_held, "its broadcast stream: missing sequences not NAKed in a round (a NAK was pending)") \
+  X(bcast_acks_sent, "its broadcast stream: ACKs sent when its POLL asked us")                          \
+  X(bcast_skipped, "its broadcast stream: lost for good (the sequences broadcast_lost events named)")   \
+  X(bcast_delivered, "its broadcast stream: handed to the application")                                 \
+  X(bcast_acks_received, "our broadcast stream: ACKs from it")                                          \
+  X(bcast_naks_received, "our broadcast stream: NAKs from it")
+
 struct PeerCounters {
-  std::uint64_t data_sent = 0;  // first transmissions
-  std::uint64_t retransmits = 0;
-  std::uint64_t data_received = 0;      // accepted in order
-  std::uint64_t duplicates = 0;         // already had it
-  std::uint64_t out_of_order = 0;       // held ahead of a gap (selective repeat)
-  std::uint64_t reorder_drops = 0;      // ahead of a gap, not held: reorder_memory was full (asked for again)
-  std::uint64_t tlp_probes = 0;         // tail-loss probes sent
-  std::uint64_t congestion_events = 0;  // congestion window reductions (loss runs, timeouts)
-  std::uint64_t rx_stale = 0;      // DATA whose ACK field belongs to no sequence of this connection: dropped
-  std::uint64_t window_drops = 0;  // discarded: no receive credit left
-  std::uint64_t acks_sent = 0;
-  std::uint64_t naks_sent = 0;
-  std::uint64_t naks_received = 0;
-  std::uint64_t timeouts = 0;
-  std::uint64_t delivered = 0;  // handed to the application
-  // the peer's broadcast stream, as this node receives it
-  std::uint64_t bcast_received = 0;      // new frames accepted (in order or ahead of a gap)
-  std::uint64_t bcast_duplicates = 0;    // already had it
-  std::uint64_t bcast_out_of_order = 0;  // held until the gap before it is repaired
-  std::uint64_t bcast_window_drops = 0;  // too far ahead for broadcast_receive_buffer
-  std::uint64_t bcast_naks_sent = 0;     // NAK frames sent for gaps in its stream
-  std::uint64_t bcast_naks_heard = 0;    // other nodes' NAKs for its stream
-  std::uint64_t bcast_nak_held = 0;      // missing sequences not NAKed in a round: a NAK for them (another
-                                         // node's, or ours) was still waiting for its repair
-  std::uint64_t bcast_acks_sent = 0;     // ACKs sent when its POLL asked us
-  std::uint64_t bcast_skipped = 0;       // lost for good: the sequences its broadcast_lost events named
-  std::uint64_t bcast_delivered = 0;     // handed to the application
-  // this node's broadcast stream, as the peer acknowledged it
-  std::uint64_t bcast_acks_received = 0;
-  std::uint64_t bcast_naks_received = 0;
+#define LOCABUS_X_FIELD(name, desc) std::uint64_t name = 0;
+  LOCABUS_PEER_COUNTERS(LOCABUS_X_FIELD)
+#undef LOCABUS_X_FIELD
+
+  struct Field {
+    std::string_view name;
+    std::string_view description;
+    std::uint64_t PeerCounters::*member;
+  };
+  /// Every counter, in definition order.
+  static constexpr Field kFields[] = {
+#define LOCABUS_X_ENTRY(name, desc) {#name, desc, &PeerCounters::name},
+      LOCABUS_PEER_COUNTERS(LOCABUS_X_ENTRY)
+#undef LOCABUS_X_ENTRY
+  };
+  PeerCounters& operator+=(const PeerCounters& o) noexcept {
+    for (const Field& f : kFields) this->*f.member += o.*f.member;
+    return *this;
+  }
 };
 
 /// A snapshot of one peer, for status tools and tests.
