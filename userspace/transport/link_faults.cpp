@@ -41,7 +41,19 @@ FaultKind classify(int err) noexcept {
 }
 
 LinkFaults::LinkFaults(std::string iface, int ifindex, std::chrono::milliseconds log_every)
-    : iface_(std::move(iface)), ifindex_(ifindex), log_every_(log_every) {}
+    : iface_(std::move(iface)), ifindex_(ifindex), netns_(net::current_netns()), log_every_(log_every) {}
+
+net::LinkState LinkFaults::link_state() const noexcept {
+  try {
+    net::NetnsScope in(netns_.get());
+    return net::link_state(ifindex_);
+  } catch (const std::exception& e) {
+    net::LinkState unknown;
+    unknown.exists = true;  // cannot tell: not a reason to give up
+    spdlog::debug("{}: look the interface up in its namespace: {}", iface_, e.what());
+    return unknown;
+  }
+}
 
 void LinkFaults::tx_failed(int err, std::uint64_t frames, std::string_view op) {
   const FaultKind kind = classify(err);
@@ -82,7 +94,7 @@ void LinkFaults::check_gone(FaultKind kind, int err) {
   if (!fatal_.empty()) return;
   if (kind == FaultKind::bad_socket)
     fatal_ = fmt::format("the socket on {} is unusable ({})", iface_, error_text(err));
-  else if (!net::link_state(ifindex_).exists)
+  else if (!link_state().exists)
     fatal_ = fmt::format("interface {} (index {}) is gone: deleted, or moved to another network namespace",
                          iface_, ifindex_);
   if (!fatal_.empty()) spdlog::error("{}; this transport drops everything from now on", fatal_);
@@ -127,7 +139,7 @@ void LinkFaults::note(FaultKind kind, int err, std::uint64_t frames, std::string
           "{}: a frame longer than the MTU ({}) was refused ({}){}: Locabus needs MTU {}; restore it with "
           "`ip "
           "link set {} mtu {}`{}",
-          iface_, net::link_state(ifindex_).mtu, what, dropped, LOCABUS_MTU, iface_, LOCABUS_MTU, held);
+          iface_, link_state().mtu, what, dropped, LOCABUS_MTU, iface_, LOCABUS_MTU, held);
       break;
     case FaultKind::device_drop:
       spdlog::warn("{}: the device dropped frames ({}){}; the engine retransmits what matters{}", iface_,

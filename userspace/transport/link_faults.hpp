@@ -20,6 +20,9 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "common/unique_fd.hpp"
+#include "fastpath/netdev.hpp"
+
 namespace locabus::transport {
 
 /// What an errno from a send, receive or kick means for the link.
@@ -51,8 +54,8 @@ struct FaultStats {
 
 class LinkFaults {
  public:
-  /// `ifindex` is the interface's index in the calling thread's namespace,
-  /// where every later call must happen too.
+  /// `ifindex` is the interface's index in the calling thread's network
+  /// namespace, which is remembered: later calls may come from any thread.
   LinkFaults(std::string iface, int ifindex, std::chrono::milliseconds log_every = std::chrono::seconds(10));
 
   /// A send (or a kick, with `frames` 0) failed with `err`; `frames` frames
@@ -87,12 +90,15 @@ class LinkFaults {
   void went_down(FaultKind kind, int err);
   void check_gone(FaultKind kind, int err);
   void link_back();
+  /// The interface now, looked up in its namespace.
+  net::LinkState link_state() const noexcept;
   /// Rate limit: true (and `held` says how many were held back) if slot
   /// `index` may log now.
   bool may_log(std::size_t index, std::string& held);
 
   std::string iface_;
   int ifindex_;
+  UniqueFd netns_;
   Clock::duration log_every_;
   std::array<LogSlot, kFaultKinds + 1> log_{};  // one per kind, then "frames flow again"
   std::optional<Clock::time_point> down_since_;
