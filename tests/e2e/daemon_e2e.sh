@@ -4,7 +4,8 @@
 # AF_PACKET (also through the chaos program), restart after SIGKILL, clean
 # SIGTERM, IP beside Locabus, API authorisation, the C client example,
 # Locasock sockets and broadcast (also through the chaos program), a node's
-# link going down and up in the middle of a stream (on either datapath).
+# link going down and up in the middle of a stream (on either datapath), the
+# MTU (too small at start, lowered at run time).
 #
 #   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
 #
@@ -516,6 +517,46 @@ case "$scenario" in
     # 3. Both alive again, and a fresh stream goes through in order.
     wait_discovered 2 15
     stream 20000 60
+    ;;
+  mtu)
+    # At start: an MTU below 1500 is refused on either datapath, saying what to do.
+    up 1 --no-daemon
+    ns1=$(node_json .netns 1)
+    ip -n "$ns1" link set eth0 mtu 1400
+    for dp in xdp packet; do
+      if out=$(nsenter --net="/run/netns/$ns1" "$bin_dir/userspace/daemon/locabusd" --iface eth0 --node-id 1 \
+        --datapath "$dp" --run-dir "$work/run" 2>&1); then
+        fail "locabusd --datapath $dp started on MTU 1400"
+      fi
+      grep -q "has MTU 1400" <<<"$out" && grep -q 'ip link set eth0 mtu 1500' <<<"$out" ||
+        fail "unclear refusal: $out"
+    done
+    note "MTU 1400: $(head -n 2 <<<"$out" | cut -c 25- | tr '\n' ' ')"
+    on 1 ip -j link show dev eth0 | jq -e '.[0].xdp | not' >/dev/null || fail "XDP left attached"
+    "$cluster" down "$name" -q
+    # At run time (AF_PACKET: the kernel refuses with EMSGSIZE): the sender's
+    # MTU lowered under a stream of 1 KB messages drops their frames, counted
+    # and logged once, and the daemon lives on; restored, the stream completes.
+    up 2 --datapath packet
+    wait_discovered 2 15
+    ip -n "$(node_json .netns 1)" link set eth0 mtu 1000
+    on 2 "$ctl" msg recv --sequence --count 2000 --timeout 20 --json >"$work/recv.json" 2>"$work/recv.err" &
+    rp=$!
+    bg_pids+=("$rp")
+    until on 2 "$ctl" counters --json | jq -e '.api.endpoints | length > 0' >/dev/null; do sleep 0.1; done
+    on 1 "$ctl" msg send --to 2 --sequence --count 2000 --size 1024 --settle --timeout 30 --json >"$work/send.json" &
+    sp=$!
+    bg_pids+=("$sp")
+    sleep 2
+    drops=$(on 1 "$ctl" counters --json | jq .transport.tx_oversize_drops)
+    ip -n "$(node_json .netns 1)" link set eth0 mtu 1500
+    ((drops > 0)) || fail "no frame counted as longer than the MTU"
+    wait "$sp" || fail "the sender: $(cat "$work/send.json")"
+    wait "$rp" || fail "the receiver: $(cat "$work/recv.json" "$work/recv.err")"
+    jq -e '.ok and .missing == 0' "$work/recv.json" >/dev/null || fail "stream incomplete: $(cat "$work/recv.json")"
+    log="/run/locabus-cluster/$name/node1/locabusd.log"
+    [[ $(grep -c "longer than the MTU" "$log") == 1 ]] || fail "EMSGSIZE not logged once: $(grep -c MTU "$log")"
+    note "$drops frames longer than MTU 1000 dropped in 2 s; restored, 2000 messages arrived in order"
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2
