@@ -5,7 +5,7 @@
 # SIGTERM, IP beside Locabus, API authorisation, the C client example,
 # Locasock sockets and broadcast (also through the chaos program), a node's
 # link going down and up in the middle of a stream (on either datapath), the
-# MTU (too small at start, lowered at run time).
+# MTU (too small at start, lowered at run time), the interface deleted.
 #
 #   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
 #
@@ -557,6 +557,28 @@ case "$scenario" in
     log="/run/locabus-cluster/$name/node1/locabusd.log"
     [[ $(grep -c "longer than the MTU" "$log") == 1 ]] || fail "EMSGSIZE not logged once: $(grep -c MTU "$log")"
     note "$drops frames longer than MTU 1000 dropped in 2 s; restored, 2000 messages arrived in order"
+    ;;
+  iface-gone)
+    # The interface deleted under a running daemon (AF_XDP): not an exception
+    # out of the engine loop but a clean stop, pins removed, status 1.
+    up 2 --datapath xdp
+    wait_discovered 2 15
+    pid2=$(on 2 "$ctl" status --json | jq .pid)
+    pin_dir=$(on 2 "$ctl" status --json | jq -r .xdp.pin_dir)
+    [[ -d $pin_dir ]] || fail "pin dir $pin_dir missing while running"
+    ip -n "$(node_json .netns 2)" link del eth0
+    deadline=$((SECONDS + 10))
+    while kill -0 "$pid2" 2>/dev/null; do
+      ((SECONDS < deadline)) || fail "locabusd still runs 10 s after its interface was deleted"
+      sleep 0.1
+    done
+    log="/run/locabus-cluster/$name/node2/locabusd.log"
+    grep -q "interface eth0 (index [0-9]*) is gone" "$log" || fail "no reason in the log: $(tail -n 5 "$log")"
+    grep -q "exit status 1" "$log" || fail "not a failure exit: $(tail -n 5 "$log")"
+    grep -q "critical" "$log" && fail "it died of an exception: $(grep critical "$log")"
+    [[ ! -e $pin_dir ]] || fail "pins left behind: $(ls "$pin_dir")"
+    [[ ! -e $(sock 2) ]] || fail "API socket left behind"
+    note "$(grep -E "is gone|shutting down|pins|stopped" "$log" | cut -c 25- | tr '\n' ';')"
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2
