@@ -528,7 +528,7 @@ case "$scenario" in
         --datapath "$dp" --run-dir "$work/run" 2>&1); then
         fail "locabusd --datapath $dp started on MTU 1400"
       fi
-      grep -q "has MTU 1400" <<<"$out" && grep -q 'ip link set eth0 mtu 1500' <<<"$out" ||
+      { grep -q "has MTU 1400" <<<"$out" && grep -q 'ip link set eth0 mtu 1500' <<<"$out"; } ||
         fail "unclear refusal: $out"
     done
     note "MTU 1400: $(head -n 2 <<<"$out" | cut -c 25- | tr '\n' ' ')"
