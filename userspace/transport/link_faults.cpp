@@ -141,10 +141,14 @@ void LinkFaults::note(FaultKind kind, int err, std::uint64_t frames, std::string
           "link set {} mtu {}`{}",
           iface_, link_state().mtu, what, dropped, LOCABUS_MTU, iface_, LOCABUS_MTU, held);
       break;
-    case FaultKind::device_drop:
-      spdlog::warn("{}: the device dropped frames ({}){}; the engine retransmits what matters{}", iface_,
-                   what, dropped, held);
+    case FaultKind::device_drop: {
+      const auto st = link_state();
+      spdlog::warn("{}: the device dropped frames ({}){}{}; the engine retransmits what matters{}", iface_,
+                   what,
+                   st.up && !st.running ? " without carrier (is the cable or the switch port down?)" : "",
+                   dropped, held);
       break;
+    }
     case FaultKind::bad_socket:
     case FaultKind::other: spdlog::warn("{}: {} failed{}{}", iface_, what, dropped, held); break;
   }
