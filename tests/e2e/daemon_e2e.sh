@@ -4,7 +4,9 @@
 # AF_PACKET (also through the chaos program), restart after SIGKILL, clean
 # SIGTERM, IP beside Locabus, API authorisation, the C client example,
 # Locasock sockets and broadcast (also through the chaos program), a
-# broadcast loss reported to the applications.
+# broadcast loss reported to the applications, a node's link going down and
+# up in the middle of a stream (on either datapath), the MTU (too small at
+# start, lowered at run time), the interface deleted.
 #
 #   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
 #
@@ -149,6 +151,84 @@ bcast_stream() { # n count timeout
 
 # The datapath the daemon on node k got.
 datapath_of() { on "$1" "$ctl" status --json | jq -r .datapath; }
+
+# CPU time a process has used, in clock ticks (user + system).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# A paced stream across an outage of node 2's link: node 1 sends $count
+# sequenced 1 KB messages at $rate per second (--settle: then waits until
+# each is acknowledged or reported failed); $after seconds in, node 2's eth0
+# goes down for $outage seconds. Node 2's daemon must survive with the same
+# pid and must not spin meanwhile (at most 10% of a CPU). Leaves send.json,
+# recv.json and events.json (node 1's events about node 2 up to "alive") in $work.
+flap_stream() { # count rate after outage
+  local count=$1 rate=$2 after=$3 outage=$4
+  local ns2 pid2 hz t0 t1
+  ns2=$(node_json .netns 2)
+  pid2=$(on 2 "$ctl" status --json | jq .pid)
+  hz=$(getconf CLK_TCK)
+  # node 1's events about node 2 until it is alive again after the outage
+  on 1 "$ctl" events --node 2 --json --until alive --timeout 120 >"$work/events.json" &
+  local evp=$!
+  bg_pids+=("$evp")
+  # The receiver gives up after 12 s without a message: longer than the
+  # outage plus the retransmission back-off after it.
+  on 2 "$ctl" msg recv --sequence --count "$count" --timeout 12 --json >"$work/recv.json" 2>"$work/recv.err" &
+  local rp=$!
+  bg_pids+=("$rp")
+  local deadline=$((SECONDS + 10))
+  until on 2 "$ctl" counters --json | jq -e '.api.endpoints | length > 0' >/dev/null; do
+    ((SECONDS < deadline)) || fail "the receiver did not open its endpoint"
+    sleep 0.1
+  done
+  on 1 "$ctl" msg send --to 2 --sequence --count "$count" --size 1024 --rate "$rate" --settle --timeout 60 \
+    --json >"$work/send.json" 2>"$work/send.err" &
+  local sp=$!
+  bg_pids+=("$sp")
+  sleep "$after"
+  t0=$(cpu_ticks "$pid2")
+  ip -n "$ns2" link set eth0 down
+  sleep "$outage"
+  t1=$(cpu_ticks "$pid2")
+  ip -n "$ns2" link set eth0 up
+  kill -0 "$pid2" 2>/dev/null || fail "node 2's locabusd (pid $pid2) died while its link was down"
+  note "node 2's daemon used $((t1 - t0)) of $((hz * outage)) CPU ticks during the ${outage} s outage"
+  ((10 * (t1 - t0) <= hz * outage)) || fail "node 2's daemon used $((t1 - t0)) ticks in ${outage} s: it spins"
+  wait "$sp" || true # exits 1 when messages failed: judged by its JSON
+  wait "$rp" || true # exits 1 when messages are missing: likewise
+  wait "$evp" || fail "node 1 never saw node 2 alive again: $(jq -rs 'map(.kind) | join(" ")' "$work/events.json")"
+  [[ -s $work/send.json ]] || fail "the sender failed: $(tail -n 5 "$work/send.err")"
+  [[ -s $work/recv.json ]] || fail "the receiver failed: $(tail -n 5 "$work/recv.err")"
+  note "sender: $(cat "$work/send.json"); receiver: $(cat "$work/recv.json")"
+  note "node 1 saw node 2: $(jq -rs 'map(.kind) | join(" ")' "$work/events.json")"
+  [[ $(on 2 "$ctl" status --json | jq .pid) == "$pid2" ]] || fail "node 2's daemon is not the one that ran before"
+}
+
+# After one outage of node 2's link: its transport counted the faults, a
+# bounded number of them (while the link is down the node sends a few frames
+# a second: heartbeats, probes, ACKs; a loop would count thousands), and
+# logged them once, not once per fault.
+check_link_faults() { # datapath
+  local dp=$1 t log
+  t=$(on 2 "$ctl" counters --json | jq -c .transport)
+  note "node 2's transport: $(jq -c 'with_entries(select(.key | test("link|drops|errors|kick")))' <<<"$t")"
+  jq -e '.link_downs == 1 and (.link_down | not)' <<<"$t" >/dev/null || fail "one outage expected: $t"
+  jq -e '.tx_link_down_drops >= 1 and .tx_link_down_drops <= 1000' <<<"$t" >/dev/null ||
+    fail "frames dropped while the link was down not in [1, 1000]: $t"
+  jq -e '.tx_no_device_drops == 0 and .tx_error_drops == 0 and .rx_errors == 0' <<<"$t" >/dev/null ||
+    fail "faults of another kind: $t"
+  if [[ $dp == packet ]]; then
+    jq -e '.rx_link_down == 1' <<<"$t" >/dev/null || fail "the socket reports a link going down once: $t"
+  else
+    # kicks answered ENETDOWN: one per send and per duty cycle while frames
+    # wait on the ring, the retry timer backing off to 200 ms: tens a second
+    jq -e '.tx_kick_down >= 1 and .tx_kick_down <= 500' <<<"$t" >/dev/null ||
+      fail "kicks answered ENETDOWN not in [1, 500]: $t"
+  fi
+  log="/run/locabus-cluster/$name/node2/locabusd.log"
+  [[ $(grep -c "eth0: link down" "$log") == 1 ]] || fail "link down logged $(grep -c "eth0: link down" "$log") times"
+  [[ $(grep -c "eth0: frames flow again" "$log") == 1 ]] || fail "the link coming back was not logged once"
+}
 
 case "$scenario" in
   discover-2)
@@ -455,6 +535,106 @@ case "$scenario" in
     c=$(on 1 "$ctl" counters --json)
     note "node 1's broadcast stream: $(jq -c '.engine | with_entries(select(.key | startswith("bcast_")))' <<<"$c")"
     jq -e '.engine.bcast_retransmits > 0' <<<"$c" >/dev/null || fail "no broadcast repair through 5% loss?"
+    ;;
+  link-flap-xdp | link-flap-packet)
+    # Node 2's eth0 goes down for 5 s in the middle of a stream from node 1.
+    dp=${scenario#link-flap-}
+    # 1. dead_after (15 s) outlasts the outage: node 1 sees node 2 suspect,
+    # never dead, and the stream waits and then completes, in order, nothing failed.
+    printf '[engine]\ndead_after_ms = 15000\n' >"$work/tolerant.toml"
+    up 2 --datapath "$dp" -- --config "$work/tolerant.toml"
+    [[ $(datapath_of 2) == "$dp" ]] || fail "node 2 runs $(datapath_of 2), not $dp"
+    wait_discovered 2 15
+    flap_stream 20000 2000 2 5
+    jq -e '.failed == 0 and .settled' "$work/send.json" >/dev/null || fail "messages failed: $(cat "$work/send.json")"
+    jq -e '.ok and .received == 20000 and .missing == 0 and .backwards == 0 and .corrupt == 0' "$work/recv.json" \
+      >/dev/null || fail "the stream did not complete in order: $(cat "$work/recv.json")"
+    kinds=$(jq -rs 'map(.kind) | join(" ")' "$work/events.json")
+    [[ $kinds == *suspect*alive* && $kinds != *dead* ]] || fail "node 1 saw node 2: $kinds (suspect, then alive)"
+    check_link_faults "$dp"
+    # 2. The default dead_after (4 s) is shorter than the outage: node 2 is
+    # dead for node 1 for a while, and every message either arrives or is
+    # reported failed (send_failed), in order, none silently lost; the
+    # stream resumes once node 2 is back.
+    "$cluster" down "$name" -q
+    up 2 --datapath "$dp"
+    wait_discovered 2 15
+    flap_stream 20000 2000 2 5
+    jq -e '.settled and .failed > 0' "$work/send.json" >/dev/null ||
+      fail "a 5 s outage with dead_after 4 s, yet: $(cat "$work/send.json")"
+    failed=$(jq .failed "$work/send.json")
+    jq -e --argjson f "$failed" \
+      '.backwards == 0 and .corrupt == 0 and .missing <= $f and .received + .missing == 20000 and .received > 0' \
+      "$work/recv.json" >/dev/null ||
+      fail "messages lost without a send_failed, or out of order ($failed reported failed): $(cat "$work/recv.json")"
+    kinds=$(jq -rs 'map(.kind) | join(" ")' "$work/events.json")
+    [[ $kinds == *suspect*dead*alive* ]] || fail "node 1 saw node 2: $kinds (suspect, dead, then alive)"
+    check_link_faults "$dp"
+    # 3. Both alive again, and a fresh stream goes through in order.
+    wait_discovered 2 15
+    stream 20000 60
+    ;;
+  mtu)
+    # At start: an MTU below 1500 is refused on either datapath, saying what to do.
+    up 1 --no-daemon
+    ns1=$(node_json .netns 1)
+    ip -n "$ns1" link set eth0 mtu 1400
+    for dp in xdp packet; do
+      if out=$(nsenter --net="/run/netns/$ns1" "$bin_dir/userspace/daemon/locabusd" --iface eth0 --node-id 1 \
+        --datapath "$dp" --run-dir "$work/run" 2>&1); then
+        fail "locabusd --datapath $dp started on MTU 1400"
+      fi
+      { grep -q "has MTU 1400" <<<"$out" && grep -q 'ip link set eth0 mtu 1500' <<<"$out"; } ||
+        fail "unclear refusal: $out"
+    done
+    note "MTU 1400: $(head -n 2 <<<"$out" | cut -c 25- | tr '\n' ' ')"
+    on 1 ip -j link show dev eth0 | jq -e '.[0].xdp | not' >/dev/null || fail "XDP left attached"
+    "$cluster" down "$name" -q
+    # At run time (AF_PACKET: the kernel refuses with EMSGSIZE): the sender's
+    # MTU lowered under a stream of 1 KB messages drops their frames, counted
+    # and logged once, and the daemon lives on; restored, the stream completes.
+    up 2 --datapath packet
+    wait_discovered 2 15
+    ip -n "$(node_json .netns 1)" link set eth0 mtu 1000
+    on 2 "$ctl" msg recv --sequence --count 2000 --timeout 20 --json >"$work/recv.json" 2>"$work/recv.err" &
+    rp=$!
+    bg_pids+=("$rp")
+    until on 2 "$ctl" counters --json | jq -e '.api.endpoints | length > 0' >/dev/null; do sleep 0.1; done
+    on 1 "$ctl" msg send --to 2 --sequence --count 2000 --size 1024 --settle --timeout 30 --json >"$work/send.json" &
+    sp=$!
+    bg_pids+=("$sp")
+    sleep 2
+    drops=$(on 1 "$ctl" counters --json | jq .transport.tx_oversize_drops)
+    ip -n "$(node_json .netns 1)" link set eth0 mtu 1500
+    ((drops > 0)) || fail "no frame counted as longer than the MTU"
+    wait "$sp" || fail "the sender: $(cat "$work/send.json")"
+    wait "$rp" || fail "the receiver: $(cat "$work/recv.json" "$work/recv.err")"
+    jq -e '.ok and .missing == 0' "$work/recv.json" >/dev/null || fail "stream incomplete: $(cat "$work/recv.json")"
+    log="/run/locabus-cluster/$name/node1/locabusd.log"
+    [[ $(grep -c "longer than the MTU" "$log") == 1 ]] || fail "EMSGSIZE not logged once: $(grep -c MTU "$log")"
+    note "$drops frames longer than MTU 1000 dropped in 2 s; restored, 2000 messages arrived in order"
+    ;;
+  iface-gone)
+    # The interface deleted under a running daemon (AF_XDP): not an exception
+    # out of the engine loop but a clean stop, pins removed, status 1.
+    up 2 --datapath xdp
+    wait_discovered 2 15
+    pid2=$(on 2 "$ctl" status --json | jq .pid)
+    pin_dir=$(on 2 "$ctl" status --json | jq -r .xdp.pin_dir)
+    [[ -d $pin_dir ]] || fail "pin dir $pin_dir missing while running"
+    ip -n "$(node_json .netns 2)" link del eth0
+    deadline=$((SECONDS + 10))
+    while kill -0 "$pid2" 2>/dev/null; do
+      ((SECONDS < deadline)) || fail "locabusd still runs 10 s after its interface was deleted"
+      sleep 0.1
+    done
+    log="/run/locabus-cluster/$name/node2/locabusd.log"
+    grep -q "interface eth0 (index [0-9]*) is gone" "$log" || fail "no reason in the log: $(tail -n 5 "$log")"
+    grep -q "exit status 1" "$log" || fail "not a failure exit: $(tail -n 5 "$log")"
+    grep -q "critical" "$log" && fail "it died of an exception: $(grep critical "$log")"
+    [[ ! -e $pin_dir ]] || fail "pins left behind: $(ls "$pin_dir")"
+    [[ ! -e $(sock 2) ]] || fail "API socket left behind"
+    note "$(grep -E "is gone|shutting down|pins|stopped" "$log" | cut -c 25- | tr '\n' ';')"
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2

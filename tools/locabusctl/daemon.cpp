@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstring>
 #include <iostream>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -103,6 +104,8 @@ struct MsgOptions {
   bool sequence = false;
   double timeout_s = 10;
   bool wait_peer = true;
+  double rate = 0;      // send: messages per second, 0 = as fast as possible
+  bool settle = false;  // send: wait until every message is acknowledged or reported failed
 };
 
 // A sequenced payload: 8-byte little-endian number, then a pattern derived
@@ -161,34 +164,58 @@ int run_send(const MsgOptions& o) {
   const auto start = Clock::now();
   auto last_report = start;
   std::uint64_t failed = 0;
+  auto on_event = [&](const Event& e) {
+    if (e.kind == LOCABUS_EV_SEND_FAILED && e.node == node) {
+      failed += e.count;
+      std::cerr << "locabusctl: " << e.to_string() << "\n";
+    }
+  };
   for (std::uint64_t i = 0; i < o.count; ++i) {
+    if (o.rate > 0)
+      std::this_thread::sleep_until(
+          start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(i / o.rate)));
     if (o.sequence) fill_sequenced(buf, i);
     const auto st = ep.send(node, buf, to_ms(o.timeout_s));
     if (st == SendStatus::would_block)
       throw Error(fmt::format("message {} could not be queued within {}s", i, o.timeout_s), EAGAIN,
                   "the peer or the daemon is not keeping up; check `locabusctl peers`");
     if (st != SendStatus::ok) throw Error(fmt::format("message {} refused", i), EINVAL);
-    while (auto e = ep.next_event())
-      if (e->kind == LOCABUS_EV_SEND_FAILED && e->node == node) {
-        failed += e->count;
-        std::cerr << "locabusctl: " << e->to_string() << "\n";
-      }
+    while (auto e = ep.next_event()) on_event(*e);
     if (o.count >= 10000 && !o.target.json && Clock::now() - last_report > std::chrono::seconds(1)) {
       last_report = Clock::now();
       std::cerr << fmt::format("  sent {}/{}\n", i + 1, o.count);
     }
   }
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
-  if (o.target.json) {
-    std::cout
-        << json{{"to", node}, {"sent", o.count}, {"bytes", buf.size()}, {"seconds", secs}, {"failed", failed}}
-               .dump()
-        << "\n";
-  } else {
-    fmt::print("queued {} message(s) of {} bytes for node {} in {:.3f}s ({:.0f} msg/s)\n", o.count,
-               buf.size(), node, secs, secs > 0 ? o.count / secs : 0.0);
+  // --settle: the daemon's queue for the node (in flight included) empties
+  // as messages are acknowledged or fail; seen empty twice in a row, so a
+  // last send still in the ring to the daemon is not missed.
+  bool settled = false;
+  if (o.settle) {
+    const auto until = Clock::now() + to_ms(o.timeout_s);
+    for (int empty = 0; empty < 2 && Clock::now() < until;) {
+      std::uint64_t queued = 0;
+      for (const auto& p : ask(o.target, "peers")["peers"])
+        if (p.value("node", 0) == node) queued = p.value("queued", std::uint64_t{0});
+      empty = queued == 0 ? empty + 1 : 0;
+      if (auto e = ep.wait_event(std::chrono::milliseconds(50))) on_event(*e);
+    }
+    while (auto e = ep.next_event()) on_event(*e);
+    settled = Clock::now() < until;
   }
-  return failed ? 1 : 0;
+  if (o.target.json) {
+    json j{{"to", node}, {"sent", o.count}, {"bytes", buf.size()}, {"seconds", secs}, {"failed", failed}};
+    if (o.settle) j["settled"] = settled;
+    std::cout << j.dump() << "\n";
+  } else {
+    fmt::print("queued {} message(s) of {} bytes for node {} in {:.3f}s ({:.0f} msg/s){}\n", o.count,
+               buf.size(), node, secs, secs > 0 ? o.count / secs : 0.0,
+               o.settle ? fmt::format("; {} failed", failed) : std::string{});
+    if (o.settle && !settled)
+      std::cerr << fmt::format("locabusctl: messages still queued for node {} after {}s\n", node,
+                               o.timeout_s);
+  }
+  return failed || (o.settle && !settled) ? 1 : 0;
 }
 
 int run_recv(const MsgOptions& o) {
@@ -200,7 +227,7 @@ int run_recv(const MsgOptions& o) {
   if (!o.target.json && o.count > 1)
     std::cerr << fmt::format("receiving {} message(s) on protocol {}\n", o.count, o.proto);
 
-  std::uint64_t got = 0, bad = 0, out_of_order = 0;
+  std::uint64_t got = 0, bad = 0, out_of_order = 0, missing = 0, backwards = 0;
   std::map<std::uint16_t, std::uint64_t> next_seq;
   std::optional<Clock::time_point> first;
   auto last_report = Clock::now();
@@ -215,6 +242,12 @@ int run_recv(const MsgOptions& o) {
       if (!seq) {
         ++bad;
       } else if (*seq != next_seq[m->node]) {
+        // Ahead: the messages in between are missing (a sender reports
+        // them failed); behind: a duplicate or a reordering.
+        if (*seq > next_seq[m->node])
+          missing += *seq - next_seq[m->node];
+        else
+          ++backwards;
         if (out_of_order++ < 5)
           std::cerr << fmt::format("locabusctl: from node {}: message {} where {} was expected\n", m->node,
                                    *seq, next_seq[m->node]);
@@ -240,6 +273,8 @@ int run_recv(const MsgOptions& o) {
     if (o.sequence) {
       j["corrupt"] = bad;
       j["out_of_order"] = out_of_order;
+      j["missing"] = missing;
+      j["backwards"] = backwards;
     } else {
       j["messages"] = messages;
     }
@@ -403,6 +438,12 @@ void register_daemon_commands(CLI::App& app) {
       ->check(CLI::Range(0, LOCABUS_MAX_MESSAGE));
   send->add_option("text", o->text, "Message text");
   send->add_flag("!--no-wait", o->wait_peer, "Do not wait for the destination to be a live member first");
+  send->add_option("--rate", o->rate,
+                   "Send at most this many messages per second (default: as fast as possible)")
+      ->check(CLI::NonNegativeNumber);
+  send->add_flag("--settle", o->settle,
+                 "After the last send, wait (up to --timeout) until every message is acknowledged or "
+                 "reported failed, and count the failures");
   send->callback([o] {
     if (const int rc = run_send(*o)) throw CLI::RuntimeError(rc);
   });

@@ -225,9 +225,17 @@ int Daemon::run() {
   notify_systemd(fmt::format("READY=1\nSTATUS={}\nMAINPID={}", ready, ::getpid()));
 
   std::uint32_t cycles = 0;
+  const transport::LinkFaults* faults = dp_.faults();
   for (;;) {
     const int work = do_work();
     if ((work == 0 || (++cycles & 255) == 0) && handle_signals()) break;
+    if (faults && !faults->fatal().empty()) {
+      // The interface is gone for good (a link that is merely down is not
+      // fatal: frames are dropped until it is up again).
+      stop_reason_ = faults->fatal();
+      link_gone_ = true;
+      break;
+    }
     if (work > 0) {
       idle_->reset();
     } else {
@@ -235,15 +243,19 @@ int Daemon::run() {
     }
   }
   shutdown();
-  return 0;
+  return link_gone_ ? 1 : 0;  // a failure: systemd's Restart=on-failure tries again
 }
 
 void Daemon::shutdown() {
-  spdlog::info("{}: shutting down: closing connections", stop_reason_);
+  if (link_gone_)
+    spdlog::error("shutting down: the transport on {} cannot work any more (exit status 1)", cfg_.iface);
+  else
+    spdlog::info("{}: shutting down: closing connections", stop_reason_);
   notify_systemd("STOPPING=1\nSTATUS=closing connections");
   server_->stop_accepting();
-  engine_->leave();
-  const engine::Nanos until = clock_.now() + std::chrono::seconds(1);
+  engine_->leave();  // without a link the transport drops what it says
+  // Without a link nobody can answer: do not wait for them.
+  const engine::Nanos until = clock_.now() + (link_gone_ ? engine::Nanos{0} : std::chrono::seconds(1));
   engine::BlockingIdle idle(clock_, {dp_.transport->wait_fd()});
   while (clock_.now() < until) {
     const int work = engine_->do_work();
@@ -265,8 +277,19 @@ void Daemon::shutdown() {
   engine_.reset();
   dp_.transport.reset();
   if (dp_.fastpath) {
-    dp_.fastpath->detach();  // throws with a reason rather than leaving pins silently
-    spdlog::info("XDP detached from {}, pins removed", cfg_.iface);
+    if (!link_gone_) {
+      dp_.fastpath->detach();  // throws with a reason rather than leaving pins silently
+      spdlog::info("XDP detached from {}, pins removed", cfg_.iface);
+    } else {
+      // The program went with the interface; the pins are still ours to remove.
+      try {
+        dp_.fastpath->detach();
+        spdlog::info("pins of the fast path on {} removed", cfg_.iface);
+      } catch (const Error& e) {
+        spdlog::error("remove the fast path's pins: {} (`locabusctl xdp detach --iface {}` cleans up)",
+                      e.what(), cfg_.iface);
+      }
+    }
   }
   dp_.fastpath.reset();
   std::error_code ec;
@@ -347,10 +370,13 @@ nlohmann::json Daemon::peers() const {
 
 nlohmann::json Daemon::transport_counters() const {
   if (auto* x = dynamic_cast<const transport::XdpTransport*>(dp_.transport.get())) return x->stats_json();
-  if (auto* p = dynamic_cast<const transport::PacketTransport*>(dp_.transport.get()))
-    return {{"rx_frames", p->stats().rx_frames},
-            {"tx_frames", p->stats().tx_frames},
-            {"tx_busy", p->stats().tx_busy}};
+  if (auto* p = dynamic_cast<const transport::PacketTransport*>(dp_.transport.get())) {
+    nlohmann::json j = {{"rx_frames", p->stats().rx_frames},
+                        {"tx_frames", p->stats().tx_frames},
+                        {"tx_busy", p->stats().tx_busy}};
+    p->faults().add_counters(j);
+    return j;
+  }
   return nlohmann::json::object();
 }
 

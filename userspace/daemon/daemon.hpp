@@ -61,8 +61,9 @@ class Daemon final : public engine::Agent, public Introspection {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  /// Serves until SIGTERM or SIGINT, then shuts down cleanly. Returns the
-  /// process exit status.
+  /// Serves until SIGTERM or SIGINT, then shuts down cleanly; also when the
+  /// interface is gone for good (deleted), then with status 1. A link that
+  /// is down is not a reason to stop. Returns the process exit status.
   int run();
 
   // engine::Agent: the engine, the events and the API as one duty cycle.
@@ -94,6 +95,7 @@ class Daemon final : public engine::Agent, public Introspection {
   engine::BlockingIdle* blocking_ = nullptr;  // idle_ when it blocks
   std::filesystem::path pid_file_;
   bool stopping_ = false;
+  bool link_gone_ = false;  // stopping because the transport can never work again
   std::string stop_reason_;
 };
 

@@ -81,7 +81,27 @@ Interface lookup_interface(const std::string& name) {
     }
   }
   iface.rx_queues = count_rx_queues(sock.get(), name);
+  if (::ioctl(sock.get(), SIOCGIFMTU, &req) != 0) throw Error("read the MTU of " + name, errno);
+  iface.mtu = static_cast<std::uint32_t>(req.ifr_mtu);
   return iface;
+}
+
+LinkState link_state(int ifindex) noexcept {
+  LinkState st;
+  char name[IF_NAMESIZE] = {};
+  if (ifindex <= 0 || !::if_indextoname(static_cast<unsigned>(ifindex), name)) return st;
+  st.exists = true;
+  st.name = name;
+  UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!sock) return st;
+  ifreq req{};
+  std::memcpy(req.ifr_name, name, sizeof name);
+  if (::ioctl(sock.get(), SIOCGIFFLAGS, &req) == 0) {
+    st.up = (req.ifr_flags & IFF_UP) != 0;
+    st.running = (req.ifr_flags & IFF_RUNNING) != 0;
+  }
+  if (::ioctl(sock.get(), SIOCGIFMTU, &req) == 0) st.mtu = static_cast<std::uint32_t>(req.ifr_mtu);
+  return st;
 }
 
 std::optional<std::uint16_t> node_id_from_ipv4(std::uint32_t addr) noexcept {

@@ -19,11 +19,25 @@ struct Interface {
   wire::MacAddress mac;
   std::optional<std::uint32_t> ipv4;  // first IPv4 address, host byte order
   std::uint32_t rx_queues = 1;        // from the driver (ethtool); at least 1
+  std::uint32_t mtu = 0;              // bytes after the Ethernet header
 };
 
 /// Looks `name` up in the calling thread's network namespace.
 /// Throws Error (with a hint) when there is no such interface.
 Interface lookup_interface(const std::string& name);
+
+/// What the kernel says of an interface now (for logs about link faults).
+struct LinkState {
+  bool exists = false;   // an interface with that index is in this namespace
+  std::string name;      // its name now
+  bool up = false;       // IFF_UP: administratively up
+  bool running = false;  // IFF_RUNNING: up with carrier
+  std::uint32_t mtu = 0;
+};
+/// Looks interface `ifindex` up in the calling thread's network namespace.
+/// Never throws: `exists` is false when there is no such interface (deleted,
+/// or moved to another namespace); the rest is left 0 when a query fails.
+LinkState link_state(int ifindex) noexcept;
 
 /// The paper's rule: the low 16 bits of the IPv4 address. nullopt when they
 /// are 0xFFFF (reserved for broadcast).

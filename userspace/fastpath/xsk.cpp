@@ -276,13 +276,9 @@ std::size_t Socket::send_batch(std::span<const std::span<const std::byte>> frame
   return n;
 }
 
-int Socket::flush() {
+int Socket::flush() noexcept {
   if (impl_->opts.need_wakeup && !xsk_ring_prod__needs_wakeup(&impl_->tx)) return 0;
-  if (::sendto(fd(), nullptr, 0, MSG_DONTWAIT, nullptr, 0) < 0) {
-    // These mean "busy, try again": the frames stay queued.
-    if (errno == EAGAIN || errno == EBUSY || errno == ENOBUFS || errno == ENETDOWN) return errno;
-    throw Error("kick AF_XDP transmission", errno);
-  }
+  if (::sendto(fd(), nullptr, 0, MSG_DONTWAIT, nullptr, 0) < 0) return errno;
   return 0;
 }
 

@@ -82,10 +82,12 @@ class Socket {
   /// out. Throws Error for a frame that can never fit a buffer.
   std::size_t send_batch(std::span<const std::span<const std::byte>> frames);
   /// Makes the kernel transmit what is queued (a syscall only when needed).
-  /// Returns 0, or the errno of a transient refusal (EAGAIN: it stopped
-  /// after a batch or is out of socket buffer, EBUSY: the device dropped a
-  /// frame, ENOBUFS, ENETDOWN); the frames it did not take stay queued.
-  int flush();
+  /// Returns 0 or the errno; never throws. Transient: EAGAIN (it stopped
+  /// after a batch, or is out of socket buffer), EBUSY (the device dropped
+  /// one frame, e.g. without carrier), ENOBUFS, ENETDOWN (the link is down:
+  /// it takes nothing); the frames it did not take stay queued. ENXIO: the
+  /// socket lost its device (the interface was deleted).
+  int flush() noexcept;
   /// Descriptors on the TX ring that the kernel has not taken yet.
   std::size_t tx_unsent() const noexcept;
   /// The kernel asks for a syscall to process the TX ring (always so in

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.hpp"
+#include "fastpath/netdev.hpp"
 
 namespace locabus::transport {
 namespace {
@@ -52,6 +53,21 @@ OpenedDatapath open_packet(const DatapathOptions& o, std::string why) {
 
 }  // namespace
 
+const LinkFaults* OpenedDatapath::faults() const noexcept {
+  if (const auto* x = dynamic_cast<const XdpTransport*>(transport.get())) return &x->faults();
+  if (const auto* p = dynamic_cast<const PacketTransport*>(transport.get())) return &p->faults();
+  return nullptr;
+}
+
+void check_mtu(const std::string& iface) {
+  const net::Interface info = net::lookup_interface(iface);
+  if (info.mtu < LOCABUS_MTU)
+    throw Error(fmt::format("interface {} has MTU {}: Locabus frames carry up to {} bytes after the Ethernet "
+                            "header ({} in all), so the longest would be refused",
+                            iface, info.mtu, LOCABUS_MTU, LOCABUS_MAX_FRAME),
+                0, fmt::format("raise it: `ip link set {} mtu {}`", iface, LOCABUS_MTU));
+}
+
 OpenedDatapath& OpenedDatapath::operator=(OpenedDatapath&& other) noexcept {
   if (this != &other) {
     transport.reset();
@@ -81,6 +97,7 @@ std::optional<Datapath> parse_datapath(std::string_view text) noexcept {
 }
 
 OpenedDatapath open_datapath(const DatapathOptions& o) {
+  check_mtu(o.iface);  // for every datapath, before anything is attached
   if (o.want == Datapath::packet) return open_packet(o, "AF_PACKET (asked for)");
 
   fastpath::Options fo;

@@ -64,6 +64,9 @@ struct OpenedDatapath {
   /// Which one and why, for logs and status: "AF_XDP (native XDP, copy mode,
   /// 1 queue)", "AF_PACKET: XDP attach failed: <reason>".
   std::string why;
+
+  /// The transport's link faults (null without a transport of ours).
+  const LinkFaults* faults() const noexcept;
 };
 
 /// Opens the datapath on `options.iface` in the calling thread's network
@@ -75,7 +78,14 @@ struct OpenedDatapath {
 /// fastpath::InterfaceInUse, thrown for every mode, never a fallback (two
 /// daemons must not share an interface). `packet` also refuses an XDP fast
 /// path left on the interface that would drop the frames the AF_PACKET
-/// socket needs; a crashed owner's is removed. Throws locabus::Error.
+/// socket needs; a crashed owner's is removed. Every mode first refuses an
+/// interface whose MTU is below LOCABUS_MTU (1500), before touching it.
+/// Throws locabus::Error.
 OpenedDatapath open_datapath(const DatapathOptions& options);
+
+/// Throws locabus::Error (hint: the `ip link` command) when `iface` in the
+/// calling thread's namespace has an MTU below LOCABUS_MTU: Locabus frames
+/// carry up to 1500 bytes after the Ethernet header.
+void check_mtu(const std::string& iface);
 
 }  // namespace locabus::transport

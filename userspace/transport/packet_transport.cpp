@@ -15,13 +15,10 @@
 namespace locabus::transport {
 
 PacketTransport::PacketTransport(const std::string& iface, const PacketOptions& options)
-    : iface_(iface), rx_bufs_(kBatch) {
+    : iface_(iface), rx_bufs_(kBatch), faults_(iface, 0) {
   const net::Interface info = net::lookup_interface(iface);
-  ifindex_ = static_cast<int>(::if_nametoindex(iface.c_str()));
-  if (ifindex_ == 0) {
-    throw Error("no network interface named '" + iface + "' in this network namespace", errno,
-                "list interfaces with `ip link`");
-  }
+  ifindex_ = info.ifindex;
+  faults_ = LinkFaults(iface, ifindex_);
   mac_ = info.mac;
   fd_.reset(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(wire::kEtherType)));
   if (!fd_) throw Error("open an AF_PACKET socket on " + iface, errno);
@@ -52,6 +49,10 @@ std::size_t PacketTransport::send(std::span<const engine::FrameBytes> frames) {
   std::array<iovec, kBatch> iov{};
   std::array<sockaddr_ll, kBatch> to{};
   while (done < frames.size()) {
+    if (!faults_.fatal().empty()) {  // gone for good: the daemon is stopping
+      faults_.tx_failed(ENODEV, frames.size() - done);
+      return frames.size();
+    }
     const std::size_t n = std::min(kBatch, frames.size() - done);
     for (std::size_t i = 0; i < n; ++i) {
       const engine::FrameBytes f = frames[done + i];
@@ -67,20 +68,30 @@ std::size_t PacketTransport::send(std::span<const engine::FrameBytes> frames) {
       msgs[i].msg_hdr.msg_name = &to[i];
       msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_ll);
     }
+    // A frame the kernel refuses ends the batch there; the next call starts
+    // with it and reports why.
     const int sent = ::sendmmsg(fd_.get(), msgs.data(), static_cast<unsigned>(n), MSG_DONTWAIT);
-    if (sent < 0) {
-      if (errno == EAGAIN || errno == ENOBUFS || errno == EINTR) {
-        ++stats_.tx_busy;  // the engine offers them again next cycle
-        break;
-      }
-      throw Error("send frames on " + iface_, errno, "check that the interface is up");
+    if (sent > 0) {
+      done += static_cast<std::size_t>(sent);
+      stats_.tx_frames += static_cast<std::uint64_t>(sent);
+      faults_.tx_ok();
+      continue;
     }
-    done += static_cast<std::size_t>(sent);
-    stats_.tx_frames += static_cast<std::uint64_t>(sent);
-    if (static_cast<std::size_t>(sent) < n) {
-      ++stats_.tx_busy;
+    const int err = sent < 0 ? errno : EAGAIN;
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
+      ++stats_.tx_busy;  // the socket's buffer is full: the engine offers the rest again
       break;
     }
+    const FaultKind kind = classify(err);
+    // The link is down or gone: so is every frame after this one. Otherwise
+    // only this frame was refused (too long for the MTU, dropped by the
+    // device, ...): the others may go.
+    const std::size_t dropped =
+        kind == FaultKind::link_down || kind == FaultKind::no_device || kind == FaultKind::bad_socket
+            ? frames.size() - done
+            : 1;
+    faults_.tx_failed(err, dropped);
+    done += dropped;
   }
   return done;
 }
@@ -94,11 +105,19 @@ std::size_t PacketTransport::receive(std::size_t max, FunctionRef<void(engine::F
     msgs[i].msg_hdr.msg_iov = &iov[i];
     msgs[i].msg_hdr.msg_iovlen = 1;
   }
-  const int got = ::recvmmsg(fd_.get(), msgs.data(), static_cast<unsigned>(n), MSG_DONTWAIT, nullptr);
-  if (got < 0) {
-    if (errno == EAGAIN || errno == EINTR) return 0;
-    throw Error("receive frames on " + iface_, errno);
+  int got = -1;
+  // An error pending on the socket (ENETDOWN when the link went down) is
+  // reported by one call, which consumes it, so poll() stops signalling
+  // POLLERR; frames queued behind it come with the second call.
+  for (int attempt = 0; attempt < 2 && got < 0; ++attempt) {
+    got = ::recvmmsg(fd_.get(), msgs.data(), static_cast<unsigned>(n), MSG_DONTWAIT, nullptr);
+    if (got >= 0) break;
+    const int err = errno;
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return 0;
+    faults_.rx_failed(err);
+    if (!faults_.fatal().empty()) return 0;
   }
+  if (got <= 0) return 0;
   for (int i = 0; i < got; ++i) {
     // Truncated frames (MSG_TRUNC) fail the engine's length checks.
     on_frame(engine::FrameBytes(rx_bufs_[i].data(), std::min<std::size_t>(msgs[i].msg_len, kBufSize)));

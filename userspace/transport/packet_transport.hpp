@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // The engine's Transport over an AF_PACKET socket: the same protocol on any
 // NIC or kernel, without XDP. Batched with sendmmsg/recvmmsg, non-blocking;
-// wait_fd() is the socket, for BlockingIdle.
+// wait_fd() is the socket, for BlockingIdle. Link faults (the interface down
+// or gone, a lowered MTU, a device dropping frames) never throw: see
+// link_faults.hpp.
 #pragma once
 
 #include <array>
@@ -12,6 +14,7 @@
 
 #include "common/unique_fd.hpp"
 #include "engine/transport.hpp"
+#include "transport/link_faults.hpp"
 
 namespace locabus::transport {
 
@@ -33,11 +36,19 @@ class PacketTransport final : public engine::Transport {
   explicit PacketTransport(const std::string& iface, const PacketOptions& options = {});
 
   wire::MacAddress mac() const noexcept override { return mac_; }
+  /// Refuses the rest (a prefix is accepted) only while the socket's buffer
+  /// is full. A frame the kernel refuses for a link fault is accepted and
+  /// dropped, counted in faults(): larger than the MTU (EMSGSIZE) or dropped
+  /// by the device (ENOBUFS), that frame; the link down (ENETDOWN) or gone
+  /// (ENODEV, ENXIO), the whole rest, so a link that is down costs no loop.
   std::size_t send(std::span<const engine::FrameBytes> frames) override;
+  /// An error (the socket reports the link going down once, as ENETDOWN) is
+  /// counted and consumed, so poll() on wait_fd() sleeps again.
   std::size_t receive(std::size_t max, FunctionRef<void(engine::FrameBytes)> on_frame) override;
   int wait_fd() const noexcept override { return fd_.get(); }
 
   const PacketStats& stats() const noexcept { return stats_; }
+  const LinkFaults& faults() const noexcept { return faults_; }
   const std::string& iface() const noexcept { return iface_; }
 
  private:
@@ -50,6 +61,7 @@ class PacketTransport final : public engine::Transport {
   wire::MacAddress mac_{};
   std::vector<std::array<std::byte, kBufSize>> rx_bufs_;
   PacketStats stats_;
+  LinkFaults faults_;
 };
 
 }  // namespace locabus::transport

@@ -27,8 +27,10 @@ namespace {
 // kernel transmits at most 32 frames per call.
 constexpr int kMaxKicks = 80;
 
-// The retry timer backs off to this while the kernel takes nothing.
+// The retry timer backs off to this while the kernel takes nothing...
 constexpr std::chrono::nanoseconds kMaxRetryDelay = std::chrono::milliseconds(10);
+// ...and to this while it says the link is down (a few wakeups a second).
+constexpr std::chrono::nanoseconds kLinkDownRetryDelay = std::chrono::milliseconds(200);
 
 bool seq_at_or_after(std::uint16_t a, std::uint16_t b) noexcept {
   return static_cast<std::int16_t>(static_cast<std::uint16_t>(a - b)) >= 0;
@@ -55,7 +57,11 @@ void epoll_add(int ep, int fd, const char* what) {
 void XdpTransport::RingDeleter::operator()(ring_buffer* r) const noexcept { ring_buffer__free(r); }
 
 XdpTransport::XdpTransport(fastpath::FastPath& fastpath, const XdpOptions& options)
-    : options_(options), fastpath_(fastpath), iface_(fastpath.iface()), pending_at_(65536, 0) {
+    : options_(options),
+      fastpath_(fastpath),
+      iface_(fastpath.iface()),
+      pending_at_(65536, 0),
+      faults_(fastpath.iface(), fastpath.ifindex()) {
   const net::Interface info = net::lookup_interface(iface_);
   if (info.ifindex != fastpath.ifindex())
     throw Error(fmt::format("open AF_XDP sockets on {}: ifindex {} here, but the fast path is attached to "
@@ -149,16 +155,43 @@ std::string XdpTransport::describe() const {
 // only inside sendto() (or poll()), at most a batch per call, so this calls
 // it while that makes progress. It stops when the ring is empty, when the
 // kernel does not need us (zero-copy drivers work on their own), or when a
-// call took nothing (out of socket buffer, device busy): the retry timer
-// takes over then.
+// call took nothing (out of socket buffer, device busy, link down): the
+// retry timer takes over then.
 void XdpTransport::kick() {
+  if (!faults_.fatal().empty()) return;  // the device is gone: nothing will ever go
   xsk::Socket& tx = *sockets_.front();
   for (int i = 0; i < kMaxKicks; ++i) {
     const std::size_t before = tx.tx_unsent();
     if (before == 0 || !tx.tx_needs_wakeup()) return;
     ++stats_.tx_kicks;
-    if (tx.flush() != 0) ++stats_.tx_kick_busy;
-    if (tx.tx_unsent() >= before) return;
+    const int err = tx.flush();
+    const bool took = tx.tx_unsent() < before;
+    if (err != 0) kick_failed(err);
+    if (!took) return;
+    if (err == 0 || err == EAGAIN) faults_.tx_ok();  // after the link was down: frames flow again
+  }
+}
+
+// Never throws: a kick that failed leaves the frames on the ring (or, for
+// EBUSY, the kernel dropped one), and the retry timer tries again.
+void XdpTransport::kick_failed(int err) {
+  switch (err) {
+    case EAGAIN:
+    case ENOBUFS: ++stats_.tx_kick_busy; return;  // out of socket buffer, or it stopped after a batch
+    case EBUSY:
+      ++stats_.tx_kick_busy;
+      faults_.tx_failed(err, 1, "kick");  // the device dropped one frame (e.g. no carrier)
+      return;
+    case ENETDOWN:
+      ++stats_.tx_kick_busy;
+      ++stats_.tx_kick_down;
+      faults_.tx_failed(err, 0, "kick");  // counts the outage, logs it (rate-limited)
+      return;
+    default:
+      ++stats_.tx_kick_fail;
+      // ENXIO: the socket lost its device; fatal() once the interface is gone.
+      faults_.tx_failed(err, 0, "kick");
+      return;
   }
 }
 
@@ -192,6 +225,15 @@ void XdpTransport::update_retry(bool refused) {
 // refused frames again itself.
 void XdpTransport::service_tx() {
   xsk::Socket& tx = *sockets_.front();
+  if (!faults_.fatal().empty()) {
+    // Nothing will ever go: stop the timer rather than retry for ever.
+    std::uint64_t expirations = 0;
+    [[maybe_unused]] const ssize_t r = ::read(retry_timer_.get(), &expirations, sizeof expirations);
+    itimerspec off{};
+    ::timerfd_settime(retry_timer_.get(), 0, &off, nullptr);
+    retry_armed_ = false;
+    return;
+  }
   const std::size_t unsent = tx.tx_unsent();
   bool progress = tx.reclaim() > 0;
   kick();
@@ -202,15 +244,40 @@ void XdpTransport::service_tx() {
   if (progress)
     retry_delay_ = options_.tx_retry;
   else if (fired)
-    retry_delay_ = std::min<std::chrono::nanoseconds>(retry_delay_ * 2, kMaxRetryDelay);
+    retry_delay_ = std::min<std::chrono::nanoseconds>(
+        retry_delay_ * 2, faults_.link_down() ? kLinkDownRetryDelay : kMaxRetryDelay);
   update_retry(false);
 }
 
 std::size_t XdpTransport::send(std::span<const engine::FrameBytes> frames) {
   if (frames.empty()) return 0;
   xsk::Socket& tx = *sockets_.front();
+  if (!faults_.fatal().empty()) {  // gone for good: the daemon is stopping
+    faults_.tx_failed(ENODEV, frames.size());
+    return frames.size();
+  }
+  // The link is down: what is on the ring waits and probes it (a kick
+  // takes it once the link is up); new frames are dropped, not queued
+  // behind it, so the ring never fills and the engine never spins on a
+  // refusal. Its retransmissions repair the loss.
+  if (faults_.link_down()) {
+    kick();
+    if (faults_.link_down() && tx.tx_unsent() > 0) {
+      faults_.tx_failed(ENETDOWN, frames.size());
+      update_retry(false);
+      return frames.size();
+    }
+  }
   std::size_t done = tx.send_batch(frames);
   kick();
+  if (done < frames.size() && (faults_.link_down() || !faults_.fatal().empty())) {
+    // The kick just found the link down: drop the rest, as above.
+    faults_.tx_failed(ENETDOWN, frames.size() - done);
+    stats_.tx_frames += done;
+    if (done > 0) active_ = true;
+    update_retry(false);
+    return frames.size();
+  }
   if (done < frames.size()) {
     // Out of TX buffers or ring slots: the kick may have completed some.
     tx.reclaim();
@@ -350,6 +417,8 @@ nlohmann::json XdpTransport::stats_json() const {
                       {"tx_busy", s.tx_busy},
                       {"tx_kicks", s.tx_kicks},
                       {"tx_kick_busy", s.tx_kick_busy},
+                      {"tx_kick_down", s.tx_kick_down},
+                      {"tx_kick_fail", s.tx_kick_fail},
                       {"tx_retries", s.tx_retries},
                       {"busy_polls", s.busy_polls},
                       {"acks_from_ring", s.acks_from_ring},
@@ -358,6 +427,7 @@ nlohmann::json XdpTransport::stats_json() const {
                       {"ring_drains", s.ring_drains},
                       {"ring_wakeups", s.ring_wakeups},
                       {"mode", describe()}};
+  faults_.add_counters(j);
   xsk::Stats k;
   for (const auto& sock : sockets_) {
     const xsk::Stats one = sock->stats();

@@ -22,6 +22,7 @@
 #include "common/unique_fd.hpp"
 #include "engine/transport.hpp"
 #include "fastpath/xsk.hpp"
+#include "transport/link_faults.hpp"
 
 struct ring_buffer;
 
@@ -48,7 +49,8 @@ struct XdpOptions {
   std::uint32_t max_queues = 16;
   /// How soon frames the kernel did not take (TX ring or buffers full, or
   /// it stopped after a batch) are offered again while the engine sleeps;
-  /// doubled, up to 10 ms, while the kernel takes nothing (link down).
+  /// doubled, up to 10 ms, while the kernel takes nothing, and up to 200 ms
+  /// while it says the link is down.
   std::chrono::microseconds tx_retry{50};
   /// SO_SNDBUF of the TX socket: in copy mode the kernel holds an skb per
   /// frame until the device is done with it, so a full window must fit.
@@ -64,6 +66,8 @@ struct XdpStats {
   std::uint64_t tx_busy = 0;         // send() calls that accepted fewer frames than offered
   std::uint64_t tx_kicks = 0;        // sendto() calls that made the kernel transmit
   std::uint64_t tx_kick_busy = 0;    // of them answered EAGAIN/EBUSY/ENOBUFS/ENETDOWN
+  std::uint64_t tx_kick_down = 0;    // of them ENETDOWN: the link is down, the frames wait
+  std::uint64_t tx_kick_fail = 0;    // answered anything else (ENXIO: the device is gone)
   std::uint64_t tx_retries = 0;      // times the TX retry timer was armed
   std::uint64_t busy_polls = 0;      // recvfrom() calls for busy polling
   std::uint64_t acks_from_ring = 0;  // records read from the ACK ring
@@ -92,7 +96,11 @@ class XdpTransport final : public engine::Transport {
   /// kernel transmit them (sendto() only when it asks). When buffers or ring
   /// slots run out, it kicks the kernel, takes back completed buffers and
   /// tries once more; what still does not fit is refused, and the retry
-  /// timer makes wait_fd() readable once it is worth trying again.
+  /// timer makes wait_fd() readable once it is worth trying again. While
+  /// the kernel says the link is down (or the device is gone), what is on
+  /// the ring waits (the retry timer finds out when it is up again) and
+  /// new frames are accepted and dropped, counted in faults(): the ring
+  /// never fills with stale frames and the engine never retries in a loop.
   std::size_t send(std::span<const engine::FrameBytes> frames) override;
   /// Up to `max` frames from the sockets, round robin across queues.
   std::size_t receive(std::size_t max, FunctionRef<void(engine::FrameBytes)> on_frame) override;
@@ -115,6 +123,7 @@ class XdpTransport final : public engine::Transport {
       FunctionRef<void(std::uint16_t node, std::uint16_t ack, std::uint16_t window)> on_ack) override;
 
   const XdpStats& stats() const noexcept { return stats_; }
+  const LinkFaults& faults() const noexcept { return faults_; }
   /// stats() plus the kernel's counters of every socket, for status output.
   nlohmann::json stats_json() const;
   const std::string& iface() const noexcept { return iface_; }
@@ -135,6 +144,7 @@ class XdpTransport final : public engine::Transport {
 
   static int on_ring_record(void* ctx, void* data, std::size_t size);
   void kick();
+  void kick_failed(int err);
   void service_tx();
   void update_retry(bool refused);
 
@@ -157,6 +167,7 @@ class XdpTransport final : public engine::Transport {
   std::vector<Pending> pending_;           // one drain's newest record per node
   std::vector<std::uint16_t> pending_at_;  // node -> index + 1 in pending_, 0: none
   XdpStats stats_;
+  LinkFaults faults_;
 };
 
 }  // namespace locabus::transport
