@@ -214,6 +214,8 @@ class Engine final : public Agent {
   std::size_t receive(std::size_t max, FunctionRef<void(const Message&)> on_message);
   /// Messages waiting for receive(), unicast and broadcast.
   std::size_t receivable() const noexcept { return receivable_; }
+  /// Payload bytes held ahead of gaps over all connections (<= reorder_memory).
+  std::size_t reorder_bytes() const noexcept { return reorder_bytes_; }
   /// ok when `messages` sends to `node` would all be accepted now; otherwise
   /// what send() would say (too_large if they could never fit the queue).
   SendStatus can_send(std::uint16_t node, std::size_t messages) const noexcept;
