@@ -391,7 +391,15 @@ TEST(Unicast, ASlowReaderIsNotMistakenForADeadOne) {
         120s));
     d.expect_clean();
     EXPECT_EQ(taken, 10);
-    EXPECT_GT(c.node(0).peer(2)->counters.timeouts, 0u) << "the sender should have probed the window";
+    // It probed the window all along (90 s stalled in all, probes backing off to rto_max, 4 s), and the
+    // fast path's rule handed every answer to the engine (passed, not consumed: they do not advance).
+    EXPECT_GT(c.node(0).peer(2)->counters.timeouts, 10u) << "the sender should have probed the window";
+    EXPECT_LE(c.node(0).peer(2)->counters.timeouts, 90u / 4 + 10);
+    EXPECT_LE(c.node(0).peer(2)->counters.tlp_probes, 3u)
+        << "a window probe is the persist timer's, not a tail loss";
+    const auto& fast_path = c.net().transport(c.port_of(0));
+    EXPECT_GT(fast_path.ack_verdicts(LOCABUS_ACK_PASS_ALL) + fast_path.ack_verdicts(LOCABUS_ACK_PASS_BEHIND),
+              10u);
     for (const auto& e : c.events(0)) {
       EXPECT_NE(e.event.kind, EventKind::send_failed) << e.event.to_string();
       EXPECT_NE(e.event.kind, EventKind::disconnected) << e.event.to_string();

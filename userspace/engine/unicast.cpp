@@ -129,8 +129,11 @@ void Engine::arm_retransmit(Peer& p, Nanos now) {
   c.flags2 = clear(c.flags2, Connection::kTlpArmed);
   Nanos at = now + c.rto;
   const std::uint8_t probes = c.tail_probes();
+  // Not while a window probe is out (something was sent past the peer's
+  // credit): that is the persist timer's business, which backs off.
   if (c.state == ConnState::established && (c.flags2 & Connection::kAckReqOut) &&
-      probes < Connection::kMaxTailProbes && c.srtt.count() != 0 && c.snd_una != c.snd_max) {
+      probes < Connection::kMaxTailProbes && c.srtt.count() != 0 && c.snd_una != c.snd_max &&
+      !seq_before(c.snd_edge, c.snd_max)) {
     const Nanos probe = now + pto(c) * (1 << probes);  // backs off while unanswered
     if (probe < at) {
       at = probe;
