@@ -381,6 +381,7 @@ std::size_t Engine::receive(std::size_t max, FunctionRef<void(const Message&)> o
       bcast_check_gaps(p);  // room again: frames dropped for lack of it can be asked for
     } else {
       ++p.counters.delivered;
+      if (!p.ooo.empty()) drain_held(p);  // (the credit keeps room for them; this is a safety net)
       window_opened(p);
     }
   }
