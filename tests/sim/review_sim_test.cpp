@@ -101,6 +101,11 @@ void expect_no_failures(SimCluster& c) {
   }
 }
 
+[[maybe_unused]] bool all_acked(SimCluster& c, std::size_t from, std::size_t to) {
+  auto info = c.node(from).peer(SimCluster::id_of(to));
+  return info && info->queued == 0;
+}
+
 std::string describe(SimCluster& c, std::size_t from, std::size_t to) {
   auto i = c.node(from).peer(SimCluster::id_of(to));
   if (!i) return "no peer";
@@ -217,6 +222,51 @@ TEST(Review, CreditAdvertisedInTheHandshakeIsHonoured) {
     // large as the window: no frame was ever beyond the credit given.
     EXPECT_EQ(c.node(1).peer(1)->counters.window_drops, 0u)
         << "frames dropped as beyond the credit although the receive queue was empty";
+  });
+}
+
+}  // namespace
+}  // namespace locabus::sim
+
+namespace locabus::sim {
+namespace {
+
+// Defect: a NAK deferred by the holdoff (kNakPending, or kNakNow set while a
+// frame was held) is still sent after the gap has filled and nothing is held
+// any more. build_nak() then falls back to the bare form "rcv_nxt is
+// missing" (high = rcv_nxt + 1) although nothing beyond rcv_nxt has arrived:
+// the sender takes it for the loss of a first transmission and resends
+// rcv_nxt at once, while the original is merely in flight. It also turns the
+// final acknowledgment of a burst into a NAK, which the fast path never
+// consumes.
+TEST(Review, NoNakNamesTheNextExpectedFrameWhenNothingIsHeld) {
+  for_each_seed(8, [](std::uint64_t seed) {
+    LinkParams link;
+    link.reorder = 0.05;  // no loss: every gap fills by itself
+    SimCluster c(seed, 2, patient(), link);
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
+    Delivery d(c);
+    std::uint64_t naks = 0, bogus = 0;
+    c.net().set_send_tap([&](SimNetwork::Port from, engine::FrameBytes b, Nanos) {
+      auto f = wire::decode_frame(b);
+      if (from != c.port_of(1) || !f || f->header.type() != wire::PacketType::nak || f->header.node_to() != 1)
+        return;
+      ++naks;
+      // Default reorder_memory: nothing is ever dropped for lack of room, so
+      // a NAK is only due while frames are held ahead of a gap.
+      if (c.node(1).peer(1)->held_ahead == 0) ++bogus;
+    });
+    Stream s{0, 1, 3000};
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return d.received(1, 2) == s.count && all_acked(c, 0, 1);
+        },
+        60s));
+    c.net().set_send_tap(nullptr);
+    d.expect_clean();
+    EXPECT_GT(naks, 0u);
+    EXPECT_EQ(bogus, 0u) << "NAKs sent with nothing held ahead of a gap, of " << naks;
   });
 }
 
