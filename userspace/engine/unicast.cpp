@@ -679,6 +679,9 @@ void Engine::on_data(const wire::FrameView& f, Peer& p) {
     c.rcv_nxt = seq_add(c.rcv_nxt, 1);
     const bool filled = !p.ooo.empty();
     if (filled) drain_held(p);
+    // The gap closed: a NAK still waiting for the holdoff would describe
+    // what no longer is (with nothing held it would name rcv_nxt missing).
+    if (p.ooo.empty()) c.flags &= static_cast<std::uint8_t>(~(Connection::kNakNow | Connection::kNakPending));
     if (seq_before(c.rcv_high, c.rcv_nxt)) c.rcv_high = c.rcv_nxt;
     if (seq_before(c.rcv_edge, c.rcv_nxt)) c.rcv_edge = c.rcv_nxt;
     if (ack_req || filled) {
