@@ -196,8 +196,11 @@ void Engine::established(Peer& p) {
   c.flags &= static_cast<std::uint8_t>(~Connection::kTiming);
   c.state = ConnState::established;
   c.retries = 0;
-  c.rcv_edge = c.rcv_nxt;
   c.rcv_high = c.rcv_nxt;
+  // The credit our SYN / SYN_ACK advertised counts from rcv_nxt: the peer may
+  // use all of it before our first ACK. The queue has only drained since.
+  c.rcv_edge = c.rcv_nxt;
+  advertised_window(p);
   c.cwnd = std::min(config_.cc_initial_window, config_.window);
   c.ssthresh = config_.window;
   c.recover = c.rtx_nxt = c.snd_una;
