@@ -199,8 +199,11 @@ void Engine::established(Peer& p) {
   c.flags &= static_cast<std::uint8_t>(~Connection::kTiming);
   c.state = ConnState::established;
   c.retries = 0;
-  c.rcv_edge = c.rcv_nxt;
   c.rcv_high = c.rcv_nxt;
+  // The credit our SYN / SYN_ACK advertised counts from rcv_nxt: the peer may
+  // use all of it before our first ACK. The queue has only drained since.
+  c.rcv_edge = c.rcv_nxt;
+  advertised_window(p);
   c.cwnd = std::min(config_.cc_initial_window, config_.window);
   c.ssthresh = config_.window;
   c.recover = c.rtx_nxt = c.snd_una;
@@ -682,6 +685,9 @@ void Engine::on_data(const wire::FrameView& f, Peer& p) {
     c.rcv_nxt = seq_add(c.rcv_nxt, 1);
     const bool filled = !p.ooo.empty();
     if (filled) drain_held(p);
+    // The gap closed: a NAK still waiting for the holdoff would describe
+    // what no longer is (with nothing held it would name rcv_nxt missing).
+    if (p.ooo.empty()) c.flags &= static_cast<std::uint8_t>(~(Connection::kNakNow | Connection::kNakPending));
     if (seq_before(c.rcv_high, c.rcv_nxt)) c.rcv_high = c.rcv_nxt;
     if (seq_before(c.rcv_edge, c.rcv_nxt)) c.rcv_edge = c.rcv_nxt;
     if (ack_req || filled) {
