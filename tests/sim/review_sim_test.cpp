@@ -183,8 +183,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Torture{"window4", 0.10, 0.10, 0.20, 100us, 4, 8, 4, 64u << 20, 3000, 64},
                       Torture{"window1", 0.10, 0.10, 0.20, 100us, 1, 1, 1, 64u << 20, 1000, 64},
                       Torture{"window2_rx1", 0.10, 0.10, 0.20, 100us, 2, 4, 1, 64u << 20, 1000, 64},
-                      Torture{"bigwindow", 0.05, 0.05, 0.20, 300us, 32767, 2048, 32767, 64u << 20, 30000, 64},
-                      Torture{"bigwindow_sb", 0.05, 0.05, 0.20, 300us, 32767, 32767, 32767, 64u << 20, 90000, 16},
+                      Torture{"bigwindow", 0.05, 0.05, 0.20, 300us, engine::kMaxWindow, 2048, 32767,
+                              64u << 20, 30000, 64},
+                      Torture{"bigwindow_sb", 0.05, 0.05, 0.20, 300us, engine::kMaxWindow, 32767, 32767,
+                              64u << 20, 90000, 16},
                       Torture{"tinyreorder", 0.10, 0.05, 0.20, 100us, 1024, 2048, 1024, 1484, 10000, 1024},
                       Torture{"heavy", 0.30, 0.20, 0.30, 1000us, 256, 512, 256, 64u << 20, 3000, 128}),
     [](const auto& pinfo) { return std::string(pinfo.param.name); });

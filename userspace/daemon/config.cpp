@@ -183,7 +183,7 @@ void load_toml(const std::filesystem::path& file, Config& cfg) {
   if (const toml::table* t = r.table("engine")) {
     Reader er(*t, "engine.", file.string());
     auto& e = cfg.engine;
-    er.integer("window", e.window, 1, 32767);
+    er.integer("window", e.window, 1, engine::kMaxWindow);
     er.integer("send_buffer", e.send_buffer, 1, 65535);
     er.integer("receive_buffer", e.receive_buffer, 1, 65535);
     er.millis("ack_delay_ms", e.ack_delay);

@@ -10,12 +10,18 @@ namespace locabus::engine {
 /// Every tunable of the engine. The defaults follow the Locabus paper
 /// (window 1024, ACK timer 0.2 s, discovery for a minute) where it gives a
 /// number; docs/ARCHITECTURE.md explains the others.
+/// Largest window: the old and the new connection's windows must not meet
+/// in the 16-bit sequence space (docs/PROTOCOL.md, "Initial sequence
+/// numbers"): 2 * 16000 + 256 < 32768.
+inline constexpr std::uint16_t kMaxWindow = 16000;
+
 struct EngineConfig {
   /// This node's id (never 0xFFFF). See fastpath/netdev.hpp default_node_id().
   std::uint16_t node_id = 1;
 
   // ---- reliable unicast ----------------------------------------------------
-  /// Go-back-N window: packets in flight per connection (<= 32767).
+  /// Selective-repeat window: packets from the oldest unacknowledged to the
+  /// newest sent, per connection (<= kMaxWindow).
   std::uint16_t window = 1024;
   /// Messages a caller may queue per peer, in flight included. send()
   /// returns would_block beyond it. Below `window` it also caps the packets

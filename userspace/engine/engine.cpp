@@ -431,7 +431,11 @@ void EngineConfig::validate() const {
     throw Error("invalid engine configuration: " + what, 0, "fix the setting and start again");
   };
   if (node_id == wire::kBroadcast) bad("node_id 65535 (0xFFFF) is reserved for broadcast");
-  if (window == 0 || window > 32767) bad("window must be 1..32767 packets");
+  if (window == 0 || window > kMaxWindow) {
+    bad("window must be 1.." + std::to_string(kMaxWindow) +
+        " packets (a new connection starts half the sequence space from the last one; two windows must fit "
+        "between them)");
+  }
   if (send_buffer == 0 || send_buffer > 32767) bad("send_buffer must be 1..32767 messages");
   if (receive_buffer == 0) bad("receive_buffer must be at least 1 message");
   if (ack_every == 0) bad("ack_every must be at least 1");

@@ -175,7 +175,9 @@ void Engine::publish(Peer& p) {
 std::uint16_t Engine::initial_seq(Peer& p) {
   const auto r = static_cast<std::uint16_t>(rng_());
   if (!p.prev_valid) return r;
-  return seq_add(p.prev_snd_max, 0x8000u + (r & 0x3FFu));
+  // With window <= kMaxWindow the old connection's last window and the new
+  // one's first are at least 2 * (0x4000 - kMaxWindow) - 0x100 apart.
+  return seq_add(p.prev_snd_max, 0x8000u + (r & 0xFFu));
 }
 
 void Engine::start_connect(Peer& p) {
@@ -639,11 +641,12 @@ void Engine::drop_held(Peer& p) {
 void Engine::on_data(const wire::FrameView& f, Peer& p) {
   Connection& c = p.conn;
   if (c.synchronized()) {
-    // The ACK field of a frame of this connection lies within what we sent
-    // (a reordered frame may carry an older one, never an older connection's).
-    const std::uint16_t slack =
-        static_cast<std::uint16_t>(std::min<std::uint32_t>(2u * config_.window, 0x4000));
-    if (!seq_between(static_cast<std::uint16_t>(c.snd_una - slack), f.header.ack(), c.snd_max)) {
+    // A frame of this connection never acknowledges what we have not sent
+    // (a reordered one may carry an older ACK, however old). A frame of an
+    // earlier connection between the same incarnations carries that
+    // connection's ACK numbers, which lie half the sequence space from ours
+    // (initial_seq()) and so look ahead of snd_max.
+    if (seq_before(c.snd_max, f.header.ack())) {
       ++p.counters.rx_stale;
       return;
     }
@@ -827,8 +830,11 @@ void Engine::on_rto(Peer& p) {
         // known held is presumed lost and sent again, oldest first, within
         // a congestion window that starts over (transmit_peer).
         congestion(p, true);
-        for (std::uint16_t s : p.retx)
-          p.tx.at(seq_diff(s, c.snd_una)).marks &= static_cast<std::uint8_t>(~kQueued);
+        for (std::uint16_t s : p.retx) {
+          // (entries an ACK has passed since they were queued are skipped)
+          if (!seq_before(s, c.snd_una) && seq_before(s, c.snd_max))
+            p.tx.at(seq_diff(s, c.snd_una)).marks &= static_cast<std::uint8_t>(~kQueued);
+        }
         p.retx.clear();
       } else {
         // No credit for the next packet: it goes out as a window probe
