@@ -796,10 +796,13 @@ TEST(EngineConfig, DefaultsAreValid) {
   EXPECT_NO_THROW(EngineConfig{}.validate());
   // And the documented extremes.
   EngineConfig c;
-  c.window = 32767;
+  c.window = engine::kMaxWindow;
   c.send_buffer = 32767;
   c.node_id = 0xFFFE;
   EXPECT_NO_THROW(c.validate());
+  c.window = engine::kMaxWindow + 1;
+  EXPECT_THROW(c.validate(), Error) << "two windows must fit between an old and a new connection";
+  c.window = engine::kMaxWindow;
   c.window = 1;
   c.send_buffer = 1;
   c.receive_buffer = 1;
