@@ -6,7 +6,7 @@
 # Locasock sockets and broadcast (also through the chaos program), a
 # broadcast loss reported to the applications, a node's link going down and
 # up in the middle of a stream (on either datapath), the MTU (too small at
-# start, lowered at run time), the interface deleted.
+# start, lowered at run time), the interface deleted, incast (7 senders to 1).
 #
 #   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
 #
@@ -90,8 +90,36 @@ wait_discovered() { # n timeout
   done
 }
 
+# Node $1's engine counters for its connection to node $2 (JSON; {} before
+# there is one).
+peer_counters() { on "$1" "$ctl" counters --json | jq -c --arg p "$2" '.peers[$p] // {}'; }
+# $2 - $1 for every counter of two peer_counters snapshots.
+counters_delta() { jq -nc --argjson a "$1" --argjson b "$2" '$b | with_entries(.value -= ($a[.key] // 0))'; }
+# The new engine counters may be missing from an older daemon: 0 then.
+sender_view='{data_sent, retransmits, timeouts, naks_received, tlp_probes: (.tlp_probes // 0),
+  congestion_events: (.congestion_events // 0)}'
+receiver_view='{delivered, out_of_order, duplicates, naks_sent, reorder_drops: (.reorder_drops // 0),
+  rx_stale: (.rx_stale // 0), window_drops}'
+
+# Progress of a long stream: while process $1 runs, notes every 5 s how far
+# the jq expression $4 over node $3's `counters --json` has moved of $2.
+watch_progress() { # pid total node jq_expr
+  local pid=$1 total=$2 k=$3 expr=$4 base v next=$((SECONDS + 5))
+  base=$(on "$k" "$ctl" counters --json | jq "$expr")
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS >= next)); then
+      v=$(on "$k" "$ctl" counters --json | jq "$expr") || v=$base
+      note "  ... $((v - base))/$total delivered"
+      next=$((SECONDS + 5))
+    fi
+    sleep 0.2
+  done
+}
+
 # Streams $count sequenced 1 KB messages from node 1 to node 2 and checks
-# that all arrive exactly once and in order.
+# that all arrive exactly once and in order. Sets stream_secs (the
+# receiver's time from the first message to the last) and stream_rate
+# (messages per second over it).
 stream() { # count timeout
   local count=$1 timeout=$2
   on 2 "$ctl" msg recv --sequence --count "$count" --timeout "$timeout" --json >"$work/recv.json" 2>"$work/recv.err" &
@@ -103,13 +131,21 @@ stream() { # count timeout
     ((SECONDS < deadline)) || fail "the receiver did not open its endpoint"
     sleep 0.1
   done
-  local t0=$SECONDS
-  on 1 "$ctl" msg send --to 2 --sequence --count "$count" --size 1024 --timeout "$timeout" --json >"$work/send.json" ||
-    fail "sender failed: $(cat "$work/send.json")"
+  local t0 t1
+  t0=$(date +%s.%N)
+  on 1 "$ctl" msg send --to 2 --sequence --count "$count" --size 1024 --timeout "$timeout" --json >"$work/send.json" &
+  local sp=$!
+  bg_pids+=("$sp")
+  watch_progress "$rp" "$count" 2 '.peers["1"].delivered // 0'
+  wait "$sp" || fail "sender failed: $(cat "$work/send.json")"
   wait "$rp" || fail "receiver failed: $(cat "$work/recv.json" "$work/recv.err")"
+  t1=$(date +%s.%N)
   jq -e '.ok and .received == .expected and .corrupt == 0 and .out_of_order == 0' "$work/recv.json" >/dev/null ||
     fail "stream incomplete: $(cat "$work/recv.json")"
-  note "$count messages in order, exactly once, in $((SECONDS - t0))s: $(cat "$work/recv.json")"
+  stream_secs=$(jq '.seconds * 1000 | round / 1000' "$work/recv.json")
+  stream_rate=$(awk -v n="$count" -v s="$stream_secs" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
+  note "$count messages in order, exactly once, in $stream_secs s ($stream_rate messages/s; receiver's first to" \
+    "last message; $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s wall)"
 }
 
 # Node 1 broadcasts $count numbered datagrams of 1 KB to port 7000 with
@@ -255,17 +291,50 @@ case "$scenario" in
     fi
     ;;
   chaos-xdp | chaos-packet)
+    # In one run: 100,000 x 1 KB from node 1 to node 2 without loss, then
+    # the same through 10 % drop + 1 % corruption of what each node sends.
+    # Selective repeat repairs random loss without taking it for congestion:
+    # the lossy stream keeps at least 25 % of the lossless throughput, and
+    # the sender sends at most 1.15 / (1 - p) data frames (first
+    # transmissions + retransmissions) per delivered message, p = 0.11 (a
+    # corrupted frame is lost too: the receiver drops it for its checksum).
+    # Known to fail about 1 run in 7 on a 2-core VM: stalls of 2 or more
+    # retransmission timeouts (docs/PERFORMANCE.md, "Unicast under loss").
     dp=${scenario#chaos-}
+    count=100000
     up 2 --datapath "$dp"
+    [[ $(datapath_of 1) == "$dp" ]] || fail "node 1 runs $(datapath_of 1), not $dp"
     wait_discovered 2 15
+    note "lossless stream"
+    stream "$count" 30
+    clean_rate=$stream_rate
+    s0=$(peer_counters 1 2)
+    r0=$(peer_counters 2 1)
     "$cluster" chaos --name "$name" 1 --drop 10 --corrupt 1 --seed 7 >/dev/null
     "$cluster" chaos --name "$name" 2 --drop 10 --corrupt 1 --seed 8 >/dev/null
-    stream 100000 300
-    st=$("$cluster" chaos --name "$name" 1 --status --json)
-    note "chaos on node 1: $(jq -c . <<<"$st")"
-    jq -e '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos dropped nothing: $st"
-    retrans=$(on 1 "$ctl" counters --json | jq '.engine.peers_total.retransmits')
-    ((retrans > 0)) || fail "no retransmissions through 10% loss?"
+    note "10 % drop + 1 % corruption on both nodes"
+    stream "$count" 30
+    lossy_rate=$stream_rate
+    sd=$(counters_delta "$s0" "$(peer_counters 1 2)")
+    rd=$(counters_delta "$r0" "$(peer_counters 2 1)")
+    for k in 1 2; do
+      st=$("$cluster" chaos --name "$name" "$k" --status --json)
+      note "chaos on node $k: $(jq -c '.stats // .' <<<"$st")"
+      jq -e '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos dropped nothing on node $k: $st"
+    done
+    note "sender (node 1) over the lossy stream: $(jq -c "$sender_view" <<<"$sd")"
+    note "receiver (node 2) over the lossy stream: $(jq -c "$receiver_view" <<<"$rd")"
+    fpm=$(jq -r --argjson n "$count" '(.data_sent + .retransmits) / $n * 1000 | round / 1000' <<<"$sd")
+    ratio=$(awk -v a="$lossy_rate" -v b="$clean_rate" 'BEGIN { printf "%.3f", a / b }')
+    bound=$(awk 'BEGIN { printf "%.3f", 1.15 / (1 - 0.11) }')
+    note "lossless $clean_rate messages/s, lossy $lossy_rate messages/s: $ratio of lossless (bound >= 0.25);" \
+      "$fpm data frames per delivered message (bound <= $bound)"
+    jq -e '.retransmits > 0' <<<"$sd" >/dev/null || fail "no retransmissions through 10 % loss?"
+    awk -v r="$ratio" 'BEGIN { exit !(r >= 0.25) }' ||
+      fail "the lossy stream ran at $ratio of the lossless one ($lossy_rate vs $clean_rate messages/s), below 0.25:" \
+        "$(jq -c "$sender_view" <<<"$sd")"
+    awk -v f="$fpm" -v b="$bound" 'BEGIN { exit !(f <= b) }' ||
+      fail "$fpm data frames per delivered message through 11 % loss, above $bound: $(jq -c "$sender_view" <<<"$sd")"
     ;;
   restart)
     up 3
@@ -635,6 +704,75 @@ case "$scenario" in
     [[ ! -e $pin_dir ]] || fail "pins left behind: $(ls "$pin_dir")"
     [[ ! -e $(sock 2) ]] || fail "API socket left behind"
     note "$(grep -E "is gone|shutting down|pins|stopped" "$log" | cut -c 25- | tr '\n' ';')"
+    ;;
+  incast)
+    # Nodes 2..8 each stream 20,000 x 1 KB to node 1 at the same time (7
+    # `msg send`, one `msg recv` on node 1 that checks the order per sender):
+    # all 140,000 arrive, each sender's in order and exactly once, and the
+    # senders' congestion control keeps retransmissions at most 10 % of the
+    # first transmissions.
+    n=8 each=20000
+    total=$(((n - 1) * each))
+    up "$n" --timeout 60
+    wait_discovered "$n" 30
+    on 1 "$ctl" msg recv --sequence --count "$total" --timeout 60 --json >"$work/recv.json" 2>"$work/recv.err" &
+    rp=$!
+    bg_pids+=("$rp")
+    deadline=$((SECONDS + 10))
+    until on 1 "$ctl" counters --json | jq -e '.api.endpoints | length > 0' >/dev/null; do
+      ((SECONDS < deadline)) || fail "the receiver did not open its endpoint"
+      sleep 0.1
+    done
+    declare -A c0
+    for ((k = 2; k <= n; k++)); do c0[$k]=$(peer_counters "$k" 1); done
+    # The senders start together: each waits for the file "go".
+    sps=()
+    for ((k = 2; k <= n; k++)); do
+      on "$k" sh -c ': >"$1.ready$4"; while [ ! -e "$1" ]; do sleep 0.01; done
+        exec "$2" msg send --to 1 --sequence --count "$3" --size 1024 --timeout 60 --json' \
+        sh "$work/go" "$ctl" "$each" "$k" >"$work/send$k.json" 2>"$work/send$k.err" &
+      sps[k]=$!
+      bg_pids+=("$!")
+    done
+    deadline=$((SECONDS + 20))
+    until (($(find "$work" -maxdepth 1 -name 'go.ready*' | wc -l) == n - 1)); do
+      ((SECONDS < deadline)) || fail "the senders did not start"
+      sleep 0.05
+    done
+    note "$((n - 1)) senders x $each messages of 1 KB to node 1, all at once"
+    t0=$(date +%s.%N)
+    : >"$work/go"
+    watch_progress "$rp" "$total" 1 '.engine.peers_total.delivered'
+    for ((k = 2; k <= n; k++)); do
+      wait "${sps[k]}" || fail "the sender on node $k failed: $(cat "$work/send$k.json" "$work/send$k.err")"
+    done
+    wait "$rp" || fail "receiver failed: $(cat "$work/recv.json" "$work/recv.err")"
+    t1=$(date +%s.%N)
+    jq -e --argjson n "$n" --argjson each "$each" '.ok and .received == .expected and .corrupt == 0 and
+        .out_of_order == 0 and (.senders | length) == $n - 1 and
+        all(.senders[]; .received == $each and .out_of_order == 0 and .node >= 2 and .node <= $n)' \
+      "$work/recv.json" >/dev/null || fail "incast incomplete: $(cat "$work/recv.json")"
+    secs=$(jq '.seconds * 1000 | round / 1000' "$work/recv.json")
+    note "$total messages from $((n - 1)) senders, each in order and exactly once, in $secs s" \
+      "($(awk -v t="$total" -v s="$secs" 'BEGIN { printf "%.0f", t / s }') messages/s at node 1;" \
+      "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s wall)"
+    deltas=()
+    for ((k = 2; k <= n; k++)); do
+      d=$(counters_delta "${c0[$k]}" "$(peer_counters "$k" 1)")
+      deltas+=("$d")
+      note "node $k -> 1: $(jq -c "$sender_view" <<<"$d")"
+    done
+    c=$(on 1 "$ctl" counters --json)
+    note "node 1 (receiver), all senders: $(jq -c ".engine.peers_total | $receiver_view" <<<"$c")"
+    note "node 1's transport: $(jq -c '.transport' <<<"$c"); XDP: $(jq -c '.xdp // {} | with_entries(select(.value > 0))' <<<"$c")"
+    sums=$(printf '%s\n' "${deltas[@]}" | jq -s -c '{data_sent: (map(.data_sent) | add),
+      retransmits: (map(.retransmits) | add), timeouts: (map(.timeouts) | add),
+      congestion_events: (map(.congestion_events // 0) | add)}')
+    note "all senders: $sums; retransmissions $(jq -r '.retransmits / .data_sent * 10000 | round / 100' <<<"$sums") %" \
+      "of first transmissions (bound <= 10 %)"
+    jq -e --argjson t "$total" '.data_sent >= $t' <<<"$sums" >/dev/null || fail "fewer first transmissions than messages: $sums"
+    jq -e '.retransmits * 10 <= .data_sent' <<<"$sums" >/dev/null ||
+      fail "retransmissions above 10 % of first transmissions: $sums"
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2

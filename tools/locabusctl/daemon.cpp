@@ -228,7 +228,11 @@ int run_recv(const MsgOptions& o) {
     std::cerr << fmt::format("receiving {} message(s) on protocol {}\n", o.count, o.proto);
 
   std::uint64_t got = 0, bad = 0, out_of_order = 0, missing = 0, backwards = 0;
-  std::map<std::uint16_t, std::uint64_t> next_seq;
+  // Per sender: order is checked for each sender's numbering separately.
+  struct FromNode {
+    std::uint64_t next_seq = 0, received = 0, out_of_order = 0;
+  };
+  std::map<std::uint16_t, FromNode> from;
   std::optional<Clock::time_point> first;
   auto last_report = Clock::now();
   json messages = json::array();
@@ -239,21 +243,24 @@ int run_recv(const MsgOptions& o) {
     ++got;
     if (o.sequence) {
       auto seq = check_sequenced(m->data);
+      auto& f = from[m->node];
+      ++f.received;
       if (!seq) {
         ++bad;
-      } else if (*seq != next_seq[m->node]) {
+      } else if (*seq != f.next_seq) {
+        ++f.out_of_order;
         // Ahead: the messages in between are missing (a sender reports
         // them failed); behind: a duplicate or a reordering.
-        if (*seq > next_seq[m->node])
-          missing += *seq - next_seq[m->node];
+        if (*seq > f.next_seq)
+          missing += *seq - f.next_seq;
         else
           ++backwards;
         if (out_of_order++ < 5)
           std::cerr << fmt::format("locabusctl: from node {}: message {} where {} was expected\n", m->node,
-                                   *seq, next_seq[m->node]);
-        next_seq[m->node] = *seq + 1;
+                                   *seq, f.next_seq);
+        f.next_seq = *seq + 1;
       } else {
-        ++next_seq[m->node];
+        ++f.next_seq;
       }
     } else if (o.target.json) {
       messages.push_back({{"from", m->node}, {"text", std::string(m->text())}});
@@ -275,6 +282,10 @@ int run_recv(const MsgOptions& o) {
       j["out_of_order"] = out_of_order;
       j["missing"] = missing;
       j["backwards"] = backwards;
+      json senders = json::array();
+      for (const auto& [node, f] : from)
+        senders.push_back({{"node", node}, {"received", f.received}, {"out_of_order", f.out_of_order}});
+      j["senders"] = senders;
     } else {
       j["messages"] = messages;
     }
@@ -282,6 +293,9 @@ int run_recv(const MsgOptions& o) {
   } else if (o.sequence || o.count > 1) {
     fmt::print("received {}/{} message(s) in {:.3f}s{}\n", got, o.count, secs,
                o.sequence ? fmt::format(", {} corrupt, {} out of order", bad, out_of_order) : "");
+    if (from.size() > 1)
+      for (const auto& [node, f] : from)
+        fmt::print("  from node {}: {} message(s), {} out of order\n", node, f.received, f.out_of_order);
   }
   if (got < o.count && !o.target.json)
     std::cerr << fmt::format("locabusctl: timed out after {}s with {}/{} message(s)\n", o.timeout_s, got,
@@ -426,8 +440,9 @@ void register_daemon_commands(CLI::App& app) {
     add_daemon_options(c, m.target);
     c->add_option("-p,--proto", m.proto, "Application protocol id (16-255)")->check(CLI::Range(16, 255));
     c->add_option("--count", m.count, "Number of messages")->check(CLI::PositiveNumber);
-    c->add_flag("--sequence", m.sequence,
-                "Numbered, patterned payloads; the receiver checks order, duplicates and contents");
+    c->add_flag(
+        "--sequence", m.sequence,
+        "Numbered, patterned payloads; the receiver checks order (per sender), duplicates and contents");
     c->add_option("--timeout", m.timeout_s,
                   "Seconds to wait (for the peer, ring space, or the next message)");
   };
