@@ -56,9 +56,10 @@ struct Connection {
   std::uint16_t rtx_nxt = 0;   // after a timeout: next sequence to send again (up to `recover`)
 
   ConnState state = ConnState::closed;
-  std::uint8_t retries = 0;  // consecutive timeouts without progress
-  std::uint8_t flags = 0;    // kTiming | kCloseAfterDrain | ...
-  std::uint8_t flags2 = 0;   // kTlpArmed | kRecovery | kRtoRecovery | kAckReqOut
+  std::uint8_t retries = 0;        // consecutive timeouts without progress
+  std::uint8_t flags = 0;          // kTiming | kCloseAfterDrain | ...
+  std::uint8_t flags2 = 0;         // kTlpArmed | kRecovery | kRtoRecovery | kAckReqOut
+  std::uint8_t persist_shift = 0;  // window probes since the peer last gave credit (the persist back-off)
 
   static constexpr std::uint8_t kTiming = 1 << 0;           // rtt_seq is being timed
   static constexpr std::uint8_t kCloseAfterDrain = 1 << 1;  // close() called: FIN once drained

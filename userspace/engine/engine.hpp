@@ -329,6 +329,7 @@ class Engine final : public Agent {
   void publish(Peer& p);
   void arm_retransmit(Peer& p, Nanos now);
   Nanos pto(const Connection& c) const;
+  Nanos persist_interval(const Connection& c) const;
   Nanos repair_wait(const Connection& c) const;
   void queue_retx(Peer& p, std::uint16_t seq);
   void answered(Peer& p);

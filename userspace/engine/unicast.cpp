@@ -124,9 +124,27 @@ Nanos Engine::repair_wait(const Connection& c) const {
 // The retransmission timer: at the tail-loss probe's time when the newest
 // frame asked for an ACK and no probe went out since the last progress,
 // else at the retransmission timeout.
+// While the peer gives no credit even for the oldest unacknowledged packet,
+// the retransmission timer is the persist timer: a window probe after
+// max(2 * srtt, tlp_min), doubling per probe up to rto_max, so a lost window
+// update costs milliseconds and a stopped reader a probe every rto_max.
+Nanos Engine::persist_interval(const Connection& c) const {
+  const Nanos first = pto(c);
+  if (c.persist_shift >= 20 || first * (1 << c.persist_shift) >= config_.rto_max) return config_.rto_max;
+  return first * (1 << c.persist_shift);
+}
+
+static bool persisting(const Connection& c) noexcept {
+  return c.synchronized() && !seq_before(c.snd_una, c.snd_edge);
+}
+
 void Engine::arm_retransmit(Peer& p, Nanos now) {
   Connection& c = p.conn;
   c.flags2 = clear(c.flags2, Connection::kTlpArmed);
+  if (persisting(c)) {
+    arm(p, kRtoTimer, now + persist_interval(c));
+    return;
+  }
   Nanos at = now + c.rto;
   const std::uint8_t probes = c.tail_probes();
   // Not while a window probe is out (something was sent past the peer's
@@ -459,7 +477,10 @@ void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
   }
   // The right edge (ack + window) never moves back.
   const std::uint16_t edge = seq_add(ack, window);
-  if (seq_before(c.snd_edge, edge)) c.snd_edge = edge;
+  if (seq_before(c.snd_edge, edge)) {
+    c.snd_edge = edge;
+    c.persist_shift = 0;  // credit again: the next closed window starts probing fast
+  }
   if (acked > 0 || was_retrying) publish(p);
   if (acked > 0 || seq_before(c.snd_max, c.snd_edge) || !p.retx.empty()) mark_tx_ready(p);
   if (acked > 0) maybe_finish_close(p);
@@ -574,9 +595,10 @@ void Engine::congestion(Peer& p, bool timeout) {
   Connection& c = p.conn;
   if (!timeout && (c.flags2 & Connection::kRecovery) && seq_before(c.snd_una, c.recover)) return;
   ++p.counters.congestion_events;
-  const std::uint16_t flight = static_cast<std::uint16_t>(seq_diff(c.snd_max, c.snd_una) - c.sacked);
   if (timeout) {
-    c.ssthresh = std::max<std::uint16_t>(flight / 2, config_.cc_min_window);
+    // Half of everything outstanding (held by the peer or not): a timeout
+    // says feedback stopped, which random loss can do too.
+    c.ssthresh = std::max<std::uint16_t>(seq_diff(c.snd_max, c.snd_una) / 2, config_.cc_min_window);
     c.cwnd = config_.cc_min_window;
     c.flags2 |= Connection::kRtoRecovery;
     c.rtx_nxt = c.snd_una;
@@ -814,6 +836,24 @@ void Engine::on_rto(Peer& p) {
     return;
   }
   ++p.counters.timeouts;
+  if (persisting(c)) {
+    // A window probe. Only the slow ones (once the back-off has reached
+    // rto_min) count towards max_retransmits; any answer resets the count.
+    if (persist_interval(c) >= config_.rto_min && ++c.retries > config_.max_retransmits) {
+      reset_connection(p, Failure::unreachable);
+      return;
+    }
+    if (c.persist_shift < 20) ++c.persist_shift;
+    if (c.snd_una == c.snd_max) {
+      c.flags |= Connection::kProbe;  // the next new packet goes out past the edge
+    } else {
+      queue_retx(p, c.snd_una);  // the probe sent before (or what is in flight) again
+    }
+    publish(p);  // every answer must reach us now
+    mark_tx_ready(p);
+    arm(p, kRtoTimer, now + persist_interval(c));
+    return;
+  }
   if (++c.retries > config_.max_retransmits) {
     reset_connection(p, Failure::unreachable);
     return;
@@ -828,18 +868,16 @@ void Engine::on_rto(Peer& p) {
       if (c.snd_una != c.snd_max) {
         // Nothing came back for a whole timeout: what is in flight and not
         // known held is presumed lost and sent again, oldest first, within
-        // a congestion window that starts over (transmit_peer).
+        // a congestion window that starts over (transmit_peer), each frame
+        // asking for an ACK, with tail-loss probes behind them again.
         congestion(p, true);
+        c.flags2 = clear(c.flags2, Connection::kTlpCountMask);
         for (std::uint16_t s : p.retx) {
           // (entries an ACK has passed since they were queued are skipped)
           if (!seq_before(s, c.snd_una) && seq_before(s, c.snd_max))
             p.tx.at(seq_diff(s, c.snd_una)).marks &= static_cast<std::uint8_t>(~kQueued);
         }
         p.retx.clear();
-      } else {
-        // No credit for the next packet: it goes out as a window probe
-        // (again at every timeout; the answer resets the retry count).
-        c.flags |= Connection::kProbe;
       }
       publish(p);  // every answer must reach us now
       mark_tx_ready(p);
@@ -1081,7 +1119,7 @@ int Engine::transmit_peer(Peer& p) {
       if (flight >= c.cwnd && !probe) break;
       if (!seq_before(c.snd_max, c.snd_edge) && !probe) {
         // No credit. The retransmission timer doubles as the persist timer.
-        if (c.rto_at.count() == 0) arm(p, kRtoTimer, now + c.rto);
+        if (c.rto_at.count() == 0) arm_retransmit(p, now);
         break;
       }
       c.flags &= static_cast<std::uint8_t>(~Connection::kProbe);
