@@ -129,8 +129,12 @@ void Engine::arm_retransmit(Peer& p, Nanos now) {
   c.flags2 = clear(c.flags2, Connection::kTlpArmed);
   Nanos at = now + c.rto;
   const std::uint8_t probes = c.tail_probes();
+  // Not for a window probe (the newest frame beyond the peer's credit): the
+  // peer drops it and answers "no room" at once, again and again; the
+  // retransmission timeout, backed off, paces window probes.
   if (c.state == ConnState::established && (c.flags2 & Connection::kAckReqOut) &&
-      probes < Connection::kMaxTailProbes && c.srtt.count() != 0 && c.snd_una != c.snd_max) {
+      probes < Connection::kMaxTailProbes && c.srtt.count() != 0 && c.snd_una != c.snd_max &&
+      !seq_before(c.snd_edge, c.snd_max)) {
     const Nanos probe = now + pto(c) * (1 << probes);  // backs off while unanswered
     if (probe < at) {
       at = probe;
@@ -420,6 +424,8 @@ void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
   Connection& c = p.conn;
   if (!seq_between(c.snd_una, ack, c.snd_max)) return;  // old, or acknowledges what we never sent
   const bool was_retrying = c.retries > 0;
+  // Everything in flight was sent beyond the peer's credit: window probes.
+  const bool probing = c.snd_una != c.snd_max && !seq_before(c.snd_una, c.snd_edge);
   c.retries = 0;  // the peer is there
   const std::uint16_t acked = seq_diff(ack, c.snd_una);
   const Nanos now = clock_.now();
@@ -452,6 +458,14 @@ void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
   // The right edge (ack + window) never moves back.
   const std::uint16_t edge = seq_add(ack, window);
   if (seq_before(c.snd_edge, edge)) c.snd_edge = edge;
+  if (probing && c.snd_una != c.snd_max && seq_before(c.snd_una, c.snd_edge)) {
+    // The window opened with a window probe out that this ACK does not
+    // cover: it arrived beyond the window and was dropped. Send it now, not
+    // at the backed-off timeout (the back-off was for the closed window).
+    c.rto = base_rto(c);
+    for (std::uint16_t s = c.snd_una; s != c.snd_max && seq_before(s, c.snd_edge); s = seq_add(s, 1))
+      queue_retx(p, s);
+  }
   if (acked > 0 || was_retrying) publish(p);
   if (acked > 0 || seq_before(c.snd_max, c.snd_edge) || !p.retx.empty()) mark_tx_ready(p);
   if (acked > 0) maybe_finish_close(p);
@@ -813,7 +827,11 @@ void Engine::on_rto(Peer& p) {
     case ConnState::syn_received: send_syn(p, true); break;
     case ConnState::fin_wait: send_fin(p, false, 0, false); break;
     default:
-      if (c.snd_una != c.snd_max) {
+      if (c.snd_una != c.snd_max && !seq_before(c.snd_una, c.snd_edge)) {
+        // A window probe (sent beyond the peer's credit) timed out: send it
+        // again. No room at the peer is no congestion.
+        queue_retx(p, c.snd_una);
+      } else if (c.snd_una != c.snd_max) {
         // Nothing came back for a whole timeout: what is in flight and not
         // known held is presumed lost and sent again, oldest first, within
         // a congestion window that starts over (transmit_peer).
