@@ -40,6 +40,10 @@ nlohmann::json counters_json(const engine::PeerCounters& c) {
           {"data_received", c.data_received},
           {"duplicates", c.duplicates},
           {"out_of_order", c.out_of_order},
+          {"reorder_drops", c.reorder_drops},
+          {"rx_stale", c.rx_stale},
+          {"tlp_probes", c.tlp_probes},
+          {"congestion_events", c.congestion_events},
           {"window_drops", c.window_drops},
           {"acks_sent", c.acks_sent},
           {"naks_sent", c.naks_sent},
@@ -344,6 +348,8 @@ nlohmann::json Daemon::peers() const {
         {"queued", p.queued},
         {"receivable", p.receivable},
         {"window", p.peer_window},
+        {"cwnd", p.cwnd},
+        {"ssthresh", p.ssthresh},
         {"next_message", p.next_message},
         {"counters", counters_json(p.counters)},
     };
@@ -423,6 +429,10 @@ nlohmann::json Daemon::counters() const {
     sum.data_received += c.data_received;
     sum.duplicates += c.duplicates;
     sum.out_of_order += c.out_of_order;
+    sum.reorder_drops += c.reorder_drops;
+    sum.rx_stale += c.rx_stale;
+    sum.tlp_probes += c.tlp_probes;
+    sum.congestion_events += c.congestion_events;
     sum.window_drops += c.window_drops;
     sum.acks_sent += c.acks_sent;
     sum.naks_sent += c.naks_sent;
