@@ -40,6 +40,9 @@ expect "no daemon at the socket" 1 "connect to locabusd at /nonexistent/l.sock.*
 expect "no daemon (LOCABUS_SOCKET)" 1 "is locabusd running" env LOCABUS_SOCKET=/nonexistent/l.sock "$ctl" peers --json
 expect "msg to a reserved protocol" 105 "not in range" "$ctl" msg send --to 2 --proto 3 hi
 expect "msg send needs --to" 106 "to is required" "$ctl" msg send hi
+expect "msg ping needs --count" 106 "count is required" "$ctl" msg ping --to 2
+expect "msg ping payload below 8 bytes" 105 "not in range" "$ctl" msg ping --to 2 --count 1 --size 4
+expect "msg echo without a daemon" 1 "is locabusd running" "$ctl" msg echo --socket /nonexistent/l.sock
 expect "events: unknown kind" 105 "until" "$ctl" events --until exploded
 expect "chaos rate over 100" 105 "not in range" "$ctl" chaos set lo --drop 101
 expect "chaos unknown packet type" 105 "not a packet type" "$ctl" chaos set lo --type bogus
@@ -49,7 +52,7 @@ expect "chaos status when not attached" 1 "no chaos program on lbnosuch0.*hint: 
 out=$("$ctl" --help) || { echo "FAIL: --help exit status"; fail=1; }
 for cmd in xdp stats frame; do grep -q "$cmd" <<<"$out" || { echo "FAIL: --help lacks $cmd"; fail=1; }; done
 for sub in "xdp attach" "xdp detach" "xdp status" "stats" "frame send" "frame recv" "chaos attach" "chaos set" \
-  "chaos status" "chaos detach"; do
+  "chaos status" "chaos detach" "msg send" "msg recv" "msg echo" "msg ping"; do
   # shellcheck disable=SC2086
   "$ctl" $sub --help >/dev/null || { echo "FAIL: $sub --help"; fail=1; }
 done

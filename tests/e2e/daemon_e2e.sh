@@ -6,7 +6,9 @@
 # Locasock sockets and broadcast (also through the chaos program), a
 # broadcast loss reported to the applications, a node's link going down and
 # up in the middle of a stream (on either datapath), the MTU (too small at
-# start, lowered at run time), the interface deleted, incast (7 senders to 1).
+# start, lowered at run time), the interface deleted, incast (7 senders to 1),
+# request/response after one-way traffic and idle time, a receiver stopped
+# for 60 s, the default failure detector through 10 % loss.
 #
 #   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
 #
@@ -264,6 +266,80 @@ check_link_faults() { # datapath
   log="/run/locabus-cluster/$name/node2/locabusd.log"
   [[ $(grep -c "eth0: link down" "$log") == 1 ]] || fail "link down logged $(grep -c "eth0: link down" "$log") times"
   [[ $(grep -c "eth0: frames flow again" "$log") == 1 ]] || fail "the link coming back was not logged once"
+}
+
+# ---- helpers of the request/response, SIGSTOP and failure-detector scenarios
+
+# Records node k's events (locabusctl events --json) in $work/events$k.json
+# from now on; returns once the monitor's endpoint is open.
+watch_events() { # k
+  local k=$1 deadline=$((SECONDS + 10))
+  on "$k" "$ctl" events --json >"$work/events$k.json" 2>"$work/events$k.err" &
+  bg_pids+=("$!")
+  until on "$k" "$ctl" counters --json | jq -e '[.api.endpoints[] | select(.proto == 0 and .events)] | length > 0' \
+    >/dev/null; do
+    ((SECONDS < deadline)) || fail "the event monitor on node $k did not open: $(cat "$work/events$k.err")"
+    sleep 0.1
+  done
+}
+
+# Fails if node k's monitor recorded an event of one of the kinds given.
+no_events() { # k kind...
+  local k=$1
+  shift
+  local kinds seen
+  kinds=$(printf '%s\n' "$@" | jq -R . | jq -sc .)
+  seen=$(jq -c --argjson kinds "$kinds" 'select(.kind as $x | $kinds | index($x))' "$work/events$k.json")
+  [[ -z $seen ]] || fail "node $k reported: $(tr '\n' ' ' <<<"$seen")"
+}
+
+# Fails if node k's daemon logged a send_failed event (a monitor endpoint
+# does not get them: only the endpoints that sent to that node do).
+no_send_failed_logged() { # k
+  local log="/run/locabus-cluster/$name/node$1/locabusd.log" lines
+  lines=$(grep -E 'message\(s\) to node [0-9]+ failed' "$log" || true)
+  [[ -z $lines ]] || fail "node $1's daemon reported failed messages: $lines"
+}
+
+# Waits until node k has an endpoint open on protocol proto.
+wait_endpoint() { # k proto
+  local deadline=$((SECONDS + 10))
+  until on "$1" "$ctl" counters --json | jq -e --argjson p "$2" '[.api.endpoints[] | select(.proto == $p)] | length > 0' \
+    >/dev/null; do
+    ((SECONDS < deadline)) || fail "no endpoint for protocol $2 opened on node $1"
+    sleep 0.1
+  done
+}
+
+# Node k's view of node j (an element of locabusctl peers --json).
+peer_of() { on "$1" "$ctl" peers --json | jq -c --argjson j "$2" '.[] | select(.node == $j)'; }
+
+# Node `from` sends `count` sequenced 1 KB messages to node `to` on protocol
+# `proto`; they must all arrive, in order, exactly once, with no failure.
+oneway() { # from to count proto timeout [quiet]
+  local from=$1 to=$2 count=$3 proto=$4 timeout=$5 quiet=${6:-} rp
+  on "$to" "$ctl" msg recv --proto "$proto" --sequence --count "$count" --timeout "$timeout" --json \
+    >"$work/oneway-recv.json" 2>"$work/oneway-recv.err" &
+  rp=$!
+  bg_pids+=("$rp")
+  wait_endpoint "$to" "$proto"
+  on "$from" "$ctl" msg send --proto "$proto" --to "$to" --sequence --count "$count" --size 1024 \
+    --timeout "$timeout" --json >"$work/oneway-send.json" 2>"$work/oneway-send.err" ||
+    fail "node $from could not send $count messages: $(cat "$work/oneway-send.json" "$work/oneway-send.err")"
+  jq -e '.failed == 0' "$work/oneway-send.json" >/dev/null || fail "send_failed: $(cat "$work/oneway-send.json")"
+  wait "$rp" || fail "node $to: $(cat "$work/oneway-recv.json" "$work/oneway-recv.err")"
+  jq -e --argjson c "$count" '.ok and .received == $c and .corrupt == 0 and .out_of_order == 0' \
+    "$work/oneway-recv.json" >/dev/null || fail "node $to: $(cat "$work/oneway-recv.json")"
+  [[ -n $quiet ]] || note "$count messages node $from -> node $to in order, exactly once"
+}
+
+# Transport counters of node k's connection to node j, for the notes.
+conn_summary() { # k j
+  peer_of "$1" "$2" | jq -c '{connection, queued, in_flight, window, cwnd, rtt_us, rto_us,
+    retransmits: .counters.retransmits, timeouts: .counters.timeouts, tlp_probes: .counters.tlp_probes,
+    congestion_events: .counters.congestion_events, naks_sent: .counters.naks_sent, acks_sent: .counters.acks_sent,
+    window_drops: .counters.window_drops, rx_stale: .counters.rx_stale, reorder_drops: .counters.reorder_drops,
+    xdp_acks_consumed: .xdp.acks_consumed, xdp_acks_passed: .xdp.acks_passed} | with_entries(select(.value != null))'
 }
 
 case "$scenario" in
@@ -773,6 +849,214 @@ case "$scenario" in
     jq -e --argjson t "$total" '.data_sent >= $t' <<<"$sums" >/dev/null || fail "fewer first transmissions than messages: $sums"
     jq -e '.retransmits * 10 <= .data_sent' <<<"$sums" >/dev/null ||
       fail "retransmissions above 10 % of first transmissions: $sums"
+    ;;
+  # ---- issue 11 end to end: request/response, a stalled receiver, the failure
+  # detector through loss
+  reqresp-xdp | reqresp-packet)
+    # One-way traffic, 100,000 request/response round trips, idle, one-way
+    # again: every round trip answered, no retransmission timeout, and the
+    # final pure ACK taken on both sides (empty send queues after the idle
+    # period). Before issue 11 the fast path's stale ACK record made node 2
+    # miss node 1's last pure ACK and fail a delivered message after 8
+    # retransmissions.
+    dp=${scenario#reqresp-}
+    up 2 --datapath "$dp"
+    [[ $(datapath_of 1) == "$dp" && $(datapath_of 2) == "$dp" ]] ||
+      fail "the daemons run $(datapath_of 1) and $(datapath_of 2), not $dp"
+    wait_discovered 2 15
+    watch_events 1
+    watch_events 2
+    oneway 2 1 200 21 30
+    on 1 "$ctl" msg echo --proto 22 --sequence --count 100000 --timeout 120 --json >"$work/echo.json" \
+      2>"$work/echo.err" &
+    echo_pid=$!
+    bg_pids+=("$echo_pid")
+    wait_endpoint 1 22
+    on 2 "$ctl" msg ping --proto 22 --to 1 --count 100000 --size 64 --timeout 5 --json >"$work/ping.json" \
+      2>"$work/ping.err" || fail "ping: $(cat "$work/ping.json" "$work/ping.err")"
+    jq -e '.ok and .answered == 100000 and .failed == 0 and .timed_out == 0 and .send_failed == 0 and .late == 0' \
+      "$work/ping.json" >/dev/null || fail "ping: $(cat "$work/ping.json")"
+    wait "$echo_pid" || fail "echo: $(cat "$work/echo.json" "$work/echo.err")"
+    jq -e '.ok and .echoed == 100000 and .failed == 0 and .out_of_order == 0' "$work/echo.json" >/dev/null ||
+      fail "echo: $(cat "$work/echo.json")"
+    note "100,000 round trips of 64 bytes: $(jq -c '{seconds, rate: (.rate | floor), rtt_us}' "$work/ping.json")"
+    note "idle for 30 s"
+    sleep 30
+    # Nothing pending and no timeout on either side: the last pure ACKs
+    # (node 2's for node 1's last echo, and node 1's for the one-way
+    # messages) reached their engines or were rightly consumed in the kernel.
+    for k in 1 2; do
+      j=$((3 - k))
+      pj=$(peer_of "$k" "$j")
+      note "node $k -> node $j after the idle period: $(conn_summary "$k" "$j")"
+      jq -e '.connection == "established" and .state == "alive" and .queued == 0 and .in_flight == 0' <<<"$pj" \
+        >/dev/null || fail "node $k still has messages for node $j after 30 s idle: $pj"
+      jq -e '.counters.timeouts == 0' <<<"$pj" >/dev/null ||
+        fail "node $k had retransmission timeouts towards node $j: $(jq -c .counters <<<"$pj")"
+    done
+    oneway 2 1 200 21 30
+    # The last one-way batch is acknowledged within the delayed-ACK time.
+    sleep 1
+    for k in 1 2; do
+      j=$((3 - k))
+      pj=$(peer_of "$k" "$j")
+      note "node $k -> node $j at the end: $(conn_summary "$k" "$j")"
+      jq -e '.connection == "established" and .queued == 0 and .in_flight == 0 and .counters.timeouts == 0' \
+        <<<"$pj" >/dev/null || fail "node $k -> node $j at the end: $pj"
+      # A lossless veth: nothing is lost, so a retransmission can only be a
+      # spurious tail-loss probe (a few at most, on a loaded machine).
+      jq -e '.counters.retransmits <= 4' <<<"$pj" >/dev/null ||
+        fail "node $k retransmitted $(jq .counters.retransmits <<<"$pj") frames to node $j on a lossless link"
+      no_events "$k" dead left restarted disconnected id_conflict
+      no_send_failed_logged "$k"
+    done
+    if [[ $dp == xdp ]]; then
+      consumed=$(peer_of 1 2 | jq '.xdp.acks_consumed // 0')
+      note "pure ACKs consumed by the XDP program on node 1: $consumed"
+    fi
+    note "round trip p50 $(jq .rtt_us.p50 "$work/ping.json") us, p99 $(jq .rtt_us.p99 "$work/ping.json") us," \
+      "max $(jq .rtt_us.max "$work/ping.json") us"
+    ;;
+  sigstop-xdp)
+    # A receiving application stopped (SIGSTOP) for 60 s: node 2's daemon
+    # stops taking its messages from the engine, the receive buffer fills and
+    # the credit window closes; node 1 probes the closed window all along.
+    # Before issue 11 the answers to those probes were consumed by node 1's
+    # XDP program, node 1 counted them as lost and gave up. The daemon's
+    # client_stall_timeout_ms is raised so that it keeps the stalled client
+    # (that timeout is the daemon's, issue 12; here the transport is tested).
+    printf 'client_stall_timeout_ms = 600000\n' >"$work/locabusd.toml"
+    up 2 --datapath xdp -- --config "$work/locabusd.toml"
+    wait_discovered 2 15
+    watch_events 1
+    watch_events 2
+    count=20000
+    # exec: the pid file names locabusctl itself, not a wrapper
+    on 2 sh -c 'echo $$ >"$1"; exec "$2" msg recv --proto 23 --sequence --count "$3" --timeout 180 --json' sh \
+      "$work/recv.pid" "$ctl" "$count" >"$work/recv.json" 2>"$work/recv.err" &
+    rp=$!
+    bg_pids+=("$rp")
+    wait_endpoint 2 23
+    stalled=$(cat "$work/recv.pid")
+    bg_pids+=("$stalled")
+    kill -STOP "$stalled"
+    before=$(peer_of 1 2)
+    on 1 "$ctl" msg send --proto 23 --to 2 --sequence --count "$count" --size 1024 --timeout 180 --json \
+      >"$work/send.json" 2>"$work/send.err" &
+    sp=$!
+    bg_pids+=("$sp")
+    deadline=$((SECONDS + 30))
+    until peer_of 1 2 | jq -e '.window == 0 and .queued > 0' >/dev/null; do
+      ((SECONDS < deadline)) || fail "node 2's window never closed: $(conn_summary 1 2), node 2: $(conn_summary 2 1)"
+      sleep 0.2
+    done
+    closed_at=$SECONDS
+    note "node 2's window closed: node 1 -> 2: $(conn_summary 1 2); node 2's receive side: $(conn_summary 2 1)"
+    at_close=$(peer_of 1 2)
+    # 60 s with the window closed; the connection must stay up throughout.
+    while ((SECONDS - closed_at < 60)); do
+      sleep 5
+      pj=$(peer_of 1 2)
+      jq -e '.connection == "established" and .state == "alive"' <<<"$pj" >/dev/null ||
+        fail "node 1's connection to node 2 broke while the receiver was stopped: $pj"
+      kill -0 "$sp" 2>/dev/null || fail "the sender exited while the receiver was stopped: $(cat "$work/send.json" \
+        "$work/send.err")"
+    done
+    after=$(peer_of 1 2)
+    note "after 60 s with the window closed: node 1 -> 2: $(conn_summary 1 2)"
+    jq -e '.window == 0' <<<"$after" >/dev/null || fail "the window opened while the receiver was stopped: $after"
+    probes=$(($(jq .counters.timeouts <<<"$after") - $(jq .counters.timeouts <<<"$at_close")))
+    # Every frame sent into the closed window: window probes only, paced by
+    # the backed-off timeout (tail-loss probes at a few round trips sent
+    # thousands), and no congestion response to a closed window.
+    frames=$(jq -n --argjson a "$at_close" --argjson b "$after" \
+      '($b.counters.retransmits - $a.counters.retransmits) + ($b.counters.data_sent - $a.counters.data_sent)')
+    cong=$(jq -n --argjson a "$at_close" --argjson b "$after" '$b.counters.congestion_events - $a.counters.congestion_events')
+    note "frames sent into the closed window in 60 s: $frames; congestion events: $cong"
+    ((frames <= 25)) || fail "node 1 sent $frames frames into node 2's closed window in 60 s: $(conn_summary 1 2)"
+    ((cong == 0)) || fail "node 1 took the closed window for congestion ($cong congestion events)"
+    kill -CONT "$stalled"
+    t0=$SECONDS
+    wait "$sp" || fail "the sender failed: $(cat "$work/send.json" "$work/send.err")"
+    jq -e '.failed == 0' "$work/send.json" >/dev/null || fail "send_failed: $(cat "$work/send.json")"
+    wait "$rp" || fail "the receiver: $(cat "$work/recv.json" "$work/recv.err")"
+    jq -e --argjson c "$count" '.ok and .received == $c and .corrupt == 0 and .out_of_order == 0' "$work/recv.json" \
+      >/dev/null || fail "the stream after SIGCONT: $(cat "$work/recv.json")"
+    note "after SIGCONT the stream of $count x 1 KB completed in order in $((SECONDS - t0)) s"
+    # It resumes at once: the window-opening ACK has the dropped probe sent
+    # again, no backed-off timeout (4 s) is waited for.
+    ((SECONDS - t0 <= 10)) || fail "the stream took $((SECONDS - t0)) s to complete after SIGCONT"
+    final=$(peer_of 1 2)
+    note "node 1 -> 2 at the end: $(conn_summary 1 2)"
+    total=$(($(jq .counters.timeouts <<<"$final") - $(jq .counters.timeouts <<<"$before")))
+    # Window probes back off to rto_max (4 s): 250 ms, 0.5, 1, 2, then every
+    # 4 s is about 18 in 60 s. At least a few (the window really was probed),
+    # at most 60/4 + 10.
+    note "window probes (timeouts) while the window was closed: $probes; during the whole run: $total"
+    ((probes >= 5)) || fail "node 1 sent only $probes window probes in 60 s: was the window really closed?"
+    ((probes <= 25)) || fail "node 1 probed the closed window $probes times in 60 s (backoff to rto_max broken?)"
+    ((total <= 30)) || fail "node 1 had $total retransmission timeouts in the run"
+    jq -e '.connection == "established" and .queued == 0' <<<"$final" >/dev/null ||
+      fail "node 1's connection after the stream: $final"
+    no_events 1 dead left restarted disconnected id_conflict
+    no_events 2 dead left restarted disconnected id_conflict
+    no_send_failed_logged 1
+    if grep -q "has not read its messages" "/run/locabus-cluster/$name/node2/locabusd.log"; then
+      fail "node 2's daemon disconnected the stopped client (client_stall_timeout_ms not applied?)"
+    fi
+    ;;
+  fd-loss)
+    # The default failure-detector timings through 10 % loss both ways for
+    # 45 s with traffic in both directions all along (streams of 1 KB
+    # messages from node 1, request/response from node 2): nobody is
+    # declared dead or disconnected, every stream completes in order.
+    up 2
+    wait_discovered 2 15
+    watch_events 1
+    watch_events 2
+    on 1 "$ctl" msg echo --proto 25 --timeout 60 --json >"$work/echo.json" 2>"$work/echo.err" &
+    bg_pids+=("$!")
+    wait_endpoint 1 25
+    "$cluster" chaos --name "$name" 1 --drop 10 --seed 11 >/dev/null
+    "$cluster" chaos --name "$name" 2 --drop 10 --seed 12 >/dev/null
+    chaos_at=$SECONDS
+    # node 2 pings node 1 all along (stopped with SIGINT: it prints its summary)
+    on 2 sh -c 'echo $$ >"$1"; exec "$2" msg ping --proto 25 --to 1 --count 1000000 --timeout 10 --json' sh \
+      "$work/ping.pid" "$ctl" >"$work/ping.json" 2>"$work/ping.err" &
+    pinger=$!
+    bg_pids+=("$pinger")
+    # node 1 streams to node 2 (protocols 26 and 27 in turn: a new receiver
+    # never meets the endpoint of the one before)
+    streams=0
+    while ((SECONDS - chaos_at < 45)); do
+      oneway 1 2 20000 $((26 + streams % 2)) 60 quiet
+      streams=$((streams + 1))
+    done
+    note "$streams streams of 20,000 x 1 KB through 10 % loss both ways in $((SECONDS - chaos_at)) s, each in order"
+    kill -INT "$(cat "$work/ping.pid")"
+    wait "$pinger" || true # interrupted: exit status 1 by design, the summary says how it went
+    jq -e '.interrupted and .answered > 0 and .failed == 0 and .timed_out == 0 and .send_failed == 0 and
+      .corrupt == 0 and .unexpected == 0' "$work/ping.json" >/dev/null ||
+      fail "ping through 10 % loss: $(cat "$work/ping.json"; tail -n 5 "$work/ping.err")"
+    note "$(jq .answered "$work/ping.json") round trips through the loss meanwhile:" \
+      "$(jq -c '.rtt_us | {p50, p99, max}' "$work/ping.json")"
+    for k in 1 2; do
+      st=$("$cluster" chaos --name "$name" "$k" --status --json)
+      jq -e '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos on node $k dropped nothing: $st"
+    done
+    note "node 1 -> 2: $(conn_summary 1 2)"
+    note "node 2 -> 1: $(conn_summary 2 1)"
+    for k in 1 2; do
+      no_events "$k" dead left restarted disconnected id_conflict
+      no_send_failed_logged "$k"
+      note "node $k's events since before the loss: $(jq -sc 'map(.kind) | group_by(.) | map({(.[0]): length}) | add' \
+        "$work/events$k.json")"
+    done
+    # Selective repeat: about one retransmission per lost frame (10 % of the
+    # DATA, plus lost repairs and probes), far from go-back-N's windows.
+    c=$(peer_of 1 2)
+    jq -e '.counters.retransmits <= 0.25 * .counters.data_sent' <<<"$c" >/dev/null ||
+      fail "node 1 retransmitted $(jq .counters.retransmits <<<"$c") frames for $(jq .counters.data_sent <<<"$c")"
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2

@@ -638,6 +638,53 @@ TEST(Unicast, RequestResponseAfterOneWayTrafficNeverTimesOut) {
   });
 }
 
+// A reader stalled for a minute: the sender probes the closed window at
+// the retransmission timeout, backed off to rto_max (about 18 probes in
+// 60 s), not at the tail-loss probe's pace of a few round trips; a closed
+// window is no congestion; once the reader reads again the stream resumes at
+// once (the probe dropped beyond the window is sent again when the window
+// opens, not at the backed-off timeout).
+TEST(Unicast, AClosedWindowIsProbedWithBackOffAndReopensAtOnce) {
+  for_each_seed(3, [](std::uint64_t seed) {
+    SimCluster c(seed, 2);  // defaults
+    ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 10s));
+    Delivery d(c);
+    d.pause(1);
+    Stream s{0, 1, 1500};
+    auto closed = [&] {
+      auto p = c.node(0).peer(2);
+      return p && p->conn == engine::ConnState::established && p->peer_window == 0 && p->queued > 0 &&
+             c.node(1).receivable() == c.config_of(1).receive_buffer;
+    };
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return closed();
+        },
+        10s));
+    const auto before = c.node(0).peer(2)->counters;
+    c.run_for(60s);
+    const auto after = c.node(0).peer(2)->counters;
+    const auto probes = after.retransmits - before.retransmits + (after.data_sent - before.data_sent);
+    EXPECT_GE(after.timeouts - before.timeouts, 5u) << "the closed window was not probed";
+    EXPECT_LE(probes, 25u) << "frames sent into the closed window in 60 s (tail-loss probes: "
+                           << after.tlp_probes - before.tlp_probes << ")";
+    EXPECT_EQ(after.congestion_events, before.congestion_events) << "a closed window is no congestion";
+    EXPECT_EQ(c.node(0).peer(2)->conn, engine::ConnState::established);
+    d.resume(1);
+    d.drain(1);
+    ASSERT_TRUE(c.run_until(
+        [&] {
+          s.pump(c);
+          return d.received(1, 2) == s.count;
+        },
+        1s))
+        << d.received(1, 2) << " of " << s.count << " one second after the reader resumed";
+    d.expect_clean();
+    expect_no_failures(c);
+  });
+}
+
 // Seven senders into one receiver behind a bottleneck that holds 256
 // frames: everything arrives, and the senders back off instead of
 // overflowing it again and again.

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // locabusctl status|peers|counters (ask a running locabusd) and
-// msg send|recv (an application endpoint through liblocabus).
+// msg send|recv|echo|ping (an application endpoint through liblocabus).
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <csignal>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include <fmt/format.h>
@@ -303,6 +306,298 @@ int run_recv(const MsgOptions& o) {
   return ok ? 0 : 1;
 }
 
+// ---- msg echo / ping ------------------------------------------------------------
+
+volatile std::sig_atomic_t g_stop = 0;
+
+void on_stop_signal(int) { g_stop = 1; }
+
+// SIGINT/SIGTERM end echo and ping with their summary; the loops wait in
+// short slices, so they notice within kSlice.
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+constexpr std::chrono::milliseconds kSlice{100};
+
+struct PingOptions {
+  MsgOptions msg;
+  std::uint64_t max_failures = 10;
+};
+
+// Echoes every message back to its sender (unchanged, same protocol) until
+// --count have been echoed, nothing arrived for --timeout seconds (if set),
+// or SIGINT/SIGTERM.
+int run_echo(const MsgOptions& o) {
+  EndpointOptions eo;
+  eo.socket_path = o.target.socket;
+  eo.protocol = static_cast<std::uint8_t>(o.proto);
+  eo.events = true;  // send_failed for the echoes (membership events are skipped)
+  Endpoint ep = Endpoint::open(eo);
+  install_stop_handlers();
+  if (!o.target.json)
+    std::cerr << fmt::format("echoing messages on protocol {}{} (Ctrl-C to stop)\n", o.proto,
+                             o.count ? fmt::format(" until {} were echoed", o.count) : "");
+
+  const auto send_timeout = to_ms(o.timeout_s > 0 ? o.timeout_s : 10.0);
+  std::uint64_t echoed = 0, failed = 0, bad = 0, out_of_order = 0;
+  std::map<std::uint16_t, std::uint64_t> from, next_seq;
+  std::optional<Clock::time_point> first;
+  auto last_heard = Clock::now();
+  auto last_report = Clock::now();
+  std::uint64_t reported = 0;
+  bool idle_timeout = false;
+  while (!g_stop && (o.count == 0 || echoed < o.count)) {
+    auto m = ep.receive(kSlice);
+    while (auto e = ep.next_event())
+      if (e->kind == LOCABUS_EV_SEND_FAILED) {
+        failed += e->count;
+        std::cerr << "locabusctl: echo failed: " << e->to_string() << "\n";
+      }
+    if (!m) {
+      if (o.timeout_s > 0 && Clock::now() - last_heard >= to_ms(o.timeout_s)) {
+        idle_timeout = true;
+        break;
+      }
+    } else {
+      last_heard = Clock::now();
+      if (!first) first = last_heard;
+      if (o.sequence) {
+        if (auto seq = check_sequenced(m->data); !seq) {
+          ++bad;
+        } else if (*seq != next_seq[m->node]) {
+          if (out_of_order++ < 5)
+            std::cerr << fmt::format("locabusctl: from node {}: message {} where {} was expected\n", m->node,
+                                     *seq, next_seq[m->node]);
+          next_seq[m->node] = *seq + 1;
+        } else {
+          ++next_seq[m->node];
+        }
+      }
+      const auto st = ep.send(m->node, m->data, send_timeout);
+      if (st == SendStatus::would_block)
+        throw Error(
+            fmt::format("the echo of message {} to node {} could not be queued within {}ms", echoed, m->node,
+                        send_timeout.count()),
+            EAGAIN,
+            "node " + std::to_string(m->node) + " or the daemon is not keeping up; check `locabusctl peers`");
+      if (st != SendStatus::ok) throw Error(fmt::format("the echo to node {} was refused", m->node), EINVAL);
+      ++echoed;
+      ++from[m->node];
+    }
+    if (!o.target.json && echoed != reported && Clock::now() - last_report > std::chrono::seconds(1)) {
+      last_report = Clock::now();
+      reported = echoed;
+      std::cerr << fmt::format("  echoed {}{}\n", echoed, o.count ? fmt::format("/{}", o.count) : "");
+    }
+  }
+  const double secs = first ? std::chrono::duration<double>(Clock::now() - *first).count() : 0.0;
+  const bool complete = o.count == 0 || echoed == o.count;
+  const bool ok = complete && failed == 0 && bad == 0 && out_of_order == 0;
+  if (o.target.json) {
+    json by_node = json::object();
+    for (const auto& [n, k] : from) by_node[std::to_string(n)] = k;
+    json j{{"echoed", echoed},
+           {"from", by_node},
+           {"failed", failed},
+           {"seconds", secs},
+           {"ok", ok},
+           {"interrupted", g_stop != 0},
+           {"idle_timeout", idle_timeout}};
+    if (o.count) j["expected"] = o.count;
+    if (o.sequence) {
+      j["corrupt"] = bad;
+      j["out_of_order"] = out_of_order;
+    }
+    std::cout << j.dump() << "\n";
+  } else {
+    std::string senders;
+    for (const auto& [n, k] : from)
+      senders += fmt::format("{}{} from node {}", senders.empty() ? "" : ", ", k, n);
+    fmt::print("echoed {} message(s){} in {:.3f}s{}{}\n", echoed, senders.empty() ? "" : " (" + senders + ")",
+               secs, failed ? fmt::format(", {} echo(es) failed", failed) : "",
+               o.sequence ? fmt::format(", {} corrupt, {} out of order", bad, out_of_order) : "");
+  }
+  if (!complete)
+    std::cerr << fmt::format(
+        "locabusctl: {} after {}/{} echo(es)\n",
+        idle_timeout ? fmt::format("nothing arrived for {}s", o.timeout_s) : "interrupted", echoed, o.count);
+  return ok ? 0 : 1;
+}
+
+// Nearest-rank percentile of sorted round-trip times, in microseconds.
+double percentile_us(const std::vector<std::int64_t>& sorted_ns, double p) {
+  if (sorted_ns.empty()) return 0;
+  auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(sorted_ns.size())));
+  rank = std::clamp<std::size_t>(rank, 1, sorted_ns.size());
+  return static_cast<double>(sorted_ns[rank - 1]) / 1000.0;
+}
+
+// Sends one numbered message to --to, waits for its echo (`msg echo` there),
+// and repeats --count times: round trips, failures and round-trip times.
+int run_ping(const PingOptions& po) {
+  const MsgOptions& o = po.msg;
+  const auto node = node_id_option(o.to, "--to");
+  if (o.size < 8)
+    throw CLI::ValidationError("--size", "ping needs --size of at least 8 (the round trip's number)");
+  EndpointOptions eo;
+  eo.socket_path = o.target.socket;
+  eo.protocol = static_cast<std::uint8_t>(o.proto);
+  eo.events = true;
+  Endpoint ep = Endpoint::open(eo);
+  if (o.wait_peer) wait_for_peer(ep, node, o.timeout_s);
+  install_stop_handlers();
+
+  std::vector<std::byte> buf(o.size);
+  std::vector<std::int64_t> rtts;
+  rtts.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(o.count, 10'000'000)));
+  std::uint64_t sent = 0, answered = 0, timed_out = 0, send_failed = 0, failed = 0, late = 0, corrupt = 0,
+                unexpected = 0;
+  const auto timeout = to_ms(o.timeout_s);
+  const auto start = Clock::now();
+  auto last_report = start;
+  std::uint64_t last_answered = 0;
+  std::int64_t window_ns = 0;
+  std::string first_failure;
+  auto note_failure = [&](const std::string& what) {
+    ++failed;
+    if (first_failure.empty()) first_failure = what;
+    std::cerr << "locabusctl: " << what << "\n";
+  };
+  for (std::uint64_t i = 0; i < o.count && !g_stop && failed < po.max_failures; ++i) {
+    fill_sequenced(buf, i);
+    const auto t0 = Clock::now();
+    const auto st = ep.send(node, buf, timeout);
+    if (st == SendStatus::would_block)
+      throw Error(fmt::format("round trip {}: the message could not be queued within {}s", i, o.timeout_s),
+                  EAGAIN, "the daemon is not keeping up; check `locabusctl peers`");
+    if (st != SendStatus::ok) throw Error(fmt::format("round trip {}: the message was refused", i), EINVAL);
+    ++sent;
+    const auto deadline = t0 + timeout;
+    bool done = false;
+    while (!done) {
+      const auto now = Clock::now();
+      if (now >= deadline) {
+        ++timed_out;
+        note_failure(
+            fmt::format("round trip {} to node {}: no echo within {}s (is `locabusctl msg echo --proto {}` "
+                        "running there? "
+                        "`locabusctl peers` shows the connection)",
+                        i, node, o.timeout_s, o.proto));
+        break;
+      }
+      if (g_stop) break;
+      auto m = ep.receive(std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) +
+                                       std::chrono::milliseconds(1),
+                                   kSlice));
+      if (m) {
+        const auto seq = check_sequenced(m->data);
+        if (m->node != node || m->broadcast) {
+          ++unexpected;
+        } else if (!seq || m->data.size() != buf.size()) {
+          ++corrupt;
+        } else if (*seq < i) {
+          ++late;  // the echo of a round trip that timed out
+        } else if (*seq > i) {
+          ++unexpected;
+        } else {
+          const std::int64_t ns =
+              std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+          rtts.push_back(ns);
+          window_ns += ns;
+          ++answered;
+          done = true;
+        }
+      }
+      while (auto e = ep.next_event())
+        if (e->kind == LOCABUS_EV_SEND_FAILED && e->node == node) {
+          send_failed += e->count;
+          if (!done) {
+            note_failure(fmt::format("round trip {}: {}", i, e->to_string()));
+            done = true;
+          } else {
+            std::cerr << "locabusctl: " << e->to_string() << "\n";
+          }
+        }
+    }
+    if (!o.target.json && Clock::now() - last_report > std::chrono::seconds(1)) {
+      const auto n = answered - last_answered;
+      std::cerr << fmt::format("  {}/{} round trips, {} failed, mean {} over the last {}\n", i + 1, o.count,
+                               failed, n ? us_text(window_ns / static_cast<std::int64_t>(n) / 1000) : "-", n);
+      last_report = Clock::now();
+      last_answered = answered;
+      window_ns = 0;
+    }
+  }
+  // Echoes still on their way, or a failure reported after the last round trip.
+  while (auto e = ep.next_event())
+    if (e->kind == LOCABUS_EV_SEND_FAILED && e->node == node) {
+      send_failed += e->count;
+      std::cerr << "locabusctl: " << e->to_string() << "\n";
+    }
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  std::sort(rtts.begin(), rtts.end());
+  double mean_us = 0;
+  for (auto ns : rtts) mean_us += static_cast<double>(ns) / 1000.0;
+  if (!rtts.empty()) mean_us /= static_cast<double>(rtts.size());
+  const bool interrupted = g_stop != 0;
+  const bool ok = answered == o.count && failed == 0 && send_failed == 0 && corrupt == 0 && unexpected == 0;
+  if (o.target.json) {
+    json j{{"to", node},
+           {"proto", o.proto},
+           {"size", o.size},
+           {"count", o.count},
+           {"sent", sent},
+           {"answered", answered},
+           {"failed", failed},
+           {"timed_out", timed_out},
+           {"send_failed", send_failed},
+           {"late", late},
+           {"corrupt", corrupt},
+           {"unexpected", unexpected},
+           {"seconds", secs},
+           {"rate", secs > 0 ? static_cast<double>(answered) / secs : 0.0},
+           {"rtt_us", json(nullptr)},  // below: only when some round trip was answered
+           {"interrupted", interrupted},
+           {"ok", ok}};
+    if (!rtts.empty())
+      j["rtt_us"] = {{"min", percentile_us(rtts, 0)},    {"mean", mean_us},
+                     {"p50", percentile_us(rtts, 0.50)}, {"p90", percentile_us(rtts, 0.90)},
+                     {"p99", percentile_us(rtts, 0.99)}, {"p999", percentile_us(rtts, 0.999)},
+                     {"max", percentile_us(rtts, 1)}};
+    if (!first_failure.empty()) j["first_failure"] = first_failure;
+    std::cout << j.dump() << "\n";
+  } else {
+    fmt::print("{} of {} round trip(s) to node {} answered ({} bytes) in {:.3f}s ({:.0f}/s)\n", answered,
+               o.count, node, o.size, secs, secs > 0 ? static_cast<double>(answered) / secs : 0.0);
+    if (!rtts.empty())
+      fmt::print("round trip: min {:.0f}us, p50 {:.0f}us, p99 {:.0f}us, max {:.0f}us, mean {:.0f}us\n",
+                 percentile_us(rtts, 0), percentile_us(rtts, 0.5), percentile_us(rtts, 0.99),
+                 percentile_us(rtts, 1), mean_us);
+    if (late || corrupt || unexpected)
+      fmt::print("{} late echo(es), {} corrupt, {} unexpected message(s)\n", late, corrupt, unexpected);
+  }
+  if (!ok) {
+    std::string why;
+    if (interrupted)
+      why = fmt::format("interrupted after {} of {} round trip(s)", sent, o.count);
+    else if (failed >= po.max_failures && sent < o.count)
+      why = fmt::format("gave up after {} failed round trip(s) (--max-failures)", failed);
+    else
+      why = fmt::format("{} of {} round trip(s) failed ({} timed out, {} message(s) reported failed)", failed,
+                        o.count, timed_out, send_failed);
+    if (corrupt || unexpected)
+      why += fmt::format("; {} corrupt and {} unexpected message(s)", corrupt, unexpected);
+    std::cerr << "locabusctl: ping: " << why << (first_failure.empty() ? "" : "; first: " + first_failure)
+              << "\n";
+  }
+  return ok ? 0 : 1;
+}
+
 struct EventOptions {
   DaemonTarget target;
   std::uint64_t count = 0;  // 0: until --until or the timeout
@@ -432,8 +727,8 @@ void register_daemon_commands(CLI::App& app) {
     for (const auto& [k, v] : rows) fmt::print("{:<{}}  {}\n", k, w, v);
   });
 
-  auto* msg =
-      app.add_subcommand("msg", "Send or receive messages through locabusd (an application endpoint)");
+  auto* msg = app.add_subcommand(
+      "msg", "Send, receive, echo or ping messages through locabusd (an application endpoint)");
   msg->require_subcommand(1);
   auto o = std::make_shared<MsgOptions>();
   auto common = [](CLI::App* c, MsgOptions& m) {
@@ -467,6 +762,46 @@ void register_daemon_commands(CLI::App& app) {
   common(recv, *r);
   recv->callback([r] {
     if (const int rc = run_recv(*r)) throw CLI::RuntimeError(rc);
+  });
+  auto e = std::make_shared<MsgOptions>();
+  e->count = 0;
+  e->timeout_s = 0;
+  auto* echo = msg->add_subcommand(
+      "echo",
+      "Echo every message back to its sender, until --count were echoed or interrupted (for `msg ping`)");
+  common(echo, *e);
+  echo->get_option("--count")->description("Stop after echoing this many messages (default: never)");
+  echo->get_option("--timeout")
+      ->description(
+          "Stop when nothing arrived for this many seconds (default: never); also the wait for "
+          "ring space");
+  echo->get_option("--sequence")
+      ->description("Check that each sender's messages are numbered in order (ping's)");
+  echo->callback([e] {
+    if (const int rc = run_echo(*e)) throw CLI::RuntimeError(rc);
+  });
+  auto pg = std::make_shared<PingOptions>();
+  pg->msg.size = 64;
+  auto* ping = msg->add_subcommand(
+      "ping",
+      "Send a numbered message to node --to, wait for its echo (`msg echo` there), repeat --count times; "
+      "report round-trip times and failures");
+  add_daemon_options(ping, pg->msg.target);
+  ping->add_option("-p,--proto", pg->msg.proto, "Application protocol id (16-255)")
+      ->check(CLI::Range(16, 255));
+  ping->add_option("--to", pg->msg.to, "The node that echoes")->required();
+  ping->add_option("--count", pg->msg.count, "Round trips, one after another")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  ping->add_option("--size", pg->msg.size, "Payload bytes (at least 8; default 64)")
+      ->check(CLI::Range(8, LOCABUS_MAX_MESSAGE));
+  ping->add_option("--timeout", pg->msg.timeout_s,
+                   "Seconds to wait for each echo (a round trip slower than that fails), and for the peer");
+  ping->add_option("--max-failures", pg->max_failures, "Stop after this many failed round trips (default 10)")
+      ->check(CLI::PositiveNumber);
+  ping->add_flag("!--no-wait", pg->msg.wait_peer, "Do not wait for the node to be a live member first");
+  ping->callback([pg] {
+    if (const int rc = run_ping(*pg)) throw CLI::RuntimeError(rc);
   });
 }
 

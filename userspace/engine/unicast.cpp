@@ -446,6 +446,7 @@ void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
   Connection& c = p.conn;
   if (!seq_between(c.snd_una, ack, c.snd_max)) return;  // old, or acknowledges what we never sent
   const bool was_retrying = c.retries > 0;
+  const bool was_persisting = persisting(c);
   c.retries = 0;  // the peer is there
   const std::uint16_t acked = seq_diff(ack, c.snd_una);
   const Nanos now = clock_.now();
@@ -480,6 +481,13 @@ void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
   if (seq_before(c.snd_edge, edge)) {
     c.snd_edge = edge;
     c.persist_shift = 0;  // credit again: the next closed window starts probing fast
+    if (was_persisting && c.snd_una != c.snd_max) {
+      // The window opened with a window probe out that this ACK does not
+      // cover: it arrived beyond the window and was dropped. Send it again
+      // now, not after the next probe interval.
+      for (std::uint16_t s = c.snd_una; s != c.snd_max && seq_before(s, c.snd_edge); s = seq_add(s, 1))
+        queue_retx(p, s);
+    }
   }
   if (acked > 0 || was_retrying) publish(p);
   if (acked > 0 || seq_before(c.snd_max, c.snd_edge) || !p.retx.empty()) mark_tx_ready(p);
