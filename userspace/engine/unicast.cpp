@@ -116,9 +116,13 @@ Nanos Engine::pto(const Connection& c) const { return std::max(2 * c.srtt, confi
 
 // How long after sending a frame again a NAK that still names it means the
 // repair was lost too (and not merely still on its way).
+// Frames and NAKs keep their order on the link, so a NAK that left the
+// receiver after the repair arrived comes back at least a round trip after
+// the repair was sent: the quickest round trip seen (rtt_min, an answer to a
+// frame that asked for one), with a quarter on top for jitter.
 Nanos Engine::repair_wait(const Connection& c) const {
-  if (c.srtt.count() == 0) return config_.tlp_min;
-  return c.srtt + std::max<Nanos>(c.rttvar, 50us);
+  if (c.rtt_min.count() == 0) return config_.tlp_min;
+  return std::max<Nanos>(c.rtt_min + c.rtt_min / 4, 20us);
 }
 
 // The retransmission timer: at the tail-loss probe's time when the newest
