@@ -198,7 +198,9 @@ int run_send(const MsgOptions& o) {
     const auto until = Clock::now() + to_ms(o.timeout_s);
     for (int empty = 0; empty < 2 && Clock::now() < until;) {
       std::uint64_t queued = 0;
-      for (const auto& p : ask(o.target, "peers")["peers"])
+      // (the reply must outlive the loop: ranging over a member of a temporary reads freed memory)
+      const json reply = ask(o.target, "peers");
+      for (const auto& p : reply.at("peers"))
         if (p.value("node", 0) == node) queued = p.value("queued", std::uint64_t{0});
       empty = queued == 0 ? empty + 1 : 0;
       if (auto e = ep.wait_event(std::chrono::milliseconds(50))) on_event(*e);
