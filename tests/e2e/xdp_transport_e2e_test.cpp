@@ -254,7 +254,11 @@ TEST_F(XdpTransportE2E, HundredThousandMessagesExactlyOnceInOrderWithAcksConsume
 // every such wait would end with the retransmission timer (>= 250 ms) and
 // count as a timeout. The ring wakes it instead. (How often the sender
 // finds the ACK there already depends on how the two threads and the
-// softirqs share the 2 CPUs: it slept for 3 % to 60 % of the ACKs here.)
+// softirqs share the 2 CPUs: it slept for 0.7 % to 60 % of the ACKs here;
+// since the last frame of a full window asks for an ACK at once, the sender
+// often finds it back already.) What must hold: it did sleep, the ring woke
+// most of those sleeps (the rest: its own timers, heartbeats), and no wait
+// ended with the retransmission timer.
 TEST_F(XdpTransportE2E, ASenderWaitingForAcksSleepsAndTheAckRingWakesIt) {
   constexpr std::uint64_t kCount = 100'000;
   engine::EngineConfig cfg;
@@ -264,8 +268,8 @@ TEST_F(XdpTransportE2E, ASenderWaitingForAcksSleepsAndTheAckRingWakesIt) {
   report("AF_XDP, window 16", kCount, o);
   ASSERT_TRUE(o.a.kernel);
   const auto& x = o.a.xdp;
-  EXPECT_GE(o.a.idle_sleeps, 100u) << "the sender should sleep while its window is full";
-  EXPECT_GE(x.ring_wakeups, 100u) << "and the ACK ring should be what wakes it";
+  EXPECT_GE(o.a.idle_sleeps, 20u) << "the sender should sleep while its window is full";
+  EXPECT_GE(2 * x.ring_wakeups, o.a.idle_sleeps) << "and the ACK ring should be what wakes it";
   EXPECT_GT((*o.a.kernel)[LOCABUS_CTR_ack_consumed], kCount / 100);
   EXPECT_EQ(x.rx_pure_acks, 0u);
   EXPECT_LE(o.a.peer.timeouts, 2u) << "progress must not wait for the retransmission timer";
