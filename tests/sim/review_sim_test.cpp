@@ -7,7 +7,7 @@
 #include <set>
 
 #include "engine/control.hpp"
-#include "sim_test_util.hpp"
+#include "unicast_harness.hpp"
 
 namespace locabus::sim {
 namespace {
@@ -16,95 +16,11 @@ using namespace std::chrono_literals;
 using engine::EngineConfig;
 using engine::EventKind;
 using engine::Nanos;
+using testing::all_acked;
+using testing::Delivery;
+using testing::expect_no_failures;
 using testing::for_each_seed;
-
-class Delivery {
- public:
-  explicit Delivery(SimCluster& c) : c_(c) {
-    c_.on_step([this](std::size_t idx) { drain(idx); });
-  }
-  void drain(std::size_t idx) {
-    if (paused_.count(idx) || !c_.up(idx)) return;
-    const std::uint16_t me = SimCluster::id_of(idx);
-    c_.node(idx).receive(budget_, [&](const engine::Message& m) {
-      const auto p = testing::parse(m.payload);
-      ++total_;
-      if (!p.intact || p.from != m.node) {
-        ++corrupt_;
-        return;
-      }
-      std::uint64_t& next = next_[{m.node, me}];
-      if (p.index != next) {
-        ++order_errors_;
-        if (first_error_.empty()) {
-          first_error_ = "node " + std::to_string(me) + " got message " + std::to_string(p.index) + " from " +
-                         std::to_string(m.node) + ", expected " + std::to_string(next);
-        }
-      }
-      next = p.index + 1;
-    });
-  }
-  std::uint64_t received(std::uint16_t from, std::uint16_t to) const {
-    auto it = next_.find({from, to});
-    return it == next_.end() ? 0 : it->second;
-  }
-  void pause(std::size_t idx) { paused_.insert(idx); }
-  void resume(std::size_t idx) { paused_.erase(idx); }
-  void set_budget(std::size_t b) { budget_ = b; }
-  void expect_clean() const {
-    EXPECT_EQ(order_errors_, 0u) << first_error_;
-    EXPECT_EQ(corrupt_, 0u);
-  }
-
- private:
-  SimCluster& c_;
-  std::map<std::pair<std::uint16_t, std::uint16_t>, std::uint64_t> next_;
-  std::set<std::size_t> paused_;
-  std::size_t budget_ = 1u << 20;
-  std::uint64_t total_ = 0, corrupt_ = 0, order_errors_ = 0;
-  std::string first_error_;
-};
-
-struct Stream {
-  std::size_t from, to;
-  std::uint64_t count;
-  std::uint64_t next = 0;
-  std::size_t payload = 64;
-  void pump(SimCluster& c) {
-    if (!c.up(from)) return;
-    auto& e = c.node(from);
-    while (next < count) {
-      auto p = testing::payload(SimCluster::id_of(from), next, payload);
-      auto r = e.send(SimCluster::id_of(to), LOCABUS_P_KCCM, p);
-      if (r.status == engine::SendStatus::would_block) return;
-      ASSERT_TRUE(r) << r.describe(SimCluster::id_of(to));
-      ++next;
-    }
-  }
-};
-
-EngineConfig patient() {
-  EngineConfig cfg;
-  cfg.suspect_after = 20s;
-  cfg.dead_after = 40s;
-  cfg.max_retransmits = 30;
-  return cfg;
-}
-
-void expect_no_failures(SimCluster& c) {
-  for (std::size_t i = 0; i < c.size(); ++i) {
-    for (const auto& e : c.events(i)) {
-      EXPECT_NE(e.event.kind, EventKind::send_failed) << "node " << i << ": " << e.event.to_string();
-      EXPECT_NE(e.event.kind, EventKind::disconnected) << "node " << i << ": " << e.event.to_string();
-      EXPECT_NE(e.event.kind, EventKind::dead) << "node " << i << ": " << e.event.to_string();
-    }
-  }
-}
-
-[[maybe_unused]] bool all_acked(SimCluster& c, std::size_t from, std::size_t to) {
-  auto info = c.node(from).peer(SimCluster::id_of(to));
-  return info && info->queued == 0;
-}
+using testing::Stream;
 
 std::string describe(SimCluster& c, std::size_t from, std::size_t to) {
   auto i = c.node(from).peer(SimCluster::id_of(to));
@@ -142,7 +58,7 @@ TEST_P(TortureTest, ExactlyOnceInOrderAndNoStall) {
     link.duplicate = t.dup;
     link.reorder = t.reorder;
     link.jitter = t.jitter;
-    EngineConfig cfg = patient();
+    EngineConfig cfg = testing::patient_config();
     cfg.window = t.window;
     cfg.send_buffer = t.send_buffer;
     cfg.receive_buffer = t.receive_buffer;
@@ -209,7 +125,7 @@ TEST(Review, CreditAdvertisedInTheHandshakeIsHonoured) {
   for_each_seed(8, [](std::uint64_t seed) {
     LinkParams link;
     link.loss = 0.05;
-    SimCluster c(seed, 2, patient(), link);
+    SimCluster c(seed, 2, testing::patient_config(), link);
     ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
     Delivery d(c);
     Stream s{0, 1, 2000};
@@ -245,7 +161,7 @@ TEST(Review, NoNakNamesTheNextExpectedFrameWhenNothingIsHeld) {
   for_each_seed(8, [](std::uint64_t seed) {
     LinkParams link;
     link.reorder = 0.05;  // no loss: every gap fills by itself
-    SimCluster c(seed, 2, patient(), link);
+    SimCluster c(seed, 2, testing::patient_config(), link);
     ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 30s));
     Delivery d(c);
     std::uint64_t naks = 0, bogus = 0;
@@ -287,7 +203,7 @@ TEST(Review, IncastWithTinyReorderMemoryCompletes) {
     link.loss = 0.05;
     link.duplicate = 0.05;
     link.reorder = 0.1;
-    EngineConfig cfg = patient();
+    EngineConfig cfg = testing::patient_config();
     cfg.reorder_memory = 2 * 1484;
     SimCluster c(seed, 8, cfg, link);
     ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 60s));
@@ -323,7 +239,7 @@ TEST(Review, IntermittentReaderWithHeldFramesCompletes) {
     link.duplicate = 0.05;
     link.reorder = 0.2;
     link.jitter = 200us;
-    EngineConfig cfg = patient();
+    EngineConfig cfg = testing::patient_config();
     cfg.window = 64;
     cfg.receive_buffer = 48;
     cfg.send_buffer = 100;
@@ -365,7 +281,7 @@ TEST(Review, RestartUnderLossAndReorderAccountsForEveryMessage) {
     link.loss = 0.05;
     link.duplicate = 0.05;
     link.reorder = 0.1;
-    SimCluster c(seed, 3, patient(), link);
+    SimCluster c(seed, 3, testing::patient_config(), link);
     ASSERT_TRUE(c.run_until([&] { return c.converged(); }, 60s));
     std::uint64_t sent = 0, received = 0;
     c.on_step([&](std::size_t idx) {
@@ -429,7 +345,7 @@ TEST(Review, AReorderedFrameOfTheCurrentConnectionIsNotRejectedAsStale) {
   for_each_seed(4, [](std::uint64_t seed) {
     LinkParams link;
     link.reorder = 0.05;  // no loss: held back 1 ms
-    EngineConfig cfg = patient();
+    EngineConfig cfg = testing::patient_config();
     cfg.window = 4;
     cfg.send_buffer = 8;
     cfg.receive_buffer = 8;
