@@ -103,6 +103,11 @@ enum locabus_failure {
   LOCABUS_FAIL_CLOSED = 6,         /* closed locally before it went out */
   LOCABUS_FAIL_SHUTDOWN = 7,       /* the local daemon is shutting down */
   LOCABUS_FAIL_RELEASED = 8,       /* broadcast_lost: the sender had freed them (it had counted us out) */
+  LOCABUS_FAIL_NO_ENDPOINT = 9,    /* nobody had that protocol (or socket port) open on the node */
+  LOCABUS_FAIL_ENDPOINT_CLOSED = 10, /* the receiving endpoint closed before reading them */
+  LOCABUS_FAIL_DROPPED = 11,       /* the receiving daemon could not deliver them (a datagram it could
+                                      not reassemble, or sent beyond the credit it granted) */
+  LOCABUS_FAIL_CONNECTION_CLOSED = 12, /* the connection closed before the receiving endpoint read them */
   LOCABUS_FAIL_UNKNOWN_NODE = 16,  /* never heard from that node: wait for it to join */
   LOCABUS_FAIL_INVALID_NODE = 17,  /* our own id (or a message too large for the engine) */
 };

@@ -104,6 +104,62 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, frag) == 6, "frag at
 LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, nfrags) == 7, "nfrags at 7");
 
 /* ---------------------------------------------------------------------
+ * Endpoint flow control (LOCABUS_P_FLOW messages, docs/PROTOCOL.md
+ * "Endpoint flow control"). Over one connection, the messages for one
+ * destination endpoint form a stream, named by a 32-bit key: the protocol
+ * id in the top 16 bits and, for services with ports (Locasock), the
+ * destination port below (0 for application protocols). Both daemons count
+ * a stream's messages from 0 since the sender's last OPEN; the receiver
+ * grants credit as an absolute count (CREDIT: "you may send messages
+ * [0, limit)"), and names messages it will not deliver by their count
+ * (REFUSE). All fields big-endian. One P_FLOW message carries one kind and
+ * `count` entries of that kind.
+ * ------------------------------------------------------------------- */
+#define LOCABUS_FLOW_OPEN 1   /* sender: my streams to you start again from 0, generation `gen` */
+#define LOCABUS_FLOW_CREDIT 2 /* receiver: entries locabus_flow_credit */
+#define LOCABUS_FLOW_REFUSE 3 /* receiver: entries locabus_flow_refuse */
+
+#define LOCABUS_FLOW_INITIAL_WINDOW 64 /* messages a stream may send before its first CREDIT */
+
+/* Why a receiver refused messages (locabus_flow_refuse.reason). */
+#define LOCABUS_REFUSE_NO_ENDPOINT 1  /* nobody has that protocol or port open */
+#define LOCABUS_REFUSE_CLOSED 2       /* the endpoint closed before reading them */
+#define LOCABUS_REFUSE_OVER_CREDIT 3  /* sent beyond the credit granted (a sender bug) */
+#define LOCABUS_REFUSE_INCOMPLETE 4   /* a datagram that could not be reassembled */
+
+struct locabus_flow_hdr {
+  __u8 kind;    /* LOCABUS_FLOW_* */
+  __u8 count;   /* entries that follow (0 for OPEN) */
+  __be16 reserved;
+  __be32 gen;   /* the sender's stream generation this is about */
+};
+
+struct locabus_flow_credit {
+  __be32 key;      /* the stream */
+  __be32 reserved;
+  __be64 consumed; /* messages [0, consumed) were delivered to the endpoint or refused */
+  __be64 limit;    /* the sender may send messages [0, limit) of the stream */
+};
+
+struct locabus_flow_refuse {
+  __be32 key;
+  __u8 reason;  /* LOCABUS_REFUSE_* */
+  __u8 reserved[3];
+  __be64 first; /* first refused message of the stream */
+  __be64 count; /* consecutive messages */
+};
+
+#define LOCABUS_FLOW_MAX_CREDITS \
+  ((LOCABUS_MAX_PAYLOAD - sizeof(struct locabus_flow_hdr)) / sizeof(struct locabus_flow_credit))
+#define LOCABUS_FLOW_MAX_REFUSALS \
+  ((LOCABUS_MAX_PAYLOAD - sizeof(struct locabus_flow_hdr)) / sizeof(struct locabus_flow_refuse))
+
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_flow_hdr) == 8, "flow header is 8 bytes");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_flow_credit) == 24, "credit entry is 24 bytes");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_flow_refuse) == 24, "refuse entry is 24 bytes");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_flow_refuse, first) == 8, "first at 8");
+
+/* ---------------------------------------------------------------------
  * Packet types (locabus_hdr.type). 0 is never valid; every value above
  * LOCABUS_T_MAX is unknown and dropped by the fast path.
  * ------------------------------------------------------------------- */
@@ -134,7 +190,8 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, nfrags) == 7, "nfrag
 #define LOCABUS_P_MONITOR 3  /* LocaMonitor statistics */
 #define LOCABUS_P_SPS 4      /* single process space */
 #define LOCABUS_P_MPI 5      /* MPI subset */
-#define LOCABUS_P_MAX LOCABUS_P_MPI
+#define LOCABUS_P_FLOW 6     /* daemon to daemon: per-endpoint credit and refusals */
+#define LOCABUS_P_MAX LOCABUS_P_FLOW
 
 /* ---------------------------------------------------------------------
  * RFC 1071 Internet checksum.

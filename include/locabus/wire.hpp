@@ -51,6 +51,7 @@ enum class Protocol : std::uint8_t {
   monitor = LOCABUS_P_MONITOR,
   sps = LOCABUS_P_SPS,
   mpi = LOCABUS_P_MPI,
+  flow = LOCABUS_P_FLOW,
 };
 
 constexpr bool is_known_type(std::uint8_t t) noexcept { return t >= LOCABUS_T_MIN && t <= LOCABUS_T_MAX; }

@@ -635,7 +635,7 @@ case "$scenario" in
     for k in 2 3; do
       wait "${sps[k]}" || fail "the server on node $k: $(grep -v '^ok' "$work/serve$k.txt")"
     done
-    on 2 "$ctl" counters --json | jq -e '.locasock.no_port >= 1 and .api.locasock_no_port >= 1' >/dev/null ||
+    on 2 "$ctl" counters --json | jq -e '.locasock.no_port >= 2 and .api.router.flow.refusals_sent >= 1' >/dev/null ||
       fail "the datagram to an unbound port was not counted: $(on 2 "$ctl" counters --json | jq -c .locasock)"
     # locabus-cat: lines, then binary blocks, from node 1 to node 3
     on 3 "$cat" --port 7300 --listen --count 2 --timeout 10 --json >"$work/lines.json" 2>"$work/lines.err" &

@@ -241,8 +241,36 @@ int client(const std::vector<std::uint16_t>& peers) {
   auto m = ep.receive(10s);
   check(m && m->text() == "U:?raw unicast", "a raw unicast is not flagged broadcast");
 
-  // A port nobody bound: dropped there, counted (the script checks).
-  check(sock.send_to(peer, 7999, "nobody") == locabus::SendStatus::ok, "send to an unbound port");
+  // A port nobody bound, a protocol nobody opened: refused there, and the
+  // sender is told which of its own messages (numbered from 0 per socket or
+  // endpoint) with the reason, like an ICMP port unreachable.
+  {
+    auto lone = locabus::Socket::bind(0);
+    check(lone.send_to(peer, 7999, "nobody 0") == locabus::SendStatus::ok, "send to an unbound port");
+    check(lone.send_to(peer, 7999, std::string(5000, 'x')) == locabus::SendStatus::ok,
+          "a 4-fragment datagram to an unbound port");
+    std::uint64_t told = 0, next = 0;
+    while (told < 2) {
+      auto e = lone.wait_event(5s);
+      if (!e) break;
+      check(e->kind == LOCABUS_EV_SEND_FAILED && e->failure == LOCABUS_FAIL_NO_ENDPOINT && e->node == peer &&
+                e->first_message == next,
+            "refusal names datagrams " + std::to_string(e->first_message) + "+" + std::to_string(e->count) +
+                ": " + e->to_string());
+      told += e->count;
+      next = e->first_message + e->count;
+    }
+    check(told == 2, "both datagrams to the unbound port were refused back (" + std::to_string(told) + ")");
+    check(!lone.wait_event(300ms), "no other failure for the socket");
+    // The main socket, which sent to that node too, hears nothing of it.
+    check(!sock.next_event(), "failures go only to the socket that sent");
+    auto none = locabus::Endpoint::open(kProto + 9);
+    check(none.send(peer, "nobody") == locabus::SendStatus::ok, "send to a protocol nobody opened there");
+    auto e = none.wait_event(5s);
+    check(e && e->kind == LOCABUS_EV_SEND_FAILED && e->failure == LOCABUS_FAIL_NO_ENDPOINT &&
+              e->first_message == 0 && e->count == 1,
+          "the endpoint's message 0 was refused back: " + (e ? e->to_string() : std::string("no event")));
+  }
   for (const auto p : peers)
     check(sock.send_to(p, kServerPort, "quit") == locabus::SendStatus::ok, "quit sent");
   return failures ? 1 : 0;

@@ -240,6 +240,10 @@ const char* locabus_failure_name(int failure) {
     case LOCABUS_FAIL_CLOSED: return "closed";
     case LOCABUS_FAIL_SHUTDOWN: return "shutdown";
     case LOCABUS_FAIL_RELEASED: return "released";
+    case LOCABUS_FAIL_NO_ENDPOINT: return "no_endpoint";
+    case LOCABUS_FAIL_ENDPOINT_CLOSED: return "endpoint_closed";
+    case LOCABUS_FAIL_DROPPED: return "dropped";
+    case LOCABUS_FAIL_CONNECTION_CLOSED: return "connection_closed";
     case LOCABUS_FAIL_UNKNOWN_NODE: return "unknown_node";
     case LOCABUS_FAIL_INVALID_NODE: return "invalid_node";
     default: return "unknown";

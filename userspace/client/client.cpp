@@ -49,7 +49,9 @@ int remaining_ms(const std::optional<Clock::time_point>& deadline) {
 std::string Event::to_string() const {
   switch (kind) {
     case LOCABUS_EV_SEND_FAILED:
-      return fmt::format("{} message(s) to node {} failed: {}", count, node, failure_name());
+      return count == 1 ? fmt::format("message {} to node {} failed: {}", first_message, node, failure_name())
+                        : fmt::format("messages {}..{} to node {} failed: {}", first_message,
+                                      first_message + count - 1, node, failure_name());
     case LOCABUS_EV_OVERRUN: return fmt::format("{} event(s) dropped: this endpoint read too slowly", count);
     case LOCABUS_EV_BROADCAST_LOST:
       return fmt::format("{} broadcast message(s) from node {} lost (stream sequences {}..{}, epoch {}): {}",

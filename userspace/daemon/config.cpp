@@ -14,6 +14,9 @@
 #include "common/error.hpp"
 #include "fastpath/netdev.hpp"
 
+#include <locabus/wire.h>
+#include <spdlog/spdlog.h>
+
 namespace locabus::daemon {
 
 std::filesystem::path Config::socket_path() const {
@@ -164,7 +167,16 @@ void load_toml(const std::filesystem::path& file, Config& cfg) {
     cfg.api_mode = *m;
   }
   r.integer("ring_bytes", cfg.ring_bytes, 64 << 10, 256 << 20);
-  r.millis("client_stall_timeout_ms", cfg.stall_timeout);
+  r.integer("endpoint_window", cfg.endpoint_window, LOCABUS_FLOW_INITIAL_WINDOW, 1 << 20);
+  // Before endpoint flow control a client that stopped reading was
+  // disconnected after this long; it now harms nobody and stays.
+  engine::Nanos ignored{};
+  r.millis("client_stall_timeout_ms", ignored);
+  if (ignored.count() != 0)
+    spdlog::warn(
+        "{}: client_stall_timeout_ms is no longer used (a slow reader holds up only its own traffic); "
+        "remove it",
+        file.string());
   r.str("log_level", cfg.log_level);
 
   if (const toml::table* x = r.table("xdp")) {

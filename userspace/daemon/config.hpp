@@ -31,9 +31,10 @@ struct Config {
   std::string api_group;                // group allowed to use the API besides root
   mode_t api_mode = 0660;               // permissions of the API socket
   std::uint32_t ring_bytes = 2u << 20;  // per direction and client
-  /// A client whose ring stays full this long while messages wait for it
-  /// is disconnected: it holds up delivery to every endpoint of the node.
-  engine::Nanos stall_timeout = std::chrono::seconds(10);
+  /// Messages per (sending peer, endpoint) the daemon holds for an endpoint
+  /// whose ring is full: the credit it grants each sender (endpoint flow
+  /// control, docs/PROTOCOL.md). A slow reader holds up only its own traffic.
+  std::uint32_t endpoint_window = 1024;
 
   std::string log_level = "info";
   engine::EngineConfig engine;

@@ -64,8 +64,9 @@ UniqueFd make_signal_fd() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGCHLD);  // services' children: the loop reaps them (a child must unblock its signals)
   // Blocked before anything else could start a thread; signalfd reads them.
-  if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) throw Error("block SIGTERM/SIGINT", errno);
+  if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) throw Error("block SIGTERM/SIGINT/SIGHUP/SIGCHLD", errno);
   UniqueFd fd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
   if (!fd) throw Error("create a signalfd", errno);
   ::signal(SIGPIPE, SIG_IGN);
@@ -193,6 +194,7 @@ int Daemon::do_work() {
     spdlog::log(event_level(e.kind), "{}", e.to_string());
     server_->on_event(e);
   }));
+  server_->after_events();
   work += server_->do_work();
   return work;
 }
@@ -208,6 +210,10 @@ std::optional<engine::Nanos> Daemon::next_deadline() const {
 bool Daemon::handle_signals() {
   signalfd_siginfo si;
   while (::read(signal_fd_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+    if (si.ssi_signo == SIGCHLD) {
+      server_->reap_children();  // for services that spawn processes
+      continue;
+    }
     if (si.ssi_signo == SIGHUP) {
       spdlog::info("SIGHUP: nothing to reload (restart the daemon to apply a new config)");
       continue;
@@ -263,6 +269,7 @@ void Daemon::shutdown() {
       spdlog::log(event_level(e.kind), "{}", e.to_string());
       server_->on_event(e);
     });
+    server_->after_events();
     const auto peers = engine_->peers();
     const bool open = std::any_of(peers.begin(), peers.end(), [](const engine::PeerInfo& p) {
       return p.conn != engine::ConnState::closed;

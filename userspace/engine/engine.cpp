@@ -360,6 +360,13 @@ SendResult Engine::send(std::uint16_t node, std::uint8_t proto, std::span<const 
 }
 
 std::size_t Engine::receive(std::size_t max, FunctionRef<void(const Message&)> on_message) {
+  return receive_or_park(max, [&](const Message& m) {
+    on_message(m);
+    return true;
+  });
+}
+
+std::size_t Engine::receive_or_park(std::size_t max, FunctionRef<bool(const Message&)> on_message) {
   std::size_t n = 0;
   // Round robin, one message per stream (a peer's connection, a peer's
   // broadcast stream) per turn.
@@ -371,7 +378,10 @@ std::size_t Engine::receive(std::size_t max, FunctionRef<void(const Message&)> o
     MessageRing& ring = bcast ? p.brx.queue : p.rx;
     if (ring.empty()) continue;
     const MessageRing::Slot& slot = ring.at(0);
-    on_message(Message{p.node, slot.proto, slot.data, bcast});
+    if (!on_message(Message{p.node, slot.proto, slot.data, bcast})) {
+      parked_.push_back(entry);
+      continue;
+    }
     ring.pop_front();
     --receivable_;
     ++n;
@@ -386,6 +396,11 @@ std::size_t Engine::receive(std::size_t max, FunctionRef<void(const Message&)> o
     }
   }
   return n;
+}
+
+void Engine::unpark() {
+  for (const std::uint32_t entry : parked_) rx_ready_.push_back(entry);
+  parked_.clear();
 }
 
 std::size_t Engine::live_members() const noexcept { return live_count_; }

@@ -212,6 +212,15 @@ class Engine final : public Agent {
   /// Hands up to `max` received messages to `on_message`, fairly across
   /// peers. Reading frees receive credit, which is advertised to the peer.
   std::size_t receive(std::size_t max, FunctionRef<void(const Message&)> on_message);
+  /// As receive(), but `on_message` may decline a message for now (return
+  /// false): its stream (the peer's connection, or its broadcast stream) is
+  /// parked with that message first, and receive() skips it until unpark().
+  /// Parking holds the stream's receive buffer, so its credit closes: the
+  /// sender slows down (back-pressure), nothing is lost.
+  std::size_t receive_or_park(std::size_t max, FunctionRef<bool(const Message&)> on_message);
+  /// Streams parked by receive_or_park() are offered again.
+  void unpark();
+  std::size_t parked() const noexcept { return parked_.size(); }
   /// Messages waiting for receive(), unicast and broadcast.
   std::size_t receivable() const noexcept { return receivable_; }
   /// Payload bytes held ahead of gaps over all connections (<= reorder_memory).
@@ -402,6 +411,7 @@ class Engine final : public Agent {
   // Streams with messages for receive(): (peer index << 1) | 1 for its
   // broadcast stream, | 0 for its unicast connection.
   std::deque<std::uint32_t> rx_ready_;
+  std::vector<std::uint32_t> parked_;  // streams receive_or_park() was told to hold
   std::size_t receivable_ = 0;
   std::size_t reorder_bytes_ = 0;  // payload held ahead of gaps, all peers (<= reorder_memory)
   std::array<std::byte, wire::kMaxPayload> nak_buf_{};

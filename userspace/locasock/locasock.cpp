@@ -26,6 +26,7 @@ constexpr std::uint32_t source_key(std::uint16_t node, bool broadcast) noexcept 
   return (std::uint32_t{node} << 1) | std::uint32_t{broadcast};
 }
 constexpr std::uint16_t key_node(std::uint64_t key) noexcept { return static_cast<std::uint16_t>(key >> 33); }
+constexpr bool key_broadcast(std::uint64_t key) noexcept { return ((key >> 32) & 1) != 0; }
 constexpr std::uint32_t key_source(std::uint64_t key) noexcept {
   return static_cast<std::uint32_t>(key >> 32);
 }
@@ -106,12 +107,13 @@ void Service::advance(Source& s, std::uint16_t ident) noexcept {
   }
 }
 
-void Service::on_message(const engine::Message& m, FunctionRef<void(const Datagram&)> deliver) {
+void Service::on_message(const engine::Message& m, Position pos, FunctionRef<void(const Datagram&)> deliver) {
   ++stats_.fragments_received;
-  if (m.proto != LOCABUS_P_LOCASOCK || m.payload.size() < kHeaderLen) {
+  auto malformed = [&](std::uint16_t dport) {
     ++stats_.malformed;
-    return;
-  }
+    if (on_drop_ && pos.count) on_drop_(Dropped{m.node, dport, m.broadcast, pos});
+  };
+  if (m.proto != LOCABUS_P_LOCASOCK || m.payload.size() < kHeaderLen) return malformed(0);
   const wire::LocasockHeader h = wire::LocasockHeader::read(m.payload);
   const std::span<const std::byte> body = m.payload.subspan(kHeaderLen);
   const std::size_t nfrags = h.nfrags();
@@ -124,10 +126,7 @@ void Service::on_message(const engine::Message& m, FunctionRef<void(const Datagr
       nfrags >= 1 && nfrags <= kMaxFrags && frag < nfrags && body.size() <= kFragPayload &&
       (last ? nfrags == 1 || (!body.empty() && (nfrags - 1) * kFragPayload + body.size() <= kMaxDatagram)
             : body.size() == kFragPayload);
-  if (!valid) {
-    ++stats_.malformed;
-    return;
-  }
+  if (!valid) return malformed(h.dport());
 
   const std::uint16_t ident = h.ident();
   Source* source = nullptr;
@@ -150,13 +149,14 @@ void Service::on_message(const engine::Message& m, FunctionRef<void(const Datagr
                         std::memcmp(p.data.get() + frag * kFragPayload, body.data(), body.size()) == 0;
       if (same) {
         ++stats_.duplicates;
+        it->second.pos.count += pos.count;  // consumed with the datagram
         return;
       }
       stale = true;
     }
     if (stale) {
       ++stats_.reassembly_replaced;
-      remove(it);
+      drop(it);
       it = partials_.end();
     }
   }
@@ -164,7 +164,7 @@ void Service::on_message(const engine::Message& m, FunctionRef<void(const Datagr
   if (it == partials_.end()) {
     if (nfrags == 1) {
       ++stats_.datagrams_delivered;
-      deliver(Datagram{m.node, h.sport(), h.dport(), m.broadcast, body});
+      deliver(Datagram{m.node, h.sport(), h.dport(), m.broadcast, body, pos});
       return;
     }
     // Allocate what the datagram can need: exact once the last fragment
@@ -185,6 +185,7 @@ void Service::on_message(const engine::Message& m, FunctionRef<void(const Datagr
     p.source = source;
     p.dport = h.dport();
     p.nfrags = static_cast<std::uint8_t>(nfrags);
+    p.pos = Position{pos.gen, pos.first, 0};
     it = partials_.emplace(key, std::move(p)).first;
     it->second.age = age_.insert(age_.end(), key);
     ++source->partials;
@@ -195,16 +196,19 @@ void Service::on_message(const engine::Message& m, FunctionRef<void(const Datagr
   std::memcpy(p.data.get() + frag * kFragPayload, body.data(), body.size());
   p.have |= std::uint64_t{1} << frag;
   ++p.count;
+  p.pos.count += pos.count;
   if (last) p.last_len = static_cast<std::uint16_t>(body.size());
   if (p.count < p.nfrags) return;
 
   // Complete: take the buffer out first, so that the callback may re-enter.
   const std::size_t size = (nfrags - 1) * kFragPayload + p.last_len;
   const std::uint16_t dport = p.dport;
+  const Position done = p.pos;
   const std::unique_ptr<std::byte[]> data = std::move(p.data);
   remove(it);
   ++stats_.datagrams_delivered;
-  deliver(Datagram{m.node, h.sport(), dport, m.broadcast, std::span<const std::byte>(data.get(), size)});
+  deliver(
+      Datagram{m.node, h.sport(), dport, m.broadcast, std::span<const std::byte>(data.get(), size), done});
 }
 
 std::unordered_map<Service::Key, Service::Partial>::iterator Service::remove(
@@ -216,10 +220,18 @@ std::unordered_map<Service::Key, Service::Partial>::iterator Service::remove(
   return partials_.erase(it);
 }
 
+std::unordered_map<Service::Key, Service::Partial>::iterator Service::drop(
+    std::unordered_map<Key, Partial>::iterator it) {
+  const Dropped d{key_node(it->first), it->second.dport, key_broadcast(it->first), it->second.pos};
+  auto next = remove(it);
+  if (on_drop_ && d.pos.count) on_drop_(d);
+  return next;
+}
+
 void Service::make_room(std::size_t bytes) {
   // validate() keeps reassembly_memory >= kMaxDatagram >= bytes, so this ends.
   while (held_ + bytes > config_.reassembly_memory && !age_.empty()) {
-    remove(partials_.find(age_.front()));
+    drop(partials_.find(age_.front()));
     ++stats_.reassembly_evicted;
   }
 }
@@ -230,7 +242,7 @@ std::size_t Service::expire() {
   while (!age_.empty()) {
     const auto it = partials_.find(age_.front());
     if (it->second.first_at + config_.reassembly_timeout > now) break;
-    remove(it);
+    drop(it);
     ++n;
   }
   stats_.reassembly_timeouts += n;
@@ -246,7 +258,7 @@ std::size_t Service::drop_node(std::uint16_t node) {
   std::size_t n = 0;
   for (auto it = partials_.begin(); it != partials_.end();) {
     if (key_node(it->first) == node) {
-      it = remove(it);
+      it = drop(it);
       ++n;
     } else {
       ++it;

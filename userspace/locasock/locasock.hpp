@@ -10,6 +10,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <optional>
@@ -33,6 +34,16 @@ inline constexpr std::size_t kMaxFrags = LOCASOCK_MAX_FRAGS;        // 45
 /// Fragments a datagram of `bytes` takes (a 0-byte datagram is 1 fragment).
 std::size_t fragments_for(std::size_t bytes) noexcept;
 
+/// Where fragments lie in the stream they came on, for whoever flow-controls
+/// that stream (the daemon's router): opaque to Locasock, which only adds
+/// up the fragments a datagram took. A datagram's fragments travel
+/// back to back on one stream, so they are `count` messages from `first`.
+struct Position {
+  std::uint32_t gen = 0;
+  std::uint64_t first = 0;
+  std::uint32_t count = 0;
+};
+
 /// A received datagram; `data` is valid only during the deliver callback.
 struct Datagram {
   std::uint16_t node = 0;  // the sender
@@ -40,6 +51,16 @@ struct Datagram {
   std::uint16_t dport = 0;
   bool broadcast = false;  // came on the sender's broadcast stream
   std::span<const std::byte> data;
+  Position pos;  // its fragments (and duplicates of them) in their stream
+};
+
+/// Fragments that will never make a datagram (malformed, or a partial
+/// datagram dropped: replaced, evicted, timed out, its sender gone).
+struct Dropped {
+  std::uint16_t node = 0;
+  std::uint16_t dport = 0;  // 0 when unknown (a malformed fragment)
+  bool broadcast = false;
+  Position pos;
 };
 
 /// What Locasock needs from the engine (EngineBus adapts engine::Engine;
@@ -111,7 +132,14 @@ class Service {
   /// A LOCABUS_P_LOCASOCK message from the engine (m.broadcast tells the
   /// stream). Calls `deliver` for the datagram it completes, if any (the
   /// span is valid only during the call; the callback may call send()).
-  void on_message(const engine::Message& m, FunctionRef<void(const Datagram&)> deliver);
+  void on_message(const engine::Message& m, FunctionRef<void(const Datagram&)> deliver) {
+    on_message(m, Position{}, deliver);
+  }
+  /// The same, for a message at `pos` in its stream.
+  void on_message(const engine::Message& m, Position pos, FunctionRef<void(const Datagram&)> deliver);
+  /// Called for fragments that will never make a datagram, so that their
+  /// sender can be told (Locasock is reliable: delivered or told).
+  void set_on_drop(std::function<void(const Dropped&)> on_drop) { on_drop_ = std::move(on_drop); }
 
   /// Frees partial datagrams whose deadline (first fragment + timeout) has
   /// come; returns how many.
@@ -153,10 +181,13 @@ class Service {
     std::uint16_t last_len = 0;  // bytes of the last fragment, once held
     std::uint8_t nfrags = 0;
     std::uint8_t count = 0;  // fragments held
+    Position pos;            // the fragments' place in their stream
   };
 
   static void advance(Source& s, std::uint16_t ident) noexcept;
   std::unordered_map<Key, Partial>::iterator remove(std::unordered_map<Key, Partial>::iterator it);
+  /// remove(), telling on_drop_ that its fragments are lost.
+  std::unordered_map<Key, Partial>::iterator drop(std::unordered_map<Key, Partial>::iterator it);
   void make_room(std::size_t bytes);
 
   Bus& bus_;
@@ -170,6 +201,7 @@ class Service {
   std::unordered_map<SourceKey, Source> sources_;  // streams with partials: ident tracking
   std::size_t held_ = 0;
   ServiceStats stats_;
+  std::function<void(const Dropped&)> on_drop_;
 };
 
 /// SendResult::describe() for a Locasock send: names the 64 KB datagram

@@ -25,13 +25,14 @@ constexpr std::array<std::pair<PacketType, std::string_view>, 13> kTypeNames{{
 }};
 static_assert(kTypeNames.size() == LOCABUS_T_MAX - LOCABUS_T_MIN + 1, "a name for every packet type");
 
-constexpr std::array<std::pair<Protocol, std::string_view>, 6> kProtoNames{{
+constexpr std::array<std::pair<Protocol, std::string_view>, 7> kProtoNames{{
     {Protocol::control, "control"},
     {Protocol::locasock, "locasock"},
     {Protocol::kccm, "kccm"},
     {Protocol::monitor, "monitor"},
     {Protocol::sps, "sps"},
     {Protocol::mpi, "mpi"},
+    {Protocol::flow, "flow"},
 }};
 static_assert(kProtoNames.size() == LOCABUS_P_MAX + 1, "a name for every protocol id");
 

@@ -1,0 +1,366 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+#include "daemon/flow.hpp"
+
+#include <endian.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "common/error.hpp"
+
+namespace locabus::daemon {
+
+namespace {
+
+template <typename T>
+T load(std::span<const std::byte> b, std::size_t at) {
+  T v;
+  std::memcpy(&v, b.data() + at, sizeof v);
+  return v;
+}
+
+std::uint32_t be32(std::uint32_t v) { return htobe32(v); }
+std::uint64_t be64(std::uint64_t v) { return htobe64(v); }
+
+}  // namespace
+
+void FlowConfig::validate() const {
+  if (window < LOCABUS_FLOW_INITIAL_WINDOW || window < LOCASOCK_MAX_FRAGS || window > (1u << 20))
+    throw Error(fmt::format("endpoint_window {} is out of range", window), EINVAL,
+                fmt::format("use {}..{} messages", LOCABUS_FLOW_INITIAL_WINDOW, 1u << 20));
+}
+
+std::uint8_t refusal_failure(std::uint8_t reason) noexcept {
+  switch (reason) {
+    case LOCABUS_REFUSE_NO_ENDPOINT: return LOCABUS_FAIL_NO_ENDPOINT;
+    case LOCABUS_REFUSE_CLOSED: return LOCABUS_FAIL_ENDPOINT_CLOSED;
+    default: return LOCABUS_FAIL_DROPPED;
+  }
+}
+
+FlowControl::FlowControl(const engine::Clock& clock, const FlowConfig& config)
+    : clock_(clock), config_(config) {
+  config_.validate();
+}
+
+// ---- sending side -------------------------------------------------------------------
+
+bool FlowControl::has_credit(std::uint16_t node, StreamKey key, std::size_t n) const noexcept {
+  auto p = tx_.find(node);
+  if (p == tx_.end() || !p->second.open) return n <= LOCABUS_FLOW_INITIAL_WINDOW;
+  auto s = p->second.streams.find(key);
+  if (s == p->second.streams.end()) return n <= LOCABUS_FLOW_INITIAL_WINDOW;
+  return s->second.sent + n <= s->second.limit;
+}
+
+engine::SendStatus FlowControl::ensure_open(std::uint16_t node, Send send) {
+  TxPeer& p = tx_[node];
+  if (p.open) return engine::SendStatus::ok;
+  p.gen = next_gen_++;
+  locabus_flow_hdr h{};
+  h.kind = LOCABUS_FLOW_OPEN;
+  h.gen = be32(p.gen);
+  const auto st = send(node, std::as_bytes(std::span(&h, 1)));
+  if (st != engine::SendStatus::ok) return st;
+  p.open = true;
+  p.streams.clear();
+  ++counters_.opens_sent;
+  return st;
+}
+
+void FlowControl::sent(std::uint16_t node, StreamKey key, Origin origin, std::uint64_t engine_id) {
+  TxStream& s = tx_[node].streams[key];
+  ++s.sent;
+  s.inflight.push_back(InFlight{origin.client, origin.message, engine_id, false});
+}
+
+// Reports q[from, to) that are not reported yet, one ClientFailure per run
+// of one client's consecutive messages (a datagram's fragments share a number).
+void FlowControl::report(std::uint16_t node, std::deque<InFlight>& q, std::size_t from, std::size_t to,
+                         std::uint8_t failure, Fail fail) {
+  ClientFailure run{};
+  bool have = false;
+  auto flush = [&] {
+    if (!have) return;
+    if (run.client != 0) {
+      ++counters_.failures_reported;
+      fail(run);
+    }
+    have = false;
+  };
+  for (std::size_t i = from; i < to && i < q.size(); ++i) {
+    InFlight& f = q[i];
+    if (f.failed) continue;
+    f.failed = true;
+    if (have && f.client == run.client && f.message + 1 == run.first + run.count) continue;  // same message
+    if (have && f.client == run.client && f.message == run.first + run.count) {
+      ++run.count;
+      continue;
+    }
+    flush();
+    run = ClientFailure{f.client, node, f.message, 1, failure};
+    have = true;
+  }
+  flush();
+}
+
+// ---- receiving side -----------------------------------------------------------------
+
+StreamTag FlowControl::arrived(std::uint16_t node, StreamKey key, bool& over_credit) {
+  RxPeer& p = rx_[node];
+  RxStream& s = p.streams[key];
+  over_credit = s.received >= s.granted;
+  if (over_credit) ++counters_.over_credit;
+  return StreamTag{node, key, p.gen, s.received++, 1};
+}
+
+void FlowControl::done(RxPeer& p, StreamKey key, RxStream& s, std::uint64_t first, std::uint64_t count) {
+  if (first == s.consumed) {
+    s.consumed += count;
+    while (!s.ahead.empty() && *s.ahead.begin() <= s.consumed) {
+      if (*s.ahead.begin() == s.consumed) ++s.consumed;
+      s.ahead.erase(s.ahead.begin());
+    }
+  } else if (first > s.consumed) {
+    for (std::uint64_t i = 0; i < count; ++i) s.ahead.insert(first + i);
+  }
+  // Grant more once a quarter of the window came back: consumed + window.
+  // A stream that went quiet is confirmed a moment later, so that the
+  // sender forgets what was delivered.
+  const std::uint64_t limit = s.consumed + config_.window;
+  if (limit >= s.advertised + config_.window / 4) {
+    s.granted = std::max(s.granted, limit);
+    p.credit_due.insert(key);
+  } else if (s.consumed > s.confirmed && s.consumed == s.received) {
+    s.granted = std::max(s.granted, limit);
+    p.confirm_due.insert(key);
+    if (!confirm_at_) confirm_at_ = clock_.now() + config_.confirm_delay;
+  }
+}
+
+void FlowControl::consumed(const StreamTag& tag) {
+  if (tag.count == 0) return;
+  auto p = rx_.find(tag.node);
+  if (p == rx_.end() || p->second.gen != tag.gen) return;  // an earlier generation: nothing to credit
+  auto s = p->second.streams.find(tag.key);
+  if (s == p->second.streams.end()) return;
+  done(p->second, tag.key, s->second, tag.first, tag.count);
+  if (!p->second.credit_due.empty() || !p->second.confirm_due.empty()) dirty_.insert(tag.node);
+}
+
+void FlowControl::refuse(const StreamTag& tag, std::uint8_t reason) {
+  if (tag.count == 0) return;
+  counters_.refused_messages += tag.count;
+  auto p = rx_.find(tag.node);
+  if (p == rx_.end() || p->second.gen != tag.gen) return;  // the sender has forgotten them already
+  RxPeer& peer = p->second;
+  Refusal* last = peer.refusals.empty() ? nullptr : &peer.refusals.back();
+  if (last && last->key == tag.key && last->reason == reason && last->first + last->count == tag.first)
+    last->count += tag.count;
+  else
+    peer.refusals.push_back(Refusal{tag.key, reason, tag.first, tag.count});
+  if (auto s = peer.streams.find(tag.key); s != peer.streams.end())
+    done(peer, tag.key, s->second, tag.first, tag.count);
+  dirty_.insert(tag.node);
+}
+
+// ---- both ---------------------------------------------------------------------------
+
+void FlowControl::on_message(std::uint16_t node, std::span<const std::byte> payload, Fail fail) {
+  if (payload.size() < sizeof(locabus_flow_hdr)) {
+    ++counters_.malformed;
+    return;
+  }
+  const auto h = load<locabus_flow_hdr>(payload, 0);
+  const std::uint32_t gen = be32toh(h.gen);
+  const auto entries = payload.subspan(sizeof h);
+  switch (h.kind) {
+    case LOCABUS_FLOW_OPEN: {
+      // The peer's streams to us start again from 0. What we owed the old
+      // generation (credit, refusals) it no longer wants.
+      ++counters_.opens_received;
+      RxPeer& p = rx_[node];
+      p = RxPeer{};
+      p.gen = gen;
+      return;
+    }
+    case LOCABUS_FLOW_CREDIT:
+      if (entries.size() != std::size_t{h.count} * sizeof(locabus_flow_credit)) break;
+      return on_credit(node, gen, entries);
+    case LOCABUS_FLOW_REFUSE:
+      if (entries.size() != std::size_t{h.count} * sizeof(locabus_flow_refuse)) break;
+      return on_refuse(node, gen, entries, fail);
+    default: break;
+  }
+  ++counters_.malformed;
+}
+
+void FlowControl::on_credit(std::uint16_t node, std::uint32_t gen, std::span<const std::byte> entries) {
+  auto p = tx_.find(node);
+  for (std::size_t at = 0; at < entries.size(); at += sizeof(locabus_flow_credit)) {
+    ++counters_.credits_received;
+    if (p == tx_.end() || p->second.gen != gen || !p->second.open) continue;  // an earlier generation
+    const auto e = load<locabus_flow_credit>(entries, at);
+    auto s = p->second.streams.find(be32toh(e.key));
+    if (s == p->second.streams.end()) continue;
+    TxStream& st = s->second;
+    const std::uint64_t consumed = std::min<std::uint64_t>(be64toh(e.consumed), st.sent);
+    st.limit = std::max<std::uint64_t>(st.limit, be64toh(e.limit));
+    while (st.confirmed < consumed && !st.inflight.empty()) {
+      st.inflight.pop_front();
+      ++st.confirmed;
+    }
+  }
+}
+
+void FlowControl::on_refuse(std::uint16_t node, std::uint32_t gen, std::span<const std::byte> entries,
+                            Fail fail) {
+  auto p = tx_.find(node);
+  for (std::size_t at = 0; at < entries.size(); at += sizeof(locabus_flow_refuse)) {
+    ++counters_.refusals_received;
+    if (p == tx_.end() || p->second.gen != gen || !p->second.open) continue;
+    const auto e = load<locabus_flow_refuse>(entries, at);
+    auto s = p->second.streams.find(be32toh(e.key));
+    if (s == p->second.streams.end()) continue;
+    TxStream& st = s->second;
+    const std::uint64_t first = be64toh(e.first), count = be64toh(e.count);
+    if (first + count <= st.confirmed || first >= st.sent || count == 0) continue;
+    const std::uint64_t from = std::max(first, st.confirmed) - st.confirmed;
+    const std::uint64_t to = std::min(first + count, st.sent) - st.confirmed;
+    report(node, st.inflight, from, to, refusal_failure(e.reason), fail);
+  }
+}
+
+void FlowControl::on_send_failed(std::uint16_t node, std::uint64_t first, std::uint64_t count,
+                                 std::uint8_t failure, Fail fail) {
+  auto p = tx_.find(node);
+  if (p == tx_.end()) return;
+  for (auto& [key, st] : p->second.streams) {
+    auto& q = st.inflight;
+    // Engine ids grow along the stream: the failed ones are one run.
+    auto lo =
+        std::partition_point(q.begin(), q.end(), [&](const InFlight& f) { return f.engine_id < first; });
+    auto hi =
+        std::partition_point(lo, q.end(), [&](const InFlight& f) { return f.engine_id < first + count; });
+    if (lo != hi)
+      report(node, q, static_cast<std::size_t>(lo - q.begin()), static_cast<std::size_t>(hi - q.begin()),
+             failure, fail);
+  }
+}
+
+void FlowControl::on_reset(std::uint16_t node, std::uint8_t failure, Fail fail) {
+  auto p = tx_.find(node);
+  if (p == tx_.end()) return;
+  for (auto& [key, st] : p->second.streams) report(node, st.inflight, 0, st.inflight.size(), failure, fail);
+  tx_.erase(p);  // the next send opens a new generation
+}
+
+int FlowControl::flush(Send send) {
+  int sent = 0;
+  const bool confirm_now = confirm_at_ && clock_.now() >= *confirm_at_;
+  if (confirm_now) confirm_at_.reset();
+  for (auto it = dirty_.begin(); it != dirty_.end();) {
+    const std::uint16_t node = *it;
+    auto pit = rx_.find(node);
+    if (pit == rx_.end()) {
+      it = dirty_.erase(it);
+      continue;
+    }
+    RxPeer& p = pit->second;
+    bool blocked = false;
+    if (confirm_now) {
+      p.credit_due.insert(p.confirm_due.begin(), p.confirm_due.end());
+      p.confirm_due.clear();
+    }
+    // Refusals first: a credit's `consumed` covers them, and the sender
+    // forgets what a credit confirms.
+    while (!p.refusals.empty() && !blocked) {
+      std::array<std::byte, LOCABUS_MAX_PAYLOAD> buf{};
+      const std::size_t n = std::min<std::size_t>(p.refusals.size(), LOCABUS_FLOW_MAX_REFUSALS);
+      locabus_flow_hdr h{};
+      h.kind = LOCABUS_FLOW_REFUSE;
+      h.count = static_cast<std::uint8_t>(n);
+      h.gen = be32(p.gen);
+      std::memcpy(buf.data(), &h, sizeof h);
+      for (std::size_t i = 0; i < n; ++i) {
+        locabus_flow_refuse e{};
+        e.key = be32(p.refusals[i].key);
+        e.reason = p.refusals[i].reason;
+        e.first = be64(p.refusals[i].first);
+        e.count = be64(p.refusals[i].count);
+        std::memcpy(buf.data() + sizeof h + i * sizeof e, &e, sizeof e);
+      }
+      if (send(node, std::span(buf.data(), sizeof h + n * sizeof(locabus_flow_refuse))) !=
+          engine::SendStatus::ok) {
+        blocked = true;
+        break;
+      }
+      ++sent;
+      counters_.refusals_sent += n;
+      p.refusals.erase(p.refusals.begin(), p.refusals.begin() + static_cast<std::ptrdiff_t>(n));
+    }
+    while (!blocked && !p.credit_due.empty()) {
+      std::array<std::byte, LOCABUS_MAX_PAYLOAD> buf{};
+      std::size_t n = 0;
+      locabus_flow_hdr h{};
+      h.kind = LOCABUS_FLOW_CREDIT;
+      h.gen = be32(p.gen);
+      auto k = p.credit_due.begin();
+      for (; k != p.credit_due.end() && n < LOCABUS_FLOW_MAX_CREDITS; ++k) {
+        auto s = p.streams.find(*k);
+        if (s == p.streams.end()) continue;
+        locabus_flow_credit e{};
+        e.key = be32(*k);
+        e.consumed = be64(s->second.consumed);
+        e.limit = be64(s->second.granted);
+        std::memcpy(buf.data() + sizeof h + n * sizeof e, &e, sizeof e);
+        ++n;
+      }
+      h.count = static_cast<std::uint8_t>(n);
+      std::memcpy(buf.data(), &h, sizeof h);
+      if (n > 0 && send(node, std::span(buf.data(), sizeof h + n * sizeof(locabus_flow_credit))) !=
+                       engine::SendStatus::ok) {
+        blocked = true;
+        break;
+      }
+      // Advertised now: what the sender knows.
+      for (auto j = p.credit_due.begin(); j != k; ++j)
+        if (auto s = p.streams.find(*j); s != p.streams.end()) {
+          s->second.advertised = s->second.granted;
+          s->second.confirmed = s->second.consumed;
+          p.confirm_due.erase(*j);
+        }
+      p.credit_due.erase(p.credit_due.begin(), k);
+      if (n > 0) {
+        ++sent;
+        counters_.credits_sent += n;
+      }
+    }
+    if (blocked || !p.confirm_due.empty()) {
+      if (!p.confirm_due.empty() && !confirm_at_) confirm_at_ = clock_.now() + config_.confirm_delay;
+      ++it;  // later
+    } else {
+      it = dirty_.erase(it);
+    }
+  }
+  return sent;
+}
+
+std::size_t FlowControl::unconfirmed() const noexcept {
+  std::size_t n = 0;
+  for (const auto& [node, p] : tx_)
+    for (const auto& [key, s] : p.streams) n += s.inflight.size();
+  return n;
+}
+
+std::size_t FlowControl::streams() const noexcept {
+  std::size_t n = 0;
+  for (const auto& [node, p] : tx_) n += p.streams.size();
+  for (const auto& [node, p] : rx_) n += p.streams.size();
+  return n;
+}
+
+}  // namespace locabus::daemon
