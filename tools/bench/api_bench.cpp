@@ -15,9 +15,9 @@
 #include <unistd.h>
 
 #include <array>
-#include <chrono>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -463,14 +463,10 @@ void BM_ClientReceive(benchmark::State& state) {
       });
       break;
     case ClientCall::receive_view:
-#ifdef LOCABUS_BENCH_RECEIVE_VIEW
       run_client_receive(state, d, locabus::api::kRecordMessage, {}, msg, kBatch, [&] {
         auto v = ep.receive_view(forever);
         benchmark::DoNotOptimize(v->data.data());
       });
-#else
-      state.SkipWithError("no receive_view() in this library");
-#endif
       break;
   }
 }
@@ -510,14 +506,10 @@ void BM_ClientSocketReceive(benchmark::State& state) {
       });
       break;
     case ClientCall::receive_view:
-#ifdef LOCABUS_BENCH_RECEIVE_VIEW
       run_client_receive(state, d, locabus::api::kRecordDatagram, head, dgram, kBatch, [&] {
         auto v = sock.receive_view(forever);
         benchmark::DoNotOptimize(v->data.data());
       });
-#else
-      state.SkipWithError("no receive_view() in this library");
-#endif
       break;
   }
 }
