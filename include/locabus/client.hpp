@@ -62,6 +62,15 @@ struct Message {
   std::string_view text() const noexcept { return {reinterpret_cast<const char*>(data.data()), data.size()}; }
 };
 
+/// A received message lent by the library (Endpoint::receive_view()): `data`
+/// points into the endpoint's receive ring, nothing was copied.
+struct MessageView {
+  std::uint16_t node = 0;  // the sender
+  bool broadcast = false;  // sent to every node
+  std::span<const std::byte> data;
+  std::string_view text() const noexcept { return {reinterpret_cast<const char*>(data.data()), data.size()}; }
+};
+
 /// A membership or delivery event (locabus_event in C).
 struct Event : locabus_event {
   std::string_view kind_name() const noexcept { return locabus_event_kind_name(kind); }
@@ -133,6 +142,15 @@ class Endpoint {
   /// The same; `broadcast` tells whether the message was a broadcast.
   std::optional<std::size_t> receive_into(std::span<std::byte> buffer, std::uint16_t& from, bool& broadcast,
                                           std::chrono::milliseconds timeout = kForever);
+  /// Like receive(), without copying: the message stays in the receive ring
+  /// and the view points at it. The view is valid until the next
+  /// receive(), receive_into(), receive_view(), next_event(), wait_event()
+  /// or release_view() on this endpoint, or its destruction; while it is
+  /// held the daemon cannot reuse the message's space (hold it briefly).
+  std::optional<MessageView> receive_view(std::chrono::milliseconds timeout = kForever);
+  /// Ends the view receive_view() returned (its space goes back to the
+  /// daemon now, not at the next receive). Optional; never throws.
+  void release_view() noexcept;
 
   /// The next event, if there is one now; never blocks.
   std::optional<Event> next_event();
@@ -175,6 +193,13 @@ struct DatagramInfo {
 /// A received Locasock datagram.
 struct Datagram : DatagramInfo {
   std::vector<std::byte> data;
+  std::string_view text() const noexcept { return {reinterpret_cast<const char*>(data.data()), data.size()}; }
+};
+
+/// A received datagram lent by the library (Socket::receive_view()): `data`
+/// points into the socket's receive ring, nothing was copied.
+struct DatagramView : DatagramInfo {
+  std::span<const std::byte> data;
   std::string_view text() const noexcept { return {reinterpret_cast<const char*>(data.data()), data.size()}; }
 };
 
@@ -228,6 +253,11 @@ class Socket {
   /// ClientError(EMSGSIZE) when the buffer is too small (the datagram stays).
   std::optional<std::size_t> receive_into(std::span<std::byte> buffer, DatagramInfo& from,
                                           std::chrono::milliseconds timeout = kForever);
+  /// Like receive(), without copying, with the lifetime rules of
+  /// Endpoint::receive_view().
+  std::optional<DatagramView> receive_view(std::chrono::milliseconds timeout = kForever);
+  /// Ends the view receive_view() returned. Optional; never throws.
+  void release_view() noexcept;
 
   /// Events: send_failed always, membership events when bound with events.
   std::optional<Event> next_event();

@@ -177,6 +177,20 @@ long locabus_recv(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, i
 long locabus_recv_ex(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, unsigned* flags,
                      int timeout_ms);
 
+/* Receives one message without copying it: *data (not NULL) points at it
+ * inside the endpoint's receive ring, *from and *flags (each may be NULL)
+ * are as in locabus_recv_ex(). *data stays valid until the next
+ * locabus_recv*(), locabus_next_event() or locabus_recv_release() on `ep`,
+ * or locabus_close(); hold it briefly, the daemon cannot reuse that space
+ * meanwhile. Returns its length, or -EAGAIN (none within timeout_ms),
+ * -ENOTCONN (the daemon went away). */
+long locabus_recv_view(locabus_endpoint* ep, uint16_t* from, const void** data, unsigned* flags,
+                       int timeout_ms);
+
+/* Ends the view locabus_recv_view() returned now (optional: the next call
+ * ends it anyway). NULL is ignored. */
+void locabus_recv_release(locabus_endpoint* ep);
+
 /* Takes the next membership event: 1 when *out was filled, 0 when there is
  * none now, or -ENOTCONN. Never blocks. */
 int locabus_next_event(locabus_endpoint* ep, struct locabus_event* out);
@@ -232,6 +246,17 @@ int locabus_broadcast_to(locabus_socket* s, uint16_t port, const void* data, siz
  * the datagram is kept), -ENOTCONN (the daemon went away). */
 long locabus_recvfrom(locabus_socket* s, void* buf, size_t cap, uint16_t* node, uint16_t* port,
                       unsigned* flags, int timeout_ms);
+
+/* Receives one datagram without copying it, with the lifetime rules of
+ * locabus_recv_view() (ended by the next locabus_recvfrom*(),
+ * locabus_socket_next_event(), locabus_socket_recv_release() or
+ * locabus_socket_close()). *data must not be NULL; node, port, flags as in
+ * locabus_recvfrom(). Returns its length, or -EAGAIN, -ENOTCONN. */
+long locabus_recvfrom_view(locabus_socket* s, const void** data, uint16_t* node, uint16_t* port,
+                           unsigned* flags, int timeout_ms);
+
+/* Ends the view locabus_recvfrom_view() returned now. NULL is ignored. */
+void locabus_socket_recv_release(locabus_socket* s);
 
 /* As locabus_next_event(): 1 when *out was filled, 0 when there is none
  * now, or -ENOTCONN. send_failed events always; the rest with

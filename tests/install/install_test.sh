@@ -61,6 +61,12 @@ grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear error: 
 dynsyms=$(objdump -T "$libdir/liblocabus.so")  # not piped into grep -q: pipefail and SIGPIPE
 grep -q "LOCABUS_0.2 *locabus_socket_open" <<<"$dynsyms" ||
   { echo "install_test: locabus_socket_open is not exported as LOCABUS_0.2" >&2; exit 1; }
+for sym in locabus_recv_view locabus_recvfrom_view \
+  '_ZN7locabus8Endpoint12receive_viewENSt6chrono8durationIlSt5ratioILl1ELl1000EEEE' \
+  '_ZN7locabus6Socket12release_viewEv'; do
+  grep -q "LOCABUS_0.3 *$sym" <<<"$dynsyms" ||
+    { echo "install_test: $sym is not exported as LOCABUS_0.3" >&2; exit 1; }
+done
 help=$(LD_LIBRARY_PATH=$libdir "$prefix/bin/locabus-cat" --help)
 grep -q -- "--generate" <<<"$help" || { echo "install_test: locabus-cat --help" >&2; exit 1; }
 echo "install_test: installed package works with pkg-config and find_package"

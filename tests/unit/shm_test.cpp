@@ -130,6 +130,115 @@ TEST(ShmRing, ReadHonoursMaxAndACallbackThatDeclines) {
   EXPECT_EQ(rest[1].aux, 4);
 }
 
+TEST(ShmRing, PeekLeavesARecordInTheRingUntilConsumedAndReleased) {
+  Pair p;
+  RingProducer& out = p.daemon.producer();
+  RingConsumer& in = p.client.consumer();
+  ASSERT_EQ(out.try_write(2, 7, bytes_of("first")), Status::kWritten);
+  ASSERT_EQ(out.try_write(3, 8, bytes_of("second")), Status::kWritten);
+  (void)out.publish();
+  const std::size_t free_before = out.free_bytes();
+
+  const RecordView* a = in.peek();
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->type, 2);
+  EXPECT_EQ(a->aux, 7);
+  EXPECT_EQ(text_of(a->payload), "first");
+  EXPECT_EQ(in.peek(), a) << "peeking again returns the same record";
+  EXPECT_EQ(in.unreleased(), 0U);
+  in.consume();
+  EXPECT_EQ(in.unreleased(), record_bytes(5));
+  EXPECT_EQ(text_of(a->payload), "first") << "consumed but not released: the bytes are still ours";
+  EXPECT_EQ(out.free_bytes(), free_before) << "nothing released yet";
+
+  const RecordView* b = in.peek();
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(text_of(b->payload), "second");
+  EXPECT_FALSE(in.caught_up()) << "the second record is only peeked";
+  in.consume();
+  EXPECT_TRUE(in.caught_up());
+  EXPECT_EQ(in.peek(), nullptr);
+  EXPECT_FALSE(in.prepare_sleep()) << "may not sleep while holding space";
+  EXPECT_FALSE(in.release()) << "the producer does not wait";
+  EXPECT_EQ(in.unreleased(), 0U);
+  EXPECT_EQ(out.free_bytes(), p.daemon.ring_bytes());
+  EXPECT_TRUE(in.prepare_sleep());
+}
+
+TEST(ShmRing, ReadReleasesWhatPeekConsumedBefore) {
+  Pair p;
+  RingProducer& out = p.daemon.producer();
+  RingConsumer& in = p.client.consumer();
+  for (const char* s : {"a", "b", "c"}) ASSERT_EQ(out.try_write(2, 0, bytes_of(s)), Status::kWritten);
+  (void)out.publish();
+  ASSERT_NE(in.peek(), nullptr);
+  in.consume();
+  const auto rest = read_all(in);
+  ASSERT_EQ(rest.size(), 2U);
+  EXPECT_EQ(rest[0].payload, "b");
+  EXPECT_EQ(rest[1].payload, "c");
+  EXPECT_EQ(in.unreleased(), 0U);
+  EXPECT_EQ(out.free_bytes(), p.daemon.ring_bytes());
+}
+
+TEST(ShmRing, ConsumedSpaceStaysTakenUntilReleaseThenWakesTheWaitingProducer) {
+  Pair p;
+  RingProducer& out = p.daemon.producer();
+  RingConsumer& in = p.client.consumer();
+  const std::string msg(100, 'x');
+  std::size_t written = 0;
+  while (out.try_write(2, 0, bytes_of(msg)) == Status::kWritten) ++written;
+  (void)out.publish();
+  ASSERT_GT(written, 10U);
+  std::size_t seen = 0;
+  while (const RecordView* r = in.peek()) {
+    ASSERT_EQ(r->payload.size(), msg.size());
+    in.consume();
+    ++seen;
+  }
+  EXPECT_EQ(seen, written);  // (and the padding after them, skipped)
+  EXPECT_EQ(out.try_write(2, 0, bytes_of(msg)), Status::kFull) << "consumed but unreleased space is not free";
+  EXPECT_FALSE(in.producer_waiting());
+  ASSERT_TRUE(out.prepare_sleep(msg.size()));
+  EXPECT_TRUE(in.producer_waiting());
+  EXPECT_TRUE(in.release()) << "the producer said it sleeps: ring it";
+  EXPECT_FALSE(in.producer_waiting());
+  EXPECT_EQ(out.try_write(2, 0, bytes_of(msg)), Status::kWritten);
+}
+
+TEST(ShmRing, PeekSkipsPaddingAndSeesTheRecordBehindIt) {
+  Pair p;
+  RingProducer& out = p.daemon.producer();
+  RingConsumer& in = p.client.consumer();
+  const std::string big(p.daemon.max_payload(), 'b');
+  // Three maximal records leave a quarter of the ring minus headers; the
+  // fourth does not fit before the end once the first is released.
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(out.try_write(2, 0, bytes_of(big)), Status::kWritten);
+  (void)out.publish();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_NE(in.peek(), nullptr);
+    in.consume();
+  }
+  (void)in.release();
+  ASSERT_EQ(out.try_write(2, 0, bytes_of("small")), Status::kWritten);
+  ASSERT_EQ(out.try_write(2, 9, bytes_of(big)), Status::kWritten);  // behind padding
+  (void)out.publish();
+  const RecordView* r = in.peek();
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(text_of(r->payload), "small");
+  in.consume();
+  r = in.peek();
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->aux, 9);
+  EXPECT_EQ(r->payload.size(), big.size());
+  EXPECT_EQ(static_cast<const void*>(r->payload.data()),
+            static_cast<const void*>(p.client.base() + layout::kHeaderBytes + sizeof(RecordHeader)))
+      << "the record after the padding starts the ring (to_client is the first ring)";
+  in.consume();
+  EXPECT_FALSE(in.release());
+  EXPECT_EQ(out.free_bytes(), p.daemon.ring_bytes());
+}
+
 TEST(ShmRing, FullRingRefusesUntilTheConsumerFreesSpace) {
   Pair p;  // 4096-byte rings
   auto& prod = p.daemon.producer();

@@ -11,19 +11,27 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <locabus/client.hpp>
+#include <nlohmann/json.hpp>
+
+#include "api/control.hpp"
 #include "api/shm.hpp"
 #include "common/unique_fd.hpp"
 
@@ -334,6 +342,181 @@ void BM_EventfdWriteRead(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_EventfdWriteRead);
+
+// ---- the client library's receive path --------------------------------------------------------
+//
+// What liblocabus costs per received message, in one thread: a fake daemon
+// (this process, the daemon side of the region) writes a batch of records
+// into the endpoint's ring and publishes them, untimed; then the
+// application takes them with receive_into() / receive() (/ receive_view()),
+// timed (manual time). No sleeping, no cross-core traffic: the client's own
+// CPU per message, as the engine benchmarks measure the engine's.
+
+/// A daemon that answers one "open" on a private socket with a region and a
+/// doorbell, then stays silent (the client takes any message on the control
+/// socket for the end of the connection).
+struct FakeDaemon {
+  std::filesystem::path dir;
+  UniqueFd listener;
+  UniqueFd conn;
+  std::optional<SharedRegion> region;
+  std::pair<Doorbell, Doorbell> bells = Doorbell::create_pair();
+
+  FakeDaemon() {
+    char tmpl[] = "/tmp/locabus-bench-XXXXXX";
+    if (!::mkdtemp(tmpl)) die("mkdtemp");
+    dir = tmpl;
+    listener.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    if (!listener) die("socket");
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = (dir / "sock").string();
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) die("bind");
+    if (::listen(listener.get(), 1) != 0) die("listen");
+  }
+  ~FakeDaemon() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  std::string socket_path() const { return (dir / "sock").string(); }
+
+  /// Serves the open request (in a thread: open() waits for the reply).
+  void serve(nlohmann::json reply) {
+    conn.reset(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn) die("accept");
+    if (!locabus::api::receive_control(conn.get())) throw std::runtime_error("no open request");
+    region.emplace(SharedRegion::create("bench"));
+    const int fds[2] = {region->fd(), bells.second.fd()};
+    locabus::api::send_control(conn.get(), reply, fds);
+  }
+
+  template <typename Open>
+  auto open(nlohmann::json reply, Open&& open_client) {
+    std::thread t([&] { serve(std::move(reply)); });
+    auto client = open_client(socket_path());
+    t.join();
+    return client;
+  }
+
+  /// Writes `n` records and publishes them. They must fit.
+  void write(std::uint16_t type, std::uint16_t aux, std::span<const std::byte> head,
+             std::span<const std::byte> body, std::size_t n) {
+    auto& p = region->producer();
+    for (std::size_t i = 0; i < n; ++i) {
+      if (p.try_write(type, aux, head, body) != RingProducer::Status::kWritten)
+        throw std::runtime_error("the endpoint's ring is full: the benchmark's batch is too large");
+    }
+    if (p.publish()) bells.first.ring();
+  }
+};
+
+enum class ClientCall { receive_into, receive, receive_view };
+
+template <typename Take>
+void run_client_receive(benchmark::State& state, FakeDaemon& d, std::uint16_t type,
+                        std::span<const std::byte> head, std::span<const std::byte> body, std::size_t batch,
+                        Take&& take) {
+  std::chrono::nanoseconds timed{0};
+  std::uint64_t n = 0;
+  for (auto _ : state) {
+    d.write(type, 2, head, body, batch);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < batch; ++i) take();
+    const auto t1 = std::chrono::steady_clock::now();
+    timed += t1 - t0;
+    n += batch;
+    state.SetIterationTime(std::chrono::duration<double>(t1 - t0).count());
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(n));
+  state.SetBytesProcessed(static_cast<std::int64_t>(n * body.size()));
+  state.counters["ns_per_msg"] = static_cast<double>(timed.count()) / static_cast<double>(n);
+}
+
+// Endpoint: messages of N bytes, 256 per batch (the daemon's engine batch).
+void BM_ClientReceive(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  const auto call = static_cast<ClientCall>(state.range(1));
+  constexpr std::size_t kBatch = 256;
+  FakeDaemon d;
+  auto ep = d.open({{"ok", true}, {"node_id", 1}, {"proto", LOCABUS_PROTO_DEFAULT}}, [](std::string path) {
+    locabus::EndpointOptions o;
+    o.socket_path = std::move(path);
+    o.events = false;
+    return locabus::Endpoint::open(o);
+  });
+  std::vector<std::byte> msg(size, std::byte{0x5a});
+  std::array<std::byte, LOCABUS_MAX_MESSAGE> buf;
+  std::uint16_t from = 0;
+  const auto forever = std::chrono::milliseconds(-1);
+  switch (call) {
+    case ClientCall::receive_into:
+      run_client_receive(state, d, locabus::api::kRecordMessage, {}, msg, kBatch, [&] {
+        benchmark::DoNotOptimize(ep.receive_into(buf, from, forever));
+        benchmark::DoNotOptimize(buf);
+      });
+      break;
+    case ClientCall::receive:
+      run_client_receive(state, d, locabus::api::kRecordMessage, {}, msg, kBatch, [&] {
+        auto m = ep.receive(forever);
+        benchmark::DoNotOptimize(m->data.data());
+      });
+      break;
+    case ClientCall::receive_view:
+      run_client_receive(state, d, locabus::api::kRecordMessage, {}, msg, kBatch, [&] {
+        auto v = ep.receive_view(forever);
+        benchmark::DoNotOptimize(v->data.data());
+      });
+      break;
+  }
+}
+BENCHMARK(BM_ClientReceive)
+    ->ArgNames({"bytes", "call"})
+    ->ArgsProduct({{64, 1024}, {0, 1, 2}})
+    ->UseManualTime();
+
+// Socket: datagrams of N bytes, 64 per batch.
+void BM_ClientSocketReceive(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  const auto call = static_cast<ClientCall>(state.range(1));
+  constexpr std::size_t kBatch = 64;
+  FakeDaemon d;
+  auto sock = d.open({{"ok", true}, {"node_id", 1}, {"port", 7000}}, [](std::string path) {
+    locabus::SocketOptions o;
+    o.socket_path = std::move(path);
+    return locabus::Socket::bind(7000, o);
+  });
+  std::vector<std::byte> dgram(size, std::byte{0x5a});
+  const locabus::api::DatagramHeader h{2, 7000, 0, 0};
+  const auto head = std::as_bytes(std::span(&h, 1));
+  std::vector<std::byte> buf(LOCABUS_MAX_DATAGRAM);
+  locabus::DatagramInfo from;
+  const auto forever = std::chrono::milliseconds(-1);
+  switch (call) {
+    case ClientCall::receive_into:
+      run_client_receive(state, d, locabus::api::kRecordDatagram, head, dgram, kBatch, [&] {
+        benchmark::DoNotOptimize(sock.receive_into(buf, from, forever));
+        benchmark::DoNotOptimize(buf.data());
+      });
+      break;
+    case ClientCall::receive:
+      run_client_receive(state, d, locabus::api::kRecordDatagram, head, dgram, kBatch, [&] {
+        auto m = sock.receive(forever);
+        benchmark::DoNotOptimize(m->data.data());
+      });
+      break;
+    case ClientCall::receive_view:
+      run_client_receive(state, d, locabus::api::kRecordDatagram, head, dgram, kBatch, [&] {
+        auto v = sock.receive_view(forever);
+        benchmark::DoNotOptimize(v->data.data());
+      });
+      break;
+  }
+}
+BENCHMARK(BM_ClientSocketReceive)
+    ->ArgNames({"bytes", "call"})
+    ->ArgsProduct({{1024, 16384}, {0, 1, 2}})
+    ->UseManualTime();
 
 }  // namespace
 

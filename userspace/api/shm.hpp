@@ -264,10 +264,21 @@ class RingProducer {
   ProtocolError error_ = ProtocolError::kNone;
 };
 
+/// One record as a consumer sees it. `payload` points into the ring.
+struct RecordView {
+  std::uint16_t type = 0;
+  std::uint16_t aux = 0;
+  std::span<const std::byte> payload;
+};
+
 /// Reads records from one ring. The producer's index and every record header
 /// are read from shared memory exactly once, into locals, and validated before
 /// use; a violation ends the read with ProtocolError (final), never a read
 /// outside the ring, a crash or an endless loop.
+///
+/// Two ways to read: read() hands a batch to a callback and releases its
+/// space; peek() / consume() / release() let the caller keep a record in the
+/// ring while it uses it (no copy) and give space back when it chooses.
 class RingConsumer {
  public:
   struct [[nodiscard]] ReadResult {
@@ -281,26 +292,52 @@ class RingConsumer {
   explicit RingConsumer(detail::RingGeometry g) noexcept : g_(g) {}
 
   /// Hands up to `max` records to `fn(type, aux, payload)`, then releases
-  /// their space in one store. `fn` may return void, or bool: false leaves
-  /// that record in the ring (it comes again next time) and stops.
+  /// their space (and any consumed before) in one store. `fn` may return
+  /// void, or bool: false leaves that record in the ring (it comes again
+  /// next time) and stops.
   ///
   /// `payload` points into the shared memory: the peer can change those
   /// bytes at any time (a buggy or hostile client, not a correct one), so
   /// copy before validating what you parse from it, or parse it so that
   /// changing bytes cannot hurt. It is valid until read() returns.
-  /// `fn` must not throw; if it does, the whole batch is delivered again.
+  /// If `fn` throws, the records before count as read (their space is
+  /// released by the next read() or release()) and that one comes again.
   template <typename F>
   ReadResult read(std::size_t max, F&& fn) {
     ReadResult r;
-    if (error_ != ProtocolError::kNone) {
-      r.error = error_;
-      return r;
+    while (r.records < max) {
+      const RecordView* rec = peek();
+      if (rec == nullptr) break;
+      if constexpr (std::is_same_v<
+                        std::invoke_result_t<F&, std::uint16_t, std::uint16_t, std::span<const std::byte>>,
+                        bool>) {
+        if (!fn(rec->type, rec->aux, rec->payload)) break;
+      } else {
+        fn(rec->type, rec->aux, rec->payload);
+      }
+      consume();
+      ++r.records;
     }
-    if (produced_ == consumed_) refresh_produced();
-    std::uint64_t pos = consumed_;
-    while (error_ == ProtocolError::kNone && r.records < max && pos != produced_) {
-      const std::uint64_t offset = pos & (g_.capacity - 1);
-      const std::uint64_t published = produced_ - pos;       // >= 8: both are multiples of 8
+    r.error = error_;
+    if (read_ != consumed_) r.wake_producer = release();
+    return r;
+  }
+
+  /// The next record, left in the ring: nullptr when nothing more is
+  /// published, or when the producer broke the protocol (see error()).
+  /// Calls before consume() return the same record without reading the
+  /// ring again. Its payload (same caveat as read()'s) stays valid, and the
+  /// producer cannot reuse its space, until it is consume()d and then
+  /// release()d: a caller may lend it out that long.
+  const RecordView* peek() noexcept {
+    if (peeked_bytes_ != 0) return &peeked_;
+    while (error_ == ProtocolError::kNone) {
+      if (read_ == produced_) {
+        refresh_produced();
+        if (read_ == produced_ || error_ != ProtocolError::kNone) break;
+      }
+      const std::uint64_t offset = read_ & (g_.capacity - 1);
+      const std::uint64_t published = produced_ - read_;     // >= 8: both are multiples of 8
       const RecordHeader h = load_header(g_.data + offset);  // one read
       const std::uint64_t bytes = record_bytes(h.length);
       if (h.type == kPaddingType) {
@@ -309,7 +346,7 @@ class RingConsumer {
         } else if (bytes > published) {
           error_ = ProtocolError::kTruncatedRecord;
         } else {
-          pos += bytes;
+          read_ += bytes;  // padding is consumed at once
         }
         continue;
       }
@@ -320,37 +357,62 @@ class RingConsumer {
       } else if (bytes > published) {
         error_ = ProtocolError::kTruncatedRecord;
       } else {
-        const std::span<const std::byte> payload(g_.data + offset + sizeof(RecordHeader), h.length);
-        if constexpr (std::is_same_v<
-                          std::invoke_result_t<F&, std::uint16_t, std::uint16_t, std::span<const std::byte>>,
-                          bool>) {
-          if (!fn(h.type, h.aux, payload)) break;
-        } else {
-          fn(h.type, h.aux, payload);
-        }
-        pos += bytes;
-        ++r.records;
+        peeked_ = RecordView{h.type, h.aux, {g_.data + offset + sizeof(RecordHeader), h.length}};
+        peeked_bytes_ = bytes;
+        return &peeked_;
       }
     }
-    r.error = error_;
-    if (pos != consumed_) r.wake_producer = release(pos);
-    return r;
+    return nullptr;
   }
 
-  /// True when nothing is published beyond what this consumer read (checks
-  /// the shared index; a garbage index counts as "not empty" so that the
-  /// next read() reports it).
+  /// Moves past the record peek() returned (which must have returned one).
+  /// Its space stays reserved, and its payload valid, until release().
+  void consume() noexcept {
+    read_ += peeked_bytes_;
+    peeked_bytes_ = 0;
+  }
+
+  /// Gives the space of every consumed record back to the producer, in one
+  /// store. Returns true when the producer waits for space: the caller must
+  /// then ring its doorbell (exactly one caller sees true).
+  [[nodiscard]] bool release() noexcept {
+    if (read_ == consumed_) return false;
+    consumed_ = read_;
+    detail::shared(g_.control->consumed).store(read_, std::memory_order_release);
+    // Pairs with the fence in RingProducer::prepare_sleep().
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    auto waiting = detail::shared(g_.control->producer_waiting);
+    if (waiting.load(std::memory_order_relaxed) == 0) return false;
+    return waiting.exchange(0, std::memory_order_relaxed) != 0;
+  }
+
+  /// Bytes consumed but not released.
+  std::size_t unreleased() const noexcept { return read_ - consumed_; }
+  /// Everything this consumer has seen published is consumed (no shared
+  /// read: more may have been published since).
+  bool caught_up() const noexcept { return read_ == produced_; }
+  /// The producer said it waits for space (a hint, read without ordering:
+  /// a consumer that holds space should release() it soon).
+  bool producer_waiting() const noexcept {
+    return detail::shared(g_.control->producer_waiting).load(std::memory_order_relaxed) != 0;
+  }
+
+  /// True when nothing is published beyond what this consumer consumed
+  /// (checks the shared index; a garbage index counts as "not empty" so that
+  /// the next read() reports it).
   bool empty() noexcept {
-    if (produced_ != consumed_) return false;
+    if (produced_ != read_) return false;
     refresh_produced();
-    return produced_ == consumed_ && error_ == ProtocolError::kNone;
+    return produced_ == read_ && error_ == ProtocolError::kNone;
   }
 
-  /// Call when read() found nothing. Announces that this consumer is about to
-  /// sleep, then checks again: true means "sleep on your doorbell now, the
-  /// producer will ring it when it publishes"; false means "read again".
+  /// Call when read() or peek() found nothing, after release(). Announces
+  /// that this consumer is about to sleep, then checks again: true means
+  /// "sleep on your doorbell now, the producer will ring it when it
+  /// publishes"; false means "read again" (or release() first: a consumer
+  /// holding space may not sleep, the producer might be waiting for it).
   [[nodiscard]] bool prepare_sleep() noexcept {
-    if (error_ != ProtocolError::kNone || produced_ != consumed_) return false;
+    if (error_ != ProtocolError::kNone || produced_ != read_ || read_ != consumed_) return false;
     auto waiting = detail::shared(g_.control->consumer_waiting);
     waiting.store(1, std::memory_order_relaxed);
     // Pairs with the fence in RingProducer::publish().
@@ -382,15 +444,6 @@ class RingConsumer {
       produced_ = p;
     }
   }
-  bool release(std::uint64_t pos) noexcept {
-    consumed_ = pos;
-    detail::shared(g_.control->consumed).store(pos, std::memory_order_release);
-    // Pairs with the fence in RingProducer::prepare_sleep().
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    auto waiting = detail::shared(g_.control->producer_waiting);
-    if (waiting.load(std::memory_order_relaxed) == 0) return false;
-    return waiting.exchange(0, std::memory_order_relaxed) != 0;
-  }
   static RecordHeader load_header(std::byte* at) noexcept {
     return std::bit_cast<RecordHeader>(
         detail::shared(*reinterpret_cast<std::uint64_t*>(at)).load(std::memory_order_relaxed));
@@ -398,7 +451,10 @@ class RingConsumer {
 
   detail::RingGeometry g_;
   std::uint64_t consumed_ = 0;  // ours: what we released (never read back)
+  std::uint64_t read_ = 0;      // ours: what we consumed, consumed_ <= read_ <= produced_
   std::uint64_t produced_ = 0;  // the producer's index, last validated value
+  RecordView peeked_;           // the record at read_, when peeked_bytes_ != 0
+  std::uint64_t peeked_bytes_ = 0;
   ProtocolError error_ = ProtocolError::kNone;
 };
 

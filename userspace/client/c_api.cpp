@@ -110,6 +110,26 @@ long locabus_recv(locabus_endpoint* ep, uint16_t* from, void* buf, size_t cap, i
   return locabus_recv_ex(ep, from, buf, cap, nullptr, timeout_ms);
 }
 
+long locabus_recv_view(locabus_endpoint* ep, uint16_t* from, const void** data, unsigned* flags,
+                       int timeout_ms) {
+  if (!ep || !data) return fail(EINVAL, "locabus_recv_view: NULL argument");
+  long result = 0;
+  const int r = guarded([&] {
+    auto v = ep->ep.receive_view(ms(timeout_ms));
+    if (!v) return fail(EAGAIN, "no message arrived within the timeout");
+    *data = v->data.data();
+    if (from) *from = v->node;
+    if (flags) *flags = v->broadcast ? LOCABUS_MSG_BROADCAST : 0;
+    result = static_cast<long>(v->data.size());
+    return 0;
+  });
+  return r < 0 ? r : result;
+}
+
+void locabus_recv_release(locabus_endpoint* ep) {
+  if (ep) ep->ep.release_view();
+}
+
 int locabus_next_event(locabus_endpoint* ep, struct locabus_event* out) {
   if (!ep || !out) return fail(EINVAL, "locabus_next_event: NULL argument");
   return guarded([&] {
@@ -205,6 +225,27 @@ long locabus_recvfrom(locabus_socket* s, void* buf, size_t cap, uint16_t* node, 
     return 0;
   });
   return r < 0 ? r : result;
+}
+
+long locabus_recvfrom_view(locabus_socket* s, const void** data, uint16_t* node, uint16_t* port,
+                           unsigned* flags, int timeout_ms) {
+  if (!s || !data) return fail(EINVAL, "locabus_recvfrom_view: NULL argument");
+  long result = 0;
+  const int r = guarded([&] {
+    auto v = s->sock.receive_view(ms(timeout_ms));
+    if (!v) return fail(EAGAIN, "no datagram arrived within the timeout");
+    *data = v->data.data();
+    if (node) *node = v->node;
+    if (port) *port = v->port;
+    if (flags) *flags = v->broadcast ? LOCABUS_MSG_BROADCAST : 0;
+    result = static_cast<long>(v->data.size());
+    return 0;
+  });
+  return r < 0 ? r : result;
+}
+
+void locabus_socket_recv_release(locabus_socket* s) {
+  if (s) s->sock.release_view();
 }
 
 int locabus_socket_next_event(locabus_socket* s, struct locabus_event* out) {

@@ -78,6 +78,9 @@ struct Connection {
   std::deque<Datagram> datagrams;
   std::size_t datagram_bytes = 0;
   std::deque<Event> events;
+  bool lent = false;       // receive_view() lent the record at the ring's read position
+  Message lent_message;    // or lent this one, read ahead before (an Endpoint)
+  Datagram lent_datagram;  // (a Socket)
 
   [[noreturn]] void gone() {
     connected = false;
@@ -133,40 +136,103 @@ struct Connection {
     return messages.size() + datagrams.size() >= kMaxStash || datagram_bytes >= kMaxStashBytes;
   }
 
+  // Keeps a record read ahead of the one looked for: messages and
+  // datagrams for a later receive(), events for next_event().
+  void stash(const api::RecordView& rec) {
+    const auto p = rec.payload;
+    if (rec.type == api::kRecordMessage || rec.type == api::kRecordBroadcastMessage) {
+      messages.push_back(Message{rec.aux, rec.type == api::kRecordBroadcastMessage, {p.begin(), p.end()}});
+    } else if (rec.type == api::kRecordDatagram && p.size() >= sizeof(api::DatagramHeader)) {
+      Datagram d;
+      static_cast<DatagramInfo&>(d) = datagram_info(p);
+      d.data.assign(p.begin() + sizeof(api::DatagramHeader), p.end());
+      datagram_bytes += d.data.size();
+      datagrams.push_back(std::move(d));
+    } else if (rec.type == api::kRecordEvent && p.size() == sizeof(locabus_event)) {
+      Event e;
+      std::memcpy(static_cast<locabus_event*>(&e), p.data(), sizeof(locabus_event));
+      if (events.size() >= kMaxStash) events.pop_front();  // an application that never reads events
+      events.push_back(e);
+    }
+  }
+
+  static DatagramInfo datagram_info(std::span<const std::byte> p) noexcept {
+    api::DatagramHeader h;
+    std::memcpy(&h, p.data(), sizeof h);
+    return DatagramInfo{h.node, h.port, (h.flags & api::kDatagramBroadcast) != 0};
+  }
+
+  // The record the last receive_view() lent out is done with.
+  void return_lent() {
+    if (!lent) return;
+    region->consumer().consume();
+    lent = false;
+    released_enough();
+  }
+
+  // Gives the space of consumed records back to the daemon.
+  void release() {
+    if (region->consumer().release() && !bell.ring()) gone();
+  }
+
+  // release_view(): the lent record goes back at once. Never throws: a
+  // daemon that went away is reported by the next call.
+  void release_lent() noexcept {
+    if (!lent || !connected) return;
+    region->consumer().consume();
+    lent = false;
+    if (region->consumer().release() && !bell.ring()) connected = false;
+  }
+
+  // After a record was consumed: releases in batches rather than per
+  // record (each release is a store and a full fence, and moves a cache
+  // line to the daemon), but at once when the daemon waits for space, when
+  // everything seen is consumed (the end of the daemon's batch: the
+  // application may now sleep or stop reading), or when an eighth of the
+  // ring is held.
+  void released_enough() {
+    auto& in = region->consumer();
+    if (in.caught_up() || in.producer_waiting() || in.unreleased() >= in.capacity() / 8) release();
+  }
+
   // Moves up to `max` records from the ring into the stashes.
   std::size_t fill(std::size_t max) {
+    return_lent();
     auto r = region->consumer().read(
         max, [&](std::uint16_t type, std::uint16_t aux, std::span<const std::byte> p) {
-          if (type == api::kRecordMessage || type == api::kRecordBroadcastMessage) {
-            messages.push_back(Message{aux, type == api::kRecordBroadcastMessage, {p.begin(), p.end()}});
-          } else if (type == api::kRecordDatagram && p.size() >= sizeof(api::DatagramHeader)) {
-            api::DatagramHeader h;
-            std::memcpy(&h, p.data(), sizeof h);
-            Datagram d;
-            d.node = h.node;
-            d.port = h.port;
-            d.broadcast = (h.flags & api::kDatagramBroadcast) != 0;
-            d.data.assign(p.begin() + sizeof h, p.end());
-            datagram_bytes += d.data.size();
-            datagrams.push_back(std::move(d));
-          } else if (type == api::kRecordEvent && p.size() == sizeof(locabus_event)) {
-            Event e;
-            std::memcpy(static_cast<locabus_event*>(&e), p.data(), sizeof(locabus_event));
-            if (events.size() >= kMaxStash) events.pop_front();  // an application that never reads events
-            events.push_back(e);
-          }
+          stash({type, aux, p});
         });
     if (!r) corrupt(r.error);
     if (r.wake_producer && !bell.ring()) gone();
     return r.records;
   }
 
+  // The next record of type `a` or `b` in the ring, left there (peeked):
+  // the records before it are stashed. nullptr when the ring has none now.
+  const api::RecordView* peek(std::uint16_t a, std::uint16_t b) {
+    auto& in = region->consumer();
+    for (;;) {
+      const api::RecordView* rec = in.peek();
+      if (rec == nullptr) {
+        if (in.error() != api::ProtocolError::kNone) corrupt(in.error());
+        return nullptr;
+      }
+      if ((rec->type == a || rec->type == b) &&
+          (rec->type != api::kRecordDatagram || rec->payload.size() >= sizeof(api::DatagramHeader)))
+        return rec;
+      stash(*rec);
+      in.consume();
+      released_enough();
+    }
+  }
+
   // The ring was empty: consume old doorbell rings (so that fd() is not
   // left readable), look once more, and check that the daemon is still
   // there (a dead daemon publishes nothing). False: read again.
   bool quiet() {
+    release();  // a consumer holding space may not sleep
     bell.drain();
-    if (fill(64) > 0) return false;
+    if (!region->consumer().empty()) return false;
     pollfd p{ctl.get(), POLLIN, 0};
     if (::poll(&p, 1, 0) > 0) gone();  // nothing is ever sent unasked: the end of the connection
     return true;
@@ -215,23 +281,37 @@ struct Connection {
     }
   }
 
-  // Waits up to `timeout` until `queue` (messages or datagrams) has an entry.
+  enum class Found { nothing, stashed, in_ring };
+
+  // Waits up to `timeout` for a message (types `a`, `b`) or a datagram:
+  // stashed when `queue` has one (it comes first: it was read ahead), else
+  // in_ring with the record in *rec, left in the ring for the caller to copy
+  // from (or lend out) and then consume().
   template <typename Queue>
-  bool await(Queue& queue, std::chrono::milliseconds timeout) {
+  Found await(Queue& queue, std::uint16_t a, std::uint16_t b, std::chrono::milliseconds timeout,
+              const api::RecordView** rec) {
+    return_lent();
     const auto deadline = deadline_of(timeout);
     for (;;) {
-      if (!queue.empty()) return true;
+      if (!queue.empty()) return Found::stashed;
       check_connected();
-      if (fill(64) > 0 || !quiet()) continue;
+      if ((*rec = peek(a, b)) != nullptr) return Found::in_ring;
+      if (!queue.empty() || !quiet()) continue;
       // Armed before returning too, so that fd() becomes readable when the
       // daemon publishes (the edge-triggered contract).
       if (!region->consumer().prepare_sleep()) continue;
-      if (timeout.count() == 0 || expired(deadline)) return false;
+      if (timeout.count() == 0 || expired(deadline)) return Found::nothing;
       if (!wait(deadline)) {
-        fill(64);  // one last look
-        return !queue.empty();
+        if ((*rec = peek(a, b)) != nullptr) return Found::in_ring;  // one last look
+        return queue.empty() ? Found::nothing : Found::stashed;
       }
     }
+  }
+
+  // After the caller took the record await() found in the ring.
+  void consume() {
+    region->consumer().consume();
+    released_enough();
   }
 
   std::optional<Event> wait_event(std::chrono::milliseconds timeout) {
@@ -336,9 +416,19 @@ SendStatus Endpoint::send(std::uint16_t node, std::span<const std::byte> data,
 
 std::optional<Message> Endpoint::receive(std::chrono::milliseconds timeout) {
   Impl& m = *impl_;
-  if (!m.await(m.messages, timeout)) return std::nullopt;
-  Message msg = std::move(m.messages.front());
-  m.messages.pop_front();
+  const api::RecordView* rec = nullptr;
+  switch (m.await(m.messages, api::kRecordMessage, api::kRecordBroadcastMessage, timeout, &rec)) {
+    case Connection::Found::nothing: return std::nullopt;
+    case Connection::Found::stashed: {
+      Message msg = std::move(m.messages.front());
+      m.messages.pop_front();
+      return msg;
+    }
+    case Connection::Found::in_ring: break;
+  }
+  Message msg{
+      rec->aux, rec->type == api::kRecordBroadcastMessage, {rec->payload.begin(), rec->payload.end()}};
+  m.consume();
   return msg;
 }
 
@@ -351,19 +441,46 @@ std::optional<std::size_t> Endpoint::receive_into(std::span<std::byte> buffer, s
 std::optional<std::size_t> Endpoint::receive_into(std::span<std::byte> buffer, std::uint16_t& from,
                                                   bool& broadcast, std::chrono::milliseconds timeout) {
   Impl& m = *impl_;
-  if (!m.await(m.messages, timeout)) return std::nullopt;
-  Message& front = m.messages.front();
-  if (front.data.size() > buffer.size())
+  const api::RecordView* rec = nullptr;
+  const auto found = m.await(m.messages, api::kRecordMessage, api::kRecordBroadcastMessage, timeout, &rec);
+  if (found == Connection::Found::nothing) return std::nullopt;
+  // From the ring straight into the caller's buffer when nothing was read ahead.
+  const bool stashed = found == Connection::Found::stashed;
+  const std::span<const std::byte> data =
+      stashed ? std::span<const std::byte>(m.messages.front().data) : rec->payload;
+  if (data.size() > buffer.size())
     throw ClientError(
-        fmt::format("a {}-byte message does not fit a {}-byte buffer", front.data.size(), buffer.size()),
-        EMSGSIZE);
-  std::memcpy(buffer.data(), front.data.data(), front.data.size());
-  from = front.node;
-  broadcast = front.broadcast;
-  const std::size_t n = front.data.size();
-  m.messages.pop_front();
+        fmt::format("a {}-byte message does not fit a {}-byte buffer", data.size(), buffer.size()), EMSGSIZE);
+  if (!data.empty()) std::memcpy(buffer.data(), data.data(), data.size());
+  const std::size_t n = data.size();
+  if (stashed) {
+    from = m.messages.front().node;
+    broadcast = m.messages.front().broadcast;
+    m.messages.pop_front();
+  } else {
+    from = rec->aux;
+    broadcast = rec->type == api::kRecordBroadcastMessage;
+    m.consume();
+  }
   return n;
 }
+
+std::optional<MessageView> Endpoint::receive_view(std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  const api::RecordView* rec = nullptr;
+  switch (m.await(m.messages, api::kRecordMessage, api::kRecordBroadcastMessage, timeout, &rec)) {
+    case Connection::Found::nothing: return std::nullopt;
+    case Connection::Found::stashed:
+      m.lent_message = std::move(m.messages.front());
+      m.messages.pop_front();
+      return MessageView{m.lent_message.node, m.lent_message.broadcast, m.lent_message.data};
+    case Connection::Found::in_ring: break;
+  }
+  m.lent = true;  // consumed by the next call (return_lent)
+  return MessageView{rec->aux, rec->type == api::kRecordBroadcastMessage, rec->payload};
+}
+
+void Endpoint::release_view() noexcept { impl_->release_lent(); }
 
 std::optional<Event> Endpoint::next_event() { return impl_->wait_event(std::chrono::milliseconds(0)); }
 std::optional<Event> Endpoint::wait_event(std::chrono::milliseconds timeout) {
@@ -433,25 +550,66 @@ SendStatus Socket::broadcast(std::uint16_t port, std::span<const std::byte> data
 
 std::optional<Datagram> Socket::receive(std::chrono::milliseconds timeout) {
   Impl& m = *impl_;
-  if (!m.await(m.datagrams, timeout)) return std::nullopt;
-  return m.pop();
+  const api::RecordView* rec = nullptr;
+  switch (m.await(m.datagrams, api::kRecordDatagram, api::kRecordDatagram, timeout, &rec)) {
+    case Connection::Found::nothing: return std::nullopt;
+    case Connection::Found::stashed: return m.pop();
+    case Connection::Found::in_ring: break;
+  }
+  Datagram d;
+  static_cast<DatagramInfo&>(d) = Connection::datagram_info(rec->payload);
+  d.data.assign(rec->payload.begin() + sizeof(api::DatagramHeader), rec->payload.end());
+  m.consume();
+  return d;
 }
 
 std::optional<std::size_t> Socket::receive_into(std::span<std::byte> buffer, DatagramInfo& from,
                                                 std::chrono::milliseconds timeout) {
   Impl& m = *impl_;
-  if (!m.await(m.datagrams, timeout)) return std::nullopt;
-  const Datagram& front = m.datagrams.front();
-  if (front.data.size() > buffer.size())
+  const api::RecordView* rec = nullptr;
+  const auto found = m.await(m.datagrams, api::kRecordDatagram, api::kRecordDatagram, timeout, &rec);
+  if (found == Connection::Found::nothing) return std::nullopt;
+  const bool stashed = found == Connection::Found::stashed;
+  const std::span<const std::byte> data = stashed ? std::span<const std::byte>(m.datagrams.front().data)
+                                                  : rec->payload.subspan(sizeof(api::DatagramHeader));
+  if (data.size() > buffer.size())
     throw ClientError(
-        fmt::format("a {}-byte datagram does not fit a {}-byte buffer", front.data.size(), buffer.size()),
+        fmt::format("a {}-byte datagram does not fit a {}-byte buffer", data.size(), buffer.size()),
         EMSGSIZE);
-  std::memcpy(buffer.data(), front.data.data(), front.data.size());
-  from = front;
-  const std::size_t n = front.data.size();
-  m.pop();
+  if (!data.empty()) std::memcpy(buffer.data(), data.data(), data.size());
+  const std::size_t n = data.size();
+  if (stashed) {
+    from = m.datagrams.front();
+    m.pop();
+  } else {
+    from = Connection::datagram_info(rec->payload);
+    m.consume();
+  }
   return n;
 }
+
+std::optional<DatagramView> Socket::receive_view(std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  const api::RecordView* rec = nullptr;
+  switch (m.await(m.datagrams, api::kRecordDatagram, api::kRecordDatagram, timeout, &rec)) {
+    case Connection::Found::nothing: return std::nullopt;
+    case Connection::Found::stashed: {
+      m.lent_datagram = m.pop();
+      DatagramView v;
+      static_cast<DatagramInfo&>(v) = m.lent_datagram;
+      v.data = m.lent_datagram.data;
+      return v;
+    }
+    case Connection::Found::in_ring: break;
+  }
+  m.lent = true;  // consumed by the next call (return_lent)
+  DatagramView v;
+  static_cast<DatagramInfo&>(v) = Connection::datagram_info(rec->payload);
+  v.data = rec->payload.subspan(sizeof(api::DatagramHeader));
+  return v;
+}
+
+void Socket::release_view() noexcept { impl_->release_lent(); }
 
 std::optional<Event> Socket::next_event() { return impl_->wait_event(std::chrono::milliseconds(0)); }
 std::optional<Event> Socket::wait_event(std::chrono::milliseconds timeout) {

@@ -340,9 +340,22 @@ void Engine::bcast_start(Peer& p, std::uint16_t low) {
 
 void Engine::bcast_accept(Peer& p, std::uint8_t proto, std::span<const std::byte> payload) {
   BroadcastRx& r = p.brx;
-  r.accepted = true;
   if (r.queue.empty()) rx_ready_.push_back((p.index << 1) | 1);
-  r.queue.push(proto, payload);
+  r.queue.push(proto, payload);  // the frame's bytes go back to the transport after this call
+  bcast_accepted(p);
+}
+
+void Engine::bcast_accept_held(Peer& p, std::uint8_t proto, std::vector<std::byte>& data) {
+  BroadcastRx& r = p.brx;
+  if (r.queue.empty()) rx_ready_.push_back((p.index << 1) | 1);
+  r.queue.push_swap(proto, data);
+  bcast_accepted(p);
+}
+
+// After a message went into the queue at rcv_nxt.
+void Engine::bcast_accepted(Peer& p) {
+  BroadcastRx& r = p.brx;
+  r.accepted = true;
   ++receivable_;
   r.asked.erase(r.rcv_nxt);
   r.rcv_nxt = seq_add(r.rcv_nxt, 1);
@@ -352,7 +365,7 @@ void Engine::bcast_accept(Peer& p, std::uint8_t proto, std::span<const std::byte
     auto it = r.ahead.find(r.rcv_nxt);
     if (it == r.ahead.end()) break;
     if (r.queue.full()) break;  // cannot happen (admission keeps room), but never overrun
-    r.queue.push(it->second.proto, it->second.data);
+    r.queue.push_swap(it->second.proto, it->second.data);  // held: no copy
     ++receivable_;
     r.ahead.erase(it);
     r.asked.erase(r.rcv_nxt);
@@ -374,9 +387,9 @@ void Engine::bcast_skip_to(Peer& p, std::uint16_t low) {
     if (it != r.ahead.end() && !r.queue.full()) {
       bcast_report_lost(p, run_first, run_len, Failure::released);
       run_len = 0;
-      const BroadcastRx::Held held = std::move(it->second);
+      BroadcastRx::Held held = std::move(it->second);
       r.ahead.erase(it);
-      bcast_accept(p, held.proto, held.data);
+      bcast_accept_held(p, held.proto, held.data);
       continue;
     }
     if (it != r.ahead.end()) r.ahead.erase(it);
@@ -391,9 +404,9 @@ void Engine::bcast_skip_to(Peer& p, std::uint16_t low) {
   // Anything held right after `low` can go now.
   auto it = r.ahead.find(r.rcv_nxt);
   if (it != r.ahead.end() && !r.queue.full()) {
-    const BroadcastRx::Held held = std::move(it->second);
+    BroadcastRx::Held held = std::move(it->second);
     r.ahead.erase(it);
-    bcast_accept(p, held.proto, held.data);
+    bcast_accept_held(p, held.proto, held.data);
   }
 }
 

@@ -367,6 +367,10 @@ class Engine final : public Agent {
   void bcast_skip_to(Peer& p, std::uint16_t low);
   void bcast_report_lost(Peer& p, std::uint16_t first, std::uint64_t count, Failure why);
   void bcast_accept(Peer& p, std::uint8_t proto, std::span<const std::byte> payload);
+  /// The same for a message already held in `data`: its buffer moves into
+  /// the queue (swapped), no copy.
+  void bcast_accept_held(Peer& p, std::uint8_t proto, std::vector<std::byte>& data);
+  void bcast_accepted(Peer& p);
   void bcast_check_gaps(Peer& p);
   void bcast_nak_due(Peer& p);
   void bcast_note_ack(Peer& p, std::uint16_t ack);
