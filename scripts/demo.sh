@@ -142,7 +142,7 @@ step "7. The counters behind it (node 3, the unicast stream's sender)"
 on 3 locabusctl counters --json >"$work/counters.json"
 jq '{engine: {tx_frames: .engine.tx_frames, data_sent: .engine.peers_total.data_sent,
       retransmits: .engine.peers_total.retransmits}, xdp: (.xdp // {} | {redirected, ack_consumed}),
-      api: {messages_in: .api.messages_in}}' "$work/counters.json"
+      api: {records_in: .api.records_in, flow: (.api.router.flow | {opens_sent, credits_received, blocked})}}' "$work/counters.json"
 
 step "Checking"
 fail=0

@@ -302,6 +302,7 @@ void ClientHost::close_endpoint(Client& c) {
     router_.refuse(p.tag, LOCABUS_REFUSE_CLOSED);
   }
   c.backlog.clear();
+  if (c.broadcast_backlog) router_.unpark();  // a stream parked for it can go on
   c.broadcast_backlog = 0;
   c.events_in_backlog = 0;
   Service* s = c.owner;
@@ -345,6 +346,7 @@ void ClientHost::hangup(Client& c) {
       router_.refuse(p.tag, LOCABUS_REFUSE_CLOSED);
     }
   c.backlog.clear();
+  if (c.broadcast_backlog) router_.unpark();
   c.broadcast_backlog = 0;
   c.events_in_backlog = 0;
   c.owner->unbind(c.id);
