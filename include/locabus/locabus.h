@@ -95,21 +95,21 @@ enum locabus_event_kind {
  * refusals the daemon reports asynchronously). */
 enum locabus_failure {
   LOCABUS_FAIL_NONE = 0,
-  LOCABUS_FAIL_UNREACHABLE = 1,    /* no answer after every retransmission */
-  LOCABUS_FAIL_PEER_DEAD = 2,      /* the failure detector declared it dead */
-  LOCABUS_FAIL_PEER_RESTARTED = 3, /* it restarted; what was pending is lost */
-  LOCABUS_FAIL_PEER_LEFT = 4,      /* it shut down cleanly */
-  LOCABUS_FAIL_PEER_RESET = 5,     /* it had no such connection */
-  LOCABUS_FAIL_CLOSED = 6,         /* closed locally before it went out */
-  LOCABUS_FAIL_SHUTDOWN = 7,       /* the local daemon is shutting down */
-  LOCABUS_FAIL_RELEASED = 8,       /* broadcast_lost: the sender had freed them (it had counted us out) */
-  LOCABUS_FAIL_NO_ENDPOINT = 9,    /* nobody had that protocol (or socket port) open on the node */
-  LOCABUS_FAIL_ENDPOINT_CLOSED = 10, /* the receiving endpoint closed before reading them */
-  LOCABUS_FAIL_DROPPED = 11,       /* the receiving daemon could not deliver them (a datagram it could
-                                      not reassemble, or sent beyond the credit it granted) */
+  LOCABUS_FAIL_UNREACHABLE = 1,        /* no answer after every retransmission */
+  LOCABUS_FAIL_PEER_DEAD = 2,          /* the failure detector declared it dead */
+  LOCABUS_FAIL_PEER_RESTARTED = 3,     /* it restarted; what was pending is lost */
+  LOCABUS_FAIL_PEER_LEFT = 4,          /* it shut down cleanly */
+  LOCABUS_FAIL_PEER_RESET = 5,         /* it had no such connection */
+  LOCABUS_FAIL_CLOSED = 6,             /* closed locally before it went out */
+  LOCABUS_FAIL_SHUTDOWN = 7,           /* the local daemon is shutting down */
+  LOCABUS_FAIL_RELEASED = 8,           /* broadcast_lost: the sender had freed them (it had counted us out) */
+  LOCABUS_FAIL_NO_ENDPOINT = 9,        /* nobody had that protocol (or socket port) open on the node */
+  LOCABUS_FAIL_ENDPOINT_CLOSED = 10,   /* the receiving endpoint closed before reading them */
+  LOCABUS_FAIL_DROPPED = 11,           /* the receiving daemon could not deliver them (a datagram it could
+                                          not reassemble, or sent beyond the credit it granted) */
   LOCABUS_FAIL_CONNECTION_CLOSED = 12, /* the connection closed before the receiving endpoint read them */
-  LOCABUS_FAIL_UNKNOWN_NODE = 16,  /* never heard from that node: wait for it to join */
-  LOCABUS_FAIL_INVALID_NODE = 17,  /* our own id (or a message too large for the engine) */
+  LOCABUS_FAIL_UNKNOWN_NODE = 16,      /* never heard from that node: wait for it to join */
+  LOCABUS_FAIL_INVALID_NODE = 17,      /* our own id (or a message too large for the engine) */
 };
 
 /* One membership or delivery event; 56 bytes, the same layout in the

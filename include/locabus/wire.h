@@ -122,20 +122,20 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, nfrags) == 7, "nfrag
 #define LOCABUS_FLOW_INITIAL_WINDOW 64 /* messages a stream may send before its first CREDIT */
 
 /* Why a receiver refused messages (locabus_flow_refuse.reason). */
-#define LOCABUS_REFUSE_NO_ENDPOINT 1  /* nobody has that protocol or port open */
-#define LOCABUS_REFUSE_CLOSED 2       /* the endpoint closed before reading them */
-#define LOCABUS_REFUSE_OVER_CREDIT 3  /* sent beyond the credit granted (a sender bug) */
-#define LOCABUS_REFUSE_INCOMPLETE 4   /* a datagram that could not be reassembled */
+#define LOCABUS_REFUSE_NO_ENDPOINT 1 /* nobody has that protocol or port open */
+#define LOCABUS_REFUSE_CLOSED 2      /* the endpoint closed before reading them */
+#define LOCABUS_REFUSE_OVER_CREDIT 3 /* sent beyond the credit granted (a sender bug) */
+#define LOCABUS_REFUSE_INCOMPLETE 4  /* a datagram that could not be reassembled */
 
 struct locabus_flow_hdr {
-  __u8 kind;    /* LOCABUS_FLOW_* */
-  __u8 count;   /* entries that follow (0 for OPEN) */
+  __u8 kind;  /* LOCABUS_FLOW_* */
+  __u8 count; /* entries that follow (0 for OPEN) */
   __be16 reserved;
-  __be32 gen;   /* the sender's stream generation this is about */
+  __be32 gen; /* the sender's stream generation this is about */
 };
 
 struct locabus_flow_credit {
-  __be32 key;      /* the stream */
+  __be32 key; /* the stream */
   __be32 reserved;
   __be64 consumed; /* messages [0, consumed) were delivered to the endpoint or refused */
   __be64 limit;    /* the sender may send messages [0, limit) of the stream */
@@ -143,7 +143,7 @@ struct locabus_flow_credit {
 
 struct locabus_flow_refuse {
   __be32 key;
-  __u8 reason;  /* LOCABUS_REFUSE_* */
+  __u8 reason; /* LOCABUS_REFUSE_* */
   __u8 reserved[3];
   __be64 first; /* first refused message of the stream */
   __be64 count; /* consecutive messages */
