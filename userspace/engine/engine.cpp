@@ -315,12 +315,14 @@ PeerInfo Engine::info(const Peer& p) const {
 void Engine::counters(CounterGroups& out) const {
   out.emplace_back("engine", "the protocol engine: frames in and out, membership, our broadcast stream")
       .add(stats_);
-  CounterGroup& invalid =
-      out.emplace_back("engine.rx_invalid", "frames the engine's validation dropped, by reason");
-  for (std::size_t i = 0; i < stats_.rx_invalid.size(); ++i)
-    invalid.add({wire::to_string(static_cast<wire::FrameError>(i)),
-                 "frames dropped by validation for this reason", CounterKind::counter},
-                stats_.rx_invalid[i]);
+  static constexpr CounterField kInvalid[] = {
+#define LOCABUS_X_FIELD(name, desc) {#name, "frames dropped by validation: " desc, CounterKind::counter},
+      LOCABUS_FRAME_ERRORS(LOCABUS_X_FIELD)
+#undef LOCABUS_X_FIELD
+  };
+  out.emplace_back("engine.rx_invalid",
+                   "frames the engine's validation dropped, by reason (wire::FrameError)")
+      .add(kInvalid, stats_.rx_invalid);
   out.emplace_back("engine.broadcast", "our broadcast stream now (sender side)").add(broadcast_info());
   std::vector<const Peer*> by_node;
   for (const auto& p : peers_) by_node.push_back(p.get());

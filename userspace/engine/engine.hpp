@@ -174,7 +174,8 @@ struct BroadcastInfo {
 
 struct EngineStats {
   LOCABUS_COUNTER_FIELDS(EngineStats, LOCABUS_ENGINE_COUNTERS, ::locabus::CounterKind::counter)
-  std::array<std::uint64_t, 8> rx_invalid{};  // frames dropped by validation, by wire::FrameError
+  std::array<std::uint64_t, wire::kFrameErrors>
+      rx_invalid{};  // frames dropped by validation, by wire::FrameError
 };
 
 class Engine final : public Agent {

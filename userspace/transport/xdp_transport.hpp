@@ -57,23 +57,24 @@ struct XdpOptions {
 
 /// Counters of one XdpTransport (the kernel's own per socket, summed, are
 /// the group "transport.xsk"): X(name, description). Append only.
-#define LOCABUS_XDP_TRANSPORT_COUNTERS(X)                                                               \
-  X(rx_frames, "frames handed to the engine")                                                           \
-  X(rx_pure_acks, "of them pure ACKs (untracked peer, or the ACK ring was full)")                       \
-  X(tx_frames, "frames queued on the TX ring")                                                          \
-  X(tx_busy, "send() calls that accepted fewer frames than offered")                                    \
-  X(tx_kicks, "sendto() calls that made the kernel transmit")                                           \
-  X(tx_kick_busy, "of them answered EAGAIN/EBUSY/ENOBUFS/ENETDOWN")                                     \
-  X(tx_kick_down, "of them ENETDOWN: the link is down, the frames wait")                                \
-  X(tx_kick_fail, "kicks answered anything else (ENXIO: the device is gone)")                           \
-  X(tx_retries, "times the TX retry timer was armed")                                                   \
-  X(busy_polls, "recvfrom() calls for busy polling")                                                    \
-  X(acks_from_ring, "records read from the ACK ring")                                                   \
-  X(acks_applied, "(node, ack, window) handed to the engine: the latest per node and drain")            \
-  X(acks_ignored, "ACK ring records of nodes not tracked (any more)")                                   \
-  X(ring_drains, "poll_acks() calls that found records")                                                \
-  X(ring_wakeups, "drains right after a duty cycle that saw nothing: the ring's notification woke the " \
-                  "engine")
+#define LOCABUS_XDP_TRANSPORT_COUNTERS(X)                                                    \
+  X(rx_frames, "frames handed to the engine")                                                \
+  X(rx_pure_acks, "of those, pure ACKs (untracked peer, or the ACK ring was full)")          \
+  X(tx_frames, "frames queued on the TX ring")                                               \
+  X(tx_busy, "send() calls that accepted fewer frames than offered")                         \
+  X(tx_kicks, "sendto() calls that made the kernel transmit")                                \
+  X(tx_kick_busy, "kicks answered EAGAIN/EBUSY/ENOBUFS/ENETDOWN")                            \
+  X(tx_kick_down, "kicks answered ENETDOWN: the link is down, the frames wait")              \
+  X(tx_kick_fail, "kicks answered anything else (ENXIO: the device is gone)")                \
+  X(tx_retries, "times the TX retry timer was armed")                                        \
+  X(busy_polls, "recvfrom() calls for busy polling")                                         \
+  X(acks_from_ring, "records read from the ACK ring")                                        \
+  X(acks_applied, "(node, ack, window) handed to the engine: the latest per node and drain") \
+  X(acks_ignored, "ACK ring records of nodes not tracked (any more)")                        \
+  X(ring_drains, "poll_acks() calls that found records")                                     \
+  X(ring_wakeups,                                                                            \
+    "drains right after a duty cycle that saw nothing: the ring's notification woke the "    \
+    "engine")
 
 struct XdpStats {
   LOCABUS_COUNTER_FIELDS(XdpStats, LOCABUS_XDP_TRANSPORT_COUNTERS, ::locabus::CounterKind::counter)
