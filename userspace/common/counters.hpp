@@ -21,6 +21,7 @@
 // json_group() until it is converted; it is JSON only (no exposition).
 #pragma once
 
+#include <concepts>
 #include <cstdint>
 #include <memory>
 #include <span>
