@@ -230,16 +230,26 @@ struct MacAddress {
 
 /// Why a frame is not a valid Locabus frame. The order and meaning match the
 /// XDP program's drop reasons (xdp_maps.h: drop_short ... drop_src).
+/// X(name, description); the engine counts them by name (engine.rx_invalid).
+#define LOCABUS_FRAME_ERRORS(X)                                                                            \
+  X(not_locabus, "not a Locabus frame")                   /* EtherType is not 0x88B5 (XDP passes these) */ \
+  X(short_frame, "frame shorter than the Locabus header") /* shorter than Ethernet + Locabus header */     \
+  X(len_small, "len smaller than the header")             /* len < 16 */                                   \
+  X(len_max, "len larger than the maximum")               /* len > 1500 */                                 \
+  X(len_frame, "len larger than the frame")               /* len > bytes after the Ethernet header */      \
+  X(bad_csum, "bad checksum")                                                                              \
+  X(unknown_type, "unknown packet type")                                                                   \
+  X(bad_src, "broadcast source node id") /* node_from == 0xFFFF */
+
 enum class FrameError : std::uint8_t {
-  not_locabus,  // EtherType is not 0x88B5 (XDP passes these)
-  short_frame,  // shorter than Ethernet + Locabus header
-  len_small,    // len < 16
-  len_max,      // len > 1500
-  len_frame,    // len > bytes after the Ethernet header
-  bad_csum,
-  unknown_type,
-  bad_src,  // node_from == 0xFFFF
+#define LOCABUS_X_ENUM(name, desc) name,
+  LOCABUS_FRAME_ERRORS(LOCABUS_X_ENUM)
+#undef LOCABUS_X_ENUM
 };
+#define LOCABUS_X_ONE(name, desc) +1
+inline constexpr std::size_t kFrameErrors = 0 LOCABUS_FRAME_ERRORS(LOCABUS_X_ONE);
+#undef LOCABUS_X_ONE
+/// Its description ("bad checksum").
 std::string_view to_string(FrameError e) noexcept;
 
 /// A validated frame; spans point into the caller's buffer.

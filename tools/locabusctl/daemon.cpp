@@ -19,6 +19,7 @@
 
 #include "api/control.hpp"
 #include "commands.hpp"
+#include "common/counters.hpp"
 #include "common/error.hpp"
 
 namespace locabus::ctl {
@@ -93,6 +94,84 @@ void print_peers(const json& peers) {
                p.value("mac", ""), p.value("state", ""), p.value("epoch", std::uint64_t{0}),
                p.value("connection", ""), us_text(p.value("rtt_us", std::int64_t{0})),
                p.value("retransmits", std::uint64_t{0}), p.value("in_flight", 0), p.value("window", 0));
+}
+
+// ---- counters -------------------------------------------------------------------
+
+struct CountersOptions {
+  DaemonTarget target;
+  bool describe = false;
+  bool prometheus = false;
+};
+
+std::string sample_text(const CounterSample& s) {
+  if (s.kind == CounterKind::flag) return s.value ? "true" : "false";
+  return std::to_string(s.value);
+}
+
+// One block per group (one per peer), in the daemon's order: its fields
+// from their definitions (the reply's "schema"); hand-made JSON groups
+// flattened.
+void print_counters(const json& reply, bool describe) {
+  if (!reply.contains("schema")) {  // a daemon from before the registry: its keys as they come
+    std::vector<std::pair<std::string, std::string>> rows;
+    flatten(reply, "", rows);
+    std::size_t w = 0;
+    for (const auto& [k, v] : rows) w = std::max(w, k.size());
+    for (const auto& [k, v] : rows) fmt::print("{:<{}}  {}\n", k, w, v);
+    return;
+  }
+  const CounterGroups groups = counters_from_json(reply, reply.at("schema"));
+  bool first = true;
+  for (const auto& g : groups) {
+    std::string title = g.name.empty() ? "daemon" : g.name;
+    for (const auto& [k, v] : g.labels) title += fmt::format(" {}={}", k, v);
+    fmt::print("{}{}: {}\n", first ? "" : "\n", title, g.description);
+    first = false;
+    struct Row {
+      std::string name, value;
+      std::string_view kind, description;
+    };
+    std::vector<Row> rows;
+    for (const auto& s : g.samples)
+      rows.push_back({s.name, sample_text(s), to_string(s.kind), s.description});
+    for (const auto& [k, v] : g.info) rows.push_back({k, v, "info", ""});
+    if (g.json) {
+      std::vector<std::pair<std::string, std::string>> flat;
+      flatten(*g.json, "", flat);
+      for (auto& [k, v] : flat) rows.push_back({std::move(k), std::move(v), "", ""});
+    }
+    std::size_t wn = 0, wv = 0;
+    for (const auto& r : rows) {
+      wn = std::max(wn, r.name.size());
+      wv = std::max(wv, r.value.size());
+    }
+    for (const auto& r : rows) {
+      if (describe && !r.kind.empty())
+        fmt::print("  {:<{}}  {:>{}}  {:<7}  {}\n", r.name, wn, r.value, wv, r.kind, r.description);
+      else
+        fmt::print("  {:<{}}  {:>{}}\n", r.name, wn, r.value, wv);
+    }
+  }
+}
+
+void run_counters(const CountersOptions& o) {
+  json j = ask(o.target, "counters")["counters"];
+  if (o.prometheus) {
+    if (!j.contains("schema"))
+      throw Error("locabusd sent no counter schema (an older daemon): cannot name the metrics", ENOTSUP,
+                  "use --json");
+    const json st = ask(o.target, "status")["status"];
+    const CounterGroups groups = counters_from_json(j, j.at("schema"));
+    std::cout << prometheus_text(groups, {{"node", std::to_string(st.value("node_id", 0))}});
+    return;
+  }
+  if (o.target.json) {
+    if (!o.describe) j.erase("schema");  // the values only, as before the registry
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  print_counters(j, o.describe);
 }
 
 // ---- msg send / recv ------------------------------------------------------------
@@ -712,22 +791,20 @@ void register_daemon_commands(CLI::App& app) {
       print_peers(j);
   });
 
-  auto tc = std::make_shared<DaemonTarget>();
+  auto tc = std::make_shared<CountersOptions>();
   auto* counters = app.add_subcommand(
-      "counters", "Engine, transport, XDP and API counters of locabusd, global and per peer");
-  add_daemon_options(counters, *tc);
-  counters->callback([tc] {
-    const json j = ask(*tc, "counters")["counters"];
-    if (tc->json) {
-      std::cout << j.dump(2) << "\n";
-      return;
-    }
-    std::vector<std::pair<std::string, std::string>> rows;
-    flatten(j, "", rows);
-    std::size_t w = 0;
-    for (const auto& [k, v] : rows) w = std::max(w, k.size());
-    for (const auto& [k, v] : rows) fmt::print("{:<{}}  {}\n", k, w, v);
-  });
+      "counters",
+      "Engine, transport, XDP and API counters of locabusd, global and per peer (rendered from their "
+      "definitions: locabusd sends what each one is)");
+  add_daemon_options(counters, tc->target);
+  counters->add_flag("-v,--describe", tc->describe,
+                     "Also say what each counter is (kind and description); with --json: add the "
+                     "\"schema\" key");
+  counters
+      ->add_flag("--prometheus", tc->prometheus,
+                 "Print the Prometheus text exposition (metrics locabus_<group>_<field>, label node)")
+      ->excludes("--json");
+  counters->callback([tc] { run_counters(*tc); });
 
   auto* msg = app.add_subcommand(
       "msg", "Send, receive, echo or ping messages through locabusd (an application endpoint)");

@@ -79,7 +79,8 @@ class Daemon final : public engine::Agent, public Introspection {
  private:
   bool handle_signals();  // true when asked to stop
   void shutdown();
-  nlohmann::json transport_counters() const;
+  /// Every counter group: engine, transport, XDP, API, Locasock.
+  CounterGroups counter_groups() const;
 
   // In construction order: the interface is ours before anything touches it.
   Config cfg_;

@@ -312,6 +312,34 @@ PeerInfo Engine::info(const Peer& p) const {
   return i;
 }
 
+void Engine::counters(CounterGroups& out) const {
+  out.emplace_back("engine", "the protocol engine: frames in and out, membership, our broadcast stream")
+      .add(stats_);
+  static constexpr CounterField kInvalid[] = {
+#define LOCABUS_X_FIELD(name, desc) {#name, "frames dropped by validation: " desc, CounterKind::counter},
+      LOCABUS_FRAME_ERRORS(LOCABUS_X_FIELD)
+#undef LOCABUS_X_FIELD
+  };
+  out.emplace_back("engine.rx_invalid",
+                   "frames the engine's validation dropped, by reason (wire::FrameError)")
+      .add(kInvalid, stats_.rx_invalid);
+  out.emplace_back("engine.broadcast", "our broadcast stream now (sender side)").add(broadcast_info());
+  std::vector<const Peer*> by_node;
+  for (const auto& p : peers_) by_node.push_back(p.get());
+  std::sort(by_node.begin(), by_node.end(), [](const Peer* a, const Peer* b) { return a->node < b->node; });
+  PeerCounters sum;
+  for (const Peer* p : by_node) {
+    out.emplace_back("peers", "per-peer counters of the connection and of its broadcast stream",
+                     CounterLabels{{"peer", std::to_string(p->node)}})
+        .add(p->counters);
+    sum += p->counters;
+  }
+  CounterGroup& total =
+      out.emplace_back("engine.peers_total", "the per-peer counters summed over every peer");
+  total.add(sum);
+  total.exported = false;
+}
+
 std::vector<PeerInfo> Engine::peers() const {
   std::vector<PeerInfo> out;
   out.reserve(peers_.size());

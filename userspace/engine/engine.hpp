@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/counters.hpp"
 #include "common/function_ref.hpp"
 #include "engine/agent.hpp"
 #include "engine/buffers.hpp"
@@ -58,7 +59,8 @@ struct Message {
 };
 
 /// Per-peer counters: X(name, description), defined once and rendered
-/// everywhere (struct, JSON, sums) from this list. Append only.
+/// everywhere (struct, JSON, exposition, sums) from this list
+/// (common/counters.hpp). Append only.
 #define LOCABUS_PEER_COUNTERS(X)                                                                        \
   X(data_sent, "DATA first transmissions")                                                              \
   X(retransmits, "DATA frames sent again (repairs, tail-loss probes, after timeouts)")                  \
@@ -89,25 +91,7 @@ struct Message {
   X(bcast_naks_received, "our broadcast stream: NAKs from it")
 
 struct PeerCounters {
-#define LOCABUS_X_FIELD(name, desc) std::uint64_t name = 0;
-  LOCABUS_PEER_COUNTERS(LOCABUS_X_FIELD)
-#undef LOCABUS_X_FIELD
-
-  struct Field {
-    std::string_view name;
-    std::string_view description;
-    std::uint64_t PeerCounters::*member;
-  };
-  /// Every counter, in definition order.
-  static constexpr Field kFields[] = {
-#define LOCABUS_X_ENTRY(name, desc) {#name, desc, &PeerCounters::name},
-      LOCABUS_PEER_COUNTERS(LOCABUS_X_ENTRY)
-#undef LOCABUS_X_ENTRY
-  };
-  PeerCounters& operator+=(const PeerCounters& o) noexcept {
-    for (const Field& f : kFields) this->*f.member += o.*f.member;
-    return *this;
-  }
+  LOCABUS_COUNTER_FIELDS(PeerCounters, LOCABUS_PEER_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 /// A snapshot of one peer, for status tools and tests.
@@ -140,48 +124,58 @@ struct PeerInfo {
   PeerCounters counters;
 };
 
-/// This node's broadcast stream (sender side).
+/// This node's broadcast stream (sender side): X(type, name, description).
+#define LOCABUS_BROADCAST_INFO(X)                                                 \
+  X(std::uint16_t, low, "oldest sequence still held")                             \
+  X(std::uint16_t, next, "next sequence to transmit for the first time")          \
+  X(std::size_t, held, "messages held: sent and unconfirmed, plus queued")        \
+  X(std::size_t, queued, "messages accepted by broadcast(), not sent yet")        \
+  X(std::size_t, repairs_queued, "retransmissions waiting to go out")             \
+  X(std::size_t, holding, "live members that have not confirmed everything sent") \
+  X(std::uint64_t, next_message, "id the next broadcast() will get")
+
 struct BroadcastInfo {
-  std::uint16_t low = 0;           // oldest sequence still held
-  std::uint16_t next = 0;          // next sequence to transmit for the first time
-  std::size_t held = 0;            // messages held: sent and unconfirmed, plus queued
-  std::size_t queued = 0;          // accepted by broadcast(), not sent yet
-  std::size_t repairs_queued = 0;  // retransmissions waiting to go out
-  std::size_t holding = 0;         // live members that have not confirmed everything sent
-  std::uint64_t next_message = 0;  // id the next broadcast() will get
+  LOCABUS_TYPED_FIELDS(BroadcastInfo, LOCABUS_BROADCAST_INFO, ::locabus::CounterKind::gauge)
 };
 
+/// The engine's own counters (per peer: PeerCounters; invalid frames by
+/// reason: EngineStats::rx_invalid). X(name, description). Append only.
+#define LOCABUS_ENGINE_COUNTERS(X)                                                                     \
+  X(rx_frames, "frames received from the transport")                                                   \
+  X(rx_not_ours, "frames dropped: node_to is neither us nor broadcast")                                \
+  X(rx_own, "frames dropped: node_from is us, from our own MAC")                                       \
+  X(rx_stale_epoch, "frames dropped: from an older incarnation of the node")                           \
+  X(rx_conflict, "frames dropped: from a MAC that conflicts with a member's id")                       \
+  X(rx_unknown_peer, "connection frames dropped: from an unknown node")                                \
+  X(rx_unsupported, "frames dropped: valid, but no meaning (e.g. a broadcast SYN)")                    \
+  X(rx_malformed_control, "control frames dropped: payload too short or wrong version")                \
+  X(tx_frames, "frames handed to the transport")                                                       \
+  X(tx_control_dropped, "control frames not sent: the transport's TX queue was full")                  \
+  X(resets_sent, "RST frames sent")                                                                    \
+  X(discover_sent, "DISCOVER frames sent")                                                             \
+  X(replies_sent, "discovery replies sent")                                                            \
+  X(heartbeats_sent, "heartbeats sent")                                                                \
+  X(probes_sent, "failure-detection probes sent")                                                      \
+  X(events_dropped, "events not queued for the application: the event queue was full")                 \
+  X(bcast_sent, "our broadcast stream: first transmissions")                                           \
+  X(bcast_retransmits, "our broadcast stream: repairs sent for NAKs")                                  \
+  X(bcast_repairs_held,                                                                                \
+    "our broadcast stream: NAKed sequences not resent (sent again within "                             \
+    "bcast_repair_holdoff)")                                                                           \
+  X(bcast_unrepairable, "our broadcast stream: NAKs for sequences already released")                   \
+  X(bcast_polls_sent, "our broadcast stream: POLL frames sent")                                        \
+  X(bcast_acks_received, "our broadcast stream: ACKs received")                                        \
+  X(bcast_naks_received, "our broadcast stream: NAKs received")                                        \
+  X(bcast_released, "our broadcast stream: messages every live member confirmed (or no member holds)") \
+  X(bcast_would_block, "our broadcast stream: broadcast() refused, the buffer was full")               \
+  X(bcast_dropped, "our broadcast stream: held messages given up by leave()")                          \
+  X(rx_bcast_malformed, "POLL or broadcast ACK/NAK frames dropped: bad data")                          \
+  X(rx_bcast_stale, "POLL or broadcast ACK/NAK frames dropped: for another incarnation")
+
 struct EngineStats {
-  std::uint64_t rx_frames = 0;
-  std::array<std::uint64_t, 8> rx_invalid{};  // by wire::FrameError
-  std::uint64_t rx_not_ours = 0;              // node_to is neither us nor broadcast
-  std::uint64_t rx_own = 0;                   // node_from is us, from our own MAC
-  std::uint64_t rx_stale_epoch = 0;           // from an older incarnation
-  std::uint64_t rx_conflict = 0;              // from a MAC that conflicts with a member's id
-  std::uint64_t rx_unknown_peer = 0;          // connection frame from an unknown node
-  std::uint64_t rx_unsupported = 0;           // valid, but no meaning (e.g. a broadcast SYN)
-  std::uint64_t rx_malformed_control = 0;     // control payload too short or wrong version
-  std::uint64_t tx_frames = 0;
-  std::uint64_t tx_control_dropped = 0;  // TX queue full: a control frame was not sent
-  std::uint64_t resets_sent = 0;
-  std::uint64_t discover_sent = 0;
-  std::uint64_t replies_sent = 0;
-  std::uint64_t heartbeats_sent = 0;
-  std::uint64_t probes_sent = 0;
-  std::uint64_t events_dropped = 0;
-  // this node's broadcast stream
-  std::uint64_t bcast_sent = 0;          // first transmissions
-  std::uint64_t bcast_retransmits = 0;   // repairs sent for NAKs
-  std::uint64_t bcast_repairs_held = 0;  // NAKed sequences not resent: sent again within bcast_repair_holdoff
-  std::uint64_t bcast_unrepairable = 0;  // NAKs for sequences already released
-  std::uint64_t bcast_polls_sent = 0;
-  std::uint64_t bcast_acks_received = 0;
-  std::uint64_t bcast_naks_received = 0;
-  std::uint64_t bcast_released = 0;      // messages every live member confirmed (or that no member holds)
-  std::uint64_t bcast_would_block = 0;   // broadcast() refused: the buffer was full
-  std::uint64_t bcast_dropped = 0;       // held messages given up by leave()
-  std::uint64_t rx_bcast_malformed = 0;  // POLL or broadcast ACK/NAK with bad data
-  std::uint64_t rx_bcast_stale = 0;      // POLL or broadcast ACK/NAK for another incarnation
+  LOCABUS_COUNTER_FIELDS(EngineStats, LOCABUS_ENGINE_COUNTERS, ::locabus::CounterKind::counter)
+  std::array<std::uint64_t, wire::kFrameErrors>
+      rx_invalid{};  // frames dropped by validation, by wire::FrameError
 };
 
 class Engine final : public Agent {
@@ -255,6 +249,11 @@ class Engine final : public Agent {
   /// Members in state alive or suspect (this node not included).
   std::size_t live_members() const noexcept;
   const EngineStats& stats() const noexcept { return stats_; }
+  /// Appends the engine's counter groups: "engine" (stats()),
+  /// "engine.rx_invalid" (by reason), "engine.broadcast" (gauges,
+  /// broadcast_info()), one "peers" group per peer (label peer) and their sum
+  /// "engine.peers_total" (JSON only).
+  void counters(CounterGroups& out) const;
   std::uint16_t node_id() const noexcept { return config_.node_id; }
   std::uint64_t epoch() const noexcept { return epoch_; }
   const EngineConfig& config() const noexcept { return config_; }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 
+#include "common/counters.hpp"
 #include "common/function_ref.hpp"
 #include "locabus/ack_rule.h"
 #include "locabus/wire.hpp"
@@ -83,6 +84,11 @@ class Transport {
     (void)on_ack;
     return 0;
   }
+
+  /// Appends this transport's counter groups (common/counters.hpp): a
+  /// "transport" group, and any below it ("transport.xsk"). The daemon
+  /// renders them without knowing which transport it has. Default: none.
+  virtual void counters(CounterGroups& out) const { (void)out; }
 };
 
 }  // namespace locabus::engine

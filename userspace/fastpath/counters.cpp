@@ -26,4 +26,10 @@ locabus_proto_stats sum_proto(const std::vector<locabus_proto_stats>& per_cpu) {
   return t;
 }
 
+CounterGroup counter_group(const CounterValues& values) {
+  CounterGroup g("xdp", "the XDP program's counters, summed over CPUs (docs/FASTPATH.md)");
+  g.add(kCounters, values);
+  return g;
+}
+
 }  // namespace locabus::fastpath

@@ -9,19 +9,23 @@
 
 #include <locabus/xdp_maps.h>
 
+#include "common/counters.hpp"
+
 namespace locabus::fastpath {
 
-struct CounterInfo {
-  std::string_view name;
-  std::string_view description;
-};
+/// A counter's name and description (kind: always a monotonic counter).
+using CounterInfo = locabus::CounterField;
 
-#define LOCABUS_X_INFO(name, desc) CounterInfo{#name, desc},
+#define LOCABUS_X_INFO(name, desc) CounterInfo{#name, desc, locabus::CounterKind::counter},
 inline constexpr std::array<CounterInfo, LOCABUS_CTR__COUNT> kCounters{
     {LOCABUS_XDP_COUNTERS(LOCABUS_X_INFO)}};
 #undef LOCABUS_X_INFO
 
 using CounterValues = std::array<std::uint64_t, LOCABUS_CTR__COUNT>;
+
+/// The group "xdp": the fast path's counters (summed over CPUs), from the
+/// LOCABUS_XDP_COUNTERS definition.
+CounterGroup counter_group(const CounterValues& values);
 
 /// Counter values summed over CPUs.
 CounterValues sum_counters(const std::vector<locabus_xdp_stats>& per_cpu);

@@ -310,12 +310,9 @@ Stats Socket::stats() const {
   if (::getsockopt(fd(), SOL_XDP, XDP_STATISTICS, &s, &len) != 0)
     throw Error("read AF_XDP statistics", errno);
   Stats out;
-  out.rx_dropped = s.rx_dropped;
-  out.rx_invalid_descs = s.rx_invalid_descs;
-  out.tx_invalid_descs = s.tx_invalid_descs;
-  out.rx_ring_full = s.rx_ring_full;
-  out.rx_fill_ring_empty_descs = s.rx_fill_ring_empty_descs;
-  out.tx_ring_empty_descs = s.tx_ring_empty_descs;
+#define LOCABUS_X_COPY(name, desc) out.name = s.name;
+  LOCABUS_XSK_COUNTERS(LOCABUS_X_COPY)
+#undef LOCABUS_X_COPY
   return out;
 }
 

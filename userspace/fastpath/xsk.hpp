@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/counters.hpp"
 #include "common/function_ref.hpp"
 
 namespace locabus::fastpath {
@@ -39,13 +40,18 @@ struct Options {
 };
 
 /// Kernel counters of one socket (XDP_STATISTICS).
+/// The kernel's counters of one socket (struct xdp_statistics, same
+/// names): X(name, description). Append only.
+#define LOCABUS_XSK_COUNTERS(X)                                                                    \
+  X(rx_dropped, "frames dropped for other reasons than an invalid descriptor (e.g. no RX buffer)") \
+  X(rx_invalid_descs, "frames dropped: invalid RX descriptor")                                     \
+  X(tx_invalid_descs, "invalid TX descriptors")                                                    \
+  X(rx_ring_full, "frames dropped: the RX ring was full")                                          \
+  X(rx_fill_ring_empty_descs, "times the fill ring was empty when the kernel needed a buffer")     \
+  X(tx_ring_empty_descs, "times the TX ring was empty when the kernel looked for frames")
+
 struct Stats {
-  std::uint64_t rx_dropped = 0;
-  std::uint64_t rx_invalid_descs = 0;
-  std::uint64_t tx_invalid_descs = 0;
-  std::uint64_t rx_ring_full = 0;
-  std::uint64_t rx_fill_ring_empty_descs = 0;
-  std::uint64_t tx_ring_empty_descs = 0;
+  LOCABUS_COUNTER_FIELDS(Stats, LOCABUS_XSK_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 class Socket {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <limits>
 #include <stdexcept>
 
@@ -154,7 +155,7 @@ std::size_t SimTransport::poll_acks(
 }
 
 void SimTransport::track_peer(std::uint16_t node) {
-  ++track_calls_;
+  ++counters_.track_calls;
   tracked_.insert(node);
   // As the fast path does: a new connection starts a new record, unpublished.
   acks_.erase(node);
@@ -162,10 +163,31 @@ void SimTransport::track_peer(std::uint16_t node) {
 }
 
 void SimTransport::forget_peer(std::uint16_t node) {
-  ++forget_calls_;
+  ++counters_.forget_calls;
   tracked_.erase(node);
   acks_.erase(node);
   published_.erase(node);
+}
+
+void SimTransport::counters(CounterGroups& out) const {
+  // Named as the XDP program's counters of the same verdicts (xdp_maps.h).
+  static constexpr CounterField kVerdicts[] = {
+      {"ack_consumed", "pure ACKs from tracked peers consumed (the ACK rule's verdict)",
+       CounterKind::counter},
+      {"ack_pass_unpublished", "tracked peers' pure ACKs passed: no connection state published",
+       CounterKind::counter},
+      {"ack_pass_all", "tracked peers' pure ACKs passed: the engine asked for all", CounterKind::counter},
+      {"ack_pass_behind", "tracked peers' pure ACKs passed: at or behind the known ACK",
+       CounterKind::counter},
+      {"ack_pass_range", "tracked peers' pure ACKs passed: outside the published range",
+       CounterKind::counter},
+  };
+  static_assert(std::size(kVerdicts) == std::tuple_size_v<decltype(verdicts_)>);
+  CounterGroup& g = out.emplace_back("transport", "a port of the simulated network");
+  g.add(counters_);
+  g.add(kVerdicts, verdicts_);
+  g.add({"tracked", "peers tracked now (track_peer minus forget_peer)", CounterKind::gauge}, tracked_.size());
+  g.info.emplace_back("mode", "simulated");
 }
 
 // ---- SimNetwork: setup ------------------------------------------------------

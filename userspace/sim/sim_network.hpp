@@ -68,6 +68,15 @@ enum class DropReason : std::uint8_t { none, loss, partition, port_down, unknown
 
 class SimNetwork;
 
+/// One port's counters: X(name, description). Append only.
+#define LOCABUS_SIM_PORT_COUNTERS(X)                                        \
+  X(track_calls, "track_peer() calls: the engine established a connection") \
+  X(forget_calls, "forget_peer() calls: the engine closed a connection")
+
+struct SimPortCounters {
+  LOCABUS_COUNTER_FIELDS(SimPortCounters, LOCABUS_SIM_PORT_COUNTERS, ::locabus::CounterKind::counter)
+};
+
 /// One port's view of the network, handed to an engine as its Transport.
 /// Owned by the SimNetwork; valid as long as it is.
 class SimTransport final : public engine::Transport {
@@ -96,8 +105,10 @@ class SimTransport final : public engine::Transport {
   /// so that tests can check the engine keeps the fast path informed.
   /// Cleared when the port goes down: a crash loses the engine's state.
   const std::set<std::uint16_t>& tracked() const noexcept { return tracked_; }
-  std::uint64_t track_calls() const noexcept { return track_calls_; }
-  std::uint64_t forget_calls() const noexcept { return forget_calls_; }
+  std::uint64_t track_calls() const noexcept { return counters_.track_calls; }
+  std::uint64_t forget_calls() const noexcept { return counters_.forget_calls; }
+  /// "transport": the port's counters, the ACK rule's verdicts, the peers tracked.
+  void counters(CounterGroups& out) const override;
   std::uint32_t port() const noexcept { return port_; }
 
   /// Behave like the XDP fast path (on by default): a valid pure ACK (type
@@ -146,8 +157,7 @@ class SimTransport final : public engine::Transport {
   std::uint32_t port_;
   wire::MacAddress mac_;
   std::set<std::uint16_t> tracked_;
-  std::uint64_t track_calls_ = 0;
-  std::uint64_t forget_calls_ = 0;
+  SimPortCounters counters_;
 };
 
 /// The simulated segment. Deterministic: the same seed and the same calls

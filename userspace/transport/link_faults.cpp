@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 #include <locabus/wire.h>
 #include <spdlog/spdlog.h>
-#include <nlohmann/json.hpp>
 
 #include "common/error.hpp"
 #include "fastpath/netdev.hpp"
@@ -164,17 +163,11 @@ void LinkFaults::link_back() {
                iface_, secs, dropped, held);
 }
 
-void LinkFaults::add_counters(nlohmann::json& j) const {
-  const FaultStats& s = stats_;
-  j["tx_link_down_drops"] = s.tx_link_down_drops;
-  j["tx_no_device_drops"] = s.tx_no_device_drops;
-  j["tx_oversize_drops"] = s.tx_oversize_drops;
-  j["tx_device_drops"] = s.tx_device_drops;
-  j["tx_error_drops"] = s.tx_error_drops;
-  j["rx_link_down"] = s.rx_link_down;
-  j["rx_errors"] = s.rx_errors;
-  j["link_downs"] = s.link_downs;
-  j["link_down"] = link_down();
+void LinkFaults::add_counters(CounterGroup& g) const {
+  g.add(stats_);
+  g.add({"link_down", "the link is down now (a send or receive said so, and no send went through since)",
+         CounterKind::flag},
+        link_down() ? 1 : 0);
 }
 
 }  // namespace locabus::transport

@@ -18,8 +18,7 @@
 #include <string>
 #include <string_view>
 
-#include <nlohmann/json_fwd.hpp>
-
+#include "common/counters.hpp"
 #include "common/unique_fd.hpp"
 #include "fastpath/netdev.hpp"
 
@@ -38,18 +37,20 @@ inline constexpr std::size_t kFaultKinds = 6;
 std::string_view to_string(FaultKind k) noexcept;
 FaultKind classify(int err) noexcept;
 
-/// Counted by every transport, reported with its other counters.
+/// Counted by every transport, reported with its other counters:
+/// X(name, description). Append only.
+#define LOCABUS_FAULT_COUNTERS(X)                                                                       \
+  X(tx_link_down_drops, "frames dropped: the kernel said the link is down (ENETDOWN)")                  \
+  X(tx_no_device_drops, "frames dropped: the kernel said there is no such device (ENODEV, ENXIO)")      \
+  X(tx_oversize_drops, "frames dropped: longer than the MTU (EMSGSIZE)")                                \
+  X(tx_device_drops, "frames dropped by the device or its queue (ENOBUFS, EBUSY)")                      \
+  X(tx_error_drops, "frames dropped for any other send error")                                          \
+  X(rx_link_down, "receive calls that failed with ENETDOWN (AF_PACKET reports a link going down once)") \
+  X(rx_errors, "receive calls that failed otherwise")                                                   \
+  X(link_downs, "outages: times frames stopped flowing (the link went down or away)")
+
 struct FaultStats {
-  // Frames dropped because the kernel refused them, by class.
-  std::uint64_t tx_link_down_drops = 0;  // ENETDOWN
-  std::uint64_t tx_no_device_drops = 0;  // ENODEV, ENXIO
-  std::uint64_t tx_oversize_drops = 0;   // EMSGSIZE
-  std::uint64_t tx_device_drops = 0;     // ENOBUFS, EBUSY
-  std::uint64_t tx_error_drops = 0;      // anything else
-  // Receive calls that failed.
-  std::uint64_t rx_link_down = 0;  // ENETDOWN: AF_PACKET reports the link going down once this way
-  std::uint64_t rx_errors = 0;     // anything else
-  std::uint64_t link_downs = 0;    // times frames stopped flowing (the link went down or away)
+  LOCABUS_COUNTER_FIELDS(FaultStats, LOCABUS_FAULT_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 class LinkFaults {
@@ -76,8 +77,8 @@ class LinkFaults {
   /// deleted, the socket is unusable); it then drops whatever it is given.
   const std::string& fatal() const noexcept { return fatal_; }
   const FaultStats& stats() const noexcept { return stats_; }
-  /// Adds the counters to a transport's counter object (flat keys).
-  void add_counters(nlohmann::json& j) const;
+  /// Adds the counters, and the flag link_down, to a transport's group.
+  void add_counters(CounterGroup& g) const;
 
  private:
   using Clock = std::chrono::steady_clock;

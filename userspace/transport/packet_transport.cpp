@@ -126,4 +126,11 @@ std::size_t PacketTransport::receive(std::size_t max, FunctionRef<void(engine::F
   return static_cast<std::size_t>(got);
 }
 
+void PacketTransport::counters(CounterGroups& out) const {
+  CounterGroup& g = out.emplace_back("transport", "the AF_PACKET transport (" + iface_ + ")");
+  g.add(stats_);
+  faults_.add_counters(g);
+  g.info.emplace_back("mode", "AF_PACKET");
+}
+
 }  // namespace locabus::transport

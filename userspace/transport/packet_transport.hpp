@@ -23,10 +23,14 @@ struct PacketOptions {
   int sndbuf_bytes = 4 << 20;
 };
 
+/// X(name, description). Append only.
+#define LOCABUS_PACKET_COUNTERS(X)            \
+  X(rx_frames, "frames handed to the engine") \
+  X(tx_frames, "frames the kernel took")      \
+  X(tx_busy, "send() calls that stopped early: the socket's buffer was full")
+
 struct PacketStats {
-  std::uint64_t rx_frames = 0;
-  std::uint64_t tx_frames = 0;
-  std::uint64_t tx_busy = 0;  // send() stopped early: the socket's buffer was full
+  LOCABUS_COUNTER_FIELDS(PacketStats, LOCABUS_PACKET_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 class PacketTransport final : public engine::Transport {
@@ -46,6 +50,8 @@ class PacketTransport final : public engine::Transport {
   /// counted and consumed, so poll() on wait_fd() sleeps again.
   std::size_t receive(std::size_t max, FunctionRef<void(engine::FrameBytes)> on_frame) override;
   int wait_fd() const noexcept override { return fd_.get(); }
+  /// "transport": stats() and faults().
+  void counters(CounterGroups& out) const override;
 
   const PacketStats& stats() const noexcept { return stats_; }
   const LinkFaults& faults() const noexcept { return faults_; }

@@ -14,7 +14,6 @@
 #include <fmt/format.h>
 #include <locabus/xdp_maps.h>
 #include <spdlog/spdlog.h>
-#include <nlohmann/json.hpp>
 
 #include "common/error.hpp"
 #include "fastpath/fastpath.hpp"
@@ -409,42 +408,14 @@ std::size_t XdpTransport::poll_acks(
 
 // ---- status -------------------------------------------------------------------------
 
-nlohmann::json XdpTransport::stats_json() const {
-  const XdpStats& s = stats_;
-  nlohmann::json j = {{"rx_frames", s.rx_frames},
-                      {"rx_pure_acks", s.rx_pure_acks},
-                      {"tx_frames", s.tx_frames},
-                      {"tx_busy", s.tx_busy},
-                      {"tx_kicks", s.tx_kicks},
-                      {"tx_kick_busy", s.tx_kick_busy},
-                      {"tx_kick_down", s.tx_kick_down},
-                      {"tx_kick_fail", s.tx_kick_fail},
-                      {"tx_retries", s.tx_retries},
-                      {"busy_polls", s.busy_polls},
-                      {"acks_from_ring", s.acks_from_ring},
-                      {"acks_applied", s.acks_applied},
-                      {"acks_ignored", s.acks_ignored},
-                      {"ring_drains", s.ring_drains},
-                      {"ring_wakeups", s.ring_wakeups},
-                      {"mode", describe()}};
-  faults_.add_counters(j);
+void XdpTransport::counters(CounterGroups& out) const {
+  CounterGroup& g = out.emplace_back("transport", "the AF_XDP transport");
+  g.add(stats_);
+  faults_.add_counters(g);
+  g.info.emplace_back("mode", describe());
   xsk::Stats k;
-  for (const auto& sock : sockets_) {
-    const xsk::Stats one = sock->stats();
-    k.rx_dropped += one.rx_dropped;
-    k.rx_invalid_descs += one.rx_invalid_descs;
-    k.tx_invalid_descs += one.tx_invalid_descs;
-    k.rx_ring_full += one.rx_ring_full;
-    k.rx_fill_ring_empty_descs += one.rx_fill_ring_empty_descs;
-    k.tx_ring_empty_descs += one.tx_ring_empty_descs;
-  }
-  j["xsk"] = {{"rx_dropped", k.rx_dropped},
-              {"rx_invalid_descs", k.rx_invalid_descs},
-              {"tx_invalid_descs", k.tx_invalid_descs},
-              {"rx_ring_full", k.rx_ring_full},
-              {"rx_fill_ring_empty_descs", k.rx_fill_ring_empty_descs},
-              {"tx_ring_empty_descs", k.tx_ring_empty_descs}};
-  return j;
+  for (const auto& sock : sockets_) k += sock->stats();
+  out.emplace_back("transport.xsk", "the kernel's counters of the AF_XDP sockets, summed").add(k);
 }
 
 }  // namespace locabus::transport

@@ -17,8 +17,6 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
-
 #include "common/unique_fd.hpp"
 #include "engine/transport.hpp"
 #include "fastpath/xsk.hpp"
@@ -57,27 +55,29 @@ struct XdpOptions {
   int sndbuf_bytes = 8 << 20;
 };
 
-/// Counters of one XdpTransport (the kernel's own per socket are in
-/// stats_json() as "xsk").
+/// Counters of one XdpTransport (the kernel's own per socket, summed, are
+/// the group "transport.xsk"): X(name, description). Append only.
+#define LOCABUS_XDP_TRANSPORT_COUNTERS(X)                                                    \
+  X(rx_frames, "frames handed to the engine")                                                \
+  X(rx_pure_acks, "of those, pure ACKs (untracked peer, or the ACK ring was full)")          \
+  X(tx_frames, "frames queued on the TX ring")                                               \
+  X(tx_busy, "send() calls that accepted fewer frames than offered")                         \
+  X(tx_kicks, "sendto() calls that made the kernel transmit")                                \
+  X(tx_kick_busy, "kicks answered EAGAIN/EBUSY/ENOBUFS/ENETDOWN")                            \
+  X(tx_kick_down, "kicks answered ENETDOWN: the link is down, the frames wait")              \
+  X(tx_kick_fail, "kicks answered anything else (ENXIO: the device is gone)")                \
+  X(tx_retries, "times the TX retry timer was armed")                                        \
+  X(busy_polls, "recvfrom() calls for busy polling")                                         \
+  X(acks_from_ring, "records read from the ACK ring")                                        \
+  X(acks_applied, "(node, ack, window) handed to the engine: the latest per node and drain") \
+  X(acks_ignored, "ACK ring records of nodes not tracked (any more)")                        \
+  X(ring_drains, "poll_acks() calls that found records")                                     \
+  X(ring_wakeups,                                                                            \
+    "drains right after a duty cycle that saw nothing: the ring's notification woke the "    \
+    "engine")
+
 struct XdpStats {
-  std::uint64_t rx_frames = 0;       // frames handed to the engine
-  std::uint64_t rx_pure_acks = 0;    // of them pure ACKs (untracked peer, or the ACK ring was full)
-  std::uint64_t tx_frames = 0;       // frames queued on the TX ring
-  std::uint64_t tx_busy = 0;         // send() calls that accepted fewer frames than offered
-  std::uint64_t tx_kicks = 0;        // sendto() calls that made the kernel transmit
-  std::uint64_t tx_kick_busy = 0;    // of them answered EAGAIN/EBUSY/ENOBUFS/ENETDOWN
-  std::uint64_t tx_kick_down = 0;    // of them ENETDOWN: the link is down, the frames wait
-  std::uint64_t tx_kick_fail = 0;    // answered anything else (ENXIO: the device is gone)
-  std::uint64_t tx_retries = 0;      // times the TX retry timer was armed
-  std::uint64_t busy_polls = 0;      // recvfrom() calls for busy polling
-  std::uint64_t acks_from_ring = 0;  // records read from the ACK ring
-  std::uint64_t acks_applied = 0;  // (node, ack, window) handed to the engine: the latest per node and drain
-  std::uint64_t acks_ignored = 0;  // records of nodes not tracked (any more)
-  std::uint64_t ring_drains = 0;   // poll_acks() calls that found records
-  /// Drains right after a duty cycle in which the transport saw nothing (no
-  /// frame in or out, no record): with a blocking idle strategy the engine
-  /// slept in between, and the ring's notification is what woke it.
-  std::uint64_t ring_wakeups = 0;
+  LOCABUS_COUNTER_FIELDS(XdpStats, LOCABUS_XDP_TRANSPORT_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 class XdpTransport final : public engine::Transport {
@@ -124,8 +124,9 @@ class XdpTransport final : public engine::Transport {
 
   const XdpStats& stats() const noexcept { return stats_; }
   const LinkFaults& faults() const noexcept { return faults_; }
-  /// stats() plus the kernel's counters of every socket, for status output.
-  nlohmann::json stats_json() const;
+  /// "transport" (stats(), faults(), the mode) and "transport.xsk" (the
+  /// kernel's counters of every socket, summed).
+  void counters(CounterGroups& out) const override;
   const std::string& iface() const noexcept { return iface_; }
   /// The RX queues with a socket.
   std::vector<std::uint32_t> queues() const;

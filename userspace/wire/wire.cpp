@@ -108,14 +108,10 @@ std::string MacAddress::to_string() const {
 
 std::string_view to_string(FrameError e) noexcept {
   switch (e) {
-    case FrameError::not_locabus: return "not a Locabus frame";
-    case FrameError::short_frame: return "frame shorter than the Locabus header";
-    case FrameError::len_small: return "len smaller than the header";
-    case FrameError::len_max: return "len larger than the maximum";
-    case FrameError::len_frame: return "len larger than the frame";
-    case FrameError::bad_csum: return "bad checksum";
-    case FrameError::unknown_type: return "unknown packet type";
-    case FrameError::bad_src: return "broadcast source node id";
+#define LOCABUS_X_CASE(name, desc) \
+  case FrameError::name: return desc;
+    LOCABUS_FRAME_ERRORS(LOCABUS_X_CASE)
+#undef LOCABUS_X_CASE
   }
   return "unknown error";
 }
