@@ -730,7 +730,7 @@ std::optional<engine::Nanos> ClientHost::next_deadline() const {
   return next;
 }
 
-nlohmann::json ClientHost::counters() const {
+void ClientHost::counters(CounterGroups& out) const {
   nlohmann::json eps = nlohmann::json::array();
   for (const auto& [id, c] : clients_) {
     if (!c->open()) continue;
@@ -747,12 +747,11 @@ nlohmann::json ClientHost::counters() const {
                {"backlog", c->backlog.size()}});
     eps.push_back(std::move(ep));
   }
-  nlohmann::json j = {{"clients", clients_.size()}};
-#define LOCABUS_X(name, desc) j[#name] = counters_.name;
-  LOCABUS_API_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
-  j["endpoints"] = std::move(eps);
-  return j;
+  static constexpr CounterField kClients{"clients", "clients connected", CounterKind::gauge};
+  CounterGroup g = json_group("api", "the local API: clients, rings, backlogs, events",
+                              nlohmann::json{{"endpoints", std::move(eps)}});
+  g.add(kClients, clients_.size()).add(counters_);
+  out.push_back(std::move(g));
 }
 
 }  // namespace locabus::daemon

@@ -11,6 +11,8 @@
 // docs/API.md describes the protocol.
 #pragma once
 
+#include "common/counters.hpp"
+
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -59,9 +61,7 @@ struct ClientFault : std::runtime_error {
   X(refused_on_close, "messages refused because their endpoint closed unread")
 
 struct ApiCounters {
-#define LOCABUS_X(name, desc) std::uint64_t name = 0;
-  LOCABUS_API_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
+  LOCABUS_COUNTER_FIELDS(ApiCounters, LOCABUS_API_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 /// One record the client's ring had no room for; delivered in order later.
@@ -135,7 +135,8 @@ class ClientHost {
   std::string who(ClientId id) const;
 
   std::size_t client_count() const noexcept { return clients_.size(); }
-  nlohmann::json counters() const;
+  /// The "api" group: its counters, and the open endpoints as JSON.
+  void counters(CounterGroups& out) const;
   const ApiCounters& stats() const noexcept { return counters_; }
 
  private:

@@ -374,11 +374,7 @@ CounterGroups Daemon::counter_groups() const {
   engine_->counters(g);
   dp_.transport->counters(g);
   if (dp_.fastpath) g.push_back(fastpath::counter_group(dp_.fastpath->maps().counters()));
-  // Still made by hand in server.cpp: plugged in as JSON until converted.
-  g.push_back(
-      json_group("api", "the local API: clients, endpoints, messages in and out", server_->counters()));
-  g.push_back(json_group("locasock", "the Locasock service: sockets, datagrams, fragments, reassembly",
-                         server_->locasock_counters()));
+  server_->counters(g);  // the API, the router, flow control, every service
   if (blocking_) {
     static constexpr CounterField kIdleSleeps{"idle_sleeps", "times the blocking idle strategy slept",
                                               CounterKind::counter};

@@ -14,6 +14,8 @@
 // asks for (tests/unit/flow_test.cpp drives two of them back to back).
 #pragma once
 
+#include "common/counters.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -95,9 +97,7 @@ struct FlowConfig {
   X(malformed, "P_FLOW messages that could not be parsed (ignored)")
 
 struct FlowCounters {
-#define LOCABUS_X(name, desc) std::uint64_t name = 0;
-  LOCABUS_FLOW_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
+  LOCABUS_COUNTER_FIELDS(FlowCounters, LOCABUS_FLOW_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 class FlowControl {

@@ -202,27 +202,23 @@ void Router::after_events() {
 
 // ---- counters -----------------------------------------------------------------------
 
-nlohmann::json Router::counters() const {
-  nlohmann::json j = nlohmann::json::object();
-#define LOCABUS_X(name, desc) j[#name] = counters_.name;
-  LOCABUS_ROUTER_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
-  nlohmann::json f = nlohmann::json::object();
-#define LOCABUS_X(name, desc) f[#name] = flow_.counters().name;
-  LOCABUS_FLOW_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
-  f["window"] = flow_.config().window;
-  f["streams"] = flow_.streams();
-  f["unconfirmed"] = flow_.unconfirmed();
-  j["flow"] = std::move(f);
-  j["parked_streams"] = engine_.parked();
-  return j;
-}
-
-nlohmann::json Router::service_counters() const {
-  nlohmann::json j = nlohmann::json::object();
-  for (const auto& s : services_) j[std::string(s->name())] = s->counters();
-  return j;
+void Router::counters(CounterGroups& out) const {
+  static constexpr CounterField kParked{"parked_streams", "broadcast streams parked now", CounterKind::gauge};
+  out.emplace_back("api.router", "the router: engine messages to services by protocol id")
+      .add(counters_)
+      .add(kParked, engine_.parked());
+  static constexpr CounterField kWindow{"window", "endpoint_window: credit per (peer, endpoint) stream",
+                                        CounterKind::gauge};
+  static constexpr CounterField kStreams{"streams", "flow-controlled streams with state, both ways",
+                                         CounterKind::gauge};
+  static constexpr CounterField kUnconfirmed{
+      "unconfirmed", "messages sent and not yet confirmed by their receiver", CounterKind::gauge};
+  out.emplace_back("api.router.flow", "endpoint flow control (docs/PROTOCOL.md)")
+      .add(flow_.counters())
+      .add(kWindow, flow_.config().window)
+      .add(kStreams, flow_.streams())
+      .add(kUnconfirmed, flow_.unconfirmed());
+  for (const auto& s : services_) s->counters(out);
 }
 
 }  // namespace locabus::daemon

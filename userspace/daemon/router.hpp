@@ -6,6 +6,8 @@
 // ServiceHost services see (service.hpp).
 #pragma once
 
+#include "common/counters.hpp"
+
 #include <array>
 #include <map>
 #include <memory>
@@ -31,9 +33,7 @@ class ClientHost;
   X(flow_messages, "P_FLOW messages received")
 
 struct RouterCounters {
-#define LOCABUS_X(name, desc) std::uint64_t name = 0;
-  LOCABUS_ROUTER_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
+  LOCABUS_COUNTER_FIELDS(RouterCounters, LOCABUS_ROUTER_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 class Router final : public ServiceHost {
@@ -64,9 +64,8 @@ class Router final : public ServiceHost {
   /// Broadcast streams parked for a full backlog may go again.
   void unpark();
 
-  nlohmann::json counters() const;
-  /// Each service's counters, by name.
-  nlohmann::json service_counters() const;
+  /// Its groups ("api.router", "api.router.flow") and every service's.
+  void counters(CounterGroups& out) const;
   const FlowControl& flow() const noexcept { return flow_; }
 
   // ServiceHost

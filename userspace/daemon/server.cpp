@@ -35,15 +35,4 @@ std::optional<engine::Nanos> ApiServer::next_deadline() const {
   return std::min(*a, *b);
 }
 
-nlohmann::json ApiServer::counters() const {
-  nlohmann::json j = clients_->counters();
-  j["router"] = router_->counters();
-  return j;
-}
-
-nlohmann::json ApiServer::locasock_counters() const {
-  const auto all = router_->service_counters();
-  return all.contains("locasock") ? all["locasock"] : nlohmann::json::object();
-}
-
 }  // namespace locabus::daemon

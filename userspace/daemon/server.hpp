@@ -50,12 +50,11 @@ class ApiServer {
   void stop_accepting() { clients_->stop_accepting(); }
 
   std::size_t client_count() const noexcept { return clients_->client_count(); }
-  /// The client host's and the router's counters ("api").
-  nlohmann::json counters() const;
-  /// Locasock's counters ("locasock"), for compatibility of locabusctl counters.
-  nlohmann::json locasock_counters() const;
-  /// Every service's counters, by name.
-  nlohmann::json service_counters() const { return router_->service_counters(); }
+  /// The client host's, the router's and every service's counter groups.
+  void counters(CounterGroups& out) const {
+    clients_->counters(out);
+    router_->counters(out);
+  }
 
  private:
   EventLoop loop_;

@@ -27,6 +27,7 @@
 #include <locabus/locabus.h>
 #include <nlohmann/json.hpp>
 
+#include "common/counters.hpp"
 #include "daemon/flow.hpp"
 #include "engine/clock.hpp"
 #include "engine/engine.hpp"
@@ -197,8 +198,9 @@ class Service {
   virtual int do_work() { return 0; }
   virtual std::optional<engine::Nanos> next_deadline() const { return std::nullopt; }
 
-  /// Its counters (locabusctl counters).
-  virtual nlohmann::json counters() const = 0;
+  /// Its counter groups (locabusctl counters, the Prometheus exposition):
+  /// by convention one group named after the service.
+  virtual void counters(CounterGroups& out) const = 0;
 };
 
 }  // namespace locabus::daemon

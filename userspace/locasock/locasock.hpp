@@ -20,6 +20,7 @@
 
 #include <locabus/wire.h>
 
+#include "common/counters.hpp"
 #include "common/function_ref.hpp"
 #include "engine/clock.hpp"
 #include "engine/engine.hpp"
@@ -88,27 +89,22 @@ struct ServiceConfig {
 };
 
 /// Counters, each only ever increasing.
+#define LOCABUS_LOCASOCK_STATS(X)                                                                            \
+  X(datagrams_sent, "send() calls that queued every fragment")                                               \
+  X(fragments_sent, "fragments the bus accepted")                                                            \
+  X(send_refused, "send() calls that queued nothing (too large, would block, unknown node, ...)")            \
+  X(send_incomplete, "datagrams cut short: the bus refused a fragment after can_send() said ok (a bus bug)") \
+  X(fragments_received, "messages given to on_message(), malformed ones included")                           \
+  X(datagrams_delivered, "datagrams handed to the deliver callback")                                         \
+  X(malformed, "fragments dropped by validation (docs/LOCASOCK.md)")                                         \
+  X(duplicates, "fragments identical to one already held (ignored)")                                         \
+  X(reassembly_replaced, "partials replaced by a new datagram with their key")                               \
+  X(reassembly_timeouts, "partials dropped by expire()")                                                     \
+  X(reassembly_evicted, "partials dropped to stay within reassembly_memory")                                 \
+  X(reassembly_dropped, "partials dropped by drop_node() (their sender died, left or restarted)")
+
 struct ServiceStats {
-  // ---- sending
-  std::uint64_t datagrams_sent = 0;   // send() returned ok: every fragment queued
-  std::uint64_t fragments_sent = 0;   // messages the bus accepted
-  std::uint64_t send_refused = 0;     // send() queued nothing (too_large, would_block, unknown_node, ...)
-  std::uint64_t send_incomplete = 0;  // the bus refused a fragment after can_send() said ok (a Bus
-                                      // bug): part of a datagram went out; receivers time it out
-  // ---- receiving
-  std::uint64_t fragments_received = 0;   // messages given to on_message(), malformed included
-  std::uint64_t datagrams_delivered = 0;  // deliver() calls
-  std::uint64_t malformed = 0;            // dropped: not LOCABUS_P_LOCASOCK, shorter than the 8-byte header,
-                                          // nfrags not 1..45, frag >= nfrags, a non-last fragment not
-                                          // 1476 bytes, a last fragment over 1476 bytes, empty (nfrags > 1)
-                                          // or making the datagram over 64 KB
-  std::uint64_t duplicates = 0;           // ignored: a fragment identical to one already held
-  std::uint64_t reassembly_replaced = 0;  // partials dropped because a fragment with their key cannot be
-                                          // part of them (other nfrags or dport, other bytes for a fragment
-                                          // held) or their ident has wrapped: a new datagram took the key
-  std::uint64_t reassembly_timeouts = 0;  // partials dropped by expire()
-  std::uint64_t reassembly_evicted = 0;   // partials dropped to stay within reassembly_memory
-  std::uint64_t reassembly_dropped = 0;   // partials dropped by drop_node()
+  LOCABUS_COUNTER_FIELDS(ServiceStats, LOCABUS_LOCASOCK_STATS, ::locabus::CounterKind::counter)
 };
 
 /// The Locasock service of one node: fragments outgoing datagrams onto a

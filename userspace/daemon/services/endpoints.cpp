@@ -115,13 +115,11 @@ void EndpointService::on_message(const Inbound& m) {
                 m.tag);
 }
 
-nlohmann::json EndpointService::counters() const {
-  nlohmann::json j = nlohmann::json::object();
-#define LOCABUS_X(name, desc) j[#name] = counters_.name;
-  LOCABUS_ENDPOINT_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
-  j["endpoints"] = endpoints_.size();
-  return j;
+void EndpointService::counters(CounterGroups& out) const {
+  static constexpr CounterField kOpen{"open", "endpoints open (monitors included)", CounterKind::gauge};
+  out.emplace_back("endpoints", "application endpoints (protocols 16..255) and monitors")
+      .add(counters_)
+      .add(kOpen, endpoints_.size());
 }
 
 }  // namespace locabus::daemon

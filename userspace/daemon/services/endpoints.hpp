@@ -5,6 +5,8 @@
 // service behind liblocabus's Endpoint.
 #pragma once
 
+#include "common/counters.hpp"
+
 #include <array>
 #include <unordered_map>
 
@@ -19,9 +21,7 @@ namespace locabus::daemon {
   X(broadcast_unheard, "broadcasts for a protocol nobody opened here (ignored)")
 
 struct EndpointCounters {
-#define LOCABUS_X(name, desc) std::uint64_t name = 0;
-  LOCABUS_ENDPOINT_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
+  LOCABUS_COUNTER_FIELDS(EndpointCounters, LOCABUS_ENDPOINT_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 class EndpointService final : public Service {
@@ -38,7 +38,7 @@ class EndpointService final : public Service {
                          std::span<const std::byte> payload, std::uint64_t message) override;
   bool ready(const engine::Message& m) const override;
   void on_message(const Inbound& m) override;
-  nlohmann::json counters() const override;
+  void counters(CounterGroups& out) const override;
 
  private:
   struct Endpoint {

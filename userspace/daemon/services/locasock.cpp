@@ -187,27 +187,18 @@ int LocasockService::do_work() {
   return 0;
 }
 
-nlohmann::json LocasockService::counters() const {
-  const auto& st = sock_.stats();
-  nlohmann::json j = {{"sockets", by_port_.size()},
-                      {"datagrams_sent", st.datagrams_sent},
-                      {"fragments_sent", st.fragments_sent},
-                      {"send_refused", st.send_refused},
-                      {"send_incomplete", st.send_incomplete},
-                      {"fragments_received", st.fragments_received},
-                      {"datagrams_delivered", st.datagrams_delivered},
-                      {"malformed", st.malformed},
-                      {"duplicates", st.duplicates},
-                      {"reassembly_replaced", st.reassembly_replaced},
-                      {"reassembly_timeouts", st.reassembly_timeouts},
-                      {"reassembly_evicted", st.reassembly_evicted},
-                      {"reassembly_dropped", st.reassembly_dropped},
-                      {"reassembly_bytes", sock_.reassembly_bytes()},
-                      {"partial_datagrams", sock_.partial_datagrams()}};
-#define LOCABUS_X(name, desc) j[#name] = counters_.name;
-  LOCABUS_SOCKET_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
-  return j;
+void LocasockService::counters(CounterGroups& out) const {
+  static constexpr CounterField kSockets{"sockets", "sockets bound", CounterKind::gauge};
+  static constexpr CounterField kBytes{"reassembly_bytes", "bytes held by partial datagrams",
+                                       CounterKind::gauge};
+  static constexpr CounterField kPartials{"partial_datagrams", "datagrams being reassembled",
+                                          CounterKind::gauge};
+  out.emplace_back("locasock", "the Locasock service: sockets, datagrams, fragments, reassembly")
+      .add(kSockets, by_port_.size())
+      .add(sock_.stats())
+      .add(counters_)
+      .add(kBytes, sock_.reassembly_bytes())
+      .add(kPartials, sock_.partial_datagrams());
 }
 
 }  // namespace locabus::daemon

@@ -7,6 +7,8 @@
 // port. docs/API.md "Sockets", docs/LOCASOCK.md.
 #pragma once
 
+#include "common/counters.hpp"
+
 #include <unordered_map>
 
 #include "daemon/service.hpp"
@@ -22,9 +24,7 @@ namespace locabus::daemon {
   X(incomplete, "partial datagrams dropped, their senders told")
 
 struct SocketCounters {
-#define LOCABUS_X(name, desc) std::uint64_t name = 0;
-  LOCABUS_SOCKET_COUNTERS(LOCABUS_X)
-#undef LOCABUS_X
+  LOCABUS_COUNTER_FIELDS(SocketCounters, LOCABUS_SOCKET_COUNTERS, ::locabus::CounterKind::counter)
 };
 
 class LocasockService final : public Service {
@@ -46,7 +46,7 @@ class LocasockService final : public Service {
   void on_event(const engine::Event& e) override;
   int do_work() override;
   std::optional<engine::Nanos> next_deadline() const override { return sock_.next_deadline(); }
-  nlohmann::json counters() const override;
+  void counters(CounterGroups& out) const override;
 
  private:
   /// locasock::Bus over the router: fragments go on the destination port's
