@@ -19,8 +19,9 @@ class MessageRing {
  public:
   struct Slot {
     std::uint8_t proto = 0;
-    std::uint8_t marks = 0;  // the owner's per-message state (a send queue's kSacked, ...)
-    Nanos sent_at{0};        // a send queue's last transmission (0 = never sent)
+    std::uint8_t marks = 0;        // the owner's per-message state (a send queue's kSacked, ...)
+    std::uint32_t sent_order = 0;  // a send queue's last transmission: Connection::tx_order then
+    Nanos sent_at{0};              // a send queue's last transmission (0 = never sent)
     std::vector<std::byte> data;
   };
 
@@ -49,6 +50,7 @@ class MessageRing {
     Slot& s = slots_[(head_ + count_) % slots_.size()];
     s.proto = proto;
     s.marks = 0;
+    s.sent_order = 0;
     s.sent_at = Nanos{0};
     s.data.assign(data.begin(), data.end());
     ++count_;
@@ -62,6 +64,7 @@ class MessageRing {
     Slot& s = slots_[(head_ + count_) % slots_.size()];
     s.proto = proto;
     s.marks = 0;
+    s.sent_order = 0;
     s.sent_at = Nanos{0};
     s.data.swap(data);
     ++count_;

@@ -33,6 +33,15 @@ struct Connection {
 
   std::uint64_t peer_epoch = 0;  // the incarnation this connection is with
 
+  // Transmission order (serial, 32-bit): every DATA frame sent is stamped
+  // with ++tx_order (MessageRing::Slot::sent_order); held_order is the
+  // latest stamp of a frame the peer reported holding. Frames keep their
+  // order on the way, so a frame still missing that went out before it is lost.
+  std::uint32_t tx_order = 0;
+  std::uint32_t held_order = 0;
+  std::uint32_t cut_order = 0;  // tx_order at the last congestion window reduction
+  std::uint32_t held_rtt = 0;   // ns from sending the frame that set held_order to the NAK saying so
+
   // Sequence numbers: 16-bit, serial arithmetic (wire::seq_before).
   std::uint16_t iss = 0;       // our initial sequence number (the SYN's)
   std::uint16_t irs = 0;       // the peer's initial sequence number

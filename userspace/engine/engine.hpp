@@ -342,7 +342,7 @@ class Engine final : public Agent {
   void queue_retx(Peer& p, std::uint16_t seq);
   void answered(Peer& p);
   void on_tail_probe(Peer& p);
-  void congestion(Peer& p, bool timeout);
+  void congestion(Peer& p, bool timeout, std::uint32_t lost_order);
   void cc_acked(Peer& p, std::uint16_t acked);
   std::uint16_t initial_seq(Peer& p);
   bool emit_data(Peer& p, std::uint16_t seq, bool ack_req, Nanos now);

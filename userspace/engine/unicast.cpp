@@ -9,6 +9,8 @@
 // queue overflowing. docs/ARCHITECTURE.md has the state diagram and the
 // rules; docs/PROTOCOL.md the frames.
 #include <algorithm>
+#include <array>
+#include <optional>
 
 #include "engine/control.hpp"
 #include "engine/engine.hpp"
@@ -26,6 +28,26 @@ constexpr std::uint8_t kSacked = 1 << 0;         // the peer holds it (a NAK sai
 constexpr std::uint8_t kLost = 1 << 1;           // a NAK reported it missing at least once
 constexpr std::uint8_t kQueued = 1 << 2;         // in Peer::retx
 constexpr std::uint8_t kRetransmitted = 1 << 3;  // sent more than once
+constexpr std::uint8_t kProvenLost = 1 << 4;     // queued again because the last copy is known lost
+constexpr std::uint8_t kAmbiguous = 1 << 5;      // a copy went out while an earlier one may still arrive
+
+// Serial order of two 32-bit transmission stamps.
+constexpr bool order_before(std::uint32_t a, std::uint32_t b) noexcept {
+  return static_cast<std::int32_t>(a - b) < 0;
+}
+
+// The peer holds `slot` (a NAK or the cumulative ACK says so): its last
+// transmission arrived, unless an earlier copy may have arrived instead.
+// With `now` (a NAK, which answers at once), how long the latest frame
+// known held took to be reported is kept in held_rtt.
+void credit_held(Connection& c, const MessageRing::Slot& slot, std::optional<Nanos> now) noexcept {
+  if ((slot.marks & kAmbiguous) || slot.sent_order == 0 || !order_before(c.held_order, slot.sent_order))
+    return;
+  c.held_order = slot.sent_order;
+  if (now)
+    c.held_rtt =
+        static_cast<std::uint32_t>(std::clamp<std::int64_t>((*now - slot.sent_at).count(), 0, UINT32_MAX));
+}
 
 constexpr std::uint8_t clear(std::uint8_t flags, std::uint8_t bits) noexcept {
   return static_cast<std::uint8_t>(flags & ~bits);
@@ -460,7 +482,12 @@ void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
       c.flags &= static_cast<std::uint8_t>(~Connection::kTiming);
     }
     for (std::size_t i = 0; i < acked && i < p.tx.size(); ++i) {
-      if (p.tx.at(i).marks & kSacked) --c.sacked;
+      const MessageRing::Slot& slot = p.tx.at(i);
+      if (slot.marks & kSacked) {
+        --c.sacked;
+      } else {
+        credit_held(c, slot, std::nullopt);
+      }
     }
     p.tx.pop_front(acked);
     c.snd_una = ack;
@@ -499,11 +526,15 @@ void Engine::apply_ack(Peer& p, std::uint16_t ack, std::uint16_t window) {
 }
 
 // A NAK: the cumulative ACK, then the ranges the receiver is missing below
-// `high`; everything else below `high` it holds. Missing first transmissions
-// are sent again at once (a later frame arrived, so they are lost, or very
-// late); a missing retransmission only once repair_wait has passed since it
-// went out. A run of cc_loss_run first transmissions lost back to back is a
-// queue overflowing: the congestion window shrinks.
+// `high`; everything else below `high` it holds. Frames keep their order on
+// the way, so a missing frame is lost when one sent after it arrived: a
+// first transmission below `high`, a retransmission sent before the latest
+// frame known held (held_order). Those are sent again at once. Any other
+// missing retransmission may still wait in a queue (a slow receiver's ring
+// holds milliseconds of frames): it is sent again only once it is older
+// than repair_wait and than the latest frame known held was when reported
+// (+25 %). A run of cc_loss_run transmissions lost back to back is a queue
+// overflowing: the congestion window shrinks.
 void Engine::on_nak(const wire::FrameView& f, Peer& p) {
   on_ack_fields(f, p);
   Connection& c = p.conn;
@@ -526,19 +557,6 @@ void Engine::on_nak(const wire::FrameView& f, Peer& p) {
   std::uint16_t high = nak.high;
   if (!seq_between(c.snd_una, high, c.snd_max)) high = c.snd_max;  // names what we never sent
   const Nanos now = clock_.now();
-  const Nanos wait = repair_wait(c);
-  std::uint16_t cursor = c.snd_una;
-  std::uint16_t run = 0;
-  bool congested = false;
-  auto held = [&](std::uint16_t from, std::uint16_t to) {
-    for (std::uint16_t s = from; s != to; s = seq_add(s, 1)) {
-      MessageRing::Slot& slot = p.tx.at(seq_diff(s, c.snd_una));
-      if (!(slot.marks & kSacked)) {
-        slot.marks |= kSacked;
-        ++c.sacked;
-      }
-    }
-  };
   // The timed frame asked for an ACK: a NAK that says it is held (below
   // `high`, in no range) is that answer; one that says it is missing ends
   // the timing. Waiting for the cumulative ACK instead would time the
@@ -551,35 +569,79 @@ void Engine::on_nak(const wire::FrameView& f, Peer& p) {
     if (!missing) rtt_sample(c, now - c.rtt_sent_at);
     c.flags &= static_cast<std::uint8_t>(~Connection::kTiming);
   }
+  // The ranges, clipped to [snd_una, high), in order and without overlap.
+  std::array<control::SeqRange, LOCABUS_NAK_MAX_RANGES> gaps;
+  std::size_t n = 0;
+  std::uint16_t cursor = c.snd_una;
   for (const control::SeqRange& r : nak.ranges) {
     std::uint16_t first = r.first;
     std::uint16_t end = seq_add(r.first, r.count);
     if (seq_before(first, cursor)) first = cursor;  // overlapping or out of order: skip what was covered
     if (seq_before(high, end)) end = high;
-    if (!seq_before(first, end)) continue;
-    held(cursor, first);
-    run = 0;
-    for (std::uint16_t s = first; s != end; s = seq_add(s, 1)) {
+    if (!seq_before(first, end) || n == gaps.size()) continue;
+    gaps[n++] = {first, seq_diff(end, first)};
+    cursor = end;
+  }
+  // What it holds first: the latest transmission among those tells which
+  // missing copies went out before a frame that arrived, and are lost.
+  auto held = [&](std::uint16_t from, std::uint16_t to) {
+    for (std::uint16_t s = from; s != to; s = seq_add(s, 1)) {
+      MessageRing::Slot& slot = p.tx.at(seq_diff(s, c.snd_una));
+      if (!(slot.marks & kSacked)) {
+        slot.marks |= kSacked;
+        ++c.sacked;
+        credit_held(c, slot, now);
+      }
+    }
+  };
+  cursor = c.snd_una;
+  for (std::size_t i = 0; i < n; ++i) {
+    held(cursor, gaps[i].first);
+    cursor = seq_add(gaps[i].first, gaps[i].count);
+  }
+  held(cursor, high);
+  // A missing retransmission that no later frame overtook may still be on
+  // its way (behind a queue): it is sent again once a later frame arrived,
+  // or, if none does, once it is older than the latest frame known held was
+  // when reported, plus a quarter (tail-loss probes and the timeout stay
+  // behind it).
+  const Nanos held_rtt{c.held_rtt};
+  const Nanos wait = std::max(repair_wait(c), held_rtt + held_rtt / 4);
+  // Congestion: cc_loss_run transmissions in a row (first transmissions or
+  // repairs, consecutive in tx_order) newly known lost. A queue that
+  // overflows drops what arrives while it is full, so a sender loses its
+  // back-to-back frames; independent random loss rarely takes six.
+  std::uint16_t run = 0;
+  std::uint32_t run_first = 0, run_last = 0;
+  std::optional<std::uint32_t> congested;  // the first transmission of the run that said so
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint16_t end = seq_add(gaps[i].first, gaps[i].count);
+    for (std::uint16_t s = gaps[i].first; s != end; s = seq_add(s, 1)) {
       MessageRing::Slot& slot = p.tx.at(seq_diff(s, c.snd_una));
       if (slot.marks & kSacked) {  // it said it held it: believe the newer word
         slot.marks = clear(slot.marks, kSacked);
         --c.sacked;
       }
-      const bool first_report = !(slot.marks & kLost);
       slot.marks |= kLost;
-      if (first_report && !(slot.marks & kRetransmitted)) {
-        if (++run >= config_.cc_loss_run) congested = true;
-      } else {
-        run = 0;
-      }
-      if ((slot.marks & kQueued) == 0 && (!(slot.marks & kRetransmitted) || now - slot.sent_at >= wait)) {
+      if (slot.marks & kQueued) continue;
+      // A first transmission below `high` was overtaken by a later frame.
+      if (!(slot.marks & kRetransmitted) || order_before(slot.sent_order, c.held_order)) {
+        if (run > 0 && slot.sent_order == run_last + 1) {
+          ++run;
+        } else {
+          run = 1;
+          run_first = slot.sent_order;
+        }
+        run_last = slot.sent_order;
+        if (run >= config_.cc_loss_run && !congested) congested = run_first;
+        slot.marks |= kProvenLost;
+        queue_retx(p, s);
+      } else if (now - slot.sent_at >= wait) {
         queue_retx(p, s);
       }
     }
-    cursor = end;
   }
-  held(cursor, high);
-  if (congested) congestion(p, false);
+  if (congested) congestion(p, false, *congested);
   if (!p.retx.empty()) mark_tx_ready(p);
 }
 
@@ -602,10 +664,13 @@ void Engine::queue_retx(Peer& p, std::uint16_t seq) {
 
 // ---- congestion control -------------------------------------------------------------
 
-// One reduction per round trip (until snd_una passes what was in flight).
-void Engine::congestion(Peer& p, bool timeout) {
+// A reduction. Loss runs cut once per episode: again only for frames sent
+// after the last cut (tx_order past cut_order), so a cut that was not enough
+// is followed by another within a round trip, not after the repairs of the
+// whole flight are through.
+void Engine::congestion(Peer& p, bool timeout, std::uint32_t lost_order) {
   Connection& c = p.conn;
-  if (!timeout && (c.flags2 & Connection::kRecovery) && seq_before(c.snd_una, c.recover)) return;
+  if (!timeout && (c.flags2 & Connection::kRecovery) && !order_before(c.cut_order, lost_order)) return;
   ++p.counters.congestion_events;
   if (timeout) {
     // Half of everything outstanding (held by the peer or not): a timeout
@@ -619,7 +684,9 @@ void Engine::congestion(Peer& p, bool timeout) {
     c.cwnd = c.ssthresh = std::max(reduced, config_.cc_min_window);
   }
   c.cwnd_acc = 0;
-  c.recover = c.snd_max;
+  // (a timeout's rescue keeps its range)
+  if (timeout || !(c.flags2 & Connection::kRtoRecovery)) c.recover = c.snd_max;
+  c.cut_order = c.tx_order;
   c.flags2 |= Connection::kRecovery;
 }
 
@@ -882,7 +949,7 @@ void Engine::on_rto(Peer& p) {
         // known held is presumed lost and sent again, oldest first, within
         // a congestion window that starts over (transmit_peer), each frame
         // asking for an ACK, with tail-loss probes behind them again.
-        congestion(p, true);
+        congestion(p, true, c.tx_order);
         c.flags2 = clear(c.flags2, Connection::kTlpCountMask);
         for (std::uint16_t s : p.retx) {
           // (entries an ACK has passed since they were queued are skipped)
@@ -1040,7 +1107,11 @@ bool Engine::emit_data(Peer& p, std::uint16_t seq, bool ack_req, Nanos now) {
   if (!emit(p.mac, h, slot.data)) return false;
   acked_now(p);  // the ACK rode along
   const bool again = seq_before(seq, c.snd_max);
+  slot.sent_order = ++c.tx_order;
   if (again) {
+    // Unless the copy before is known lost, either may be the one that arrives.
+    if (!(slot.marks & kProvenLost)) slot.marks |= kAmbiguous;
+    slot.marks = clear(slot.marks, kProvenLost);
     slot.marks |= kRetransmitted;
     ++p.counters.retransmits;
     if ((c.flags & Connection::kTiming) && c.rtt_seq == seq) {
