@@ -214,6 +214,7 @@ nlohmann::json Router::counters() const {
   f["window"] = flow_.config().window;
   f["streams"] = flow_.streams();
   f["unconfirmed"] = flow_.unconfirmed();
+  f["receiver_entries"] = flow_.receiver_entries();
   j["flow"] = std::move(f);
   j["parked_streams"] = engine_.parked();
   return j;
