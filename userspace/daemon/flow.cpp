@@ -77,10 +77,20 @@ void FlowControl::sent(std::uint16_t node, StreamKey key, Origin origin, std::ui
   s.inflight.push_back(InFlight{origin.client, origin.message, engine_id, false});
 }
 
-// Reports q[from, to) that are not reported yet, one ClientFailure per run
-// of one client's consecutive messages (a datagram's fragments share a number).
+// Reports the messages in q[from, to) that are not reported yet, one
+// ClientFailure per run of one client's consecutive messages. A datagram's
+// fragments share a number and lie next to each other: a message is
+// reported whole and once, even when its fragments fail in parts (the
+// engine failed the last ones, a reset the first; two refusals).
 void FlowControl::report(std::uint16_t node, std::deque<InFlight>& q, std::size_t from, std::size_t to,
                          std::uint8_t failure, Fail fail) {
+  to = std::min(to, q.size());
+  if (from >= to) return;
+  auto same = [&](std::size_t i, std::size_t j) {
+    return q[i].client == q[j].client && q[i].message == q[j].message;
+  };
+  while (from > 0 && same(from - 1, from)) --from;
+  while (to < q.size() && same(to - 1, to)) ++to;
   ClientFailure run{};
   bool have = false;
   auto flush = [&] {
@@ -91,11 +101,16 @@ void FlowControl::report(std::uint16_t node, std::deque<InFlight>& q, std::size_
     }
     have = false;
   };
-  for (std::size_t i = from; i < to && i < q.size(); ++i) {
-    InFlight& f = q[i];
-    if (f.failed) continue;
-    f.failed = true;
-    if (have && f.client == run.client && f.message + 1 == run.first + run.count) continue;  // same message
+  for (std::size_t i = from; i < to;) {
+    std::size_t end = i;
+    bool reported = false;
+    for (; end < to && same(i, end); ++end) {
+      reported = reported || q[end].failed;
+      q[end].failed = true;
+    }
+    const InFlight& f = q[i];
+    i = end;
+    if (reported) continue;
     if (have && f.client == run.client && f.message == run.first + run.count) {
       ++run.count;
       continue;
@@ -112,20 +127,36 @@ void FlowControl::report(std::uint16_t node, std::deque<InFlight>& q, std::size_
 StreamTag FlowControl::arrived(std::uint16_t node, StreamKey key, bool& over_credit) {
   RxPeer& p = rx_[node];
   RxStream& s = p.streams[key];
-  over_credit = s.received >= s.granted;
+  // Beyond what the sender was told (granted may be ahead of it, not sent yet).
+  over_credit = s.received >= s.advertised;
   if (over_credit) ++counters_.over_credit;
   return StreamTag{node, key, p.gen, s.received++, 1};
 }
 
 void FlowControl::done(RxPeer& p, StreamKey key, RxStream& s, std::uint64_t first, std::uint64_t count) {
-  if (first == s.consumed) {
-    s.consumed += count;
-    while (!s.ahead.empty() && *s.ahead.begin() <= s.consumed) {
-      if (*s.ahead.begin() == s.consumed) ++s.consumed;
-      s.ahead.erase(s.ahead.begin());
+  const std::uint64_t end = first + count;
+  if (first <= s.consumed) {
+    s.consumed = std::max(s.consumed, end);
+  } else {
+    // Out of order: kept as ranges, merged with their neighbours, so that
+    // a run (a sender's messages beyond its credit, refused one by one)
+    // takes one entry.
+    auto next = s.ahead.upper_bound(first);
+    auto at = next;
+    if (next != s.ahead.begin() && std::prev(next)->second >= first) {
+      at = std::prev(next);
+      at->second = std::max(at->second, end);
+    } else {
+      at = s.ahead.emplace_hint(next, first, end);
     }
-  } else if (first > s.consumed) {
-    for (std::uint64_t i = 0; i < count; ++i) s.ahead.insert(first + i);
+    while (next != s.ahead.end() && next->first <= at->second) {
+      at->second = std::max(at->second, next->second);
+      next = s.ahead.erase(next);
+    }
+  }
+  while (!s.ahead.empty() && s.ahead.begin()->first <= s.consumed) {
+    s.consumed = std::max(s.consumed, s.ahead.begin()->second);
+    s.ahead.erase(s.ahead.begin());
   }
   // Grant more once a quarter of the window came back: consumed + window.
   // A stream that went quiet is confirmed a moment later, so that the
@@ -227,9 +258,11 @@ void FlowControl::on_refuse(std::uint16_t node, std::uint32_t gen, std::span<con
     if (s == p->second.streams.end()) continue;
     TxStream& st = s->second;
     const std::uint64_t first = be64toh(e.first), count = be64toh(e.count);
-    if (first + count <= st.confirmed || first >= st.sent || count == 0) continue;
+    if (first >= st.sent || count == 0) continue;
+    const std::uint64_t end = count > st.sent - first ? st.sent : first + count;  // no wrap-around
+    if (end <= st.confirmed) continue;
     const std::uint64_t from = std::max(first, st.confirmed) - st.confirmed;
-    const std::uint64_t to = std::min(first + count, st.sent) - st.confirmed;
+    const std::uint64_t to = end - st.confirmed;
     report(node, st.inflight, from, to, refusal_failure(e.reason), fail);
   }
 }
@@ -252,6 +285,12 @@ void FlowControl::on_send_failed(std::uint16_t node, std::uint64_t first, std::u
 }
 
 void FlowControl::on_reset(std::uint16_t node, std::uint8_t failure, Fail fail) {
+  // The peer saw the connection end as well and starts its streams to us
+  // again with an OPEN: what we kept of the old ones (counts, refusals and
+  // credit not sent yet) nobody needs. Its old messages still waiting for a
+  // reader are not credited (consumed() and refuse() find no generation).
+  rx_.erase(node);
+  dirty_.erase(node);
   auto p = tx_.find(node);
   if (p == tx_.end()) return;
   for (auto& [key, st] : p->second.streams) report(node, st.inflight, 0, st.inflight.size(), failure, fail);
@@ -271,6 +310,18 @@ int FlowControl::flush(Send send) {
     }
     RxPeer& p = pit->second;
     bool blocked = false;
+    // would_block: later. Anything else (unreachable, unknown_node,
+    // closing): the connection is gone or going, and the peer starts its
+    // streams again (on_reset, OPEN); what was due is dropped, not tried
+    // again on every pass for ever.
+    auto gone = [&](engine::SendStatus st) {
+      blocked = true;
+      if (st == engine::SendStatus::would_block) return;
+      counters_.dropped += p.refusals.size() + p.credit_due.size() + p.confirm_due.size();
+      p.refusals.clear();
+      p.credit_due.clear();
+      p.confirm_due.clear();
+    };
     if (confirm_now) {
       p.credit_due.insert(p.confirm_due.begin(), p.confirm_due.end());
       p.confirm_due.clear();
@@ -293,9 +344,9 @@ int FlowControl::flush(Send send) {
         e.count = be64(p.refusals[i].count);
         std::memcpy(buf.data() + sizeof h + i * sizeof e, &e, sizeof e);
       }
-      if (send(node, std::span(buf.data(), sizeof h + n * sizeof(locabus_flow_refuse))) !=
-          engine::SendStatus::ok) {
-        blocked = true;
+      if (const auto st = send(node, std::span(buf.data(), sizeof h + n * sizeof(locabus_flow_refuse)));
+          st != engine::SendStatus::ok) {
+        gone(st);
         break;
       }
       ++sent;
@@ -321,10 +372,12 @@ int FlowControl::flush(Send send) {
       }
       h.count = static_cast<std::uint8_t>(n);
       std::memcpy(buf.data(), &h, sizeof h);
-      if (n > 0 && send(node, std::span(buf.data(), sizeof h + n * sizeof(locabus_flow_credit))) !=
-                       engine::SendStatus::ok) {
-        blocked = true;
-        break;
+      if (n > 0) {
+        if (const auto st = send(node, std::span(buf.data(), sizeof h + n * sizeof(locabus_flow_credit)));
+            st != engine::SendStatus::ok) {
+          gone(st);
+          break;
+        }
       }
       // Advertised now: what the sender knows.
       for (auto j = p.credit_due.begin(); j != k; ++j)
@@ -339,7 +392,7 @@ int FlowControl::flush(Send send) {
         counters_.credits_sent += n;
       }
     }
-    if (blocked || !p.confirm_due.empty()) {
+    if (!p.refusals.empty() || !p.credit_due.empty() || !p.confirm_due.empty()) {
       if (!p.confirm_due.empty() && !confirm_at_) confirm_at_ = clock_.now() + config_.confirm_delay;
       ++it;  // later
     } else {
@@ -353,6 +406,15 @@ std::size_t FlowControl::unconfirmed() const noexcept {
   std::size_t n = 0;
   for (const auto& [node, p] : tx_)
     for (const auto& [key, s] : p.streams) n += s.inflight.size();
+  return n;
+}
+
+std::size_t FlowControl::receiver_entries() const noexcept {
+  std::size_t n = 0;
+  for (const auto& [node, p] : rx_) {
+    n += p.refusals.size();
+    for (const auto& [key, s] : p.streams) n += s.ahead.size();
+  }
   return n;
 }
 

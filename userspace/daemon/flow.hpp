@@ -94,7 +94,8 @@ struct FlowConfig {
   X(over_credit, "messages received beyond the credit granted (refused)")                        \
   X(blocked, "sends held back for lack of a stream's credit")                                    \
   X(failures_reported, "failure reports made to clients")                                        \
-  X(malformed, "P_FLOW messages that could not be parsed (ignored)")
+  X(malformed, "P_FLOW messages that could not be parsed (ignored)")                             \
+  X(dropped, "REFUSE and CREDIT entries dropped: their peer could not be reached")
 
 struct FlowCounters {
   LOCABUS_COUNTER_FIELDS(FlowCounters, LOCABUS_FLOW_COUNTERS, ::locabus::CounterKind::counter)
@@ -140,10 +141,13 @@ class FlowControl {
   /// The connection to `node` ended (or the node died, left, restarted):
   /// every message of ours not yet confirmed is reported with `failure`
   /// (what the peer's daemon held is lost or out of our sight), and the
-  /// next send starts a new generation.
+  /// next send starts a new generation. What we kept of the peer's streams
+  /// to us is forgotten too (it starts a new generation as well).
   void on_reset(std::uint16_t node, std::uint8_t failure, Fail fail);
   /// Sends the REFUSE and CREDIT messages due (refusals first: a credit
-  /// confirms what it covers). Returns how many messages went out.
+  /// confirms what it covers). Returns how many messages went out. What a
+  /// peer cannot take now (would_block) waits; what is due for a peer that
+  /// cannot be reached (any other status) is dropped and counted.
   int flush(Send send);
   /// When flush() has something to send that waits for time (a quiet
   /// stream's confirmation); nullopt if nothing waits.
@@ -156,6 +160,9 @@ class FlowControl {
   std::size_t unconfirmed() const noexcept;
   /// Streams with state, sending and receiving.
   std::size_t streams() const noexcept;
+  /// What the receiving side keeps beyond its streams: ranges consumed out
+  /// of order and refusals not sent yet (memory bound: a stream's window).
+  std::size_t receiver_entries() const noexcept;
 
  private:
   struct InFlight {
@@ -177,8 +184,8 @@ class FlowControl {
   };
   struct RxStream {
     std::uint64_t received = 0;
-    std::uint64_t consumed = 0;                           // every message below is consumed or refused
-    std::set<std::uint64_t> ahead;                        // consumed out of order, above `consumed`
+    std::uint64_t consumed = 0;                    // every message below is consumed or refused
+    std::map<std::uint64_t, std::uint64_t> ahead;  // [first, end) consumed out of order, above `consumed`
     std::uint64_t granted = LOCABUS_FLOW_INITIAL_WINDOW;  // limit the sender knows
     std::uint64_t advertised = LOCABUS_FLOW_INITIAL_WINDOW;
     std::uint64_t confirmed = 0;  // `consumed` the sender knows

@@ -213,11 +213,15 @@ void Router::counters(CounterGroups& out) const {
                                          CounterKind::gauge};
   static constexpr CounterField kUnconfirmed{
       "unconfirmed", "messages sent and not yet confirmed by their receiver", CounterKind::gauge};
+  static constexpr CounterField kReceiverEntries{
+      "receiver_entries", "entries the receiving side keeps (streams, ranges consumed out of order, refusals)",
+      CounterKind::gauge};
   out.emplace_back("api.router.flow", "endpoint flow control (docs/PROTOCOL.md)")
       .add(flow_.counters())
       .add(kWindow, flow_.config().window)
       .add(kStreams, flow_.streams())
-      .add(kUnconfirmed, flow_.unconfirmed());
+      .add(kUnconfirmed, flow_.unconfirmed())
+      .add(kReceiverEntries, flow_.receiver_entries());
   for (const auto& s : services_) s->counters(out);
 }
 
