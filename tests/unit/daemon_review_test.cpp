@@ -92,5 +92,29 @@ TEST(FlowReview, RefusalForAPreviousLifeIsNotAppliedAfterRestart) {
                                 << failures.front().first + failures.front().count << " failed";
 }
 
+// A datagram's fragments share one number, and a datagram is named once
+// (docs/API.md). When a connection ends, the engine fails the fragments it
+// had not had acknowledged (send_failed) and the reset fails the rest that
+// the peer's daemon had not confirmed: a datagram that straddles the two
+// must still be named once.
+TEST(FlowReview, DatagramSplitByAckIsReportedOnce) {
+  engine::ManualClock clock;
+  FlowControl a(clock);
+  Wire w;
+  ASSERT_EQ(a.ensure_open(kB, [&](std::uint16_t node, std::span<const std::byte> p) { return w(node, p); }),
+            SendStatus::ok);
+  const StreamKey key = stream_key(LOCABUS_P_LOCASOCK, 7000);
+  for (std::uint64_t frag = 0; frag < 3; ++frag) a.sent(kB, key, Origin{7, 5}, 10 + frag);  // datagram 5
+
+  std::vector<ClientFailure> failures;
+  auto fail = [&](const ClientFailure& f) { failures.push_back(f); };
+  a.on_send_failed(kB, 11, 2, LOCABUS_FAIL_PEER_DEAD, fail);  // fragments 1 and 2 were not acknowledged
+  a.on_reset(kB, LOCABUS_FAIL_PEER_DEAD, fail);               // fragment 0 was, but not confirmed
+  ASSERT_EQ(failures.size(), 1u);
+  EXPECT_EQ(failures[0].client, 7u);
+  EXPECT_EQ(failures[0].first, 5u);
+  EXPECT_EQ(failures[0].count, 1u);
+}
+
 }  // namespace
 }  // namespace locabus::daemon

@@ -102,7 +102,13 @@ void FlowControl::report(std::uint16_t node, std::deque<InFlight>& q, std::size_
     InFlight& f = q[i];
     if (f.failed) continue;
     f.failed = true;
-    if (have && f.client == run.client && f.message + 1 == run.first + run.count) continue;  // same message
+    // A fragment of a datagram named already (the engine's send_failed
+    // took the fragments it had not had acknowledged, a reset the rest):
+    // a datagram is named once.
+    auto named = [&](const InFlight& g) {
+      return g.failed && g.client == f.client && g.message == f.message;
+    };
+    if ((i > 0 && named(q[i - 1])) || (i + 1 < q.size() && named(q[i + 1]))) continue;
     if (have && f.client == run.client && f.message == run.first + run.count) {
       ++run.count;
       continue;
