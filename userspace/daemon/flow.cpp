@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <random>
 
 #include <fmt/format.h>
 
@@ -44,6 +45,11 @@ std::uint8_t refusal_failure(std::uint8_t reason) noexcept {
 FlowControl::FlowControl(const engine::Clock& clock, const FlowConfig& config)
     : clock_(clock), config_(config) {
   config_.validate();
+  // Generations must differ from those of this daemon's previous lives:
+  // a peer may still hold messages of one (a slow endpoint's backlog, a
+  // partial datagram) and refuse or credit them after we restarted.
+  next_gen_ = config_.first_gen;
+  while (next_gen_ == 0) next_gen_ = static_cast<std::uint32_t>(std::random_device{}());
 }
 
 // ---- sending side -------------------------------------------------------------------
@@ -60,6 +66,7 @@ engine::SendStatus FlowControl::ensure_open(std::uint16_t node, Send send) {
   TxPeer& p = tx_[node];
   if (p.open) return engine::SendStatus::ok;
   p.gen = next_gen_++;
+  if (next_gen_ == 0) next_gen_ = 1;  // 0 is no generation (a peer that never opened)
   locabus_flow_hdr h{};
   h.kind = LOCABUS_FLOW_OPEN;
   h.gen = be32(p.gen);

@@ -80,6 +80,10 @@ struct FlowConfig {
   /// message was consumed (so that the sender can forget what it keeps to
   /// report failures), unless a credit went out meanwhile.
   engine::Nanos confirm_delay = std::chrono::milliseconds(2);
+  /// The first generation this daemon opens; 0 (the default): a random
+  /// one, so that a restarted daemon does not reuse the numbers of its
+  /// previous life (a peer may still credit or refuse those).
+  std::uint32_t first_gen = 0;
   void validate() const;  // throws locabus::Error naming the bad setting
 };
 
@@ -216,7 +220,7 @@ class FlowControl {
   std::unordered_map<std::uint16_t, TxPeer> tx_;
   std::unordered_map<std::uint16_t, RxPeer> rx_;
   std::set<std::uint16_t> dirty_;  // peers with refusals or credit to send
-  std::uint32_t next_gen_ = 1;     // generations are unique per daemon life
+  std::uint32_t next_gen_ = 1;     // never 0; random at start: unique across daemon lives
   FlowCounters counters_;
 };
 
