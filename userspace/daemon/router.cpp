@@ -214,7 +214,8 @@ void Router::counters(CounterGroups& out) const {
   static constexpr CounterField kUnconfirmed{
       "unconfirmed", "messages sent and not yet confirmed by their receiver", CounterKind::gauge};
   static constexpr CounterField kReceiverEntries{
-      "receiver_entries", "entries the receiving side keeps (streams, ranges consumed out of order, refusals)",
+      "receiver_entries",
+      "entries the receiving side keeps (streams, ranges consumed out of order, refusals)",
       CounterKind::gauge};
   out.emplace_back("api.router.flow", "endpoint flow control (docs/PROTOCOL.md)")
       .add(flow_.counters())
