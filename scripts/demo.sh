@@ -138,7 +138,13 @@ wait "${bg[-1]}" || true
 echo "node 1 saw:"
 sed 's/^/  /' "$work/events.txt"
 
-step "7. The counters behind it (node 3, the unicast stream's sender)"
+step "7. Delivered or told: a message for a protocol nobody opened on node 2 comes back"
+on 1 locabusctl msg send --proto 30 --to 2 --settle --timeout 10 --json "anyone there?" \
+  >"$work/refused.json" 2>"$work/refused.err" || true
+sed 's/^/  /' "$work/refused.err"
+jq -c . "$work/refused.json"
+
+step "8. The counters behind it (node 3, the unicast stream's sender)"
 on 3 locabusctl counters --json >"$work/counters.json"
 jq '{engine: {tx_frames: .engine.tx_frames, data_sent: .engine.peers_total.data_sent,
       retransmits: .engine.peers_total.retransmits}, xdp: (.xdp // {} | {redirected, ack_consumed}),
@@ -159,6 +165,8 @@ for k in 2 3 4; do
 done
 check "node 1 saw node 4 die" yes "$(grep -q "node 4 dead" "$work/events.txt" && echo yes || echo no)"
 check "node 1 saw node 4 restart" yes "$(grep -q "node 4 restarted" "$work/events.txt" && echo yes || echo no)"
+check "the message to a protocol nobody opened was refused back" 1 "$(jq -r .failed "$work/refused.json")"
+check "with the reason" yes "$(grep -q "no_endpoint" "$work/refused.err" && echo yes || echo no)"
 check "datapath of node 1" "$(on 1 locabusctl status --json | jq -r .datapath)" xdp
 if ((fail)); then
   echo "${red}${bold}demo FAILED${reset}" >&2
