@@ -31,6 +31,7 @@ constexpr std::size_t kMaxEventBacklog = 4096;  // queued events per slow client
 constexpr std::size_t kClientBatch = 256;       // sends taken from one client per cycle
 constexpr std::size_t kMaxClients = 1024;       // connections (each costs 3 fds and, open, 4 MiB)
 constexpr std::size_t kMaxRefused = 64;         // refused connections kept open to read why
+constexpr engine::Nanos kDrainLimit = std::chrono::seconds(60);  // a closed client's sends wait this long
 
 // The C API's numbers are the engine's (include/locabus/locabus.h).
 static_assert(static_cast<int>(engine::EventKind::joined) == LOCABUS_EV_JOINED);
@@ -337,9 +338,11 @@ void ClientHost::hangup(Client& c) {
   }
   if (!pending) return drop(c.id, "connection closed");
   // Keep the ring until the service has taken every send (or refused it:
-  // an unreachable peer fails them, so this ends). Nobody will read what
-  // waits for it.
+  // an unreachable peer fails them), for at most kDrainLimit: a receiver
+  // that stopped reading grants no credit, and nobody is left to wait for
+  // it. Nobody will read what waits for this client.
   c.draining = true;
+  c.draining_until = clock_.now() + kDrainLimit;
   for (const Pending& p : c.backlog)
     if (p.tag.count) {
       counters_.refused_on_close += p.tag.count;
@@ -685,7 +688,16 @@ int ClientHost::do_work() {
     try {
       if (c.draining) {
         work += pump_to_engine(c);
-        if (!c.send_blocked && c.region->consumer().empty()) drop(id, "connection closed, its sends queued");
+        if (!c.send_blocked && c.region->consumer().empty()) {
+          drop(id, "connection closed, its sends queued");
+        } else if (clock_.now() >= c.draining_until) {
+          ++counters_.drain_abandoned;
+          spdlog::warn(
+              "API: {} closed {} {} s ago with sends its destination has not taken (a receiver that "
+              "does not read); discarding them",
+              c.who, c.what, std::chrono::duration_cast<std::chrono::seconds>(kDrainLimit).count());
+          drop(id, "closed, its last sends discarded after the drain limit");
+        }
         continue;
       }
       work += pump_to_client(c);
@@ -725,8 +737,10 @@ void ClientHost::expire_refused() {
 
 std::optional<engine::Nanos> ClientHost::next_deadline() const {
   std::optional<engine::Nanos> next = accept_paused_until_;
-  for (const auto& [id, c] : clients_)
+  for (const auto& [id, c] : clients_) {
     if (c->refused_until && (!next || *c->refused_until < *next)) next = c->refused_until;
+    if (c->draining && (!next || c->draining_until < *next)) next = c->draining_until;
+  }
   return next;
 }
 

@@ -58,7 +58,8 @@ struct ClientFault : std::runtime_error {
   X(events_out, "events queued for clients")                                        \
   X(events_dropped, "events dropped for clients too slow to read them (overrun)")   \
   X(backlogged, "records queued behind a full ring")                                \
-  X(refused_on_close, "messages refused because their endpoint closed unread")
+  X(refused_on_close, "messages refused because their endpoint closed unread")      \
+  X(drain_abandoned, "closed clients whose last sends were discarded: not taken within 60 s")
 
 struct ApiCounters {
   LOCABUS_COUNTER_FIELDS(ApiCounters, LOCABUS_API_COUNTERS, ::locabus::CounterKind::counter)
@@ -98,6 +99,7 @@ struct Client {
   nlohmann::json refusal;                      // not authorized: the answer to every request
   std::optional<engine::Nanos> refused_until;  // ... until the connection is closed
   bool draining = false;                       // hung up; its ring still holds sends
+  engine::Nanos draining_until{};              // ... which are discarded then (kDrainLimit)
   std::uint64_t sent = 0, received = 0, refused = 0, failed = 0;
   bool open() const noexcept { return owner != nullptr; }
 };
