@@ -81,7 +81,7 @@ struct SocketResult {
 TEST(DaemonSim, LocasockDatagramsArriveWholeInOrderOnceAndUnboundPortIsRefusedToItsSenderOnly) {
   constexpr std::uint32_t kPerDest = 8;  // datagrams each socket sends each other socket
   constexpr std::array<std::uint16_t, 2> kPorts{7000, 7001};
-  for_each_seed(3, [&](std::uint64_t seed) {
+  for_each_seed(6, [&](std::uint64_t seed) {
     DaemonSimOptions o;
     o.nodes = 3;
     o.link = lossy(seed);
@@ -374,7 +374,7 @@ void slow_reader(std::uint64_t seed, bool stuck, StreamTimes& fast) {
 }
 
 TEST(DaemonSim, SlowReaderHoldsUpOnlyItsOwnTraffic) {
-  for_each_seed(3, [&](std::uint64_t seed) {
+  for_each_seed(6, [&](std::uint64_t seed) {
     StreamTimes base, with_stuck;
     slow_reader(seed, false, base);
     if (::testing::Test::HasFatalFailure()) return;
@@ -411,7 +411,7 @@ struct Attribution {
 };
 
 TEST(DaemonSim, FailuresGoToTheEndpointThatSentThemByItsOwnNumbers) {
-  for_each_seed(3, [&](std::uint64_t seed) {
+  for_each_seed(6, [&](std::uint64_t seed) {
     DaemonSimOptions o;
     o.nodes = 3;
     o.link = lossy(seed);
