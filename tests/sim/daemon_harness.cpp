@@ -209,7 +209,7 @@ bool DaemonSim::wait_for_sim(engine::Nanos d, std::chrono::milliseconds real_tim
 }
 
 nlohmann::json DaemonSim::endpoint_counters(std::size_t index, const std::string& key, int value) {
-  const nlohmann::json c = server(index).counters();
+  const nlohmann::json c = server(index).counters_json()["api"];
   for (const auto& ep : c["endpoints"])
     if (ep.contains(key) && ep[key].is_number_integer() && ep[key].get<int>() == value) return ep;
   return nullptr;

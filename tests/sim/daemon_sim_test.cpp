@@ -222,11 +222,11 @@ TEST(DaemonSim, LocasockDatagramsArriveWholeInOrderOnceAndUnboundPortIsRefusedTo
     sim.call([&] {
       for (std::size_t n = 0; n < sim.size(); ++n) {
         SCOPED_TRACE("node " + std::to_string(DaemonSim::id_of(n)));
-        const auto ls = sim.server(n).locasock_counters();
+        const auto ls = sim.server(n).counters_json()["locasock"];
         EXPECT_EQ(ls["no_port"].get<std::uint64_t>(), n == 1 ? 2u : 0u) << ls.dump();
         EXPECT_EQ(ls["incomplete"].get<std::uint64_t>(), 0u) << ls.dump();
         EXPECT_EQ(ls["reassembly_timeouts"].get<std::uint64_t>(), 0u) << ls.dump();
-        const auto api = sim.server(n).counters();
+        const auto api = sim.server(n).counters_json()["api"];
         EXPECT_EQ(api["send_failures"].get<std::uint64_t>(), n == 0 ? 2u : 0u) << api.dump();
       }
     });
@@ -309,7 +309,7 @@ void slow_reader(std::uint64_t seed, bool stuck, StreamTimes& fast) {
   if (stuck) t20 = std::make_unique<ClientThread>([&] { s20.run(tx20, 2, kStuckCount, stop); });
   StopOnExit stopper20{stop};
 
-  auto flow = [&](std::size_t node) { return sim.server(node).counters()["router"]["flow"]; };
+  auto flow = [&](std::size_t node) { return sim.server(node).counters_json()["api"]["router"]["flow"]; };
   std::size_t peak_backlog = 0;
   auto backlog20 = [&] {
     const auto ep = sim.endpoint_counters(1, "proto", 20);
@@ -354,9 +354,10 @@ void slow_reader(std::uint64_t seed, bool stuck, StreamTimes& fast) {
   sim.call([&] {
     peak_backlog = std::max(peak_backlog, backlog20());
     const auto ep = sim.endpoint_counters(1, "proto", 20);
-    ASSERT_FALSE(ep.is_null()) << "the stopped reader was disconnected: " << sim.server(1).counters().dump();
+    ASSERT_FALSE(ep.is_null()) << "the stopped reader was disconnected: "
+                               << sim.server(1).counters_json()["api"].dump();
     EXPECT_GT(flow(0)["blocked"].get<std::uint64_t>(), 0u);
-    EXPECT_EQ(sim.server(1).counters()["refused_on_close"].get<std::uint64_t>(), 0u);
+    EXPECT_EQ(sim.server(1).counters_json()["api"]["refused_on_close"].get<std::uint64_t>(), 0u);
   });
   EXPECT_LE(peak_backlog, kWindow) << "node 2 held more than the endpoint window for the stopped reader";
   EXPECT_GE(peak_backlog, kWindow / 2)

@@ -55,6 +55,13 @@ class ApiServer {
     clients_->counters(out);
     router_->counters(out);
   }
+  /// Those groups as locabusctl counters --json shows them ("api",
+  /// "locasock", "endpoints", ...).
+  nlohmann::json counters_json() const {
+    CounterGroups g;
+    counters(g);
+    return ::locabus::counters_json(g);
+  }
 
  private:
   EventLoop loop_;
