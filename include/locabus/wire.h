@@ -118,6 +118,8 @@ LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locasock_hdr, nfrags) == 7, "nfrag
 #define LOCABUS_FLOW_OPEN 1   /* sender: my streams to you start again from 0, generation `gen` */
 #define LOCABUS_FLOW_CREDIT 2 /* receiver: entries locabus_flow_credit */
 #define LOCABUS_FLOW_REFUSE 3 /* receiver: entries locabus_flow_refuse */
+#define LOCABUS_FLOW_HOLD 4   /* receiver: stop broadcasting on these keys (entries locabus_flow_key) */
+#define LOCABUS_FLOW_RESUME 5 /* receiver: broadcast on these keys again (entries locabus_flow_key) */
 
 #define LOCABUS_FLOW_INITIAL_WINDOW 64 /* messages a stream may send before its first CREDIT */
 
@@ -149,12 +151,22 @@ struct locabus_flow_refuse {
   __be64 count; /* consecutive messages */
 };
 
+/* A broadcast key HOLD or RESUME is about (gen is 0: broadcast streams have
+ * no generations). */
+struct locabus_flow_key {
+  __be32 key;
+  __be32 reserved;
+};
+
+#define LOCABUS_FLOW_MAX_KEYS \
+  ((LOCABUS_MAX_PAYLOAD - sizeof(struct locabus_flow_hdr)) / sizeof(struct locabus_flow_key))
 #define LOCABUS_FLOW_MAX_CREDITS \
   ((LOCABUS_MAX_PAYLOAD - sizeof(struct locabus_flow_hdr)) / sizeof(struct locabus_flow_credit))
 #define LOCABUS_FLOW_MAX_REFUSALS \
   ((LOCABUS_MAX_PAYLOAD - sizeof(struct locabus_flow_hdr)) / sizeof(struct locabus_flow_refuse))
 
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_flow_hdr) == 8, "flow header is 8 bytes");
+LOCABUS_STATIC_ASSERT(sizeof(struct locabus_flow_key) == 8, "key entry is 8 bytes");
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_flow_credit) == 24, "credit entry is 24 bytes");
 LOCABUS_STATIC_ASSERT(sizeof(struct locabus_flow_refuse) == 24, "refuse entry is 24 bytes");
 LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct locabus_flow_refuse, first) == 8, "first at 8");

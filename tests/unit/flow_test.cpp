@@ -731,5 +731,60 @@ TEST_F(Flow, AConfirmationForAnUnreachablePeerIsDroppedOnce) {
   EXPECT_FALSE(B().fc.next_deadline().has_value());
 }
 
+// ---- broadcast holds (XON/XOFF per receiving node and key) ---------------------------
+
+TEST_F(Flow, AHoldStopsOnlyThatKeyUntilResumeAndIsNotRepeatedWithinItsInterval) {
+  B().fc.hold(kA, kK1);
+  B().fc.hold(kA, kK1);  // more broadcasts for the full reader: said once
+  EXPECT_EQ(flush(B()), 1);
+  EXPECT_EQ(B().count_sent(LOCABUS_FLOW_HOLD), 1);
+  deliver(B());
+  EXPECT_TRUE(A().fc.broadcast_held(kK1));
+  EXPECT_FALSE(A().fc.broadcast_held(kK2)) << "only the full reader's key waits";
+  B().fc.hold(kA, kK1);
+  EXPECT_EQ(flush(B()), 0) << "a HOLD is not repeated within 50 ms";
+  clock_.advance_by(60ms);
+  B().fc.hold(kA, kK1);
+  EXPECT_EQ(flush(B()), 1) << "said again after 50 ms (a HOLD lost with a connection)";
+  EXPECT_EQ(B().fc.holding().size(), 1u);
+  B().fc.release(kA, kK1);
+  B().fc.release(kA, kK1);
+  EXPECT_EQ(flush(B()), 1);
+  EXPECT_EQ(B().count_sent(LOCABUS_FLOW_RESUME), 1);
+  EXPECT_TRUE(B().fc.holding().empty());
+  deliver(B());
+  EXPECT_FALSE(A().fc.broadcast_held(kK1));
+  EXPECT_EQ(A().fc.counters().holds_received, 2u);
+  EXPECT_EQ(B().fc.counters().holds_sent, 2u);
+  EXPECT_EQ(B().fc.counters().resumes_sent, 1u);
+}
+
+TEST_F(Flow, AHoldWaitsWhileTheLinkWouldBlockAndEndsWithItsNode) {
+  B().answer = SendStatus::would_block;
+  B().fc.hold(kA, kK2);
+  EXPECT_EQ(flush(B()), 0);
+  EXPECT_TRUE(B().fc.hold_pending());
+  B().answer = SendStatus::ok;
+  EXPECT_EQ(flush(B()), 1);
+  EXPECT_FALSE(B().fc.hold_pending());
+  deliver(B());
+  ASSERT_TRUE(A().fc.broadcast_held(kK2));
+  // The node that asked goes away (dead, left, restarted, connection reset):
+  // its hold ends at the sender, and the receiver forgets it asked.
+  A().fc.on_reset(kB, LOCABUS_FAIL_PEER_DEAD, [](const ClientFailure&) {});
+  EXPECT_FALSE(A().fc.broadcast_held(kK2));
+  B().fc.on_reset(kA, LOCABUS_FAIL_PEER_DEAD, [](const ClientFailure&) {});
+  EXPECT_TRUE(B().fc.holding().empty());
+  B().fc.hold(kA, kK2);  // still full: asked again at once
+  EXPECT_EQ(flush(B()), 1);
+}
+
+TEST_F(Flow, MalformedHoldsAreCountedAndIgnored) {
+  auto m = flow_message(LOCABUS_FLOW_HOLD, 0, 2, sizeof(locabus_flow_key));  // says 2, carries 1
+  A().fc.on_message(kB, m, [](const ClientFailure&) {});
+  EXPECT_EQ(A().fc.counters().malformed, 1u);
+  EXPECT_FALSE(A().fc.broadcast_held(0));
+}
+
 }  // namespace
 }  // namespace locabus::daemon

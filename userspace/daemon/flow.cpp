@@ -231,6 +231,10 @@ void FlowControl::on_message(std::uint16_t node, std::span<const std::byte> payl
     case LOCABUS_FLOW_REFUSE:
       if (entries.size() != std::size_t{h.count} * sizeof(locabus_flow_refuse)) break;
       return on_refuse(node, gen, entries, fail);
+    case LOCABUS_FLOW_HOLD:
+    case LOCABUS_FLOW_RESUME:
+      if (entries.size() != std::size_t{h.count} * sizeof(locabus_flow_key)) break;
+      return on_hold(node, h.kind == LOCABUS_FLOW_HOLD, entries);
     default: break;
   }
   ++counters_.malformed;
@@ -291,7 +295,110 @@ void FlowControl::on_send_failed(std::uint16_t node, std::uint64_t first, std::u
   }
 }
 
+// ---- broadcast holds ----------------------------------------------------------------
+
+namespace {
+// A HOLD is said again this often while its reader stays full and the node
+// keeps broadcasting to it (a HOLD lost with a connection that ended).
+constexpr engine::Nanos kHoldRepeat = std::chrono::milliseconds(50);
+}  // namespace
+
+void FlowControl::hold(std::uint16_t node, StreamKey key) {
+  HoldState& h = holds_[{node, key}];
+  const engine::Nanos now = clock_.now();
+  if (h.held && h.told && now - h.sent_at < kHoldRepeat) return;
+  h.held = true;
+  h.told = false;
+  hold_dirty_ = true;
+}
+
+void FlowControl::release(std::uint16_t node, StreamKey key) {
+  auto it = holds_.find({node, key});
+  if (it == holds_.end() || !it->second.held) return;
+  it->second.held = false;
+  it->second.told = false;
+  hold_dirty_ = true;
+}
+
+std::vector<std::pair<std::uint16_t, StreamKey>> FlowControl::holding() const {
+  std::vector<std::pair<std::uint16_t, StreamKey>> v;
+  for (const auto& [k, h] : holds_)
+    if (h.held) v.push_back(k);
+  return v;
+}
+
+bool FlowControl::broadcast_held(StreamKey key) const noexcept {
+  auto it = held_by_.find(key);
+  return it != held_by_.end() && !it->second.empty();
+}
+
+void FlowControl::on_hold(std::uint16_t node, bool hold, std::span<const std::byte> entries) {
+  for (std::size_t at = 0; at < entries.size(); at += sizeof(locabus_flow_key)) {
+    const StreamKey key = be32toh(load<locabus_flow_key>(entries, at).key);
+    if (hold) {
+      ++counters_.holds_received;
+      held_by_[key].insert(node);
+    } else if (auto it = held_by_.find(key); it != held_by_.end()) {
+      it->second.erase(node);
+      if (it->second.empty()) held_by_.erase(it);
+    }
+  }
+}
+
+int FlowControl::flush_holds(Send send) {
+  if (!hold_dirty_) return 0;
+  hold_dirty_ = false;
+  int sent = 0;
+  // Per node: one HOLD message and one RESUME message with their keys.
+  std::map<std::uint16_t, std::pair<std::vector<StreamKey>, std::vector<StreamKey>>> due;
+  for (const auto& [k, h] : holds_)
+    if (!h.told) (h.held ? due[k.first].first : due[k.first].second).push_back(k.second);
+  for (const auto& [node, lists] : due) {
+    for (const bool hold : {true, false}) {
+      const auto& keys = hold ? lists.first : lists.second;
+      for (std::size_t from = 0; from < keys.size(); from += LOCABUS_FLOW_MAX_KEYS) {
+        const std::size_t n = std::min<std::size_t>(keys.size() - from, LOCABUS_FLOW_MAX_KEYS);
+        std::array<std::byte, LOCABUS_MAX_PAYLOAD> buf{};
+        locabus_flow_hdr h{};
+        h.kind = hold ? LOCABUS_FLOW_HOLD : LOCABUS_FLOW_RESUME;
+        h.count = static_cast<std::uint8_t>(n);
+        std::memcpy(buf.data(), &h, sizeof h);
+        for (std::size_t i = 0; i < n; ++i) {
+          locabus_flow_key e{};
+          e.key = be32(keys[from + i]);
+          std::memcpy(buf.data() + sizeof h + i * sizeof e, &e, sizeof e);
+        }
+        const auto st = send(node, std::span(buf.data(), sizeof h + n * sizeof(locabus_flow_key)));
+        if (st == engine::SendStatus::would_block) {
+          hold_dirty_ = true;  // later
+          continue;
+        }
+        // Sent, or the node cannot be reached (its holds end with it).
+        for (std::size_t i = 0; i < n; ++i) {
+          auto it = holds_.find({node, keys[from + i]});
+          if (it == holds_.end()) continue;
+          it->second.told = true;
+          it->second.sent_at = clock_.now();
+          if (!it->second.held) holds_.erase(it);
+        }
+        if (st == engine::SendStatus::ok) {
+          ++sent;
+          (hold ? counters_.holds_sent : counters_.resumes_sent) += n;
+        }
+      }
+    }
+  }
+  return sent;
+}
+
 void FlowControl::on_reset(std::uint16_t node, std::uint8_t failure, Fail fail) {
+  // Broadcast holds with that node end: it forgets ours, we forget its (a
+  // reader still full asks again with the next broadcast that arrives).
+  for (auto it = held_by_.begin(); it != held_by_.end();) {
+    it->second.erase(node);
+    it = it->second.empty() ? held_by_.erase(it) : std::next(it);
+  }
+  std::erase_if(holds_, [&](const auto& h) { return h.first.first == node; });
   // The peer saw the connection end as well and starts its streams to us
   // again with an OPEN: what we kept of the old ones (counts, refusals and
   // credit not sent yet) nobody needs. Its old messages still waiting for a
@@ -305,7 +412,7 @@ void FlowControl::on_reset(std::uint16_t node, std::uint8_t failure, Fail fail) 
 }
 
 int FlowControl::flush(Send send) {
-  int sent = 0;
+  int sent = flush_holds(send);
   const bool confirm_now = confirm_at_ && clock_.now() >= *confirm_at_;
   if (confirm_now) confirm_at_.reset();
   for (auto it = dirty_.begin(); it != dirty_.end();) {

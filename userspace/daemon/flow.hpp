@@ -24,6 +24,7 @@
 #include <set>
 #include <span>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <locabus/locabus.h>
@@ -99,6 +100,10 @@ struct FlowConfig {
   X(blocked, "sends held back for lack of a stream's credit")                                    \
   X(failures_reported, "failure reports made to clients")                                        \
   X(malformed, "P_FLOW messages that could not be parsed (ignored)")                             \
+  X(holds_sent, "HOLD entries sent: a reader here is full, its broadcasting peer must wait")     \
+  X(resumes_sent, "RESUME entries sent")                                                         \
+  X(holds_received, "HOLD entries received: broadcasts on that key wait")                        \
+  X(broadcast_blocked, "broadcasts held back because a reader somewhere asked to hold")          \
   X(dropped, "REFUSE and CREDIT entries dropped: their peer could not be reached")
 
 struct FlowCounters {
@@ -136,6 +141,18 @@ class FlowControl {
   /// (LOCABUS_REFUSE_*), and they stop counting against the credit.
   void refuse(const StreamTag& tag, std::uint8_t reason);
 
+  // ---- broadcast (no credit: XON/XOFF per receiving node and key) ----------------------
+  /// A broadcast of `node` arrived for a reader whose backlog is full: ask
+  /// it to stop broadcasting on `key` (again, if the last HOLD is old).
+  void hold(std::uint16_t node, StreamKey key);
+  /// The reader caught up: `node` may broadcast on `key` again.
+  void release(std::uint16_t node, StreamKey key);
+  /// The (node, key) pairs this daemon asked to hold.
+  std::vector<std::pair<std::uint16_t, StreamKey>> holding() const;
+  /// Sender: whether some node asked us to hold broadcasts on `key`.
+  bool broadcast_held(StreamKey key) const noexcept;
+  void broadcast_blocked() noexcept { ++counters_.broadcast_blocked; }
+
   // ---- both -----------------------------------------------------------------------
   /// A P_FLOW message from `node`.
   void on_message(std::uint16_t node, std::span<const std::byte> payload, Fail fail);
@@ -156,6 +173,8 @@ class FlowControl {
   /// When flush() has something to send that waits for time (a quiet
   /// stream's confirmation); nullopt if nothing waits.
   std::optional<engine::Nanos> next_deadline() const noexcept { return confirm_at_; }
+  /// Whether flush() has something to send now (HOLD/RESUME waiting for room).
+  bool hold_pending() const noexcept { return hold_dirty_; }
 
   const FlowCounters& counters() const noexcept { return counters_; }
   const FlowConfig& config() const noexcept { return config_; }
@@ -213,6 +232,8 @@ class FlowControl {
   void done(RxPeer& p, StreamKey key, RxStream& s, std::uint64_t first, std::uint64_t count);
   void on_credit(std::uint16_t node, std::uint32_t gen, std::span<const std::byte> entries);
   void on_refuse(std::uint16_t node, std::uint32_t gen, std::span<const std::byte> entries, Fail fail);
+  void on_hold(std::uint16_t node, bool hold, std::span<const std::byte> entries);
+  int flush_holds(Send send);
 
   const engine::Clock& clock_;
   FlowConfig config_;
@@ -220,7 +241,17 @@ class FlowControl {
   std::unordered_map<std::uint16_t, TxPeer> tx_;
   std::unordered_map<std::uint16_t, RxPeer> rx_;
   std::set<std::uint16_t> dirty_;  // peers with refusals or credit to send
-  std::uint32_t next_gen_ = 1;     // never 0; random at start: unique across daemon lives
+  // Broadcast holds. Receiving side: what we asked each node to hold (and
+  // what is still to be said); sending side: who asked us.
+  struct HoldState {
+    bool held = false;         // we want the node to hold the key
+    bool told = false;         // ... and told it so (HOLD sent, or RESUME when !held)
+    engine::Nanos sent_at{0};  // the last HOLD
+  };
+  std::map<std::pair<std::uint16_t, StreamKey>, HoldState> holds_;
+  std::map<StreamKey, std::set<std::uint16_t>> held_by_;
+  bool hold_dirty_ = false;     // holds_ has something to tell
+  std::uint32_t next_gen_ = 1;  // never 0; random at start: unique across daemon lives
   FlowCounters counters_;
 };
 

@@ -14,6 +14,9 @@ namespace locabus::daemon {
 namespace {
 
 constexpr std::size_t kEngineBatch = 256;  // messages taken from the engine per cycle
+// Broadcasts a reader may get beyond its window: what a sender may have
+// queued before our HOLD reached it (the engine's default broadcast_buffer).
+constexpr std::size_t kBroadcastSlack = 4096;
 
 FlowConfig flow_config(const Config& cfg) {
   FlowConfig f;
@@ -88,6 +91,22 @@ engine::SendResult Router::send(std::uint16_t node, StreamKey key, std::span<con
   return r;
 }
 
+engine::SendStatus Router::can_broadcast(StreamKey key, std::size_t messages) {
+  if (flow_.broadcast_held(key)) {
+    flow_.broadcast_blocked();
+    return engine::SendStatus::would_block;
+  }
+  return engine_.can_broadcast(messages);
+}
+
+engine::SendResult Router::broadcast(StreamKey key, std::span<const std::byte> payload) {
+  if (flow_.broadcast_held(key)) {
+    flow_.broadcast_blocked();
+    return {engine::SendStatus::would_block, 0};
+  }
+  return engine_.broadcast(stream_proto(key), payload);
+}
+
 void Router::fail(const ClientFailure& f) {
   if (f.client != 0) {
     if (clients_) clients_->failed(f);
@@ -117,6 +136,12 @@ std::string Router::who(ClientId client) const {
 
 void Router::unpark() {
   if (engine_.parked()) engine_.unpark();
+  // A reader back under half its window: its broadcasters may go on.
+  for (const auto& [node, key] : flow_.holding()) {
+    Service* s = by_proto_[stream_proto(key)];
+    const auto reader = s ? s->reader_of(key) : std::nullopt;
+    if (!reader || broadcast_backlog(*reader) <= window() / 2) flow_.release(node, key);
+  }
 }
 
 int Router::do_work() {
@@ -130,9 +155,21 @@ int Router::do_work() {
       return true;
     }
     Service* s = by_proto_[m.proto];
-    if (s && m.broadcast && !s->ready(m)) {
-      ++counters_.parked;
-      return false;  // its reader's backlog is full: hold this sender's broadcast stream
+    if (s && m.broadcast) {
+      // Broadcasts have no credit: a reader whose backlog reached its window
+      // asks the sender to hold that key (its other broadcasts go on). What
+      // the sender had queued before the HOLD still comes (at most its
+      // broadcast queue); beyond that (a sender that does not hold) the
+      // sender's whole stream is parked here: back-pressure, never loss.
+      const StreamKey key = stream_key(m.proto, s->port_of(m.payload));
+      if (const auto reader = s->reader_of(key)) {
+        const std::size_t backlog = broadcast_backlog(*reader);
+        if (backlog >= window() + kBroadcastSlack) {
+          ++counters_.parked;
+          return false;
+        }
+        if (backlog >= window()) flow_.hold(m.node, key);
+      }
     }
     ++counters_.messages_in;
     Inbound in{m.node, m.proto, m.broadcast, m.payload, {}};

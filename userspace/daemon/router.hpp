@@ -61,7 +61,8 @@ class Router final : public ServiceHost {
 
   /// What a client's ring took (credit) — from the client host.
   void consumed(const StreamTag& tag) { flow_.consumed(tag); }
-  /// Broadcast streams parked for a full backlog may go again.
+  /// A reader's broadcast backlog shrank: streams parked for it may go
+  /// again, and nodes asked to hold for it may resume.
   void unpark();
 
   /// Its groups ("api.router", "api.router.flow") and every service's.
@@ -75,10 +76,8 @@ class Router final : public ServiceHost {
   engine::SendStatus can_send(std::uint16_t node, StreamKey key, std::size_t messages) override;
   engine::SendResult send(std::uint16_t node, StreamKey key, std::span<const std::byte> payload,
                           Origin origin) override;
-  engine::SendStatus can_broadcast(std::size_t messages) override { return engine_.can_broadcast(messages); }
-  engine::SendResult broadcast(std::uint8_t proto, std::span<const std::byte> payload) override {
-    return engine_.broadcast(proto, payload);
-  }
+  engine::SendStatus can_broadcast(StreamKey key, std::size_t messages) override;
+  engine::SendResult broadcast(StreamKey key, std::span<const std::byte> payload) override;
   void deliver(ClientId client, std::uint16_t type, std::uint16_t aux, std::span<const std::byte> head,
                std::span<const std::byte> body, const StreamTag& tag) override;
   void refuse(const StreamTag& tag, std::uint8_t reason) override { flow_.refuse(tag, reason); }

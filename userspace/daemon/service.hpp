@@ -109,8 +109,12 @@ class ServiceHost {
   /// service (Service::on_failure) for origin.client 0.
   virtual engine::SendResult send(std::uint16_t node, StreamKey key, std::span<const std::byte> payload,
                                   Origin origin) = 0;
-  virtual engine::SendStatus can_broadcast(std::size_t messages) = 0;
-  virtual engine::SendResult broadcast(std::uint8_t proto, std::span<const std::byte> payload) = 0;
+  /// ok when `messages` broadcasts on `key` would be accepted now: the
+  /// broadcast stream has room and no node asked to hold `key` (its reader
+  /// there is full), else would_block.
+  virtual engine::SendStatus can_broadcast(StreamKey key, std::size_t messages) = 0;
+  /// One message of protocol stream_proto(key) to every other node.
+  virtual engine::SendResult broadcast(StreamKey key, std::span<const std::byte> payload) = 0;
 
   // ---- to clients
   /// Queues a record for the client (into its ring, or its backlog). When
@@ -179,12 +183,11 @@ class Service {
                                  std::span<const std::byte> payload, std::uint64_t message) = 0;
 
   // ---- the network
-  /// Whether the service can take this message now. false parks its
-  /// stream in the engine (back-pressure for broadcast streams, which have
-  /// no per-endpoint credit) until the host calls unpark.
-  virtual bool ready(const engine::Message& m) const {
-    (void)m;
-    return true;
+  /// The client that reads the stream `key` (a protocol, or a port), if
+  /// any: the router watches its backlog to hold broadcasts for it.
+  virtual std::optional<ClientId> reader_of(StreamKey key) const {
+    (void)key;
+    return std::nullopt;
   }
   /// A message of one of its protocols. It must deliver, hold (and later
   /// deliver or refuse) or refuse `m.tag`.

@@ -83,7 +83,7 @@ RecordResult EndpointService::on_record(ClientId client, std::uint16_t type, std
   const std::uint16_t node = aux;
   // The engine copies the payload before send() returns.
   const engine::SendResult res = node == LOCABUS_NODE_BROADCAST
-                                     ? host_.broadcast(proto, payload)
+                                     ? host_.broadcast(stream_key(proto), payload)
                                      : host_.send(node, stream_key(proto), payload, Origin{client, message});
   if (res.status == engine::SendStatus::would_block) return RecordResult::blocked();
   if (!res) return RecordResult::refusal(node, res.status);
@@ -91,11 +91,9 @@ RecordResult EndpointService::on_record(ClientId client, std::uint16_t type, std
   return RecordResult::ok();
 }
 
-// A broadcast for an endpoint that has a window's worth waiting: hold the
-// sender's broadcast stream until it reads (back-pressure, no loss).
-bool EndpointService::ready(const engine::Message& m) const {
-  const ClientId c = by_proto_[m.proto];
-  return !m.broadcast || !c || host_.broadcast_backlog(c) < host_.window();
+std::optional<ClientId> EndpointService::reader_of(StreamKey key) const {
+  const ClientId c = by_proto_[stream_proto(key)];
+  return c ? std::optional<ClientId>(c) : std::nullopt;
 }
 
 void EndpointService::on_message(const Inbound& m) {

@@ -36,7 +36,7 @@ class EndpointService final : public Service {
   void close(ClientId client) override;
   RecordResult on_record(ClientId client, std::uint16_t type, std::uint16_t aux,
                          std::span<const std::byte> payload, std::uint64_t message) override;
-  bool ready(const engine::Message& m) const override;
+  std::optional<ClientId> reader_of(StreamKey key) const override;
   void on_message(const Inbound& m) override;
   void counters(CounterGroups& out) const override;
 

@@ -31,7 +31,7 @@ engine::SendStatus LocasockService::RouterBus::can_send(std::uint16_t node, std:
   return host_.can_send(node, stream_key(LOCABUS_P_LOCASOCK, dport), messages);
 }
 engine::SendStatus LocasockService::RouterBus::can_broadcast(std::size_t messages) const {
-  return host_.can_broadcast(messages);
+  return host_.can_broadcast(stream_key(LOCABUS_P_LOCASOCK, dport), messages);
 }
 engine::SendResult LocasockService::RouterBus::send(std::uint16_t node, std::uint8_t proto,
                                                     std::span<const std::byte> payload) {
@@ -39,7 +39,7 @@ engine::SendResult LocasockService::RouterBus::send(std::uint16_t node, std::uin
 }
 engine::SendResult LocasockService::RouterBus::broadcast(std::uint8_t proto,
                                                          std::span<const std::byte> payload) {
-  return host_.broadcast(proto, payload);
+  return host_.broadcast(stream_key(proto, dport), payload);
 }
 
 // ---- the service --------------------------------------------------------------------
@@ -142,12 +142,9 @@ RecordResult LocasockService::on_record(ClientId client, std::uint16_t type, std
   return RecordResult::ok();
 }
 
-// A broadcast for a socket that has a window's worth waiting: hold the
-// sender's broadcast stream until it reads.
-bool LocasockService::ready(const engine::Message& m) const {
-  if (!m.broadcast) return true;
-  auto it = by_port_.find(port_of(m.payload));
-  return it == by_port_.end() || host_.broadcast_backlog(it->second) < host_.window();
+std::optional<ClientId> LocasockService::reader_of(StreamKey key) const {
+  auto it = by_port_.find(stream_port(key));
+  return it == by_port_.end() ? std::nullopt : std::optional<ClientId>(it->second);
 }
 
 void LocasockService::on_message(const Inbound& m) {

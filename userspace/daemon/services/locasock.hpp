@@ -41,7 +41,7 @@ class LocasockService final : public Service {
   nlohmann::json describe(ClientId client) const override;
   RecordResult on_record(ClientId client, std::uint16_t type, std::uint16_t aux,
                          std::span<const std::byte> payload, std::uint64_t message) override;
-  bool ready(const engine::Message& m) const override;
+  std::optional<ClientId> reader_of(StreamKey key) const override;
   void on_message(const Inbound& m) override;
   void on_event(const engine::Event& e) override;
   int do_work() override;
