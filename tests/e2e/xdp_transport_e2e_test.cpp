@@ -271,7 +271,12 @@ TEST_F(XdpTransportE2E, ASenderWaitingForAcksSleepsAndTheAckRingWakesIt) {
   EXPECT_GE(o.a.idle_sleeps, 20u) << "the sender should sleep while its window is full";
   EXPECT_GE(2 * x.ring_wakeups, o.a.idle_sleeps) << "and the ACK ring should be what wakes it";
   EXPECT_GT((*o.a.kernel)[LOCABUS_CTR_ack_consumed], kCount / 100);
-  EXPECT_EQ(x.rx_pure_acks, 0u);
+  // Pure ACKs reach user space only when the kernel must pass them: an ACK
+  // behind what the engine published answers a repair (CI's sanitizer
+  // build saw 5 frames resent and their 5 ACKs passed). Never the stream's
+  // ordinary ACKs, and repairs stay rare.
+  EXPECT_LE(x.rx_pure_acks, o.a.peer.retransmits + 2);
+  EXPECT_LE(o.a.peer.retransmits, kCount / 1000);
   EXPECT_LE(o.a.peer.timeouts, 2u) << "progress must not wait for the retransmission timer";
   EXPECT_GT(o.seconds, 0.0);
   EXPECT_LT(o.seconds, 60.0);
