@@ -21,6 +21,7 @@
 #include "api/control.hpp"
 #include "common/error.hpp"
 #include "daemon/daemon.hpp"
+#include "daemon/request_fields.hpp"
 #include "daemon/router.hpp"
 
 namespace locabus::daemon {
@@ -386,22 +387,6 @@ void ClientHost::on_client_readable(ClientId id) {
     }
   }
 }
-
-namespace {
-// Typed fields of a request; a wrong type reads as absent (and is refused).
-std::string str_field(const nlohmann::json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-std::int64_t int_field(const nlohmann::json& j, const char* key, std::int64_t absent) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_number_integer() ? it->get<std::int64_t>() : absent;
-}
-bool bool_field(const nlohmann::json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_boolean() && it->get<bool>();
-}
-}  // namespace
 
 void ClientHost::handle_request(Client& c, const nlohmann::json& req) {
   if (c.refused_until) return reply(c, c.refusal);

@@ -6,20 +6,10 @@
 #include <locabus/wire.h>
 
 #include "api/control.hpp"
+#include "daemon/request_fields.hpp"
 #include "locabus/wire.hpp"
 
 namespace locabus::daemon {
-
-namespace {
-std::int64_t int_field(const nlohmann::json& j, const char* key, std::int64_t absent) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_number_integer() ? it->get<std::int64_t>() : absent;
-}
-bool bool_field(const nlohmann::json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_boolean() && it->get<bool>();
-}
-}  // namespace
 
 std::vector<std::uint8_t> EndpointService::protocols() const {
   std::vector<std::uint8_t> v;

@@ -11,15 +11,12 @@
 
 #include "api/control.hpp"
 #include "api/shm.hpp"
+#include "daemon/request_fields.hpp"
 #include "locabus/wire.hpp"
 
 namespace locabus::daemon {
 
 namespace {
-std::int64_t int_field(const nlohmann::json& j, const char* key, std::int64_t absent) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_number_integer() ? it->get<std::int64_t>() : absent;
-}
 StreamTag tag_of(std::uint16_t node, std::uint16_t dport, const locasock::Position& pos) {
   return StreamTag{node, stream_key(LOCABUS_P_LOCASOCK, dport), pos.gen, pos.first, pos.count};
 }
