@@ -429,9 +429,15 @@ TEST(DaemonSim, AStoppedBroadcastReaderHoldsOnlyItsOwnProtocol) {
     auto tx20 = open(0, 20), tx21 = open(0, 21);
     auto n2_20 = open(1, 20), n2_21 = open(1, 21), n3_20 = open(2, 20), n3_21 = open(2, 21);
     // A HOLD travels on the receiver's connection to the broadcaster: set
-    // those up first (the first SYN lost would cost rto_initial, during
-    // which the broadcaster sends on and the receiver parks its stream,
-    // the lossless fallback this test is not about).
+    // those up first, and keep the way back to node 1 lossless. A HOLD lost
+    // waits for its repair (up to a retransmission timeout) while the
+    // broadcaster sends on at full speed; past window + 4096 records the
+    // receiver parks the broadcaster's stream, the bounded, lossless
+    // fallback this test is not about (node 1's broadcasts keep their loss).
+    sim.call([&] {
+      for (std::size_t n = 1; n < 3; ++n)
+        sim.net().set_link(sim.cluster().port_of(n), sim.cluster().port_of(0), LinkParams{});
+    });
     {
       auto in = open(0, 22);
       for (std::size_t n = 1; n < 3; ++n) {
@@ -475,7 +481,10 @@ TEST(DaemonSim, AStoppedBroadcastReaderHoldsOnlyItsOwnProtocol) {
           },
           60s))
           << "protocol 21's broadcasts were held up by protocol 20's stopped reader: node 2 got " << n2_got21
-          << ", node 3 " << n3_got21 << " of " << kFree;
+          << ", node 3 " << n3_got21 << " of " << kFree << "; sent " << s21.sent << "; node 1 "
+          << sim.call([&] { return sim.server(0).counters_json()["api"]["router"].dump(); }) << "; node 2 "
+          << sim.call([&] { return sim.server(1).counters_json()["api"]["router"].dump(); }) << "; node 3 "
+          << sim.call([&] { return sim.server(2).counters_json()["api"]["router"].dump(); });
     }
     EXPECT_EQ(e2_21, "");
     EXPECT_EQ(e3_21, "");
@@ -500,6 +509,50 @@ TEST(DaemonSim, AStoppedBroadcastReaderHoldsOnlyItsOwnProtocol) {
     ASSERT_TRUE(sim.wait_until([&] { return n3_got20 == kHeld; }, 30s)) << "node 3 got " << n3_got20;
     EXPECT_EQ(e3_20, "");
     for (const auto& e : s20.events) ADD_FAILURE() << "protocol 20's sender: " << e.to_string();
+  });
+}
+
+// A held broadcaster goes on when the full reader closes instead of reading.
+TEST(DaemonSim, AHoldEndsWhenTheFullReaderCloses) {
+  for_each_seed(3, [&](std::uint64_t seed) {
+    constexpr std::uint64_t kCount = 5000;
+    constexpr std::uint32_t kWindow = 64;
+    DaemonSimOptions o;
+    o.nodes = 2;
+    o.link = lossy(seed);
+    o.ring_bytes = 64u << 10;
+    o.endpoint_window = kWindow;
+    DaemonSim sim(seed, o);
+    ASSERT_TRUE(sim.wait_until([&] { return sim.converged(); }, 20s)) << "the nodes never met";
+    auto open = [&](std::size_t node, std::uint8_t proto) {
+      locabus::EndpointOptions eo;
+      eo.socket_path = sim.socket(node);
+      eo.protocol = proto;
+      eo.events = false;
+      return locabus::Endpoint::open(eo);
+    };
+    auto tx = open(0, 20);
+    sim.call([&] { sim.net().set_link(sim.cluster().port_of(1), sim.cluster().port_of(0), LinkParams{}); });
+    {  // node 2 -> node 1 connection first, lossless (see above)
+      auto in = open(0, 22);
+      auto out = open(1, 22);
+      ASSERT_EQ(out.send(1, "hello"), locabus::SendStatus::ok);
+      ASSERT_TRUE(in.receive(10s));
+    }
+    auto rx = std::make_unique<locabus::Endpoint>(open(1, 20));
+    auto flow = [&](std::size_t node) { return sim.server(node).counters_json()["api"]["router"]["flow"]; };
+    std::atomic<bool> stop{false};
+    Sender s20;
+    ClientThread t([&] { s20.run(tx, LOCABUS_NODE_BROADCAST, kCount, stop); });
+    StopOnExit stopper{stop};
+    ASSERT_TRUE(sim.wait_until([&] { return flow(0)["broadcast_blocked"].get<std::uint64_t>() > 0; }))
+        << "node 1 was never held";
+    rx.reset();  // the full reader goes away without reading
+    ASSERT_TRUE(sim.wait_until([&] { return s20.sent == kCount; }, 30s))
+        << "node 1 stayed held after the reader closed: sent " << s20.sent << " of " << kCount;
+    EXPECT_EQ(t.join(), "");
+    sim.call([&] { EXPECT_GT(flow(1)["resumes_sent"].get<std::uint64_t>(), 0u); });
+    for (const auto& e : s20.events) ADD_FAILURE() << "the broadcaster: " << e.to_string();
   });
 }
 

@@ -304,9 +304,10 @@ void ClientHost::close_endpoint(Client& c) {
     router_.refuse(p.tag, LOCABUS_REFUSE_CLOSED);
   }
   c.backlog.clear();
-  if (c.broadcast_backlog) router_.unpark();  // a stream parked for it can go on
+  const bool had_broadcasts = c.broadcast_backlog != 0;
   c.broadcast_backlog = 0;
   c.events_in_backlog = 0;
+  if (had_broadcasts) router_.unpark();  // streams parked and holds asked for it end
   Service* s = c.owner;
   c.owner = nullptr;
   s->close(c.id);
@@ -350,9 +351,10 @@ void ClientHost::hangup(Client& c) {
       router_.refuse(p.tag, LOCABUS_REFUSE_CLOSED);
     }
   c.backlog.clear();
-  if (c.broadcast_backlog) router_.unpark();
+  const bool had_broadcasts = c.broadcast_backlog != 0;
   c.broadcast_backlog = 0;
   c.events_in_backlog = 0;
+  if (had_broadcasts) router_.unpark();
   c.owner->unbind(c.id);
   loop_.unwatch(c.sock.get());
   loop_.unwatch(c.bell.fd());
