@@ -274,6 +274,144 @@ const char* locabus_last_error(void);
 const char* locabus_event_kind_name(int kind);
 const char* locabus_failure_name(int failure);
 
+/* ---------------------------------------------------------------------
+ * KCCM (docs/API.md "KCCM", docs/KCCM.md): tagged send/receive and remote
+ * calls within a space, a 16-bit id an application picks (like a port).
+ *
+ *   locabus_kccm* k;
+ *   if (locabus_kccm_open(NULL, 42, NULL, &k) < 0) { ... locabus_last_error() ... }
+ *   struct locabus_kccm_result r;
+ *   locabus_kccm_call(k, 2, "echo", "hi", 2, 1000, &r);   (r.status, r.data, r.len)
+ *   locabus_kccm_result_free(&r);
+ *   locabus_kccm_close(k);
+ * ------------------------------------------------------------------- */
+
+typedef struct locabus_kccm locabus_kccm;
+
+/* How a call ended (the same numbers travel in KCCM REPLY headers). */
+enum locabus_kccm_status {
+  LOCABUS_KCCM_OK = 0,
+  LOCABUS_KCCM_NO_SUCH_HANDLER = 1,   /* nobody registered that name in the space on that node */
+  LOCABUS_KCCM_HANDLER_FAILED = 2,    /* the handler threw or returned an error: the text says what */
+  LOCABUS_KCCM_NODE_DEAD = 3,         /* the node died, left or stopped answering during the call */
+  LOCABUS_KCCM_NODE_RESTARTED = 4,    /* the node restarted during the call */
+  LOCABUS_KCCM_DEADLINE_EXCEEDED = 5, /* no result by the call's deadline */
+  LOCABUS_KCCM_OVERLOADED = 6,        /* the handler's queue was full */
+  LOCABUS_KCCM_NO_SUCH_NODE = 7,      /* never heard from that node (or not a node id) */
+  LOCABUS_KCCM_DISCONNECTED = 8,      /* the local daemon went away: open the space again */
+  LOCABUS_KCCM_TOO_LARGE = 9,         /* over LOCABUS_KCCM_MAX_DATA bytes, or a name over 63 */
+  LOCABUS_KCCM_HANDLER_EXITED = 10,   /* the process that had the handler exited during the call */
+};
+
+/* Largest message, argument or result (KCCM_MAX_DATA in wire.h). */
+#define LOCABUS_KCCM_MAX_DATA 65440
+/* Longest handler name. */
+#define LOCABUS_KCCM_MAX_NAME 63
+/* recv filters */
+#define LOCABUS_KCCM_ANY_NODE 0xFFFF
+#define LOCABUS_KCCM_ANY_TAG (1U << 0) /* recv flag: any tag (the tag argument is ignored) */
+/* locabus_kccm_register() kinds */
+#define LOCABUS_KCCM_LONG 0  /* runs on the space's worker pool */
+#define LOCABUS_KCCM_SHORT 1 /* runs inline in the listener: it must be short */
+
+struct locabus_kccm_options {
+  unsigned workers;       /* worker threads for long handlers; 0: 4 */
+  unsigned queue;         /* long calls waiting for a worker, at most; 0: 1024 (then: overloaded) */
+  int default_timeout_ms; /* a call's deadline when the call gives none (timeout_ms < 0); 0: 10000 */
+  int short_warn_ms;      /* the watchdog logs short handlers running longer; 0: 100 */
+};
+
+/* A call's outcome. data/len: the result (status OK) or NUL-terminated
+ * text saying what failed (any other status); owned by the library until
+ * locabus_kccm_result_free(). */
+struct locabus_kccm_result {
+  int status; /* enum locabus_kccm_status */
+  uint16_t node;
+  uint16_t reserved;
+  void* data;
+  size_t len;
+};
+
+/* What a handler learns about its call. */
+struct locabus_kccm_call_info {
+  uint16_t node; /* the calling node */
+  uint16_t space;
+  const char* handler; /* the name it was called by */
+  int64_t deadline_ms; /* milliseconds left to the caller's deadline when it arrived */
+  int oneway;          /* nobody waits for the result */
+};
+
+/* A handler: fills the result with locabus_kccm_reply() (copied) or fails
+ * with locabus_kccm_reply_error(); returning without either gives an empty
+ * result. Runs on a worker thread (LOCABUS_KCCM_LONG) or in the listener
+ * (LOCABUS_KCCM_SHORT). */
+typedef struct locabus_kccm_reply locabus_kccm_reply;
+typedef void (*locabus_kccm_handler)(void* ctx, const struct locabus_kccm_call_info* info, const void* arg,
+                                     size_t len, locabus_kccm_reply* reply);
+void locabus_kccm_reply_set(locabus_kccm_reply* reply, const void* data, size_t len);
+void locabus_kccm_reply_error(locabus_kccm_reply* reply, const char* message);
+
+/* Attaches to `space` (0..65535) on the daemon at `socket_path` (NULL: as
+ * locabus_open()). options may be NULL. 0 or -errno. */
+int locabus_kccm_open(const char* socket_path, uint16_t space, const struct locabus_kccm_options* options,
+                      locabus_kccm** out);
+/* Stops the listener and the workers (waiting for running handlers),
+ * fails calls still pending (DISCONNECTED) and detaches. NULL is ignored. */
+void locabus_kccm_close(locabus_kccm* k);
+uint16_t locabus_kccm_node_id(const locabus_kccm* k);
+
+/* Tagged messages. send: 0, -EAGAIN (ring full for timeout_ms), -EMSGSIZE,
+ * -ENOTCONN; a message that cannot be delivered comes back as a
+ * send_failed event (locabus_kccm_next_event()) naming *message_no (may be
+ * NULL). recv: the oldest queued message from `node` (LOCABUS_KCCM_ANY_NODE:
+ * any) with `tag` (flags LOCABUS_KCCM_ANY_TAG: any), else waits up to
+ * timeout_ms (-1: forever); its length, -EAGAIN on timeout, -EMSGSIZE when
+ * cap is too small (the message is lost to this call: pass
+ * LOCABUS_KCCM_MAX_DATA bytes), -ENOTCONN. */
+int locabus_kccm_send(locabus_kccm* k, uint16_t node, uint32_t tag, const void* data, size_t len,
+                      int timeout_ms, uint64_t* message_no);
+long locabus_kccm_recv(locabus_kccm* k, uint16_t node, uint32_t tag, unsigned flags, uint16_t* from,
+                       uint32_t* tag_out, void* buf, size_t cap, int timeout_ms);
+
+/* Handlers, by name (1..63 bytes) in this space on this node: 0, -EEXIST
+ * (registered by this or another process on the node), -EINVAL, -ENOTCONN. */
+int locabus_kccm_register(locabus_kccm* k, const char* name, int kind, locabus_kccm_handler handler,
+                          void* ctx);
+int locabus_kccm_unregister(locabus_kccm* k, const char* name);
+
+/* Calls `name` on `node` (this node included) and waits for the result,
+ * at most timeout_ms (< 0: the default deadline). Returns 0 when *out was
+ * filled (out->status says how it ended), -errno when the call could not
+ * be made (-EINVAL, -ENOTCONN). */
+int locabus_kccm_call(locabus_kccm* k, uint16_t node, const char* name, const void* arg, size_t len,
+                      int timeout_ms, struct locabus_kccm_result* out);
+/* The same without waiting: `done` runs in the listener thread (it must be
+ * short) with the result, which is freed after it returns. */
+typedef void (*locabus_kccm_done)(void* ctx, const struct locabus_kccm_result* result);
+int locabus_kccm_call_async(locabus_kccm* k, uint16_t node, const char* name, const void* arg, size_t len,
+                            int timeout_ms, locabus_kccm_done done, void* ctx);
+/* One-way (the paper's asynchronous remote call): no result. 0 or -errno.
+ * If it cannot run (no handler, node dead, overloaded...), `on_failure`
+ * runs in the listener with why (NULL: the failure is written to stderr). */
+int locabus_kccm_post(locabus_kccm* k, uint16_t node, const char* name, const void* arg, size_t len,
+                      locabus_kccm_done on_failure, void* ctx);
+/* Calls `name` on every node (this one included) and gathers the results
+ * until all answered or the deadline: *results (count *n, free with
+ * locabus_kccm_results_free()) has one per node that answered or failed;
+ * *missing (count *nmissing, free()) the nodes that did not answer. */
+int locabus_kccm_call_all(locabus_kccm* k, const char* name, const void* arg, size_t len, int timeout_ms,
+                          struct locabus_kccm_result** results, size_t* n, uint16_t** missing,
+                          size_t* nmissing);
+void locabus_kccm_result_free(struct locabus_kccm_result* r);
+void locabus_kccm_results_free(struct locabus_kccm_result* r, size_t n);
+
+/* Membership and send_failed events of the space's connection; 1 when *out
+ * was filled, 0 when there is none, -ENOTCONN. Never blocks. */
+int locabus_kccm_next_event(locabus_kccm* k, struct locabus_event* out);
+
+/* "ok", "no_such_handler", "deadline_exceeded"... */
+const char* locabus_kccm_status_name(int status);
+
 #ifdef __cplusplus
 }
 #endif

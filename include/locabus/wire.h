@@ -423,4 +423,61 @@ LOCABUS_STATIC_ASSERT(sizeof(struct locabus_nak_ranges) +
 #define LOCASOCK_MAX_FRAGS ((LOCASOCK_MAX_DATAGRAM + LOCASOCK_FRAG_PAYLOAD - 1) / LOCASOCK_FRAG_PAYLOAD)
 LOCABUS_STATIC_ASSERT(LOCASOCK_MAX_FRAGS == 45 && LOCASOCK_MAX_FRAGS <= 255, "64 KB in 45 fragments");
 
+/* ---------------------------------------------------------------------
+ * KCCM (docs/KCCM.md, docs/PROTOCOL.md "KCCM"). A KCCM message travels as
+ * one Locasock-framed datagram of protocol LOCABUS_P_KCCM (the Locasock
+ * header, fragmentation and reassembly of LOCABUS_P_LOCASOCK, with
+ * sport = dport = the KCCM space), whose data starts with this header.
+ *
+ *  0       1       2       3       4               8              12
+ *  +-------+-------+-------+-------+---------------+---------------+
+ *  | type  | flags |status |namelen|      tag      |   instance    |
+ *  +-------+-------+-------+-------+---------------+---------------+
+ *  |  deadline_ms  |            caller             |    call_id ...
+ *  +---------------+-------------------------------+----------------
+ *  12             16                              24              32
+ *
+ * DATA:  tag; the body is the message.
+ * CALL:  name_len bytes of handler name, then the argument; flags
+ *        KCCM_F_ONEWAY (no result wanted), KCCM_F_BCAST (sent to every node);
+ *        instance, caller and call_id name the call for its REPLY;
+ *        deadline_ms: time left to the caller's deadline when sent (>= 1).
+ * REPLY: status (enum locabus_kccm_status in locabus.h); instance, caller,
+ *        call_id copied from the CALL; the body is the result (status 0)
+ *        or a UTF-8 sentence saying what failed.
+ * ------------------------------------------------------------------- */
+#define KCCM_T_DATA 1
+#define KCCM_T_CALL 2
+#define KCCM_T_REPLY 3
+
+#define KCCM_F_ONEWAY (1U << 0)
+#define KCCM_F_BCAST (1U << 1)
+
+struct kccm_hdr {
+  __u8 type;          /* KCCM_T_* */
+  __u8 flags;         /* KCCM_F_* (CALL) */
+  __u8 status;        /* REPLY: enum locabus_kccm_status */
+  __u8 name_len;      /* CALL: handler name bytes after the header, 1..KCCM_MAX_NAME */
+  __be32 tag;         /* DATA: the message's tag */
+  __be32 instance;    /* CALL, REPLY: the calling daemon's random instance number */
+  __be32 deadline_ms; /* CALL: milliseconds left to the caller's deadline */
+  __be64 caller;      /* CALL, REPLY: the calling client, as its daemon numbers clients */
+  __be64 call_id;     /* CALL, REPLY: the caller's number for the call */
+};
+
+#define KCCM_HDR_LEN 32
+#define KCCM_MAX_NAME 63
+/* Largest message, argument or result: a datagram holds the header, the
+ * longest name and this many bytes. */
+#define KCCM_MAX_DATA (LOCASOCK_MAX_DATAGRAM - KCCM_HDR_LEN - 64)
+
+LOCABUS_STATIC_ASSERT(sizeof(struct kccm_hdr) == KCCM_HDR_LEN, "the KCCM header is 32 bytes");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct kccm_hdr, tag) == 4, "tag at 4");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct kccm_hdr, instance) == 8, "instance at 8");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct kccm_hdr, deadline_ms) == 12, "deadline_ms at 12");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct kccm_hdr, caller) == 16, "caller at 16");
+LOCABUS_STATIC_ASSERT(LOCABUS_OFFSETOF(struct kccm_hdr, call_id) == 24, "call_id at 24");
+LOCABUS_STATIC_ASSERT(KCCM_HDR_LEN + 64 + KCCM_MAX_DATA == LOCASOCK_MAX_DATAGRAM,
+                      "a KCCM message fits a datagram");
+
 #endif /* LOCABUS_WIRE_H */

@@ -41,7 +41,84 @@ enum RecordType : std::uint16_t {
   kRecordBroadcastMessage = 4,
   kRecordDatagramSend = 5,  // client -> daemon (socket): payload = DatagramHeader + datagram
   kRecordDatagram = 6,      // daemon -> client (socket): payload = DatagramHeader + datagram
+
+  // KCCM (docs/KCCM.md "Records"): a client opened with "kccm": space.
+  kRecordKccmSend = 10,        // c -> d: aux = node; KccmTagHeader + message
+  kRecordKccmRecv = 11,        // c -> d: KccmRecvRequest
+  kRecordKccmCancel = 12,      // c -> d: KccmWaiter (a recv that timed out)
+  kRecordKccmRegister = 13,    // c -> d: aux = LOCABUS_KCCM_LONG/SHORT; the name (answered by kRecordKccmAck)
+  kRecordKccmUnregister = 14,  // c -> d: the name (answered by kRecordKccmAck)
+  kRecordKccmCall = 15,        // c -> d: aux = node (0xFFFF: every node); KccmCallHeader + name + argument
+  kRecordKccmReply = 16,       // c -> d: KccmReplyHeader + result or error text
+  kRecordKccmMessage = 20,     // d -> c: aux = source node; KccmMessageHeader + message
+  kRecordKccmCancelled = 21,   // d -> c: KccmWaiter: the cancelled recv got nothing
+  kRecordKccmInvoke = 22,      // d -> c: aux = calling node; KccmInvokeHeader + name + argument
+  kRecordKccmResult = 23,      // d -> c: aux = answering node; KccmResultHeader + result or error text
+  kRecordKccmCallStarted = 24,  // d -> c: KccmStartedHeader + count x u16 nodes (a call to every node)
+  kRecordKccmAck = 25,          // d -> c: KccmAck + error text (register, unregister; in request order)
 };
+
+// KCCM record payload headers, host byte order, 8-byte multiples.
+struct KccmTagHeader {
+  std::uint32_t tag;
+  std::uint32_t reserved;  // 0
+};
+inline constexpr std::uint16_t kKccmAnyTag = 1;  // KccmRecvRequest::flags
+struct KccmRecvRequest {
+  std::uint64_t waiter;  // the client's number for this receive
+  std::uint16_t node;    // LOCABUS_KCCM_ANY_NODE: any
+  std::uint16_t flags;   // kKccmAnyTag
+  std::uint32_t tag;
+};
+struct KccmWaiter {
+  std::uint64_t waiter;
+};
+struct KccmCallHeader {
+  std::uint64_t call_id;      // the client's number for the call (unique while it is pending)
+  std::uint32_t deadline_ms;  // >= 1
+  std::uint8_t flags;         // KCCM_F_ONEWAY
+  std::uint8_t name_len;      // 1..KCCM_MAX_NAME, the name follows
+  std::uint16_t reserved;
+};
+struct KccmReplyHeader {
+  std::uint64_t ref;    // KccmInvokeHeader::ref of the call answered
+  std::uint8_t status;  // enum locabus_kccm_status
+  std::uint8_t reserved[7];
+};
+struct KccmMessageHeader {
+  std::uint64_t waiter;  // the receive it answers
+  std::uint32_t tag;
+  std::uint32_t reserved;
+};
+struct KccmInvokeHeader {
+  std::uint64_t ref;          // the daemon's number for the call (0: one-way, do not reply)
+  std::uint32_t deadline_ms;  // left to the caller's deadline when it arrived
+  std::uint8_t flags;         // KCCM_F_ONEWAY, KCCM_F_BCAST
+  std::uint8_t name_len;      // the name follows, then the argument
+  std::uint16_t reserved;
+};
+struct KccmResultHeader {
+  std::uint64_t call_id;
+  std::uint8_t status;  // enum locabus_kccm_status
+  std::uint8_t reserved[7];
+};
+struct KccmStartedHeader {
+  std::uint64_t call_id;
+  std::uint32_t count;  // nodes that follow (u16 each): those the call went to, this node included
+  std::uint32_t reserved;
+};
+struct KccmAck {
+  std::int32_t err;  // 0, or an errno value (EEXIST, EINVAL, ENOENT); the text follows
+  std::uint32_t reserved;
+};
+static_assert(sizeof(KccmTagHeader) == 8 && sizeof(KccmRecvRequest) == 16 && sizeof(KccmWaiter) == 8);
+static_assert(sizeof(KccmCallHeader) == 16 && sizeof(KccmReplyHeader) == 16 &&
+              sizeof(KccmMessageHeader) == 16);
+static_assert(sizeof(KccmInvokeHeader) == 16 && sizeof(KccmResultHeader) == 16 &&
+              sizeof(KccmStartedHeader) == 16);
+static_assert(sizeof(KccmAck) == 8);
+/// The largest KCCM record payload (a call: header, longest name, largest argument).
+inline constexpr std::size_t kMaxKccmRecord = sizeof(KccmCallHeader) + 64 + 65440;
 
 /// Starts the payload of kRecordDatagramSend and kRecordDatagram, in host
 /// byte order (both ends are on one machine). aux is 0.

@@ -79,8 +79,8 @@ SendStatus Service::send(std::uint16_t node, std::uint16_t sport, std::uint16_t 
     h.write(frame_);
     if (len != 0) std::memcpy(frame_.data() + kHeaderLen, data.data() + offset, len);
     const std::span<const std::byte> payload(frame_.data(), kHeaderLen + len);
-    const engine::SendResult r = broadcast ? bus_.broadcast(LOCABUS_P_LOCASOCK, payload)
-                                           : bus_.send(node, LOCABUS_P_LOCASOCK, payload);
+    const engine::SendResult r = broadcast ? bus_.broadcast(config_.proto, payload)
+                                           : bus_.send(node, config_.proto, payload);
     if (!r) {
       // can_send() promised room; a bus that breaks the promise leaves a
       // partial datagram at the receivers, which they time out.
@@ -113,7 +113,7 @@ void Service::on_message(const engine::Message& m, Position pos, FunctionRef<voi
     ++stats_.malformed;
     if (on_drop_ && pos.count) on_drop_(Dropped{m.node, dport, m.broadcast, pos});
   };
-  if (m.proto != LOCABUS_P_LOCASOCK || m.payload.size() < kHeaderLen) return malformed(0);
+  if (m.proto != config_.proto || m.payload.size() < kHeaderLen) return malformed(0);
   const wire::LocasockHeader h = wire::LocasockHeader::read(m.payload);
   const std::span<const std::byte> body = m.payload.subspan(kHeaderLen);
   const std::size_t nfrags = h.nfrags();

@@ -79,6 +79,9 @@ class Bus {
 };
 
 struct ServiceConfig {
+  /// The engine protocol its fragments travel as: Locasock's own, or a
+  /// service that frames its messages the Locasock way (KCCM).
+  std::uint8_t proto = LOCABUS_P_LOCASOCK;
   /// A partial datagram is dropped this long after its first fragment arrived.
   engine::Nanos reassembly_timeout = std::chrono::seconds(5);
   /// Bytes held by partial datagrams, at most (>= kMaxDatagram). When a new
