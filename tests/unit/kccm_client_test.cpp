@@ -918,12 +918,12 @@ TEST(KccmCApi, CallsAndHandlersThroughTheCApi) {
   // A C handler: a result, or an error with its own sentence.
   const locabus_kccm_handler handler = [](void* ctx, const locabus_kccm_call_info* info, const void* arg,
                                           size_t len, locabus_kccm_reply* reply) {
-    ++*static_cast<int*>(ctx);
+    ++*static_cast<std::atomic<int>*>(ctx);
     EXPECT_STREQ(info->handler, "h");
     if (len == 0) return locabus_kccm_reply_error(reply, "empty argument");
     locabus_kccm_reply_set(reply, arg, len);
   };
-  int calls = 0;
+  std::atomic<int> calls{0};
   std::thread acker([&] {
     auto reg = d.next();
     ASSERT_TRUE(reg);
@@ -942,7 +942,7 @@ TEST(KccmCApi, CallsAndHandlersThroughTheCApi) {
   ASSERT_TRUE(rep);
   EXPECT_EQ(rep->header<locabus::api::KccmReplyHeader>().status, LOCABUS_KCCM_HANDLER_FAILED);
   EXPECT_EQ(rep->tail(sizeof(locabus::api::KccmReplyHeader)), "handler h failed: empty argument");
-  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(calls.load(), 2);
   EXPECT_EQ(locabus_kccm_unregister(k, "other"), -ENOENT);
   std::thread unacker([&] {
     auto un = d.next();
