@@ -581,6 +581,23 @@ TEST_F(Flow, CreditAndRefusalsOfAnOldGenerationAreIgnored) {
 }
 
 // What B still holds from an old generation does not credit the new one.
+// A service that keeps messages until its reader asks (KCCM's receive
+// queue) consumes nothing for a while: the sender must still get the
+// whole window, not stall at the initial 64, and no more than the window.
+TEST_F(Flow, ANewStreamsFirstMessageOpensTheWholeWindowWhileNothingIsRead) {
+  std::uint64_t m = 0;
+  ASSERT_TRUE(send(A(), kK1, Origin{7, m++}));
+  deliver(A());
+  EXPECT_EQ(flush(B()), 1);
+  deliver(B());
+  while (m < 10 * kInitial && send(A(), kK1, Origin{7, m})) ++m;
+  EXPECT_EQ(m, 256u);  // the window (make()), none of it read
+  deliver(A());
+  EXPECT_EQ(B().held[kK1].size(), 256u);
+  EXPECT_EQ(B().fc.counters().over_credit, 0u);
+  EXPECT_EQ(flush(B()), 0);  // nothing more to grant until something is read
+}
+
 TEST_F(Flow, ReadingAnOldGenerationsMessagesDoesNotCreditTheNewOne) {
   std::uint64_t m = 0;
   send_n(A(), kK1, 7, m, 64);
@@ -593,11 +610,15 @@ TEST_F(Flow, ReadingAnOldGenerationsMessagesDoesNotCreditTheNewOne) {
   ASSERT_EQ(q.size(), 65u);
   const StreamTag fresh = q.back();
   q.pop_back();
+  EXPECT_EQ(flush(B()), 1);  // the new stream's first message opens its whole window
+  deliver(B());
   read(B(), kK1);  // the 64 of generation 1
   EXPECT_EQ(flush(B()), 0);
   clock_.advance_by(10ms);
   EXPECT_EQ(flush(B()), 0);
+  EXPECT_EQ(A().fc.unconfirmed(), 1u);
   B().fc.consumed(fresh);
+  clock_.advance_by(10ms);  // confirm_delay
   EXPECT_EQ(flush(B()), 1);
   deliver(B());
   EXPECT_EQ(A().fc.unconfirmed(), 0u);

@@ -137,6 +137,15 @@ StreamTag FlowControl::arrived(std::uint16_t node, StreamKey key, bool& over_cre
   // Beyond what the sender was told (granted may be ahead of it, not sent yet).
   over_credit = s.received >= s.advertised;
   if (over_credit) ++counters_.over_credit;
+  if (s.received == 0 && s.granted < s.consumed + config_.window) {
+    // A new stream starts with the initial window only; its first message
+    // opens the whole window at once, so that messages a service keeps
+    // before its reader takes them (a KCCM receive queue) can use all of it
+    // rather than stall at the initial window.
+    s.granted = s.consumed + config_.window;
+    p.credit_due.insert(key);
+    dirty_.insert(node);
+  }
   return StreamTag{node, key, p.gen, s.received++, 1};
 }
 
