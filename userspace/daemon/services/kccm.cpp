@@ -28,31 +28,17 @@ locasock::ServiceConfig sock_config() {
 
 }  // namespace
 
-// ---- the bus and the node's host ----------------------------------------------------
-
-engine::SendStatus KccmService::RouterBus::can_send(std::uint16_t node, std::size_t messages) const {
-  return host_.can_send(node, stream_key(LOCABUS_P_KCCM, space), messages);
-}
-engine::SendStatus KccmService::RouterBus::can_broadcast(std::size_t messages) const {
-  return host_.can_broadcast(stream_key(LOCABUS_P_KCCM, space), messages);
-}
-engine::SendResult KccmService::RouterBus::send(std::uint16_t node, std::uint8_t proto,
-                                                std::span<const std::byte> payload) {
-  return host_.send(node, stream_key(proto, space), payload, origin);
-}
-engine::SendResult KccmService::RouterBus::broadcast(std::uint8_t proto, std::span<const std::byte> payload) {
-  return host_.broadcast(stream_key(proto, space), payload);
-}
+// ---- the node's host ------------------------------------------------------------
 
 engine::SendStatus KccmService::NodeHost::send(std::uint16_t node, std::uint16_t space,
                                                std::span<const std::byte> frame, Origin origin) {
-  s_.bus_.space = space;
+  s_.bus_.port = space;
   s_.bus_.origin = origin;
   return s_.sock_.send(node, space, space, frame);  // copies each fragment
 }
 
 engine::SendStatus KccmService::NodeHost::broadcast(std::uint16_t space, std::span<const std::byte> frame) {
-  s_.bus_.space = space;
+  s_.bus_.port = space;
   s_.bus_.origin = Origin{};
   return s_.sock_.send(LOCABUS_NODE_BROADCAST, space, space, frame);
 }
@@ -69,7 +55,7 @@ kccm::NodeConfig KccmService::node_config(const ServiceHost& host, std::uint32_t
 
 KccmService::KccmService(ServiceHost& host, std::uint32_t instance)
     : host_(host),
-      bus_(host),
+      bus_(host, LOCABUS_P_KCCM),
       sock_(bus_, host.clock(), sock_config()),
       node_host_(*this),
       node_(node_host_, node_config(host, instance)) {

@@ -10,6 +10,7 @@
 #include "common/counters.hpp"
 
 #include "daemon/service.hpp"
+#include "daemon/services/port_bus.hpp"
 #include "kccm/node.hpp"
 #include "locasock/locasock.hpp"
 
@@ -51,22 +52,6 @@ class KccmService final : public Service {
   const kccm::Node& node() const noexcept { return node_; }
 
  private:
-  /// locasock::Bus over the router: fragments on (LOCABUS_P_KCCM, space).
-  class RouterBus final : public locasock::Bus {
-   public:
-    explicit RouterBus(ServiceHost& host) : host_(host) {}
-    engine::SendStatus can_send(std::uint16_t node, std::size_t messages) const override;
-    engine::SendStatus can_broadcast(std::size_t messages) const override;
-    engine::SendResult send(std::uint16_t node, std::uint8_t proto,
-                            std::span<const std::byte> payload) override;
-    engine::SendResult broadcast(std::uint8_t proto, std::span<const std::byte> payload) override;
-    std::uint16_t space = 0;  // the datagram being sent
-    Origin origin;
-
-   private:
-    ServiceHost& host_;
-  };
-
   /// kccm::Host over the router and the fragmenter.
   class NodeHost final : public kccm::Host {
    public:
@@ -91,7 +76,7 @@ class KccmService final : public Service {
   static kccm::NodeConfig node_config(const ServiceHost& host, std::uint32_t instance);
 
   ServiceHost& host_;
-  RouterBus bus_;
+  PortBus bus_;
   locasock::Service sock_;
   NodeHost node_host_;
   kccm::Node node_;

@@ -22,27 +22,10 @@ StreamTag tag_of(std::uint16_t node, std::uint16_t dport, const locasock::Positi
 }
 }  // namespace
 
-// ---- the bus ------------------------------------------------------------------------
-
-engine::SendStatus LocasockService::RouterBus::can_send(std::uint16_t node, std::size_t messages) const {
-  return host_.can_send(node, stream_key(LOCABUS_P_LOCASOCK, dport), messages);
-}
-engine::SendStatus LocasockService::RouterBus::can_broadcast(std::size_t messages) const {
-  return host_.can_broadcast(stream_key(LOCABUS_P_LOCASOCK, dport), messages);
-}
-engine::SendResult LocasockService::RouterBus::send(std::uint16_t node, std::uint8_t proto,
-                                                    std::span<const std::byte> payload) {
-  return host_.send(node, stream_key(proto, dport), payload, origin);
-}
-engine::SendResult LocasockService::RouterBus::broadcast(std::uint8_t proto,
-                                                         std::span<const std::byte> payload) {
-  return host_.broadcast(stream_key(proto, dport), payload);
-}
-
 // ---- the service --------------------------------------------------------------------
 
 LocasockService::LocasockService(ServiceHost& host, const locasock::ServiceConfig& config)
-    : host_(host), bus_(host), sock_(bus_, host.clock(), config) {
+    : host_(host), bus_(host, LOCABUS_P_LOCASOCK), sock_(bus_, host.clock(), config) {
   // Fragments that will never make a datagram: their sender hears of it.
   sock_.set_on_drop([this](const locasock::Dropped& d) {
     if (d.broadcast || d.pos.count == 0) return;
@@ -129,7 +112,7 @@ RecordResult LocasockService::on_record(ClientId client, std::uint16_t type, std
     return RecordResult::broken("a record that is not a datagram of at most 65536 bytes");
   api::DatagramHeader h;
   std::memcpy(&h, payload.data(), sizeof h);  // read once: the client can still write it
-  bus_.dport = h.port;
+  bus_.port = h.port;
   bus_.origin = Origin{client, message};
   // Locasock copies each fragment before it goes to the engine.
   const engine::SendStatus st = sock_.send(h.node, it->second, h.port, payload.subspan(sizeof h));

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "daemon/service.hpp"
+#include "daemon/services/port_bus.hpp"
 #include "locasock/locasock.hpp"
 
 namespace locabus::daemon {
@@ -49,25 +50,8 @@ class LocasockService final : public Service {
   void counters(CounterGroups& out) const override;
 
  private:
-  /// locasock::Bus over the router: fragments go on the destination port's
-  /// stream, with the sending socket's datagram number for failures.
-  class RouterBus final : public locasock::Bus {
-   public:
-    explicit RouterBus(ServiceHost& host) : host_(host) {}
-    engine::SendStatus can_send(std::uint16_t node, std::size_t messages) const override;
-    engine::SendStatus can_broadcast(std::size_t messages) const override;
-    engine::SendResult send(std::uint16_t node, std::uint8_t proto,
-                            std::span<const std::byte> payload) override;
-    engine::SendResult broadcast(std::uint8_t proto, std::span<const std::byte> payload) override;
-    std::uint16_t dport = 0;  // the datagram being sent
-    Origin origin;
-
-   private:
-    ServiceHost& host_;
-  };
-
   ServiceHost& host_;
-  RouterBus bus_;
+  PortBus bus_;
   locasock::Service sock_;
   std::unordered_map<ClientId, std::uint16_t> ports_;    // client -> its port
   std::unordered_map<std::uint16_t, ClientId> by_port_;  // bound ports
