@@ -9,7 +9,9 @@
 # start, lowered at run time), the interface deleted, incast (7 senders to 1),
 # request/response after one-way traffic and idle time, a stopped reader that
 # holds up only its own traffic (an endpoint, a socket; for 60 s over XDP), a
-# receiver killed mid-stream, the default failure detector through 10 % loss.
+# receiver killed mid-stream, the default failure detector through 10 % loss,
+# KCCM remote calls with locabus-call (kccm), and calls across a callee
+# daemon's SIGKILL and restart (kccm-kill).
 #
 #   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
 #
@@ -38,6 +40,7 @@ fi
 cluster="$here/tools/cluster/locabus-cluster"
 ctl="$bin_dir/tools/locabusctl/locabusctl"
 cat="$bin_dir/tools/locabus-cat/locabus-cat"
+call="$bin_dir/tools/locabus-call/locabus-call"
 export LOCABUS_BIN_DIR=$bin_dir
 name="t$(printf '%06x' $(((RANDOM << 9 ^ RANDOM ^ $$) & 0xffffff)))"
 work=$(mktemp -d)
@@ -346,6 +349,46 @@ conn_summary() { # k j
     congestion_events: .counters.congestion_events, naks_sent: .counters.naks_sent, acks_sent: .counters.acks_sent,
     window_drops: .counters.window_drops, rx_stale: .counters.rx_stale, reorder_drops: .counters.reorder_drops,
     xdp_acks_consumed: .xdp.acks_consumed, xdp_acks_passed: .xdp.acks_passed} | with_entries(select(.value != null))'
+}
+
+# ---- helpers of the KCCM scenarios (locabus-call)
+
+# dead_after of the daemons (the cluster runs them with the defaults).
+dead_after_s() { awk '/^dead_after_ms/ { printf "%.3f", $3 / 1000 }' "$here/dist/locabusd.toml"; }
+
+# Seconds from unix time $1 to unix time $2, to the millisecond.
+secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+# True when $1 <= $2 (decimals).
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+
+# Starts `locabus-call --serve $2 --json` on node $1 (output in
+# $work/serve$1.json), waits for its ready line and sets serve_pid to the
+# serving process (the ready line's pid, not the shell's background job).
+start_server() { # k handlers
+  local k=$1 deadline=$((SECONDS + 10))
+  on "$k" "$call" --serve "$2" --json >"$work/serve$k.json" 2>"$work/serve$k.err" &
+  bg_pids+=("$!")
+  until [[ -s $work/serve$k.json ]] && jq -e .serving "$work/serve$k.json" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || fail "locabus-call --serve on node $k did not start: $(cat "$work/serve$k.err")"
+    sleep 0.05
+  done
+  serve_pid=$(jq .pid "$work/serve$k.json")
+  jq -e --argjson k "$k" '.node == $k and .space == 0' "$work/serve$k.json" >/dev/null ||
+    fail "the server on node $k: $(cat "$work/serve$k.json")"
+}
+
+# Runs locabus-call on node $1 with the rest as arguments; sets call_rc,
+# call_out, call_err and call_secs (its wall time). Never fails by itself.
+call_on() { # k args...
+  local k=$1 t0 t1
+  shift
+  t0=$(date +%s.%N)
+  call_rc=0
+  on "$k" "$call" "$@" >"$work/call.out" 2>"$work/call.err" || call_rc=$?
+  t1=$(date +%s.%N)
+  call_out=$(cat "$work/call.out")
+  call_err=$(cat "$work/call.err")
+  call_secs=$(secs_between "$t0" "$t1")
 }
 
 case "$scenario" in
@@ -1310,6 +1353,179 @@ case "$scenario" in
     c=$(peer_of 1 2)
     jq -e '.counters.retransmits <= 0.25 * .counters.data_sent' <<<"$c" >/dev/null ||
       fail "node 1 retransmitted $(jq .counters.retransmits <<<"$c") frames for $(jq .counters.data_sent <<<"$c")"
+    ;;
+  kccm)
+    # KCCM remote calls between 4 nodes with locabus-call: the built-ins
+    # from every node to every node, a handler in a client process on node 2
+    # called from the others, and each failure with its own exit status
+    # and message: a missing handler, a handler that throws, a deadline, a
+    # node nobody knows, the handler's process killed during a call.
+    up 4
+    wait_discovered 4 15
+    for ((k = 1; k <= 4; k++)); do
+      call_on "$k" --node all --json echo "hi from $k"
+      ((call_rc == 0)) || fail "node $k: --node all echo exited $call_rc: $call_out $call_err"
+      jq -s -e --arg t "hi from $k" 'length == 4 and map(.node) == [1, 2, 3, 4] and
+        all(.status == "ok" and .data == $t)' <<<"$call_out" >/dev/null ||
+        fail "node $k: --node all echo: $call_out"
+      # text: a line per node, in node order
+      call_on "$k" --node all echo hi
+      [[ $call_out == $'node 1: hi\nnode 2: hi\nnode 3: hi\nnode 4: hi' ]] || fail "node $k: text lines: $call_out"
+      # node.info here (the default node) and on node k from node 1
+      call_on "$k" node.info
+      ((call_rc == 0)) && jq -e --argjson k "$k" '.node == $k and (.hostname | type) == "string" and .cpus >= 1 and
+        .uptime_s > 0 and .daemon_uptime_s >= 0 and (.version | type) == "string"' <<<"$call_out" >/dev/null ||
+        fail "node $k: node.info: $call_out $call_err"
+      call_on 1 --node "$k" --json node.info
+      jq -e --argjson k "$k" '.node == $k and .status == "ok" and (.data | fromjson | .node == $k)' \
+        <<<"$call_out" >/dev/null || fail "node 1 -> node $k: node.info: $call_out $call_err"
+    done
+    note "echo from every node to every node (--node all: 4 lines each, all ok); node.info names its node:" \
+      "$(jq -c '.data | fromjson | {node, cpus, daemon_uptime_s}' <<<"$call_out")"
+
+    # A handler in a client process on node 2, called from the other nodes
+    # (and locally on node 2: no network).
+    start_server 2 upper,sleep,fail
+    server2=$serve_pid
+    for k in 1 3 4 2; do
+      call_on "$k" --node 2 upper "hello from node $k"
+      ((call_rc == 0)) && [[ $call_out == "HELLO FROM NODE $k" ]] ||
+        fail "node $k -> node 2 upper: exit $call_rc: $call_out $call_err"
+    done
+    call_on 3 --node 2 --json upper abc
+    jq -e '.node == 2 and .status == "ok" and .data == "ABC" and .ms < 1000' <<<"$call_out" >/dev/null ||
+      fail "upper --json: $call_out"
+    note "node 2's upper from nodes 1, 3, 4 and 2: $(jq -c . <<<"$call_out")"
+    # 1,000 calls with 8 in flight, 64-byte arguments, from node 4 to the
+    # client's handler: all answered and right, none slow
+    call_on 4 --node 2 --count 1000 --inflight 8 --size 64 --json upper
+    jq -e '.ok and .succeeded == 1000 and .failed == 0 and .latency_us.max < 1000000' <<<"$call_out" >/dev/null ||
+      fail "1,000 calls of upper: $call_out $call_err"
+    note "1,000 calls node 4 -> node 2's upper: $(jq -c '{calls_per_s, latency_us: (.latency_us | {p50, p99, max})}' \
+      <<<"$call_out")"
+    # the same through the built-in echo, whose results locabus-call checks
+    call_on 1 --node 3 --count 1000 --inflight 8 --size 64 --json echo
+    jq -e '.ok and .succeeded == 1000 and .mismatched == 0' <<<"$call_out" >/dev/null ||
+      fail "1,000 echoes: $call_out $call_err"
+
+    # Failures: exit status 10 + the status, and the cause on stderr.
+    call_on 1 --node 3 no.such.handler
+    ((call_rc == 11)) && grep -q "node 3: no_such_handler" <<<"$call_err" ||
+      fail "missing handler: exit $call_rc (expected 11): $call_err"
+    note "a missing handler: exit $call_rc: $(head -1 <<<"$call_err")"
+    call_on 1 --node all no.such.handler
+    ((call_rc == 11)) && [[ $(grep -c "error: no_such_handler" <<<"$call_out") == 4 ]] ||
+      fail "missing handler on every node: exit $call_rc: $call_out $call_err"
+    call_on 4 --node 2 fail "bad input"
+    ((call_rc == 12)) && grep -q "handler_failed: .*fail: bad input" <<<"$call_err" ||
+      fail "a handler that throws: exit $call_rc (expected 12): $call_err"
+    call_on 1 --node 99 echo
+    ((call_rc == 17)) && grep -q "no_such_node" <<<"$call_err" || fail "node 99: exit $call_rc (expected 17): $call_err"
+    # a deadline: 1 s for a handler that sleeps 5 s
+    call_on 1 --node 2 --timeout 1 sleep 5000
+    ((call_rc == 15)) && grep -q "deadline_exceeded" <<<"$call_err" ||
+      fail "a slow handler with --timeout 1: exit $call_rc (expected 15): $call_err"
+    le 1.0 "$call_secs" && le "$call_secs" 2.0 || fail "deadline_exceeded after $call_secs s, not in [1, 2] s"
+    note "a 5 s handler called with --timeout 1: deadline_exceeded after $call_secs s: $(head -1 <<<"$call_err")"
+    # the handler's process killed during a call: handler_exited at once
+    on 3 "$call" --node 2 sleep 5000 >"$work/exited.out" 2>"$work/exited.err" &
+    cp=$!
+    bg_pids+=("$cp")
+    sleep 0.5
+    t0=$(date +%s.%N)
+    kill -KILL "$server2"
+    rc=0
+    wait "$cp" || rc=$?
+    t1=$(date +%s.%N)
+    ((rc == 20)) && grep -q "handler_exited" "$work/exited.err" ||
+      fail "the handler's process killed: exit $rc (expected 20): $(cat "$work/exited.err")"
+    le "$(secs_between "$t0" "$t1")" 2.0 || fail "handler_exited $(secs_between "$t0" "$t1") s after the kill"
+    note "the handler's process killed during a call: handler_exited after $(secs_between "$t0" "$t1") s"
+    # A new process takes the name over; a graceful stop counts what it served.
+    start_server 2 upper
+    call_on 1 --node 2 upper again
+    [[ $call_out == AGAIN ]] || fail "upper after the server's restart: $call_out $call_err"
+    kill -TERM "$serve_pid"
+    deadline=$((SECONDS + 5))
+    while kill -0 "$serve_pid" 2>/dev/null; do
+      ((SECONDS < deadline)) || fail "locabus-call --serve did not stop on SIGTERM"
+      sleep 0.05
+    done
+    grep -q "served 1 call(s), 0 of them failed" "$work/serve2.err" || fail "the server's summary: $(cat "$work/serve2.err")"
+    call_on 1 --node 2 upper gone
+    ((call_rc == 11)) || fail "upper after the server stopped: exit $call_rc (expected 11): $call_err"
+    ;;
+  kccm-kill)
+    # A long-lived caller on node 1 keeps 8 calls to a 100 ms handler on
+    # node 3 in flight (one process, one Space, for 20 s). Node 3's daemon
+    # is SIGKILLed: the calls pending there fail with node_dead within
+    # dead_after + 2 s and none hangs; node 3's daemon and the handler's
+    # process start again, and the same caller's calls succeed again.
+    up 3
+    wait_discovered 3 15
+    da=$(dead_after_s)
+    start_server 3 sleep
+    server3=$serve_pid
+    on 1 "$call" --node 3 --duration 20 --inflight 8 --keep-going --timeout 10 --interval 1 --json sleep 100 \
+      >"$work/caller.json" 2>"$work/caller.err" &
+    caller=$!
+    bg_pids+=("$caller")
+    sleep 2.5
+    before=$(jq -s '[.[] | select(.interval) | .ok] | add // 0' "$work/caller.json")
+    ((before >= 60)) || fail "only $before calls succeeded in the first 2 s: $(cat "$work/caller.json" "$work/caller.err")"
+    t_kill=$(date +%s.%N)
+    "$cluster" stop --name "$name" 3 --signal KILL
+    # the handler's process is told its daemon went away, and exits 1
+    deadline=$((SECONDS + 5))
+    while kill -0 "$server3" 2>/dev/null; do
+      ((SECONDS < deadline)) || fail "the server on node 3 still runs 5 s after its daemon was killed"
+      sleep 0.05
+    done
+    grep -q "daemon went away" "$work/serve3.err" || fail "the server's exit: $(cat "$work/serve3.err")"
+    # node 1 declares node 3 dead; then node 3 starts again
+    until on 1 "$ctl" peers --json | jq -e '.[] | select(.node == 3) | .state == "dead"' >/dev/null; do
+      le "$(secs_between "$t_kill" "$(date +%s.%N)")" "$(awk -v d="$da" 'BEGIN { print d + 3 }')" ||
+        fail "node 1 did not declare node 3 dead within dead_after ($da s) + 3 s"
+      sleep 0.1
+    done
+    t_dead=$(date +%s.%N)
+    "$cluster" start --name "$name" 3
+    start_server 3 sleep
+    t_served=$(date +%s.%N)
+    note "node 3 killed; dead on node 1 after $(secs_between "$t_kill" "$t_dead") s; daemon and handler back" \
+      "$(secs_between "$t_kill" "$t_served") s after the kill"
+    rc=0
+    wait "$caller" || rc=$?
+    s=$(jq -c 'select(.interval | not)' "$work/caller.json")
+    [[ -n $s ]] || fail "the caller printed no summary (exit $rc): $(tail -n 5 "$work/caller.err")"
+    note "caller (exit $rc): $(jq -c '{calls, completed, succeeded, failed, failures: (.failures | map_values(.count)),
+      max_failed_ms, ok_after_last_failure}' <<<"$s")"
+    note "per second: $(jq -sc '[.[] | select(.interval) | {t: (.t | floor), ok, failed}]' "$work/caller.json")"
+    # Every call ended (none hung), and none of them by its deadline: each
+    # failure had its cause before.
+    jq -e '.completed == .calls and (.interrupted | not) and .failures.deadline_exceeded == null' <<<"$s" >/dev/null ||
+      fail "calls unaccounted for or timed out: $s"
+    # No failure before the kill; the first failure is node 3's death (or
+    # restart), reported within dead_after + 2 s.
+    first=$(jq -r '[.failures.node_dead.first_at, .failures.node_restarted.first_at] | map(select(. != null)) | min' <<<"$s")
+    [[ $first != null ]] || fail "no call failed with node_dead or node_restarted: $s"
+    le "$t_kill" "$(jq .first_failure_at <<<"$s")" || fail "a call failed before the kill: $s"
+    lag=$(secs_between "$t_kill" "$first")
+    le "$lag" "$(awk -v d="$da" 'BEGIN { print d + 2 }')" ||
+      fail "node_dead reported $lag s after the kill, over dead_after ($da s) + 2 s: $s"
+    # No call waited longer than that either (a failed call's whole time).
+    le "$(jq .max_failed_ms <<<"$s")" "$(awk -v d="$da" 'BEGIN { print (d + 2) * 1000 + 200 }')" ||
+      fail "a call took $(jq .max_failed_ms <<<"$s") ms to fail, over dead_after + 2 s: $s"
+    # The causes: node 3 dead or restarted (calls made after that get the
+    # same), or its handler not registered again yet.
+    jq -e '.failures | keys - ["node_dead", "node_restarted", "no_such_handler"] == []' <<<"$s" >/dev/null ||
+      fail "unexpected failure causes: $(jq -c .failures <<<"$s")"
+    # The same caller's calls succeed again, soon after the handler is back.
+    jq -e '.ok_after_last_failure >= 100 and .last_failure_at < .first_ok_after_last_failure_at' <<<"$s" >/dev/null ||
+      fail "the caller did not recover: $s"
+    back=$(secs_between "$t_served" "$(jq .first_ok_after_last_failure_at <<<"$s")")
+    le "$back" 5 || fail "calls succeeded again $back s after the handler was back, over 5 s: $s"
+    note "node_dead $lag s after the kill (dead_after $da s); calls succeed again $back s after the handler is back"
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2
