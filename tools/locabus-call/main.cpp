@@ -638,10 +638,12 @@ int run(Options& o) {
   if (o.arg.size() > kccm::kMaxData || o.size > kccm::kMaxData)
     throw Failure(fmt::format("the argument has {} bytes, over the limit of {}",
                               std::max(o.arg.size(), o.size), kccm::kMaxData));
+  const std::optional<std::uint16_t> given =
+      o.node_text.empty() ? std::nullopt : std::optional(parse_node(o.node_text));
   kccm::SpaceOptions so;
   so.socket_path = o.socket_path;
   auto space = kccm::Space::open(o.space, so);
-  const std::uint16_t node = o.node_text.empty() ? space.node_id() : parse_node(o.node_text);
+  const std::uint16_t node = given.value_or(space.node_id());
   if (o.counting()) return Runner(space, o, node).run();
   const auto arg = kccm::bytes(o.arg);
   return node == kAllNodes ? call_every(space, o, arg) : call_one(space, o, node, arg);
@@ -718,7 +720,6 @@ int main(int argc, char** argv) {
   for (auto* opt : {node, handler, arg, count, duration}) serve_opt->excludes(opt);
   short_opt->needs(serve_opt);
   workers->needs(serve_opt);
-  for (auto* opt : {inflight, size, keep, interval}) opt->needs(count, duration);
   pause->needs(keep);
   size->excludes(arg);
   app.footer(
@@ -737,6 +738,9 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     if (!o.serving() && handler->count() == 0)
       throw CLI::ValidationError("HANDLER", "the handler to call is required (or --serve)");
+    if (!o.counting())
+      for (const auto* opt : {inflight, size, keep, interval})
+        if (opt->count()) throw CLI::ValidationError(opt->get_name(), "needs --count or --duration");
     if (o.serving() && app.get_option("--timeout")->count())
       throw CLI::ValidationError("--timeout", "applies to calls, not to --serve");
     return run(o);
