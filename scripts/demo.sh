@@ -185,7 +185,7 @@ done
 for k in 1 2 3 4; do
   check "node.info from node $k" "$k" "$(sed -n "s/^node $k: //p" "$work/info.txt" | jq -r .node 2>/dev/null)"
 done
-check "node 2's upper called from node 3" "HELLO FROM NODE 3" "$(cat "$work/upper.txt")"
+check "node 2's upper called from node 3" "HELLO FROM NODE 3" "$(tail -n 1 "$work/upper.txt")"
 check "the call once the handler stopped" "11 no_such_handler" "$gone_rc $(grep -o no_such_handler "$work/gone.err" | head -1)"
 check "node 1 saw node 4 die" yes "$(grep -q "node 4 dead" "$work/events.txt" && echo yes || echo no)"
 check "node 1 saw node 4 restart" yes "$(grep -q "node 4 restarted" "$work/events.txt" && echo yes || echo no)"

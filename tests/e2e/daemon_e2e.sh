@@ -361,20 +361,27 @@ secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 # True when $1 <= $2 (decimals).
 le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 
-# Starts `locabus-call --serve $2 --json` on node $1 (output in
-# $work/serve$1.json), waits for its ready line and sets serve_pid to the
-# serving process (the ready line's pid, not the shell's background job).
-start_server() { # k handlers
-  local k=$1 deadline=$((SECONDS + 10))
-  on "$k" "$call" --serve "$2" --json >"$work/serve$k.json" 2>"$work/serve$k.err" &
+# Starts `locabus-call --serve $2 --json ...` on node $1, waits for its ready
+# line and sets serve_pid to the serving process (the ready line's pid, not
+# the shell's background job) and serve_out to its output's path prefix
+# ($serve_out.json, $serve_out.err; each start has its own).
+serves=0
+start_server() { # k handlers [more locabus-call options]
+  local k=$1 handlers=$2 deadline=$((SECONDS + 10))
+  shift 2
+  serves=$((serves + 1))
+  serve_out="$work/serve$k-$serves"
+  on "$k" "$call" --serve "$handlers" --json "$@" >"$serve_out.json" 2>"$serve_out.err" &
   bg_pids+=("$!")
-  until [[ -s $work/serve$k.json ]] && jq -e .serving "$work/serve$k.json" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || fail "locabus-call --serve on node $k did not start: $(cat "$work/serve$k.err")"
+  serve_pid=""
+  # (jq -e exits 0 on an empty file: wait for the pid itself)
+  until [[ $serve_pid =~ ^[0-9]+$ ]]; do
+    ((SECONDS < deadline)) || fail "locabus-call --serve on node $k did not start: $(cat "$serve_out.err")"
     sleep 0.05
+    serve_pid=$(jq -r '.pid // empty' "$serve_out.json" 2>/dev/null) || serve_pid=""
   done
-  serve_pid=$(jq .pid "$work/serve$k.json")
-  jq -e --argjson k "$k" '.node == $k and .space == 0' "$work/serve$k.json" >/dev/null ||
-    fail "the server on node $k: $(cat "$work/serve$k.json")"
+  jq -e --argjson k "$k" '.node == $k and .space == 0' "$serve_out.json" >/dev/null ||
+    fail "the server on node $k: $(cat "$serve_out.json")"
 }
 
 # Runs locabus-call on node $1 with the rest as arguments; sets call_rc,
@@ -1451,81 +1458,115 @@ case "$scenario" in
       ((SECONDS < deadline)) || fail "locabus-call --serve did not stop on SIGTERM"
       sleep 0.05
     done
-    grep -q "served 1 call(s), 0 of them failed" "$work/serve2.err" || fail "the server's summary: $(cat "$work/serve2.err")"
+    grep -q "served 1 call(s), 0 of them failed" "$serve_out.err" || fail "the server's summary: $(cat "$serve_out.err")"
     call_on 1 --node 2 upper gone
     ((call_rc == 11)) || fail "upper after the server stopped: exit $call_rc (expected 11): $call_err"
     ;;
   kccm-kill)
     # A long-lived caller on node 1 keeps 8 calls to a 100 ms handler on
-    # node 3 in flight (one process, one Space, for 20 s). Node 3's daemon
-    # is SIGKILLed: the calls pending there fail with node_dead within
-    # dead_after + 2 s and none hangs; node 3's daemon and the handler's
-    # process start again, and the same caller's calls succeed again.
+    # node 3 in flight (one process, one Space, for 20 s) while node 3's
+    # daemon is SIGKILLed twice: (1) it stays down until node 1 declares it
+    # dead: the calls pending there fail with node_dead within dead_after +
+    # 2 s; (2) it starts again at once: they fail with node_restarted within
+    # the same bound. No call hangs or runs into its deadline, and after
+    # each restart (daemon and handler process) the same caller's calls
+    # succeed again.
     up 3
     wait_discovered 3 15
     da=$(dead_after_s)
-    start_server 3 sleep
-    server3=$serve_pid
-    on 1 "$call" --node 3 --duration 20 --inflight 8 --keep-going --timeout 10 --interval 1 --json sleep 100 \
+    bound=$(awk -v d="$da" 'BEGIN { print d + 2 }')
+    start_server 3 sleep --workers 8
+    on 1 "$call" --node 3 --duration 20 --inflight 8 --keep-going --timeout 10 --interval 0.5 --json sleep 100 \
       >"$work/caller.json" 2>"$work/caller.err" &
     caller=$!
     bg_pids+=("$caller")
-    sleep 2.5
-    before=$(jq -s '[.[] | select(.interval) | .ok] | add // 0' "$work/caller.json")
-    ((before >= 60)) || fail "only $before calls succeeded in the first 2 s: $(cat "$work/caller.json" "$work/caller.err")"
-    t_kill=$(date +%s.%N)
-    "$cluster" stop --name "$name" 3 --signal KILL
-    # the handler's process is told its daemon went away, and exits 1
-    deadline=$((SECONDS + 5))
-    while kill -0 "$server3" 2>/dev/null; do
-      ((SECONDS < deadline)) || fail "the server on node 3 still runs 5 s after its daemon was killed"
-      sleep 0.05
-    done
-    grep -q "daemon went away" "$work/serve3.err" || fail "the server's exit: $(cat "$work/serve3.err")"
-    # node 1 declares node 3 dead; then node 3 starts again
+    # ok calls of the caller's interval lines from unix time $1 to $2
+    ok_between() { jq -s --argjson a "$1" --argjson b "$2" '[.[] | select(.interval and .at > $a and .at <= $b) | .ok] |
+      add // 0' "$work/caller.json"; }
+    sleep 2.2
+    # SIGKILL node 3's daemon; its handler's process is told its daemon went
+    # away and exits 1. Sets t_kill.
+    kill3() {
+      local server=$serve_pid out=$serve_out deadline=$((SECONDS + 5))
+      t_kill=$(date +%s.%N)
+      "$cluster" stop --name "$name" 3 --signal KILL 2>/dev/null
+      while kill -0 "$server" 2>/dev/null; do
+        ((SECONDS < deadline)) || fail "the server on node 3 still runs 5 s after its daemon was killed"
+        sleep 0.05
+      done
+      grep -q "daemon went away" "$out.err" || fail "the server's exit: $(cat "$out.err")"
+    }
+    # Starts node 3's daemon and handler again. Sets t_back.
+    restart3() {
+      "$cluster" start --name "$name" 3 -q
+      start_server 3 sleep --workers 8
+      t_back=$(date +%s.%N)
+    }
+    # (1) down until node 1 declares node 3 dead
+    kill3
+    t_kill1=$t_kill
+    ok1=$(ok_between 0 "$t_kill1")
+    ((ok1 >= 50)) || fail "only $ok1 calls succeeded in the 2 s before the kill: $(cat "$work/caller.json" "$work/caller.err")"
     until on 1 "$ctl" peers --json | jq -e '.[] | select(.node == 3) | .state == "dead"' >/dev/null; do
-      le "$(secs_between "$t_kill" "$(date +%s.%N)")" "$(awk -v d="$da" 'BEGIN { print d + 3 }')" ||
-        fail "node 1 did not declare node 3 dead within dead_after ($da s) + 3 s"
+      le "$(secs_between "$t_kill1" "$(date +%s.%N)")" "$bound" ||
+        fail "node 1 did not declare node 3 dead within dead_after ($da s) + 2 s"
       sleep 0.1
     done
     t_dead=$(date +%s.%N)
-    "$cluster" start --name "$name" 3
-    start_server 3 sleep
-    t_served=$(date +%s.%N)
-    note "node 3 killed; dead on node 1 after $(secs_between "$t_kill" "$t_dead") s; daemon and handler back" \
-      "$(secs_between "$t_kill" "$t_served") s after the kill"
+    restart3
+    t_back1=$t_back
+    note "(1) node 3 killed after $ok1 calls; dead on node 1 after $(secs_between "$t_kill1" "$t_dead") s; daemon and" \
+      "handler back after $(secs_between "$t_kill1" "$t_back1") s"
+    # (2) killed again once calls succeed again, and started at once
+    sleep 2.5
+    kill3
+    t_kill2=$t_kill
+    ok_mid=$(ok_between "$t_back1" "$t_kill2")
+    restart3
+    t_back2=$t_back
+    note "(2) killed again after $ok_mid more calls, daemon and handler back after $(secs_between "$t_kill2" "$t_back2") s"
     rc=0
     wait "$caller" || rc=$?
     s=$(jq -c 'select(.interval | not)' "$work/caller.json")
     [[ -n $s ]] || fail "the caller printed no summary (exit $rc): $(tail -n 5 "$work/caller.err")"
     note "caller (exit $rc): $(jq -c '{calls, completed, succeeded, failed, failures: (.failures | map_values(.count)),
-      max_failed_ms, ok_after_last_failure}' <<<"$s")"
-    note "per second: $(jq -sc '[.[] | select(.interval) | {t: (.t | floor), ok, failed}]' "$work/caller.json")"
-    # Every call ended (none hung), and none of them by its deadline: each
-    # failure had its cause before.
+      max_failed_ms, ok_after_last_failure, latency_us: (.latency_us | {p50, p99, max})}' <<<"$s")"
+    note "every 0.5 s: $(jq -sc '[.[] | select(.interval) | [.ok, (.failed | add // 0)]]' "$work/caller.json")" \
+      "([ok, failed])"
+    # Every call ended (none hung), none by its deadline: each failure had
+    # its cause before; and no call took longer than dead_after + 2 s (plus
+    # the handler's 100 ms) to fail.
     jq -e '.completed == .calls and (.interrupted | not) and .failures.deadline_exceeded == null' <<<"$s" >/dev/null ||
       fail "calls unaccounted for or timed out: $s"
-    # No failure before the kill; the first failure is node 3's death (or
-    # restart), reported within dead_after + 2 s.
-    first=$(jq -r '[.failures.node_dead.first_at, .failures.node_restarted.first_at] | map(select(. != null)) | min' <<<"$s")
-    [[ $first != null ]] || fail "no call failed with node_dead or node_restarted: $s"
-    le "$t_kill" "$(jq .first_failure_at <<<"$s")" || fail "a call failed before the kill: $s"
-    lag=$(secs_between "$t_kill" "$first")
-    le "$lag" "$(awk -v d="$da" 'BEGIN { print d + 2 }')" ||
-      fail "node_dead reported $lag s after the kill, over dead_after ($da s) + 2 s: $s"
-    # No call waited longer than that either (a failed call's whole time).
-    le "$(jq .max_failed_ms <<<"$s")" "$(awk -v d="$da" 'BEGIN { print (d + 2) * 1000 + 200 }')" ||
+    le "$(jq .max_failed_ms <<<"$s")" "$(awk -v b="$bound" 'BEGIN { print b * 1000 + 100 }')" ||
       fail "a call took $(jq .max_failed_ms <<<"$s") ms to fail, over dead_after + 2 s: $s"
-    # The causes: node 3 dead or restarted (calls made after that get the
-    # same), or its handler not registered again yet.
+    # The causes: node 3 dead, restarted, or its handler not registered
+    # again yet; no failure before the first kill.
     jq -e '.failures | keys - ["node_dead", "node_restarted", "no_such_handler"] == []' <<<"$s" >/dev/null ||
       fail "unexpected failure causes: $(jq -c .failures <<<"$s")"
-    # The same caller's calls succeed again, soon after the handler is back.
+    le "$t_kill1" "$(jq .first_failure_at <<<"$s")" || fail "a call failed before the kill: $s"
+    # (1) node_dead: first reported within dead_after + 2 s of the first
+    # kill, and only then (the second kill is a restart)
+    jq -e '.failures.node_dead.count >= 8' <<<"$s" >/dev/null || fail "(1) not every pending call failed node_dead: $s"
+    lag1=$(secs_between "$t_kill1" "$(jq .failures.node_dead.first_at <<<"$s")")
+    le "$lag1" "$bound" || fail "(1) node_dead reported $lag1 s after the kill, over dead_after ($da s) + 2 s: $s"
+    le "$(jq .failures.node_dead.last_at <<<"$s")" "$t_kill2" || fail "node_dead after the second kill: $s"
+    # (2) node_restarted: within the same bound of the second kill
+    jq -e '.failures.node_restarted.count >= 8' <<<"$s" >/dev/null ||
+      fail "(2) not every pending call failed node_restarted: $s"
+    lag2=$(secs_between "$t_kill2" "$(jq .failures.node_restarted.first_at <<<"$s")")
+    le 0 "$lag2" && le "$lag2" "$bound" ||
+      fail "(2) node_restarted reported $lag2 s after the kill, not within dead_after ($da s) + 2 s: $s"
+    # The same caller's calls succeed again after each restart: between the
+    # two (at the rate before the kill: 8 x 100 ms calls at a time) and at
+    # the end, starting soon after the handler is back.
+    ((ok_mid >= 20)) || fail "(1) only $ok_mid calls succeeded between the restart and the second kill: $s"
     jq -e '.ok_after_last_failure >= 100 and .last_failure_at < .first_ok_after_last_failure_at' <<<"$s" >/dev/null ||
-      fail "the caller did not recover: $s"
-    back=$(secs_between "$t_served" "$(jq .first_ok_after_last_failure_at <<<"$s")")
-    le "$back" 5 || fail "calls succeeded again $back s after the handler was back, over 5 s: $s"
-    note "node_dead $lag s after the kill (dead_after $da s); calls succeed again $back s after the handler is back"
+      fail "the caller did not recover after the second restart: $s"
+    back=$(secs_between "$t_back2" "$(jq .first_ok_after_last_failure_at <<<"$s")")
+    le "$back" 3 || fail "(2) calls succeeded again $back s after the handler was back, over 3 s: $s"
+    note "node_dead $lag1 s after the first kill, node_restarted $lag2 s after the second (dead_after $da s);" \
+      "calls succeed again $back s after the handler is back"
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2
