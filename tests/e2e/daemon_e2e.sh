@@ -1507,6 +1507,12 @@ case "$scenario" in
     t_kill1=$t_kill
     ok1=$(ok_between 0 "$t_kill1")
     ((ok1 >= 50)) || fail "only $ok1 calls succeeded in the 2 s before the kill: $(cat "$work/caller.json" "$work/caller.err")"
+    # Meanwhile, a call to every node: node 3, not yet declared dead, does
+    # not answer within the 1 s deadline and has its line too.
+    call_on 2 --node all --timeout 1 echo x
+    ((call_rc == 15)) && [[ $call_out == $'node 1: x\nnode 2: x\nnode 3: no answer within 1 s (deadline_exceeded)' ]] ||
+      fail "--node all with node 3 down: exit $call_rc (expected 15): $call_out $call_err"
+    le "$call_secs" 2.0 || fail "--node all --timeout 1 took $call_secs s"
     until on 1 "$ctl" peers --json | jq -e '.[] | select(.node == 3) | .state == "dead"' >/dev/null; do
       le "$(secs_between "$t_kill1" "$(date +%s.%N)")" "$bound" ||
         fail "node 1 did not declare node 3 dead within dead_after ($da s) + 2 s"
