@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <charconv>
 #include <cmath>
 #include <condition_variable>
@@ -217,25 +219,64 @@ Outcome outcome_of(const kccm::BroadcastReply& b, const Options& o) {
   return {};
 }
 
-// Nearest-rank percentile of sorted times, in microseconds.
-double percentile_us(const std::vector<std::int64_t>& sorted_ns, double p) {
-  if (sorted_ns.empty()) return 0;
-  auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(sorted_ns.size())));
-  rank = std::clamp<std::size_t>(rank, 1, sorted_ns.size());
-  return static_cast<double>(sorted_ns[rank - 1]) / 1000.0;
-}
+/// Latencies in bounded memory however long a run lasts: exact below 128 ns,
+/// above in buckets of 1/128 of a power of two (a percentile is the upper
+/// end of its bucket, at most 0.8 % above the true value; min, max and mean
+/// are exact).
+class Histogram {
+ public:
+  void add(std::int64_t ns) {
+    const auto v = static_cast<std::uint64_t>(std::max<std::int64_t>(ns, 0));
+    ++counts_[index(v)];
+    min_ = n_ == 0 ? v : std::min(min_, v);
+    max_ = std::max(max_, v);
+    sum_ += static_cast<double>(v);
+    ++n_;
+  }
+  std::uint64_t count() const { return n_; }
+  void clear() { *this = Histogram(); }
 
-json latency_json(std::vector<std::int64_t> ns) {
-  if (ns.empty()) return nullptr;
-  std::sort(ns.begin(), ns.end());
-  double mean = 0;
-  for (auto v : ns) mean += static_cast<double>(v) / 1000.0;
-  mean /= static_cast<double>(ns.size());
-  auto r = [](double us) { return std::round(us * 10) / 10; };
-  return {{"min", r(percentile_us(ns, 0))},    {"mean", r(mean)},
-          {"p50", r(percentile_us(ns, 0.50))}, {"p90", r(percentile_us(ns, 0.90))},
-          {"p99", r(percentile_us(ns, 0.99))}, {"max", r(percentile_us(ns, 1))}};
-}
+  /// min, mean, p50, p90, p99, max in microseconds (0.1 us); null when empty.
+  json to_json() const {
+    if (n_ == 0) return nullptr;
+    auto us = [](double ns) { return std::round(ns / 100) / 10; };
+    return {{"min", us(static_cast<double>(min_))}, {"mean", us(sum_ / static_cast<double>(n_))},
+            {"p50", us(percentile_ns(0.50))},       {"p90", us(percentile_ns(0.90))},
+            {"p99", us(percentile_ns(0.99))},       {"max", us(static_cast<double>(max_))}};
+  }
+
+ private:
+  static constexpr int kSub = 7;  // 128 buckets per power of two
+
+  static std::size_t index(std::uint64_t v) {
+    if (v < (std::uint64_t{1} << kSub)) return static_cast<std::size_t>(v);
+    const int e = 63 - std::countl_zero(v);  // 2^e <= v < 2^(e+1), e >= kSub
+    const auto m = static_cast<std::size_t>((v >> (e - kSub)) & ((std::uint64_t{1} << kSub) - 1));
+    return (static_cast<std::size_t>(e - kSub + 1) << kSub) + m;
+  }
+  // The largest value bucket i holds.
+  static std::uint64_t upper(std::size_t i) {
+    if (i < (std::size_t{1} << kSub)) return i;
+    const int e = static_cast<int>(i >> kSub) + kSub - 1;
+    const std::uint64_t m = i & ((std::size_t{1} << kSub) - 1);
+    return ((((std::uint64_t{1} << kSub) | m) + 1) << (e - kSub)) - 1;
+  }
+  // Nearest rank.
+  double percentile_ns(double p) const {
+    const auto rank =
+        std::clamp<std::uint64_t>(static_cast<std::uint64_t>(std::ceil(p * static_cast<double>(n_))), 1, n_);
+    std::uint64_t seen = 0;
+    for (std::size_t i = 0; i < counts_.size(); ++i) {
+      seen += counts_[i];
+      if (seen >= rank) return static_cast<double>(std::clamp(upper(i), min_, max_));
+    }
+    return static_cast<double>(max_);
+  }
+
+  std::array<std::uint64_t, static_cast<std::size_t>(64 - kSub + 1) << kSub> counts_{};
+  std::uint64_t n_ = 0, min_ = 0, max_ = 0;
+  double sum_ = 0;
+};
 
 std::string us_text(double us) {
   if (us < 10'000) return fmt::format("{:.0f}us", us);
@@ -252,8 +293,8 @@ class Tally {
     ++done_;
     if (out.status == kccm::Status::ok && !out.mismatch) {
       ++ok_;
-      ok_ns_.push_back(out.ns);
-      window_ns_.push_back(out.ns);
+      ok_ns_.add(out.ns);
+      window_ns_.add(out.ns);
       if (any_failure_) {
         ++ok_after_failure_;
         if (!first_ok_after_failure_at_) first_ok_after_failure_at_ = at;
@@ -300,13 +341,13 @@ class Tally {
       nfailed += n;
     }
     const double secs = std::chrono::duration<double>(Clock::now() - window_start_).count();
-    json j{
-        {"t", std::round(t * 1000) / 1000},
-        {"at", unix_now()},
-        {"ok", window_ns_.size()},
-        {"failed", failed},
-        {"calls_per_s", secs > 0 ? std::round(static_cast<double>(window_ns_.size() + nfailed) / secs) : 0.0},
-        {"latency_us", latency_json(window_ns_)}};
+    json j{{"t", std::round(t * 1000) / 1000},
+           {"at", unix_now()},
+           {"ok", window_ns_.count()},
+           {"failed", failed},
+           {"calls_per_s",
+            secs > 0 ? std::round(static_cast<double>(window_ns_.count() + nfailed) / secs) : 0.0},
+           {"latency_us", window_ns_.to_json()}};
     window_ns_.clear();
     window_failed_.clear();
     window_start_ = Clock::now();
@@ -342,7 +383,7 @@ class Tally {
             {"ok", done_ == ok_ && done_ == issued && !interrupted},
             {"seconds", std::round(secs * 1e6) / 1e6},
             {"calls_per_s", secs > 0 ? std::round(static_cast<double>(done_) / secs) : 0.0},
-            {"latency_us", latency_json(ok_ns_)},
+            {"latency_us", ok_ns_.to_json()},
             {"failures", failures},
             {"first_failure", first_failure_message_.empty() ? json(nullptr) : json(first_failure_message_)},
             {"first_failure_at", opt(first_failure_at)},
@@ -381,7 +422,7 @@ class Tally {
   mutable std::mutex m_;
   const double started_at_ = unix_now();
   std::uint64_t done_ = 0, ok_ = 0, mismatched_ = 0, ok_after_failure_ = 0;
-  std::vector<std::int64_t> ok_ns_, window_ns_;
+  Histogram ok_ns_, window_ns_;
   std::map<std::string, std::uint64_t> window_failed_;
   Clock::time_point window_start_ = Clock::now();
   bool any_failure_ = false;
@@ -680,7 +721,7 @@ int main(int argc, char** argv) {
   auto* arg = app.add_option("ARG", o.arg, "The argument (default empty; '-': read it from stdin)");
   auto* count = app.add_option("-c,--count", o.count,
                                "Make N calls (up to --inflight at once) and print calls/s and latency "
-                               "percentiles instead of results")
+                               "percentiles (within 1 %) instead of results")
                     ->check(CLI::PositiveNumber);
   auto* duration = app.add_option("-d,--duration", o.duration_s,
                                   "Like --count, for this many seconds (with --count: whichever ends first)")
@@ -729,7 +770,8 @@ int main(int argc, char** argv) {
       "  locabus-call --node 3 --timeout 1 sleep 5000          # deadline_exceeded (exit 15) after 1 s\n"
       "  locabus-call --node 2 --count 100000 --inflight 64 --size 64 echo --json\n"
       "  locabus-call --serve upper,sleep,fail                 # then: locabus-call --node N upper hi\n"
-      "Exit status: 0 ok; 1 no call was made (no daemon, bad argument...), or --serve lost its daemon;\n"
+      "Exit status: 0 ok; 1 no call was made (no daemon, bad argument...), a --count run was\n"
+      "interrupted, or --serve lost its daemon;\n"
       "10 + the failure's status: 11 no_such_handler, 12 handler_failed, 13 node_dead, 14 node_restarted,\n"
       "15 deadline_exceeded, 16 overloaded, 17 no_such_node, 18 disconnected, 19 too_large,\n"
       "20 handler_exited; 3 failures of several causes (--node all, --count); 4 an echo came back\n"
