@@ -775,7 +775,7 @@ int main(int argc, char** argv) {
       "10 + the failure's status: 11 no_such_handler, 12 handler_failed, 13 node_dead, 14 node_restarted,\n"
       "15 deadline_exceeded, 16 overloaded, 17 no_such_node, 18 disconnected, 19 too_large,\n"
       "20 handler_exited; 3 failures of several causes (--node all, --count); 4 an echo came back\n"
-      "different (--count); 105/106/109 bad usage. docs/KCCM.md describes the statuses.");
+      "different (--count); 100 and above: bad usage. docs/KCCM.md describes the statuses.");
   try {
     app.parse(argc, argv);
     if (!o.serving() && handler->count() == 0)
