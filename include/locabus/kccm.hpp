@@ -214,6 +214,9 @@ class Space {
             std::function<void(Reply)> done, CallOptions options = {});
   /// One-way (no result); failures go to SpaceOptions::on_post_failure.
   void post(std::uint16_t node, std::string_view handler, std::span<const std::byte> arg);
+  /// The same; failures go to `on_failure` (run in the listener) instead.
+  void post(std::uint16_t node, std::string_view handler, std::span<const std::byte> arg,
+            std::function<void(const Reply&)> on_failure);
   /// Calls `handler` on every node (this one included), over Locabus
   /// broadcast, and gathers the replies until every node answered or the
   /// deadline passed.

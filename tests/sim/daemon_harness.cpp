@@ -125,6 +125,21 @@ DaemonSim::~DaemonSim() {
   for (auto& n : nodes_) n->server.reset();
 }
 
+void DaemonSim::crash(std::size_t index) {
+  Node& n = *nodes_.at(index);
+  n.server.reset();  // before the engine: it holds a reference
+  n.introspection.reset();
+  cluster_.crash(index);
+}
+
+void DaemonSim::restart(std::size_t index) {
+  Node& n = *nodes_.at(index);
+  cluster_.restart(index);
+  engine::Engine& e = cluster_.node(index);
+  n.introspection = std::make_unique<SimIntrospection>(e, n.cfg.socket_path().string());
+  n.server = std::make_unique<daemon::ApiServer>(n.cfg, e, cluster_.net().clock(), *n.introspection);
+}
+
 std::string DaemonSim::socket(std::size_t index) const {
   return nodes_.at(index)->cfg.socket_path().string();
 }

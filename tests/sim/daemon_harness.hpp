@@ -84,6 +84,16 @@ struct DaemonSimOptions {
   engine::Nanos quantum = std::chrono::microseconds(50);
 };
 
+/// 1-5 % loss (by seed), some reordering and duplication, on every link:
+/// what the daemon-in-simulation tests run over.
+inline LinkParams lossy(std::uint64_t seed) {
+  LinkParams l;
+  l.loss = 0.01 * static_cast<double>(1 + seed % 5);
+  l.reorder = 0.02;
+  l.duplicate = 0.01;
+  return l;
+}
+
 /// The daemons of one simulated cluster; node index i has node id i + 1.
 class DaemonSim {
  public:
@@ -130,6 +140,13 @@ class DaemonSim {
   const std::vector<SimCluster::TimedEvent>& events(std::size_t index) const;
   /// Every node sees every other as alive.
   bool converged() const { return cluster_.converged(); }
+  /// Kills node `index` like SIGKILL: its server goes (its clients see the
+  /// daemon go away), then its engine and all its state; the node falls
+  /// silent. Driver thread only (through call()).
+  void crash(std::size_t index);
+  /// Starts a new incarnation of a crashed node (a new boot epoch) and a new
+  /// server on the same API socket. Driver thread only.
+  void restart(std::size_t index);
   /// The counters entry of the endpoint or socket with `key` == `value`
   /// (e.g. "proto", 20) on node `index`; null if there is none.
   nlohmann::json endpoint_counters(std::size_t index, const std::string& key, int value);

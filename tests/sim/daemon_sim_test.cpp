@@ -30,15 +30,7 @@ using testing::ClientThread;
 using testing::DaemonSim;
 using testing::DaemonSimOptions;
 using testing::for_each_seed;
-
-/// 1-5 % loss (by seed), some reordering and duplication, on every link.
-LinkParams lossy(std::uint64_t seed) {
-  LinkParams l;
-  l.loss = 0.01 * static_cast<double>(1 + seed % 5);
-  l.reorder = 0.02;
-  l.duplicate = 0.01;
-  return l;
-}
+using testing::lossy;
 
 /// Sets `flag` when the scope ends, so that client threads declared before
 /// it stop even when an assertion returns early.

@@ -10,6 +10,13 @@
 #include <locabus/locabus.h>
 #include <locabus/client.hpp>
 
+#include "client/c_api_common.hpp"
+
+std::string& locabus::capi::last_error() noexcept {
+  thread_local std::string error = "no error";
+  return error;
+}
+
 struct locabus_endpoint {
   locabus::Endpoint ep;
 };
@@ -20,29 +27,9 @@ struct locabus_socket {
 
 namespace {
 
-thread_local std::string g_last_error = "no error";
-
-int fail(int err, std::string what) {
-  g_last_error = std::move(what);
-  return -err;
-}
-
-template <typename F>
-int guarded(F&& f) {
-  try {
-    return f();
-  } catch (const locabus::ClientError& e) {
-    return fail(e.code() ? e.code() : EIO, e.what());
-  } catch (const std::bad_alloc&) {
-    return fail(ENOMEM, "out of memory");
-  } catch (const std::exception& e) {
-    return fail(EIO, e.what());
-  }
-}
-
-std::chrono::milliseconds ms(int timeout_ms) {
-  return std::chrono::milliseconds(timeout_ms < 0 ? -1 : timeout_ms);
-}
+using locabus::capi::fail;
+using locabus::capi::guarded;
+using locabus::capi::ms;
 
 void copy_str(char* dst, std::size_t cap, const std::string& src) {
   const std::size_t n = std::min(cap - 1, src.size());
@@ -260,7 +247,7 @@ int locabus_socket_next_event(locabus_socket* s, struct locabus_event* out) {
 
 int locabus_socket_fd(const locabus_socket* s) { return s ? s->sock.fd() : -EINVAL; }
 
-const char* locabus_last_error(void) { return g_last_error.c_str(); }
+const char* locabus_last_error(void) { return locabus::capi::last_error().c_str(); }
 
 const char* locabus_event_kind_name(int kind) {
   static const char* const names[] = {"joined",       "restarted",   "suspect",     "alive",

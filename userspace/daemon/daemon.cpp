@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.hpp"
+#include "common/version.hpp"
 #include "daemon/server.hpp"
 #include "fastpath/bpffs.hpp"
 #include "fastpath/counters.hpp"
@@ -302,7 +303,7 @@ void Daemon::shutdown() {
 
 nlohmann::json Daemon::status() const {
   nlohmann::json j;
-  j["version"] = "0.1.0";
+  j["version"] = kVersion;
   j["pid"] = ::getpid();
   j["iface"] = cfg_.iface;
   j["node_id"] = node_id_;

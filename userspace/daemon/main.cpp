@@ -4,12 +4,14 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <string>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
 #include "common/error.hpp"
+#include "common/version.hpp"
 #include "daemon/config.hpp"
 #include "daemon/daemon.hpp"
 #include "fastpath/fastpath.hpp"
@@ -37,7 +39,7 @@ int main(int argc, char** argv) {
   CLI::App app{
       "locabusd: the Locabus daemon. Runs the protocol engine on one interface (AF_XDP, or AF_PACKET "
       "without XDP) and serves local applications on a Unix socket."};
-  app.set_version_flag("--version", "locabusd 0.1.0");
+  app.set_version_flag("--version", std::string("locabusd ") + locabus::kVersion);
   app.option_defaults()->always_capture_default();
 
   std::string config_file, config_optional, iface, node_id, datapath, run_dir, api_socket, api_group,

@@ -81,6 +81,7 @@ class Router final : public ServiceHost {
   void deliver(ClientId client, std::uint16_t type, std::uint16_t aux, std::span<const std::byte> head,
                std::span<const std::byte> body, const StreamTag& tag) override;
   void refuse(const StreamTag& tag, std::uint8_t reason) override { flow_.refuse(tag, reason); }
+  void consume(const StreamTag& tag) override { flow_.consumed(tag); }
   std::size_t broadcast_backlog(ClientId client) const override;
   std::uint32_t window() const noexcept override { return flow_.config().window; }
   std::string who(ClientId client) const override;

@@ -2,6 +2,7 @@
 #include "daemon/server.hpp"
 
 #include "daemon/services/endpoints.hpp"
+#include "daemon/services/kccm.hpp"
 #include "daemon/services/locasock.hpp"
 
 namespace locabus::daemon {
@@ -11,6 +12,7 @@ ApiServer::ApiServer(const Config& cfg, engine::Engine& engine, const engine::Cl
     : router_(std::make_unique<Router>(cfg, engine, clock, loop_)) {
   // The services: each owns its protocol ids and the clients that open it.
   router_->add(std::make_unique<LocasockService>(*router_));
+  router_->add(std::make_unique<KccmService>(*router_));
   router_->add(std::make_unique<EndpointService>(*router_));
   clients_ = std::make_unique<ClientHost>(cfg, loop_, clock, introspection, *router_);
   router_->attach(*clients_);

@@ -2,7 +2,7 @@
 // The daemon's rooms put together (docs/ARCHITECTURE.md, "The daemon's
 // rooms"): the loop's fd set, the client host (local API: clients, rings,
 // back-pressure), the router (engine <-> services, per-endpoint flow
-// control) and the services (application endpoints, Locasock). The daemon
+// control) and the services (application endpoints, Locasock, KCCM). The daemon
 // drives it as one duty cycle and knows services only through the seam in
 // service.hpp.
 #pragma once

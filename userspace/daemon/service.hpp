@@ -125,6 +125,9 @@ class ServiceHost {
                        const StreamTag& tag) = 0;
   /// Messages that will not be delivered (LOCABUS_REFUSE_*): their sender is told.
   virtual void refuse(const StreamTag& tag, std::uint8_t reason) = 0;
+  /// Messages the service used up itself, without a client (a KCCM call a
+  /// built-in handler answered): credit for their sender, as deliver() gives.
+  virtual void consume(const StreamTag& tag) = 0;
   /// Records waiting in the client's backlog that came by broadcast (a
   /// service parks a broadcast stream rather than let this grow).
   virtual std::size_t broadcast_backlog(ClientId client) const = 0;

@@ -79,8 +79,8 @@ SendStatus Service::send(std::uint16_t node, std::uint16_t sport, std::uint16_t 
     h.write(frame_);
     if (len != 0) std::memcpy(frame_.data() + kHeaderLen, data.data() + offset, len);
     const std::span<const std::byte> payload(frame_.data(), kHeaderLen + len);
-    const engine::SendResult r = broadcast ? bus_.broadcast(config_.proto, payload)
-                                           : bus_.send(node, config_.proto, payload);
+    const engine::SendResult r =
+        broadcast ? bus_.broadcast(config_.proto, payload) : bus_.send(node, config_.proto, payload);
     if (!r) {
       // can_send() promised room; a bus that breaks the promise leaves a
       // partial datagram at the receivers, which they time out.

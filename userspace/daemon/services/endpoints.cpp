@@ -17,7 +17,9 @@ std::vector<std::uint8_t> EndpointService::protocols() const {
   return v;
 }
 
-bool EndpointService::wants(const nlohmann::json& open) const { return !open.contains("port"); }
+bool EndpointService::wants(const nlohmann::json& open) const {
+  return !open.contains("port") && !open.contains("kccm");
+}
 
 OpenResult EndpointService::open(ClientId client, const nlohmann::json& req) {
   OpenResult r;
