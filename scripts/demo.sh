@@ -2,8 +2,9 @@
 # Locabus demo: a 4-node virtual cluster (network namespaces on one bridge,
 # a real locabusd with the XDP fast path in each), membership, messages
 # between nodes, a 10,000-message stream, a broadcast reaching every node
-# (a line of text, then 8,192 numbered 1 KB datagrams), a node killed and
-# restarted, then everything torn down. It checks what it shows and exits
+# (a line of text, then 8,192 numbered 1 KB datagrams), remote calls (KCCM:
+# node.info on every node, a handler in a process on node 2), a node killed
+# and restarted, then everything torn down. It checks what it shows and exits
 # non-zero if anything misbehaves.
 #
 #   scripts/demo.sh                       # as root: installs packages, builds, runs
@@ -37,16 +38,17 @@ if ((build)); then
   step "Installing dependencies and building"
   "$here/scripts/setup.sh"
   cmake -S "$here" -B "$bin_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$bin_dir" --target locabusd locabusctl locabus-cat
+  cmake --build "$bin_dir" --target locabusd locabusctl locabus-cat locabus-call
 fi
 export LOCABUS_BIN_DIR=$bin_dir
 ctl="$bin_dir/tools/locabusctl/locabusctl"
 cat_bin="$bin_dir/tools/locabus-cat/locabus-cat"
-for b in "$ctl" "$cat_bin" "$bin_dir/userspace/daemon/locabusd"; do
+call_bin="$bin_dir/tools/locabus-call/locabus-call"
+for b in "$ctl" "$cat_bin" "$call_bin" "$bin_dir/userspace/daemon/locabusd"; do
   [[ -x $b ]] || { echo "demo.sh: $b is not built (drop --no-build)" >&2; exit 1; }
 done
 # The demo runs as the README shows it: `locabus-cluster` and `locabusctl`.
-PATH="$here/tools/cluster:$(dirname "$ctl"):$(dirname "$cat_bin"):$PATH"
+PATH="$here/tools/cluster:$(dirname "$ctl"):$(dirname "$cat_bin"):$(dirname "$call_bin"):$PATH"
 
 name="demo$(printf '%04x' $(((RANDOM ^ $$) & 0xffff)))"
 work=$(mktemp -d)
@@ -127,7 +129,24 @@ for p in "${stream_pids[@]}"; do wait "$p" || true; done
 for k in 2 3 4; do printf '  node %s: %s\n' "$k" "$(jq -c '{ok, received, errors, total_seconds}' "$work/bcast$k.json")"; done
 on 1 locabusctl counters --json | jq -c '.engine | {bcast_sent, bcast_retransmits, bcast_polls_sent, bcast_acks_received, bcast_naks_received}'
 
-step "6. Node 4's daemon is killed (SIGKILL); node 1 notices, then sees it restart"
+step "6. Remote calls (KCCM): node 1 calls the built-in node.info on every node, then a handler in a process on node 2"
+run on 1 locabus-call --node all node.info | tee "$work/info.txt" || true
+printf '%s$ locabus-call --serve upper   %s# on node 2, in the background: a handler that upper-cases its argument\n' \
+  "$dim" "$reset"
+on 2 locabus-call --serve upper --json >"$work/serve.json" 2>"$work/serve.err" &
+bg+=($!)
+for _ in $(seq 100); do
+  jq -e .serving "$work/serve.json" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+run on 3 locabus-call --node 2 upper "hello from node 3" | tee "$work/upper.txt" || true
+kill "$(jq .pid "$work/serve.json")" 2>/dev/null || true # SIGTERM: it unregisters and exits
+wait "${bg[-1]}" || true
+on 1 locabus-call --node 2 upper "anyone there?" 2>"$work/gone.err" && gone_rc=0 || gone_rc=$?
+echo "once that process stopped, a call says why it failed (exit status $gone_rc):"
+sed 's/^/  /' "$work/gone.err"
+
+step "7. Node 4's daemon is killed (SIGKILL); node 1 notices, then sees it restart"
 on 1 locabusctl events --node 4 --until restarted --timeout 20 >"$work/events.txt" &
 bg+=($!)
 sleep 0.3
@@ -138,13 +157,13 @@ wait "${bg[-1]}" || true
 echo "node 1 saw:"
 sed 's/^/  /' "$work/events.txt"
 
-step "7. Delivered or told: a message for a protocol nobody opened on node 2 comes back"
+step "8. Delivered or told: a message for a protocol nobody opened on node 2 comes back"
 on 1 locabusctl msg send --proto 30 --to 2 --settle --timeout 10 --json "anyone there?" \
   >"$work/refused.json" 2>"$work/refused.err" || true
 sed 's/^/  /' "$work/refused.err"
 jq -c . "$work/refused.json"
 
-step "8. The counters behind it (node 3, the unicast stream's sender)"
+step "9. The counters behind it (node 3, the unicast stream's sender)"
 on 3 locabusctl counters --json >"$work/counters.json"
 jq '{engine: {tx_frames: .engine.tx_frames, data_sent: .engine.peers_total.data_sent,
       retransmits: .engine.peers_total.retransmits}, xdp: (.xdp // {} | {redirected, ack_consumed}),
@@ -163,6 +182,11 @@ for k in 2 3 4; do
   check "node $k got the broadcast line from node 1" "hello, cluster" "$(sed -n 's/^1:[0-9]*: //p' "$work/hello$k.txt" | head -1)"
   check "node $k got all 8,192 broadcasts in order" true "$(jq -r '.ok and .received == 8192' "$work/bcast$k.json")"
 done
+for k in 1 2 3 4; do
+  check "node.info from node $k" "$k" "$(sed -n "s/^node $k: //p" "$work/info.txt" | jq -r .node 2>/dev/null)"
+done
+check "node 2's upper called from node 3" "HELLO FROM NODE 3" "$(tail -n 1 "$work/upper.txt")"
+check "the call once the handler stopped" "11 no_such_handler" "$gone_rc $(grep -o no_such_handler "$work/gone.err" | head -1)"
 check "node 1 saw node 4 die" yes "$(grep -q "node 4 dead" "$work/events.txt" && echo yes || echo no)"
 check "node 1 saw node 4 restart" yes "$(grep -q "node 4 restarted" "$work/events.txt" && echo yes || echo no)"
 check "the message to a protocol nobody opened was refused back" 1 "$(jq -r .failed "$work/refused.json")"

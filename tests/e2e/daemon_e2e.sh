@@ -9,7 +9,9 @@
 # start, lowered at run time), the interface deleted, incast (7 senders to 1),
 # request/response after one-way traffic and idle time, a stopped reader that
 # holds up only its own traffic (an endpoint, a socket; for 60 s over XDP), a
-# receiver killed mid-stream, the default failure detector through 10 % loss.
+# receiver killed mid-stream, the default failure detector through 10 % loss,
+# KCCM remote calls with locabus-call (kccm), and calls across a callee
+# daemon's SIGKILL and restart (kccm-kill).
 #
 #   tests/e2e/daemon_e2e.sh SCENARIO --bin-dir BUILD_DIR
 #
@@ -38,6 +40,7 @@ fi
 cluster="$here/tools/cluster/locabus-cluster"
 ctl="$bin_dir/tools/locabusctl/locabusctl"
 cat="$bin_dir/tools/locabus-cat/locabus-cat"
+call="$bin_dir/tools/locabus-call/locabus-call"
 export LOCABUS_BIN_DIR=$bin_dir
 name="t$(printf '%06x' $(((RANDOM << 9 ^ RANDOM ^ $$) & 0xffffff)))"
 work=$(mktemp -d)
@@ -346,6 +349,53 @@ conn_summary() { # k j
     congestion_events: .counters.congestion_events, naks_sent: .counters.naks_sent, acks_sent: .counters.acks_sent,
     window_drops: .counters.window_drops, rx_stale: .counters.rx_stale, reorder_drops: .counters.reorder_drops,
     xdp_acks_consumed: .xdp.acks_consumed, xdp_acks_passed: .xdp.acks_passed} | with_entries(select(.value != null))'
+}
+
+# ---- helpers of the KCCM scenarios (locabus-call)
+
+# dead_after of the daemons (the cluster runs them with the defaults).
+dead_after_s() { awk '/^dead_after_ms/ { printf "%.3f", $3 / 1000 }' "$here/dist/locabusd.toml"; }
+
+# Seconds from unix time $1 to unix time $2, to the millisecond.
+secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+# True when $1 <= $2 (decimals).
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+
+# Starts `locabus-call --serve $2 --json ...` on node $1, waits for its ready
+# line and sets serve_pid to the serving process (the ready line's pid, not
+# the shell's background job) and serve_out to its output's path prefix
+# ($serve_out.json, $serve_out.err; each start has its own).
+serves=0
+start_server() { # k handlers [more locabus-call options]
+  local k=$1 handlers=$2 deadline=$((SECONDS + 10))
+  shift 2
+  serves=$((serves + 1))
+  serve_out="$work/serve$k-$serves"
+  on "$k" "$call" --serve "$handlers" --json "$@" >"$serve_out.json" 2>"$serve_out.err" &
+  bg_pids+=("$!")
+  serve_pid=""
+  # (jq -e exits 0 on an empty file: wait for the pid itself)
+  until [[ $serve_pid =~ ^[0-9]+$ ]]; do
+    ((SECONDS < deadline)) || fail "locabus-call --serve on node $k did not start: $(cat "$serve_out.err")"
+    sleep 0.05
+    serve_pid=$(jq -r '.pid // empty' "$serve_out.json" 2>/dev/null) || serve_pid=""
+  done
+  jq -e --argjson k "$k" '.node == $k and .space == 0' "$serve_out.json" >/dev/null ||
+    fail "the server on node $k: $(cat "$serve_out.json")"
+}
+
+# Runs locabus-call on node $1 with the rest as arguments; sets call_rc,
+# call_out, call_err and call_secs (its wall time). Never fails by itself.
+call_on() { # k args...
+  local k=$1 t0 t1
+  shift
+  t0=$(date +%s.%N)
+  call_rc=0
+  on "$k" "$call" "$@" >"$work/call.out" 2>"$work/call.err" || call_rc=$?
+  t1=$(date +%s.%N)
+  call_out=$(cat "$work/call.out")
+  call_err=$(cat "$work/call.err")
+  call_secs=$(secs_between "$t0" "$t1")
 }
 
 case "$scenario" in
@@ -1310,6 +1360,219 @@ case "$scenario" in
     c=$(peer_of 1 2)
     jq -e '.counters.retransmits <= 0.25 * .counters.data_sent' <<<"$c" >/dev/null ||
       fail "node 1 retransmitted $(jq .counters.retransmits <<<"$c") frames for $(jq .counters.data_sent <<<"$c")"
+    ;;
+  kccm)
+    # KCCM remote calls between 4 nodes with locabus-call: the built-ins
+    # from every node to every node, a handler in a client process on node 2
+    # called from the others, and each failure with its own exit status
+    # and message: a missing handler, a handler that throws, a deadline, a
+    # node nobody knows, the handler's process killed during a call.
+    up 4
+    wait_discovered 4 15
+    for ((k = 1; k <= 4; k++)); do
+      call_on "$k" --node all --json echo "hi from $k"
+      ((call_rc == 0)) || fail "node $k: --node all echo exited $call_rc: $call_out $call_err"
+      jq -s -e --arg t "hi from $k" 'length == 4 and map(.node) == [1, 2, 3, 4] and
+        all(.status == "ok" and .data == $t)' <<<"$call_out" >/dev/null ||
+        fail "node $k: --node all echo: $call_out"
+      # text: a line per node, in node order
+      call_on "$k" --node all echo hi
+      [[ $call_out == $'node 1: hi\nnode 2: hi\nnode 3: hi\nnode 4: hi' ]] || fail "node $k: text lines: $call_out"
+      # node.info here (the default node) and on node k from node 1
+      call_on "$k" node.info
+      ((call_rc == 0)) && jq -e --argjson k "$k" '.node == $k and (.hostname | type) == "string" and .cpus >= 1 and
+        .uptime_s > 0 and .daemon_uptime_s >= 0 and (.version | type) == "string"' <<<"$call_out" >/dev/null ||
+        fail "node $k: node.info: $call_out $call_err"
+      call_on 1 --node "$k" --json node.info
+      jq -e --argjson k "$k" '.node == $k and .status == "ok" and (.data | fromjson | .node == $k)' \
+        <<<"$call_out" >/dev/null || fail "node 1 -> node $k: node.info: $call_out $call_err"
+    done
+    note "echo from every node to every node (--node all: 4 lines each, all ok); node.info names its node:" \
+      "$(jq -c '.data | fromjson | {node, cpus, daemon_uptime_s}' <<<"$call_out")"
+
+    # A handler in a client process on node 2, called from the other nodes
+    # (and locally on node 2: no network).
+    start_server 2 upper,sleep,fail
+    server2=$serve_pid
+    for k in 1 3 4 2; do
+      call_on "$k" --node 2 upper "hello from node $k"
+      ((call_rc == 0)) && [[ $call_out == "HELLO FROM NODE $k" ]] ||
+        fail "node $k -> node 2 upper: exit $call_rc: $call_out $call_err"
+    done
+    call_on 3 --node 2 --json upper abc
+    jq -e '.node == 2 and .status == "ok" and .data == "ABC" and .ms < 1000' <<<"$call_out" >/dev/null ||
+      fail "upper --json: $call_out"
+    note "node 2's upper from nodes 1, 3, 4 and 2: $(jq -c . <<<"$call_out")"
+    # 1,000 calls with 8 in flight, 64-byte arguments, from node 4 to the
+    # client's handler: all answered and right, none slow
+    call_on 4 --node 2 --count 1000 --inflight 8 --size 64 --json upper
+    jq -e '.ok and .succeeded == 1000 and .failed == 0 and .latency_us.max < 1000000' <<<"$call_out" >/dev/null ||
+      fail "1,000 calls of upper: $call_out $call_err"
+    note "1,000 calls node 4 -> node 2's upper: $(jq -c '{calls_per_s, latency_us: (.latency_us | {p50, p99, max})}' \
+      <<<"$call_out")"
+    # the same through the built-in echo, whose results locabus-call checks
+    call_on 1 --node 3 --count 1000 --inflight 8 --size 64 --json echo
+    jq -e '.ok and .succeeded == 1000 and .mismatched == 0' <<<"$call_out" >/dev/null ||
+      fail "1,000 echoes: $call_out $call_err"
+
+    # Failures: exit status 10 + the status, and the cause on stderr.
+    call_on 1 --node 3 no.such.handler
+    ((call_rc == 11)) && grep -q "node 3: no_such_handler" <<<"$call_err" ||
+      fail "missing handler: exit $call_rc (expected 11): $call_err"
+    note "a missing handler: exit $call_rc: $(head -1 <<<"$call_err")"
+    call_on 1 --node all no.such.handler
+    ((call_rc == 11)) && [[ $(grep -c "error: no_such_handler" <<<"$call_out") == 4 ]] ||
+      fail "missing handler on every node: exit $call_rc: $call_out $call_err"
+    call_on 4 --node 2 fail "bad input"
+    ((call_rc == 12)) && grep -q "handler_failed: .*fail: bad input" <<<"$call_err" ||
+      fail "a handler that throws: exit $call_rc (expected 12): $call_err"
+    call_on 1 --node 99 echo
+    ((call_rc == 17)) && grep -q "no_such_node" <<<"$call_err" || fail "node 99: exit $call_rc (expected 17): $call_err"
+    # a deadline: 1 s for a handler that sleeps 5 s
+    call_on 1 --node 2 --timeout 1 sleep 5000
+    ((call_rc == 15)) && grep -q "deadline_exceeded" <<<"$call_err" ||
+      fail "a slow handler with --timeout 1: exit $call_rc (expected 15): $call_err"
+    le 1.0 "$call_secs" && le "$call_secs" 2.0 || fail "deadline_exceeded after $call_secs s, not in [1, 2] s"
+    note "a 5 s handler called with --timeout 1: deadline_exceeded after $call_secs s: $(head -1 <<<"$call_err")"
+    # the handler's process killed during a call: handler_exited at once
+    on 3 "$call" --node 2 sleep 5000 >"$work/exited.out" 2>"$work/exited.err" &
+    cp=$!
+    bg_pids+=("$cp")
+    sleep 0.5
+    t0=$(date +%s.%N)
+    kill -KILL "$server2"
+    rc=0
+    wait "$cp" || rc=$?
+    t1=$(date +%s.%N)
+    ((rc == 20)) && grep -q "handler_exited" "$work/exited.err" ||
+      fail "the handler's process killed: exit $rc (expected 20): $(cat "$work/exited.err")"
+    le "$(secs_between "$t0" "$t1")" 2.0 || fail "handler_exited $(secs_between "$t0" "$t1") s after the kill"
+    note "the handler's process killed during a call: handler_exited after $(secs_between "$t0" "$t1") s"
+    # A new process takes the name over; a graceful stop counts what it served.
+    start_server 2 upper
+    call_on 1 --node 2 upper again
+    [[ $call_out == AGAIN ]] || fail "upper after the server's restart: $call_out $call_err"
+    kill -TERM "$serve_pid"
+    deadline=$((SECONDS + 5))
+    while kill -0 "$serve_pid" 2>/dev/null; do
+      ((SECONDS < deadline)) || fail "locabus-call --serve did not stop on SIGTERM"
+      sleep 0.05
+    done
+    grep -q "served 1 call(s), 0 of them failed" "$serve_out.err" || fail "the server's summary: $(cat "$serve_out.err")"
+    call_on 1 --node 2 upper gone
+    ((call_rc == 11)) || fail "upper after the server stopped: exit $call_rc (expected 11): $call_err"
+    ;;
+  kccm-kill)
+    # A long-lived caller on node 1 keeps 8 calls to a 100 ms handler on
+    # node 3 in flight (one process, one Space, for 20 s) while node 3's
+    # daemon is SIGKILLed twice: (1) it stays down until node 1 declares it
+    # dead: the calls pending there fail with node_dead within dead_after +
+    # 2 s; (2) it starts again at once: they fail with node_restarted within
+    # the same bound. No call hangs or runs into its deadline, and after
+    # each restart (daemon and handler process) the same caller's calls
+    # succeed again.
+    up 3
+    wait_discovered 3 15
+    da=$(dead_after_s)
+    bound=$(awk -v d="$da" 'BEGIN { print d + 2 }')
+    start_server 3 sleep --workers 8
+    on 1 "$call" --node 3 --duration 20 --inflight 8 --keep-going --timeout 10 --interval 0.5 --json sleep 100 \
+      >"$work/caller.json" 2>"$work/caller.err" &
+    caller=$!
+    bg_pids+=("$caller")
+    # ok calls of the caller's interval lines from unix time $1 to $2
+    ok_between() { jq -s --argjson a "$1" --argjson b "$2" '[.[] | select(.interval and .at > $a and .at <= $b) | .ok] |
+      add // 0' "$work/caller.json"; }
+    sleep 2.2
+    # SIGKILL node 3's daemon; its handler's process is told its daemon went
+    # away and exits 1. Sets t_kill.
+    kill3() {
+      local server=$serve_pid out=$serve_out deadline=$((SECONDS + 5))
+      t_kill=$(date +%s.%N)
+      "$cluster" stop --name "$name" 3 --signal KILL 2>/dev/null
+      while kill -0 "$server" 2>/dev/null; do
+        ((SECONDS < deadline)) || fail "the server on node 3 still runs 5 s after its daemon was killed"
+        sleep 0.05
+      done
+      grep -q "daemon went away" "$out.err" || fail "the server's exit: $(cat "$out.err")"
+    }
+    # Starts node 3's daemon and handler again. Sets t_back.
+    restart3() {
+      "$cluster" start --name "$name" 3 -q
+      start_server 3 sleep --workers 8
+      t_back=$(date +%s.%N)
+    }
+    # (1) down until node 1 declares node 3 dead
+    kill3
+    t_kill1=$t_kill
+    ok1=$(ok_between 0 "$t_kill1")
+    ((ok1 >= 50)) || fail "only $ok1 calls succeeded in the 2 s before the kill: $(cat "$work/caller.json" "$work/caller.err")"
+    # Meanwhile, a call to every node: node 3, not yet declared dead, does
+    # not answer within the 1 s deadline and has its line too.
+    call_on 2 --node all --timeout 1 echo x
+    ((call_rc == 15)) && [[ $call_out == $'node 1: x\nnode 2: x\nnode 3: no answer within 1 s (deadline_exceeded)' ]] ||
+      fail "--node all with node 3 down: exit $call_rc (expected 15): $call_out $call_err"
+    le "$call_secs" 2.0 || fail "--node all --timeout 1 took $call_secs s"
+    until on 1 "$ctl" peers --json | jq -e '.[] | select(.node == 3) | .state == "dead"' >/dev/null; do
+      le "$(secs_between "$t_kill1" "$(date +%s.%N)")" "$bound" ||
+        fail "node 1 did not declare node 3 dead within dead_after ($da s) + 2 s"
+      sleep 0.1
+    done
+    t_dead=$(date +%s.%N)
+    restart3
+    t_back1=$t_back
+    note "(1) node 3 killed after $ok1 calls; dead on node 1 after $(secs_between "$t_kill1" "$t_dead") s; daemon and" \
+      "handler back after $(secs_between "$t_kill1" "$t_back1") s"
+    # (2) killed again once calls succeed again, and started at once
+    sleep 2.5
+    kill3
+    t_kill2=$t_kill
+    ok_mid=$(ok_between "$t_back1" "$t_kill2")
+    restart3
+    t_back2=$t_back
+    note "(2) killed again after $ok_mid more calls, daemon and handler back after $(secs_between "$t_kill2" "$t_back2") s"
+    rc=0
+    wait "$caller" || rc=$?
+    s=$(jq -c 'select(.interval | not)' "$work/caller.json")
+    [[ -n $s ]] || fail "the caller printed no summary (exit $rc): $(tail -n 5 "$work/caller.err")"
+    note "caller (exit $rc): $(jq -c '{calls, completed, succeeded, failed, failures: (.failures | map_values(.count)),
+      max_failed_ms, ok_after_last_failure, latency_us: (.latency_us | {p50, p99, max})}' <<<"$s")"
+    note "every 0.5 s: $(jq -sc '[.[] | select(.interval) | [.ok, (.failed | add // 0)]]' "$work/caller.json")" \
+      "([ok, failed])"
+    # Every call ended (none hung), none by its deadline: each failure had
+    # its cause before; and no call took longer than dead_after + 2 s (plus
+    # the handler's 100 ms) to fail.
+    jq -e '.completed == .calls and (.interrupted | not) and .failures.deadline_exceeded == null' <<<"$s" >/dev/null ||
+      fail "calls unaccounted for or timed out: $s"
+    le "$(jq .max_failed_ms <<<"$s")" "$(awk -v b="$bound" 'BEGIN { print b * 1000 + 100 }')" ||
+      fail "a call took $(jq .max_failed_ms <<<"$s") ms to fail, over dead_after + 2 s: $s"
+    # The causes: node 3 dead, restarted, or its handler not registered
+    # again yet; no failure before the first kill.
+    jq -e '.failures | keys - ["node_dead", "node_restarted", "no_such_handler"] == []' <<<"$s" >/dev/null ||
+      fail "unexpected failure causes: $(jq -c .failures <<<"$s")"
+    le "$t_kill1" "$(jq .first_failure_at <<<"$s")" || fail "a call failed before the kill: $s"
+    # (1) node_dead: first reported within dead_after + 2 s of the first
+    # kill, and only then (the second kill is a restart)
+    jq -e '.failures.node_dead.count >= 8' <<<"$s" >/dev/null || fail "(1) not every pending call failed node_dead: $s"
+    lag1=$(secs_between "$t_kill1" "$(jq .failures.node_dead.first_at <<<"$s")")
+    le "$lag1" "$bound" || fail "(1) node_dead reported $lag1 s after the kill, over dead_after ($da s) + 2 s: $s"
+    le "$(jq .failures.node_dead.last_at <<<"$s")" "$t_kill2" || fail "node_dead after the second kill: $s"
+    # (2) node_restarted: within the same bound of the second kill
+    jq -e '.failures.node_restarted.count >= 8' <<<"$s" >/dev/null ||
+      fail "(2) not every pending call failed node_restarted: $s"
+    lag2=$(secs_between "$t_kill2" "$(jq .failures.node_restarted.first_at <<<"$s")")
+    le 0 "$lag2" && le "$lag2" "$bound" ||
+      fail "(2) node_restarted reported $lag2 s after the kill, not within dead_after ($da s) + 2 s: $s"
+    # The same caller's calls succeed again after each restart: between the
+    # two (at the rate before the kill: 8 x 100 ms calls at a time) and at
+    # the end, starting soon after the handler is back.
+    ((ok_mid >= 20)) || fail "(1) only $ok_mid calls succeeded between the restart and the second kill: $s"
+    jq -e '.ok_after_last_failure >= 100 and .last_failure_at < .first_ok_after_last_failure_at' <<<"$s" >/dev/null ||
+      fail "the caller did not recover after the second restart: $s"
+    back=$(secs_between "$t_back2" "$(jq .first_ok_after_last_failure_at <<<"$s")")
+    le "$back" 3 || fail "(2) calls succeeded again $back s after the handler was back, over 3 s: $s"
+    note "node_dead $lag1 s after the first kill, node_restarted $lag2 s after the second (dead_after $da s);" \
+      "calls succeed again $back s after the handler is back"
     ;;
   *)
     echo "daemon_e2e.sh: unknown scenario $scenario" >&2

@@ -14,7 +14,8 @@ prefix=$work/prefix
 cmake --install "$build" --prefix "$prefix" >"$work/install.log" || { cat "$work/install.log"; exit 1; }
 libdir=$(find "$prefix" -name liblocabus.so -printf '%h\n' | head -1)
 [[ -n $libdir ]] || { echo "install_test: liblocabus.so was not installed" >&2; exit 1; }
-for f in include/locabus/locabus.h include/locabus/client.hpp include/locabus/kccm.hpp sbin/locabusd sbin/locabusctl bin/locabus-cat \
+for f in include/locabus/locabus.h include/locabus/client.hpp include/locabus/kccm.hpp sbin/locabusd sbin/locabusctl \
+  bin/locabus-cat bin/locabus-call \
   lib/systemd/system/locabusd@.service; do
   [[ -e $prefix/$f ]] || { echo "install_test: $f was not installed" >&2; exit 1; }
 done
@@ -127,4 +128,6 @@ if grep -q "kccm_internal\|Space4Impl" <<<"$dynsyms"; then
 fi
 help=$(LD_LIBRARY_PATH=$libdir "$prefix/bin/locabus-cat" --help)
 grep -q -- "--generate" <<<"$help" || { echo "install_test: locabus-cat --help" >&2; exit 1; }
+help=$(LD_LIBRARY_PATH=$libdir "$prefix/bin/locabus-call" --help)
+grep -q -- "--inflight" <<<"$help" || { echo "install_test: locabus-call --help" >&2; exit 1; }
 echo "install_test: installed package works with pkg-config and find_package"

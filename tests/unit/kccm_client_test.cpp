@@ -155,6 +155,20 @@ TEST(KccmPendingCalls, MembershipEventsFailTheCallsToTheirNodeOnly) {
   EXPECT_EQ(p.size(), 1U);
 }
 
+TEST(KccmPendingCalls, AConnectionClosedByARestartFailsCallsWithNodeRestarted) {
+  PendingCalls p;
+  Collected got;
+  const auto t0 = Clock::now();
+  p.add(CallKind::single, 2, "a", t0, 1s, got.single());
+  p.add(CallKind::single, 3, "b", t0, 1s, got.single());
+  run(p.on_membership(event(LOCABUS_EV_DISCONNECTED, 2, LOCABUS_FAIL_PEER_RESTARTED)));
+  run(p.on_membership(event(LOCABUS_EV_DISCONNECTED, 3, LOCABUS_FAIL_PEER_DEAD)));
+  ASSERT_EQ(got.replies.size(), 2U);
+  EXPECT_EQ(got.replies[0].status, Status::node_restarted);
+  EXPECT_EQ(got.replies[0].message, "node 2 restarted during the call");
+  EXPECT_EQ(got.replies[1].status, Status::node_dead);
+}
+
 TEST(KccmPendingCalls, SendFailedMapsRecordNumbersToCalls) {
   PendingCalls p;
   Collected got;

@@ -45,6 +45,10 @@ std::optional<std::pair<Status, std::string>> membership_failure(const locabus_e
     case LOCABUS_EV_LEFT:
       return std::pair{Status::node_dead, fmt::format("node {} left the cluster during the call", e.node)};
     case LOCABUS_EV_DISCONNECTED:
+      // The engine drops the connection to a node's old life (failure
+      // peer_restarted) just before it reports the restart.
+      if (e.failure == LOCABUS_FAIL_PEER_RESTARTED)
+        return std::pair{Status::node_restarted, fmt::format("node {} restarted during the call", e.node)};
       return std::pair{Status::node_dead,
                        e.failure ? fmt::format("the connection to node {} failed during the call ({})",
                                                e.node, locabus_failure_name(e.failure))
