@@ -16,7 +16,10 @@
 #include <filesystem>
 #include <future>
 #include <latch>
+#include <map>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -975,6 +978,136 @@ TEST(KccmCApi, CallsAndHandlersThroughTheCApi) {
   locabus_kccm_results_free(nullptr, 0);
   locabus_kccm_close(k);
   locabus_kccm_close(nullptr);
+}
+
+}  // namespace
+
+namespace {
+
+// A handler that unregisters itself (a one-shot handler) while another call
+// of it waits for the only worker: reset() must not wait for that queued
+// call (only this worker could run it); the queued call is answered
+// no_such_handler, and reset() returns within a bound.
+TEST(KccmSpace, ResetFromInsideAHandlerWithAQueuedCallOfItDoesNotDeadlock) {
+  FakeDaemon d;
+  locabus::kccm::SpaceOptions o;
+  o.workers = 1;
+  auto s = d.open(o);
+  std::optional<locabus::kccm::Registration> registration;
+  std::latch queued(1);
+  std::atomic<int> ran{0};
+  std::atomic<bool> reset_done{false};
+  auto reg = std::async(std::launch::async, [&] {
+    return s.register_handler("once", [&](const locabus::kccm::CallInfo&, std::span<const std::byte>) {
+      if (ran++ == 0) {
+        queued.wait();  // the second call is in the worker queue now
+        registration->reset();
+        reset_done = true;
+      }
+      return locabus::kccm::bytes("done");
+    });
+  });
+  ASSERT_TRUE(d.next());
+  d.ack(0);
+  registration.emplace(reg.get());
+  d.invoke(1, "once", "");
+  d.invoke(2, "once", "");
+  std::this_thread::sleep_for(50ms);  // the listener queued call 2 behind the running call 1
+  queued.count_down();
+  auto un = d.next();
+  ASSERT_TRUE(un);
+  ASSERT_EQ(un->type, locabus::api::kRecordKccmUnregister);
+  d.ack(0);
+  // Both calls are answered within the bound: 2 (queued, never started:
+  // no_such_handler), then 1 (ok) once reset() returned.
+  std::map<std::uint64_t, std::uint8_t> answered;
+  for (int i = 0; i < 2; ++i) {
+    auto rep = d.next(2000ms);
+    ASSERT_TRUE(rep) << "call " << (answered.count(1) ? 2 : 1) << " was never answered: reset() deadlocked";
+    const auto h = rep->header<locabus::api::KccmReplyHeader>();
+    answered[h.ref] = h.status;
+  }
+  EXPECT_EQ(answered[1], LOCABUS_KCCM_OK);
+  EXPECT_EQ(answered[2], LOCABUS_KCCM_NO_SUCH_HANDLER);
+  EXPECT_TRUE(reset_done.load());
+  EXPECT_EQ(ran.load(), 1) << "the queued call did not run after its handler was unregistered";
+}
+
+// Closing the space while a worker's reply waits for room in the send ring
+// (the daemon is slow to drain it): the listener must keep carrying the
+// doorbell until the workers are done, so ~Space returns soon after the
+// daemon drains, and the reply is written.
+TEST(KccmSpace, ClosingWhileAWorkersReplyWaitsForRingSpaceReturns) {
+  FakeDaemon d(1 << 18);  // 256 KB rings
+  locabus::kccm::SpaceOptions o;
+  o.workers = 1;
+  std::optional<locabus::kccm::Space> s(d.open(o));
+  std::latch go(1);
+  auto reg = std::async(std::launch::async, [&] {
+    return s->register_handler("big", [&](const locabus::kccm::CallInfo&, std::span<const std::byte>) {
+      go.wait();
+      return std::vector<std::byte>(locabus::kccm::kMaxData);
+    });
+  });
+  ASSERT_TRUE(d.next());
+  d.ack(0);
+  auto registration = reg.get();
+  registration.release();
+  d.invoke(1, "big", "");
+  const std::vector<std::byte> big(locabus::kccm::kMaxData);
+  int written = 0;
+  while (s->send(2, 1, big, 0ms) == locabus::SendStatus::ok) ++written;
+  ASSERT_GE(written, 2);
+  go.count_down();                    // the worker's reply finds the ring full
+  std::this_thread::sleep_for(50ms);  // ... and waits for room
+  auto closing = std::async(std::launch::async, [&] { s.reset(); });
+  std::this_thread::sleep_for(50ms);
+  // The daemon writes something (the listener wakes, sees the space closing) ...
+  d.event(event(LOCABUS_EV_JOINED, 3));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(closing.wait_for(0ms), std::future_status::timeout) << "close() waits for the running handler";
+  // ... and only then drains the ring.
+  bool replied = false;
+  for (int i = 0; i < written + 1; ++i) {
+    auto r = d.next(1000ms);
+    if (!r) break;
+    if (r->type == locabus::api::kRecordKccmReply) replied = true;
+  }
+  EXPECT_TRUE(replied) << "the worker's reply was written once the daemon made room";
+  ASSERT_EQ(closing.wait_for(2s), std::future_status::ready) << "~Space hung: nobody woke the waiting worker";
+}
+
+// The same, but the daemon goes away instead of draining: the waiting
+// worker wakes (disconnected) and ~Space returns within the bound.
+TEST(KccmSpace, ClosingWhileAWorkersReplyWaitsAndTheDaemonGoesAwayReturns) {
+  FakeDaemon d(1 << 18);
+  locabus::kccm::SpaceOptions o;
+  o.workers = 1;
+  std::optional<locabus::kccm::Space> s(d.open(o));
+  std::latch go(1);
+  auto reg = std::async(std::launch::async, [&] {
+    return s->register_handler("big", [&](const locabus::kccm::CallInfo&, std::span<const std::byte>) {
+      go.wait();
+      return std::vector<std::byte>(locabus::kccm::kMaxData);
+    });
+  });
+  ASSERT_TRUE(d.next());
+  d.ack(0);
+  reg.get().release();
+  d.invoke(1, "big", "");
+  const std::vector<std::byte> big(locabus::kccm::kMaxData);
+  while (s->send(2, 1, big, 0ms) == locabus::SendStatus::ok) {
+  }
+  go.count_down();
+  std::this_thread::sleep_for(50ms);
+  auto closing = std::async(std::launch::async, [&] { s.reset(); });
+  std::this_thread::sleep_for(50ms);
+  d.event(event(LOCABUS_EV_JOINED, 3));  // the listener wakes while closing
+  std::this_thread::sleep_for(50ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  d.go_away();
+  ASSERT_EQ(closing.wait_for(2s), std::future_status::ready) << "~Space hung on a worker nobody woke";
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
 }
 
 }  // namespace

@@ -114,6 +114,11 @@ class FakeHost final : public Host {
   std::string who(ClientId client) const override {
     return "pid " + std::to_string(1000 + client) + " (uid " + std::to_string(client) + ")";
   }
+  std::size_t backlog(ClientId client) const override {
+    std::size_t n = 0;
+    for (const Record& r : records) n += r.client == client ? 1 : 0;
+    return unread ? n : 0;
+  }
 
   /// The records of `type`, taken out of `records`.
   std::vector<Record> take(std::uint16_t type) {
@@ -128,6 +133,7 @@ class FakeHost final : public Host {
 
   engine::ManualClock clock{std::chrono::seconds(100)};
   SendStatus status = SendStatus::ok;
+  bool unread = false;  // the records delivered stay in the clients' backlogs
   std::vector<SentFrame> sent;
   std::vector<Record> records;
   std::vector<std::pair<StreamTag, std::uint8_t>> refused;
@@ -962,6 +968,61 @@ TEST_F(KccmNodeTest, QueueMemoryIsAccountedExactly) {
     EXPECT_EQ(got[i].body(sizeof(api::KccmMessageHeader)), pattern(i * 1000, static_cast<std::uint32_t>(i)));
     EXPECT_EQ(got[i].tag.first, i);
   }
+}
+
+TEST_F(KccmNodeTest, AClientThatDoesNotReadItsRingCannotGrowItsBacklogWithoutBound) {
+  NodeConfig c;
+  c.max_backlog = 16;
+  make(c);
+  node->attach(1, kSpace);
+  host.unread = true;
+  // Cancels, acks and local echo calls all answer into the client's ring: a
+  // client that writes them and never reads gets at most max_backlog
+  // answers; its further records wait (blocked), none is lost or broken.
+  std::size_t accepted = 0, blocked = 0;
+  for (std::uint64_t i = 0; i < 1000; ++i) {
+    Outcome o;
+    switch (i % 3) {
+      case 0: o = cancel(1, i); break;
+      case 1: o = reg(1, "h" + std::to_string(i)); break;
+      default: o = call(1, kSelf, "echo", pattern(1000, 1), i); break;
+    }
+    ASSERT_NE(o.kind, Outcome::broken) << o.error;
+    ASSERT_NE(o.kind, Outcome::refused);
+    (o.kind == Outcome::ok ? accepted : blocked) += 1;
+  }
+  EXPECT_EQ(accepted, 16u);
+  EXPECT_EQ(blocked, 1000u - 16u);
+  EXPECT_LE(host.records.size(), 16u) << "the backlog stays within max_backlog";
+  EXPECT_EQ(node->stats().backlog_blocked, blocked);
+  // Once it reads, its records are taken again.
+  host.records.clear();
+  EXPECT_EQ(cancel(1, 5000).kind, Outcome::ok);
+  EXPECT_EQ(host.records.size(), 1u);
+}
+
+TEST_F(KccmNodeTest, AFloodOfReceivesIsBoundedPerClient) {
+  NodeConfig c;
+  c.max_waiters = 100;
+  make(c);
+  node->attach(1, kSpace);
+  node->attach(2, kSpace);
+  for (std::uint64_t i = 0; i < 100; ++i) ASSERT_EQ(recv(1, i, kAnyNode, 5).kind, Outcome::ok);
+  EXPECT_EQ(node->waiters(), 100u);
+  // Another client's receives are its own.
+  ASSERT_EQ(recv(2, 1, kAnyNode, 5).kind, Outcome::ok);
+  const Outcome o = recv(1, 100, kAnyNode, 5);
+  EXPECT_EQ(o.kind, Outcome::broken);
+  EXPECT_NE(o.error.find("more than 100 receives"), std::string::npos) << o.error;
+  EXPECT_EQ(node->waiters(), 101u) << "at most max_waiters per client";
+  // Answered and cancelled receives make room again.
+  data_in(2, 5, "x", 0);
+  EXPECT_EQ(cancel(1, 1).kind, Outcome::ok);
+  EXPECT_EQ(recv(1, 200, kAnyNode, 5).kind, Outcome::ok);
+  EXPECT_EQ(recv(1, 201, kAnyNode, 5).kind, Outcome::ok);
+  EXPECT_EQ(recv(1, 202, kAnyNode, 5).kind, Outcome::broken);
+  node->detach(1);
+  EXPECT_EQ(node->waiters(), 1u) << "client 2's receive remains";
 }
 
 }  // namespace

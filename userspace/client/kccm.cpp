@@ -126,6 +126,10 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
   Connection conn;
   std::atomic<bool> connected{true};
   std::atomic<bool> closed{false};
+  // The listener runs until close() has joined the workers: their replies
+  // may wait for room in the send ring, which only the listener's doorbell
+  // makes (wake_writers()).
+  std::atomic<bool> listener_stop_{false};
   UniqueFd wake_fd;  // eventfd: wakes the listener (a nearer deadline, close)
 
   // ---- the send ring
@@ -332,7 +336,7 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
     std::string why = "locabusd closed the connection (it stopped or restarted): open the space again";
     try {
       auto& in = conn.region->consumer();
-      while (!closed) {
+      while (!listener_stop_) {
         const bool again = flush_outbox();
         auto r = in.read(kReadBatch, [&](std::uint16_t type, std::uint16_t aux,
                                          std::span<const std::byte> p) { dispatch(type, aux, p); });
@@ -383,7 +387,9 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
       log(why);
     }
     listener_id_ = std::thread::id();  // ids are reused by later threads
-    if (!closed) disconnect(Status::disconnected, why);
+    // Also while closing: a worker waiting for room in the ring must wake
+    // (the daemon went away during close()), or close() would wait for it.
+    disconnect(Status::disconnected, closed ? std::string("the space was closed") : why);
   }
 
   void expire() {
@@ -865,6 +871,29 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
           log(fmt::format("unregistering handler {}: {}", name, ack->text));
       }
       drop();
+      // Its calls still waiting for a worker never start: the worker that
+      // would run them may be the one calling reset() (a handler that
+      // unregisters itself), so waiting for them could last forever.
+      std::vector<Job> dropped;
+      {
+        std::lock_guard wl(work_mu_);
+        std::lock_guard lk(mu_);
+        for (auto it = jobs_.begin(); it != jobs_.end();) {
+          if (it->handler != entry) {
+            ++it;
+            continue;
+          }
+          --entry->inflight;
+          dropped.push_back(std::move(*it));
+          it = jobs_.erase(it);
+        }
+        if (!dropped.empty()) handlers_cv_.notify_all();
+      }
+      for (const Job& j : dropped)
+        reply(j.ref, name, Status::no_such_handler,
+              text_bytes(fmt::format("handler {} was unregistered in space {} on node {} before the call "
+                                     "started",
+                                     name, space, conn.node_id)));
       if (on_listener()) return;
       std::unique_lock lk(mu_);
       const unsigned self = t_running == entry.get() ? 1 : 0;
@@ -915,6 +944,7 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
     };
     for (auto& t : workers) end(t);  // running handlers finish; the listener still carries their replies
     end(watchdog_);
+    listener_stop_ = true;
     wake_listener();
     end(listener_);
     disconnect(Status::disconnected, "the space was closed");

@@ -650,6 +650,11 @@ std::size_t ClientHost::broadcast_backlog(ClientId id) const {
   return it == clients_.end() ? 0 : it->second->broadcast_backlog;
 }
 
+std::size_t ClientHost::backlog(ClientId id) const {
+  auto it = clients_.find(id);
+  return it == clients_.end() ? 0 : it->second->backlog.size();
+}
+
 std::string ClientHost::who(ClientId id) const {
   auto it = clients_.find(id);
   return it == clients_.end() ? fmt::format("client {}", id) : it->second->who;

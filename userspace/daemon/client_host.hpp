@@ -134,6 +134,7 @@ class ClientHost {
   /// every client that receives messages.
   void on_event(const engine::Event& e);
   std::size_t broadcast_backlog(ClientId id) const;
+  std::size_t backlog(ClientId id) const;
   std::string who(ClientId id) const;
 
   std::size_t client_count() const noexcept { return clients_.size(); }

@@ -130,6 +130,8 @@ std::size_t Router::broadcast_backlog(ClientId client) const {
   return clients_ ? clients_->broadcast_backlog(client) : 0;
 }
 
+std::size_t Router::backlog(ClientId client) const { return clients_ ? clients_->backlog(client) : 0; }
+
 std::string Router::who(ClientId client) const {
   return clients_ ? clients_->who(client) : fmt::format("client {}", client);
 }

@@ -83,6 +83,7 @@ class Router final : public ServiceHost {
   void refuse(const StreamTag& tag, std::uint8_t reason) override { flow_.refuse(tag, reason); }
   void consume(const StreamTag& tag) override { flow_.consumed(tag); }
   std::size_t broadcast_backlog(ClientId client) const override;
+  std::size_t backlog(ClientId client) const override;
   std::uint32_t window() const noexcept override { return flow_.config().window; }
   std::string who(ClientId client) const override;
   void watch_fd(int fd, std::function<void(std::uint32_t)> on_ready, std::uint32_t events) override {

@@ -131,6 +131,12 @@ class ServiceHost {
   /// Records waiting in the client's backlog that came by broadcast (a
   /// service parks a broadcast stream rather than let this grow).
   virtual std::size_t broadcast_backlog(ClientId client) const = 0;
+  /// Records waiting in the client's backlog, of any kind (a service stops
+  /// taking requests whose answers would only make it grow).
+  virtual std::size_t backlog(ClientId client) const {
+    (void)client;
+    return 0;
+  }
   /// The configured per-endpoint window (messages): how much a service may
   /// let wait for one client.
   virtual std::uint32_t window() const noexcept = 0;

@@ -123,6 +123,10 @@ Node::Node(Host& host, const NodeConfig& config) : host_(host), config_(config),
   frame_.reserve(LOCASOCK_MAX_DATAGRAM);
 }
 
+void Node::waiter_gone(ClientId client) {
+  if (auto c = clients_.find(client); c != clients_.end() && c->second.waiters > 0) --c->second.waiters;
+}
+
 Node::Space* Node::space_ptr(std::uint16_t space) {
   auto it = spaces_.find(space);
   return it == spaces_.end() ? nullptr : &it->second;
@@ -170,6 +174,7 @@ void Node::leave(ClientId client) {
   auto c = clients_.find(client);
   if (c == clients_.end() || c->second.leaving) return;
   c->second.leaving = true;
+  c->second.waiters = 0;
   Space* s = space_ptr(c->second.space);
   if (!s) return;
   std::erase_if(s->waiters, [&](const Waiter& w) { return w.client == client; });
@@ -225,6 +230,13 @@ Outcome Node::on_record(ClientId client, std::uint16_t type, std::uint16_t aux,
     return Outcome{Outcome::broken, 0, {}, "a KCCM record from a client that is not attached"};
   const std::uint16_t space = c->second.space;
   const bool leaving = c->second.leaving;
+  // What this client's requests answer goes to its backlog when it does not
+  // read its ring: its further records wait until it does (its listener
+  // reads whatever its writers wait for, so this never deadlocks).
+  if (!leaving && host_.backlog(client) >= config_.max_backlog) {
+    ++stats_.backlog_blocked;
+    return Outcome{Outcome::blocked, 0, engine::SendStatus::would_block, {}};
+  }
   Space& s = spaces_[space];
   switch (type) {
     case api::kRecordKccmSend: return send_record(client, space, aux, payload, message);
@@ -280,6 +292,16 @@ Outcome Node::recv_record(ClientId client, Space& s, std::span<const std::byte> 
   const Waiter w{client, r.waiter, r.node, (r.flags & api::kKccmAnyTag) != 0, r.tag};
   auto it = std::find_if(s.queue.begin(), s.queue.end(), [&](const Message& m) { return w.matches(m); });
   if (it == s.queue.end()) {
+    ClientState& c = clients_[client];
+    if (c.waiters >= config_.max_waiters)
+      return Outcome{
+          Outcome::broken,
+          0,
+          {},
+          fmt::format("more than {} receives waiting at once in space {} (a receive that timed out "
+                      "must be cancelled)",
+                      config_.max_waiters, c.space)};
+    ++c.waiters;
     s.waiters.push_back(w);
     return {};
   }
@@ -300,7 +322,10 @@ Outcome Node::cancel_record(ClientId client, Space& s, std::span<const std::byte
   // is in the client's ring (or backlog) before this answer.
   auto it = std::find_if(s.waiters.begin(), s.waiters.end(),
                          [&](const Waiter& x) { return x.client == client && x.id == w.waiter; });
-  if (it != s.waiters.end()) s.waiters.erase(it);
+  if (it != s.waiters.end()) {
+    s.waiters.erase(it);
+    waiter_gone(client);
+  }
   ++stats_.cancels;
   host_.deliver(client, api::kRecordKccmCancelled, 0, bytes_of(w), {}, StreamTag{});
   return {};
@@ -433,6 +458,7 @@ void Node::arrive(Space& s, std::uint16_t node, std::uint32_t tag, bool local, c
     const api::KccmMessageHeader mh{w->id, tag, 0};
     const ClientId client = w->client;
     s.waiters.erase(w);
+    waiter_gone(client);
     ++stats_.handed_over;
     host_.deliver(client, api::kRecordKccmMessage, node, bytes_of(mh), data, flow);
     return;

@@ -93,6 +93,8 @@ class Host {
   virtual void consume(const StreamTag& tag) = 0;
   /// "pid 123 (uid 1000)".
   virtual std::string who(ClientId client) const = 0;
+  /// Records waiting for room in the client's ring (its backlog).
+  virtual std::size_t backlog(ClientId client) const = 0;
 };
 
 struct NodeConfig {
@@ -109,6 +111,14 @@ struct NodeConfig {
   /// waiting for room toward their caller, at most; beyond, they are
   /// dropped (counted; the caller's deadline covers them).
   std::size_t max_pending_replies = 4096;
+  /// Records a client may have waiting in its backlog (it does not read its
+  /// ring as fast as it asks): beyond, its records wait (blocked) until it
+  /// reads, so that what its own requests answer (cancels, acks, local
+  /// results, messages for its receives) cannot grow without bound.
+  std::size_t max_backlog = 1024;
+  /// Receives one client may have waiting, at most; one more breaks its
+  /// connection (a flood: a process has one receive per thread).
+  std::size_t max_waiters = 4096;
   /// A reference is forgotten this long after its call's deadline.
   engine::Nanos ref_grace = std::chrono::seconds(1);
 };
@@ -152,7 +162,8 @@ struct Outcome {
   X(reply_failures, "REPLY frames the network refused or failed (the caller's deadline covers them)")       \
   X(replies_dropped, "REPLYs of the node's own dropped: too many waited for room")                          \
   X(results_unclaimed, "local results whose caller had left")                                               \
-  X(bad_frames, "KCCM frames refused as malformed (or a DATA that came by broadcast)")
+  X(bad_frames, "KCCM frames refused as malformed (or a DATA that came by broadcast)")                      \
+  X(backlog_blocked, "client records held back: the client had max_backlog records not read yet")
 
 struct NodeStats {
   LOCABUS_COUNTER_FIELDS(NodeStats, LOCABUS_KCCM_COUNTERS, ::locabus::CounterKind::counter)
@@ -252,6 +263,7 @@ class Node {
   struct ClientState {
     std::uint16_t space = 0;
     bool leaving = false;
+    std::size_t waiters = 0;  // its receives in its space's waiting queue
   };
   /// A call a local handler is answering.
   struct Ref {
@@ -305,6 +317,8 @@ class Node {
   void ack(ClientId client, std::int32_t err, std::string_view text);
   void erase_ref(std::unordered_map<std::uint64_t, Ref>::iterator it);
   Space* space_ptr(std::uint16_t space);
+  /// A waiter leaves its space's waiting queue (answered or cancelled).
+  void waiter_gone(ClientId client);
 
   Host& host_;
   NodeConfig config_;

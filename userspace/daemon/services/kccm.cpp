@@ -50,6 +50,7 @@ kccm::NodeConfig KccmService::node_config(const ServiceHost& host, std::uint32_t
   c.node = host.node_id();
   c.instance = instance;
   c.window = host.window();
+  c.max_backlog = host.window();
   return c;
 }
 

@@ -68,6 +68,7 @@ class KccmService final : public Service {
     void refuse(const StreamTag& tag, std::uint8_t reason) override { s_.host_.refuse(tag, reason); }
     void consume(const StreamTag& tag) override { s_.host_.consume(tag); }
     std::string who(kccm::ClientId client) const override { return s_.host_.who(client); }
+    std::size_t backlog(kccm::ClientId client) const override { return s_.host_.backlog(client); }
 
    private:
     KccmService& s_;
