@@ -317,6 +317,36 @@ TEST(KccmWaiters, AMessageBeforeTheCancelWinsAndTheCancelIsIgnored) {
   EXPECT_EQ(w.size(), 0U);
 }
 
+TEST(KccmWaiters, AnAbandonedReceivesLateMessageIsKeptForTheNextMatchingReceive) {
+  locabus::kccm_internal::Waiters w;
+  auto a = w.add();
+  auto b = w.add();
+  w.abandon(a->id);
+  w.abandon(b->id);
+  EXPECT_EQ(w.size(), 0U);
+  EXPECT_EQ(w.abandoned(), 2U);
+  locabus::kccm::Received m;
+  m.node = 3;
+  m.tag = 9;
+  EXPECT_TRUE(w.on_message(a->id, m));  // handed over before the cancel arrived
+  EXPECT_TRUE(w.on_cancelled(a->id));
+  EXPECT_TRUE(w.on_cancelled(b->id));  // b got nothing
+  EXPECT_EQ(w.abandoned(), 0U);
+  EXPECT_EQ(w.kept(), 1U);
+  EXPECT_EQ(w.orphans(), 0U) << "nothing was lost";
+  EXPECT_FALSE(w.take_kept(2, std::nullopt)) << "another node's filter";
+  EXPECT_FALSE(w.take_kept(LOCABUS_KCCM_ANY_NODE, 8)) << "another tag";
+  auto got = w.take_kept(LOCABUS_KCCM_ANY_NODE, 9);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->node, 3);
+  EXPECT_EQ(w.kept(), 0U);
+  // After its Cancelled, an abandoned receive's id is forgotten: a message
+  // for it now is a daemon bug, counted, not kept.
+  EXPECT_FALSE(w.on_message(b->id, m));
+  EXPECT_EQ(w.orphans(), 1U);
+  EXPECT_EQ(w.kept(), 0U);
+}
+
 TEST(KccmAcks, AcksAnswerRequestsInOrder) {
   locabus::kccm_internal::Acks acks;
   auto a = std::make_shared<locabus::kccm_internal::AckSlot>();
@@ -661,6 +691,40 @@ TEST(KccmSpace, ARecvThatTimesOutCancelsAndTakesAMessageHandedOverMeanwhile) {
   ASSERT_TRUE(d.write(locabus::api::kRecordKccmCancelled, 0, w2));
   ASSERT_EQ(none.wait_for(2s), std::future_status::ready);
   EXPECT_FALSE(none.get());
+}
+
+// A receive's cancel can sit behind a send that waits for credit (a send
+// to this node's own full queue): the receive still returns on time, and a
+// message the daemon had handed it goes to the next matching receive.
+TEST(KccmSpace, ARecvWhoseCancelIsNotAnsweredReturnsOnTimeAndKeepsALateMessage) {
+  FakeDaemon d;
+  auto s = d.open();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto got = std::async(std::launch::async, [&] { return s.recv(kAnyNode, 7, 100ms); });
+  auto rec = d.next();
+  ASSERT_TRUE(rec);
+  const auto req = rec->header<locabus::api::KccmRecvRequest>();
+  auto cancel = d.next();
+  ASSERT_TRUE(cancel);
+  ASSERT_EQ(cancel->type, locabus::api::kRecordKccmCancel);
+  // The daemon does not answer (yet).
+  ASSERT_EQ(got.wait_for(2s), std::future_status::ready);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_FALSE(got.get());
+  EXPECT_GE(took, 100ms);
+  EXPECT_LT(took, 100ms + 100ms + 400ms)
+      << "the timeout plus the cancel's grace, with room for a slow machine";
+  // Later the daemon's answers arrive: the message it had handed over, then Cancelled.
+  locabus::api::KccmMessageHeader m{req.waiter, 7, 0};
+  ASSERT_TRUE(d.write(locabus::api::kRecordKccmMessage, 5, m, "kept"));
+  locabus::api::KccmWaiter w{req.waiter};
+  ASSERT_TRUE(d.write(locabus::api::kRecordKccmCancelled, 0, w));
+  std::this_thread::sleep_for(200ms);  // the listener takes them
+  auto again = s.recv(kAnyNode, 7, 0ms);
+  ASSERT_TRUE(again) << "the late message was lost";
+  EXPECT_EQ(again->text(), "kept");
+  EXPECT_EQ(again->node, 5);
+  EXPECT_FALSE(d.next(100ms)) << "a kept message needs no receive request";
 }
 
 TEST(KccmSpace, ShortHandlersRunInTheListenerAndAnswerByRef) {

@@ -50,6 +50,8 @@ using detail::Completion;
 
 constexpr std::size_t kMaxEvents = 4096;  // next_event()'s queue; the oldest are dropped beyond
 constexpr std::size_t kReadBatch = 64;    // records per read before the listener looks at deadlines
+constexpr std::chrono::milliseconds kCancelGrace{
+    100};  // how long a timed-out recv() waits for its cancel's answer
 
 template <typename T>
 std::span<const std::byte> raw(const T& v) noexcept {
@@ -209,7 +211,7 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
   SendStatus submit(std::uint16_t type, std::uint16_t aux, std::span<const std::byte> a,
                     std::span<const std::byte> b, std::chrono::milliseconds timeout,
                     std::uint64_t call_id = 0, const std::shared_ptr<detail::AckSlot>& ack = nullptr,
-                    std::uint64_t* record_no = nullptr) {
+                    std::uint64_t* record_no = nullptr, bool defer = false) {
     const bool listener = on_listener();
     const auto deadline = deadline_of(timeout);
     std::unique_lock lk(write_mu_);
@@ -232,7 +234,7 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
         }
         publish(out);  // padding staged by the full try_write
       }
-      if (listener) {
+      if (listener || defer) {
         if (a.size() + b.size() > out.max_payload()) return SendStatus::too_large;
         Outgoing o{type, aux, {}};
         o.payload.reserve(a.size() + b.size());
@@ -240,6 +242,7 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
         o.payload.insert(o.payload.end(), b.begin(), b.end());
         outbox_.push_back(std::move(o));
         assign(call_id, ack, record_no);
+        if (!listener) wake_listener();  // it flushes the outbox
         return SendStatus::ok;
       }
       if (timeout.count() == 0 || (deadline && Clock::now() >= *deadline)) return SendStatus::would_block;
@@ -738,10 +741,13 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
   std::optional<Received> recv(std::uint16_t node, std::optional<std::uint32_t> tag,
                                std::chrono::milliseconds timeout) {
     if (on_listener()) throw from_listener("recv()");
-    if (!connected) throw not_connected();
     std::shared_ptr<detail::WaiterSlot> slot;
     {
       std::lock_guard lk(mu_);
+      // A message handed to a receive that had given up comes first: it
+      // is older than anything of its (sender, tag) still at the daemon.
+      if (auto kept = waiters_.take_kept(node, tag)) return kept;
+      if (!connected) throw not_connected();
       slot = waiters_.add();
     }
     const auto forget = [&] {
@@ -773,17 +779,25 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
     }
     if (!got) {
       // Cancel; the daemon answers with the message it had already handed
-      // over (in the ring before the Cancelled) or with Cancelled.
+      // over (in the ring before the Cancelled) or with Cancelled. The
+      // cancel never waits for ring space (the listener's outbox takes it),
+      // and the answer is awaited only briefly: a cancel can sit behind a
+      // send that waits for credit (a send to this node's own full queue
+      // waits for this very receive), so the receive gives up then, and a
+      // message handed over later is kept for the next matching receive.
       lk.unlock();
       api::KccmWaiter w{slot->id};
       try {
-        (void)submit(api::kRecordKccmCancel, 0, raw(w), {}, kForever);
+        (void)submit(api::kRecordKccmCancel, 0, raw(w), {}, kForever, 0, nullptr, nullptr, true);
       } catch (...) {
         forget();
         throw;
       }
       lk.lock();
-      slot->cv.wait(lk, answered);
+      if (!slot->cv.wait_for(lk, kCancelGrace, answered)) {
+        waiters_.abandon(slot->id);
+        return std::nullopt;
+      }
     }
     waiters_.remove(slot->id);
     switch (slot->state) {

@@ -329,6 +329,10 @@ std::shared_ptr<WaiterSlot> Waiters::add() {
 }
 
 bool Waiters::on_message(std::uint64_t waiter, Received m) {
+  if (abandoned_.contains(waiter)) {
+    kept_.push_back(std::move(m));  // its cancel is answered next: the entry goes then
+    return true;
+  }
   auto it = slots_.find(waiter);
   if (it == slots_.end() || it->second->state != WaiterSlot::State::waiting) {
     ++orphans_;
@@ -341,6 +345,7 @@ bool Waiters::on_message(std::uint64_t waiter, Received m) {
 }
 
 bool Waiters::on_cancelled(std::uint64_t waiter) {
+  if (abandoned_.erase(waiter) != 0) return true;
   auto it = slots_.find(waiter);
   if (it == slots_.end() || it->second->state != WaiterSlot::State::waiting) return false;
   it->second->state = WaiterSlot::State::cancelled;
@@ -348,7 +353,29 @@ bool Waiters::on_cancelled(std::uint64_t waiter) {
   return true;
 }
 
+void Waiters::abandon(std::uint64_t waiter) {
+  auto it = slots_.find(waiter);
+  if (it == slots_.end()) return;
+  if (it->second->state == WaiterSlot::State::message && it->second->message) {
+    kept_.push_back(std::move(*it->second->message));  // answered meanwhile: keep it
+  } else if (it->second->state == WaiterSlot::State::waiting) {
+    abandoned_.insert(waiter);
+  }
+  slots_.erase(it);
+}
+
+std::optional<Received> Waiters::take_kept(std::uint16_t node, std::optional<std::uint32_t> tag) {
+  for (auto it = kept_.begin(); it != kept_.end(); ++it)
+    if ((node == LOCABUS_KCCM_ANY_NODE || it->node == node) && (!tag || it->tag == *tag)) {
+      Received m = std::move(*it);
+      kept_.erase(it);
+      return m;
+    }
+  return std::nullopt;
+}
+
 void Waiters::disconnect_all() {
+  abandoned_.clear();  // nothing more will come; what was kept stays for receives
   for (auto& [id, slot] : slots_) {
     if (slot->state == WaiterSlot::State::waiting) slot->state = WaiterSlot::State::disconnected;
     slot->cv.notify_all();

@@ -157,12 +157,25 @@ class Waiters {
   /// The daemon went away: every waiter wakes.
   void disconnect_all();
   void remove(std::uint64_t waiter) { slots_.erase(waiter); }
+  /// A receive that timed out and sent its cancel, but whose answer did
+  /// not come in time (its cancel waits in the ring behind a send that
+  /// waits for credit): the receive returns; if the daemon had handed it a
+  /// message, that message is kept for the next matching receive.
+  void abandon(std::uint64_t waiter);
+  /// The oldest kept message from `node` (LOCABUS_KCCM_ANY_NODE: any) with
+  /// `tag` (nullopt: any), taken out.
+  std::optional<Received> take_kept(std::uint16_t node, std::optional<std::uint32_t> tag);
   std::size_t size() const noexcept { return slots_.size(); }
+  /// Abandoned receives whose cancel the daemon has not answered yet.
+  std::size_t abandoned() const noexcept { return abandoned_.size(); }
+  std::size_t kept() const noexcept { return kept_.size(); }
   /// Messages for no waiter: a daemon bug (the message is lost).
   std::uint64_t orphans() const noexcept { return orphans_; }
 
  private:
   std::map<std::uint64_t, std::shared_ptr<WaiterSlot>> slots_;
+  std::set<std::uint64_t> abandoned_;
+  std::deque<Received> kept_;  // at most one per abandoned receive
   std::uint64_t next_id_ = 1;
   std::uint64_t orphans_ = 0;
 };
