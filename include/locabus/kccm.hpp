@@ -231,6 +231,11 @@ class Space {
   std::optional<Event> next_event();
   /// False once the daemon has gone away.
   bool connected() const noexcept;
+  /// True on this Space's listener thread (short handlers, call()
+  /// callbacks, on_post_failure): waiting there for a call's future would
+  /// wait forever, since the listener completes calls and enforces their
+  /// deadlines. recv() and register_handler() throw EDEADLK there.
+  bool in_listener() const noexcept;
 
   struct Impl;
 

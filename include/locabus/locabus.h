@@ -382,7 +382,8 @@ int locabus_kccm_unregister(locabus_kccm* k, const char* name);
 /* Calls `name` on `node` (this node included) and waits for the result,
  * at most timeout_ms (< 0: the default deadline). Returns 0 when *out was
  * filled (out->status says how it ended), -errno when the call could not
- * be made (-EINVAL, -ENOTCONN). */
+ * be made (-EINVAL, -ENOTCONN; -EDEADLK from a short handler or a callback,
+ * which run in the listener that completes calls: use locabus_kccm_call_async). */
 int locabus_kccm_call(locabus_kccm* k, uint16_t node, const char* name, const void* arg, size_t len,
                       int timeout_ms, struct locabus_kccm_result* out);
 /* The same without waiting: `done` runs in the listener thread (it must be
@@ -398,7 +399,8 @@ int locabus_kccm_post(locabus_kccm* k, uint16_t node, const char* name, const vo
 /* Calls `name` on every node (this one included) and gathers the results
  * until all answered or the deadline: *results (count *n, free with
  * locabus_kccm_results_free()) has one per node that answered or failed;
- * *missing (count *nmissing, free()) the nodes that did not answer. */
+ * *missing (count *nmissing, free()) the nodes that did not answer. -EDEADLK
+ * as locabus_kccm_call(). */
 int locabus_kccm_call_all(locabus_kccm* k, const char* name, const void* arg, size_t len, int timeout_ms,
                           struct locabus_kccm_result** results, size_t* n, uint16_t** missing,
                           size_t* nmissing);

@@ -735,11 +735,13 @@ TEST(KccmSpace, ShortHandlersRunInTheListenerAndAnswerByRef) {
   o.short_warn = 30ms;
   auto s = d.open(o);
   std::atomic<int> calls{0};
+  EXPECT_FALSE(s.in_listener());
   auto reg = std::async(std::launch::async, [&] {
     return s.register_handler(
         "sum",
         [&](const locabus::kccm::CallInfo& info, std::span<const std::byte> arg) {
           ++calls;
+          EXPECT_TRUE(s.in_listener()) << "a short handler runs in the listener";
           EXPECT_EQ(info.handler, "sum");
           EXPECT_EQ(info.space, 42);
           if (text_of(arg) == "bad") throw std::invalid_argument("bad input");

@@ -199,6 +199,10 @@ int locabus_kccm_call(locabus_kccm* k, uint16_t node, const char* name, const vo
   if (bad_call("locabus_kccm_call", k, name, arg, len, &r)) return r;
   if (!out) return fail(EINVAL, "locabus_kccm_call: out is NULL");
   *out = {};
+  if (k->space.in_listener())
+    return fail(EDEADLK,
+                "locabus_kccm_call waits for the listener thread, and was called from it (a short handler or "
+                "a callback): use locabus_kccm_call_async there, or call from another thread");
   return guarded([&] {
     const kccm::Reply reply = k->space.call(node, name, arg_of(arg, len), call_options(timeout_ms)).get();
     fill(out, reply);
@@ -252,6 +256,11 @@ int locabus_kccm_call_all(locabus_kccm* k, const char* name, const void* arg, si
   *results = nullptr;
   *missing = nullptr;
   *n = *nmissing = 0;
+  if (k->space.in_listener())
+    return fail(
+        EDEADLK,
+        "locabus_kccm_call_all waits for the listener thread, and was called from it (a short handler "
+        "or a callback): call from another thread");
   return guarded([&] {
     const kccm::BroadcastReply all =
         k->space.call_all(name, arg_of(arg, len), call_options(timeout_ms)).get();

@@ -1016,6 +1016,7 @@ Space Space::open(std::uint16_t space, const SpaceOptions& options) {
 std::uint16_t Space::node_id() const noexcept { return impl_->conn.node_id; }
 std::uint16_t Space::space() const noexcept { return impl_->space; }
 bool Space::connected() const noexcept { return impl_->connected; }
+bool Space::in_listener() const noexcept { return impl_->on_listener(); }
 
 SendStatus Space::send(std::uint16_t node, std::uint32_t tag, std::span<const std::byte> data,
                        std::chrono::milliseconds timeout, std::uint64_t* message_no) {
