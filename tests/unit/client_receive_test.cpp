@@ -6,8 +6,6 @@
 // next_event() coming first, and the C API's views.
 #include <gtest/gtest.h>
 #include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <array>
@@ -25,6 +23,7 @@
 #include "api/control.hpp"
 #include "api/shm.hpp"
 #include "common/unique_fd.hpp"
+#include "fake_daemon.hpp"
 
 namespace {
 
@@ -43,24 +42,9 @@ std::string text_of(std::span<const std::byte> b) {
 
 /// Answers one "open" on a private socket with a region and a doorbell,
 /// then writes what the test asks into the client's ring.
-class FakeDaemon {
+class FakeDaemon : public locabus::testing::FakeDaemon {
  public:
-  explicit FakeDaemon(std::size_t ring_bytes = SharedRegion::kDefaultRingBytes) : ring_bytes_(ring_bytes) {
-    char tmpl[] = "/tmp/locabus-client-test-XXXXXX";
-    EXPECT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    listener_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, path().c_str(), sizeof addr.sun_path - 1);
-    EXPECT_EQ(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    EXPECT_EQ(::listen(listener_.get(), 1), 0);
-  }
-  ~FakeDaemon() {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  }
-  std::string path() const { return (dir_ / "sock").string(); }
+  using locabus::testing::FakeDaemon::FakeDaemon;
 
   locabus::Endpoint open_endpoint() {
     std::thread t([&] { serve({{"ok", true}, {"node_id", 1}, {"proto", LOCABUS_PROTO_DEFAULT}}); });
@@ -86,14 +70,6 @@ class FakeDaemon {
     return ep;
   }
 
-  RingProducer& producer() { return region_->producer(); }
-  /// Writes one record and publishes it. False when the ring is full.
-  bool write(std::uint16_t type, std::uint16_t aux, std::span<const std::byte> a,
-             std::span<const std::byte> b = {}) {
-    if (producer().try_write(type, aux, a, b) != RingProducer::Status::kWritten) return false;
-    if (producer().publish()) bells_.first.ring();
-    return true;
-  }
   bool message(std::uint16_t from, std::string_view text, bool broadcast = false) {
     return write(broadcast ? locabus::api::kRecordBroadcastMessage : locabus::api::kRecordMessage, from,
                  bytes_of(text));
@@ -111,31 +87,6 @@ class FakeDaemon {
   /// Free bytes in the client's ring as the daemon sees them (what the
   /// client released).
   std::size_t free_bytes() { return producer().free_bytes(); }
-  std::size_t ring_bytes() const { return ring_bytes_; }
-  /// Did the client ring the daemon's doorbell? (Drains it.)
-  bool rung() {
-    pollfd p{bells_.first.fd(), POLLIN, 0};
-    const bool r = ::poll(&p, 1, 0) == 1;
-    bells_.first.drain();
-    return r;
-  }
-
- private:
-  void serve(nlohmann::json reply) {
-    conn_.reset(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    ASSERT_TRUE(conn_);
-    ASSERT_TRUE(locabus::api::receive_control(conn_.get()));
-    region_.emplace(SharedRegion::create("test", ring_bytes_));
-    const int fds[2] = {region_->fd(), bells_.second.fd()};
-    locabus::api::send_control(conn_.get(), reply, fds);
-  }
-
-  std::size_t ring_bytes_;
-  std::filesystem::path dir_;
-  UniqueFd listener_;
-  UniqueFd conn_;  // kept open: the client takes its end for the daemon's exit
-  std::optional<SharedRegion> region_;
-  std::pair<Doorbell, Doorbell> bells_ = Doorbell::create_pair();  // ours, the client's
 };
 
 TEST(ClientReceive, ReceiveIntoCopiesFromTheRingAndKeepsAMessageThatDoesNotFit) {

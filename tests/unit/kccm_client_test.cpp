@@ -7,8 +7,6 @@
 // handlers short and long, overload, the daemon going away, a full ring).
 #include <gtest/gtest.h>
 #include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -33,6 +31,7 @@
 #include "api/shm.hpp"
 #include "client/kccm_core.hpp"
 #include "common/unique_fd.hpp"
+#include "fake_daemon.hpp"
 
 namespace {
 
@@ -420,24 +419,10 @@ struct Rec {
 
 /// Answers one "open" of a KCCM space with a region and a doorbell, then
 /// reads what the client writes and writes what the test says.
-class FakeDaemon {
+class FakeDaemon : public locabus::testing::FakeDaemon {
  public:
-  explicit FakeDaemon(std::size_t ring_bytes = SharedRegion::kDefaultRingBytes) : ring_bytes_(ring_bytes) {
-    char tmpl[] = "/tmp/locabus-kccm-test-XXXXXX";
-    EXPECT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    listener_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, path().c_str(), sizeof addr.sun_path - 1);
-    EXPECT_EQ(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    EXPECT_EQ(::listen(listener_.get(), 1), 0);
-  }
-  ~FakeDaemon() {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  }
-  std::string path() const { return (dir_ / "sock").string(); }
+  using locabus::testing::FakeDaemon::FakeDaemon;
+  using locabus::testing::FakeDaemon::write;
 
   /// Answers the next "open" (a client connecting in another thread).
   void serve_once(nlohmann::json reply = {{"ok", true}, {"node_id", 1}, {"space", 42}, {"max_data", 65440}}) {
@@ -455,38 +440,30 @@ class FakeDaemon {
     } join{t};
     return locabus::kccm::Space::open(42, o);
   }
-  nlohmann::json request() const { return request_; }
 
   /// The next record the client wrote, waiting up to `timeout`.
   std::optional<Rec> next(std::chrono::milliseconds timeout = 2000ms) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
-    auto& in = region_->consumer();
+    auto& in = consumer();
     for (;;) {
       std::optional<Rec> got;
       auto r = in.read(1, [&](std::uint16_t type, std::uint16_t aux, std::span<const std::byte> p) {
         got = Rec{type, aux, {p.begin(), p.end()}};
       });
       EXPECT_TRUE(r);
-      if (r.wake_producer) bells_.first.ring();
+      if (r.wake_producer) bell().ring();
       if (got) return got;
-      if (in.release()) bells_.first.ring();
+      if (in.release()) bell().ring();
       if (!in.prepare_sleep()) continue;
       const auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) return std::nullopt;
-      pollfd p{bells_.first.fd(), POLLIN, 0};
+      pollfd p{bell().fd(), POLLIN, 0};
       ::poll(&p, 1, static_cast<int>(left.count()));
-      bells_.first.drain();
+      bell().drain();
     }
   }
 
-  bool write(std::uint16_t type, std::uint16_t aux, std::span<const std::byte> a,
-             std::span<const std::byte> b = {}) {
-    auto& out = region_->producer();
-    if (out.try_write(type, aux, a, b) != RingProducer::Status::kWritten) return false;
-    if (out.publish()) bells_.first.ring();
-    return true;
-  }
   template <typename T>
   bool write(std::uint16_t type, std::uint16_t aux, const T& h, std::string_view body = {}) {
     return write(type, aux, std::as_bytes(std::span(&h, 1)), bytes_of(body));
@@ -512,31 +489,6 @@ class FakeDaemon {
     std::string body = std::string(name) + std::string(arg);
     ASSERT_TRUE(write(locabus::api::kRecordKccmInvoke, from, h, body));
   }
-  /// The daemon exits: its end of the control socket and the doorbell close.
-  void go_away() {
-    conn_.reset();
-    bells_.first = Doorbell();
-  }
-
- private:
-  void serve(const nlohmann::json& reply) {
-    conn_.reset(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    ASSERT_TRUE(conn_);
-    auto req = locabus::api::receive_control(conn_.get());
-    ASSERT_TRUE(req);
-    request_ = *req;
-    region_.emplace(SharedRegion::create("test", ring_bytes_));
-    const int fds[2] = {region_->fd(), bells_.second.fd()};
-    locabus::api::send_control(conn_.get(), reply, fds);
-  }
-
-  std::size_t ring_bytes_;
-  std::filesystem::path dir_;
-  UniqueFd listener_;
-  UniqueFd conn_;
-  nlohmann::json request_;
-  std::optional<SharedRegion> region_;
-  std::pair<Doorbell, Doorbell> bells_ = Doorbell::create_pair();
 };
 
 // Collects the library's log lines.
