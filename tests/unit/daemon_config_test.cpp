@@ -56,6 +56,7 @@ iface = "veth3"
 node_id = "0x201"
 datapath = "packet"
 busy_poll = true
+idle_spin_us = 120
 run_dir = "/tmp/x"
 api_group = "wheel"
 api_mode = "0600"
@@ -72,6 +73,7 @@ dead_after_ms = 9000
   EXPECT_EQ(c.node_id, 0x201);
   EXPECT_EQ(c.datapath, transport::Datapath::packet);
   EXPECT_TRUE(c.busy_poll);
+  EXPECT_EQ(c.idle_spin_us, 120u);
   EXPECT_EQ(c.socket_path(), "/tmp/x/locabusd.sock");
   EXPECT_EQ(c.api_group, "wheel");
   EXPECT_EQ(c.api_mode, 0600u);
@@ -110,6 +112,7 @@ TEST_F(ConfigFile, BadValuesNameTheKeyAndTheRange) {
   EXPECT_NE(error_of("api_mode = \"0999\"\n").find("api_mode"), std::string::npos);
   EXPECT_NE(error_of("[engine]\nwindow = 40000\n").find("40000 is outside 1..16000"), std::string::npos);
   EXPECT_NE(error_of("busy_poll = \"yes\"\n").find("expected true or false"), std::string::npos);
+  EXPECT_NE(error_of("idle_spin_us = 10001\n").find("10001 is outside 0..10000"), std::string::npos);
 }
 
 TEST_F(ConfigFile, SyntaxErrorsGiveTheLine) {

@@ -109,6 +109,53 @@ TEST(BlockingIdle, ReturnsAtTheDeadline) {
   EXPECT_EQ(idle.sleeps(), 1u);
 }
 
+// The bounded spin: after work, idle() keeps returning at once (the runner
+// polls again) for `spin`, then sleeps as before. Without work since, it never
+// spins: an idle daemon uses no CPU.
+TEST(BlockingIdle, SpinsOnlyForTheSpinTimeAfterWork) {
+  Pipe p;
+  ManualClock clock;
+  BlockingIdle idle(clock, {p.fds[0]}, 50us);
+  // Never worked: sleeps (here until the deadline, 1 ms).
+  idle.idle(clock.now() + 1ms);
+  EXPECT_EQ(idle.sleeps(), 1u);
+  idle.reset();  // work done
+  for (int i = 0; i < 100; ++i) idle.idle(clock.now() + 1ms);
+  EXPECT_EQ(idle.sleeps(), 1u) << "slept within the spin time";
+  clock.advance_by(49us);
+  idle.idle(clock.now() + 1ms);
+  EXPECT_EQ(idle.sleeps(), 1u);
+  clock.advance_by(1us);
+  ASSERT_EQ(::write(p.fds[1], "x", 1), 1);  // readable: the sleep ends at once
+  idle.idle(std::nullopt);
+  EXPECT_EQ(idle.sleeps(), 2u) << "did not sleep after the spin time";
+  idle.idle(std::nullopt);  // and keeps sleeping until the next work
+  EXPECT_EQ(idle.sleeps(), 3u);
+}
+
+TEST(BlockingIdle, AnIdleRunnerWithASpinUsesNoCpu) {
+  Pipe p;
+  SystemClock clock;
+  PipeAgent agent(p.fds[0]);
+  BlockingIdle idle(clock, {p.fds[0]}, 200us);
+  AgentRunner runner(agent, idle);
+  agent.runner = &runner;
+  agent.stop_after = 2;
+  std::thread writer([&] {
+    ASSERT_EQ(::write(p.fds[1], "a", 1), 1);
+    std::this_thread::sleep_for(200ms);
+    ASSERT_EQ(::write(p.fds[1], "b", 1), 1);
+  });
+  const Nanos cpu0 = cpu_time();
+  runner.run();
+  const Nanos cpu = cpu_time() - cpu0;
+  writer.join();
+  EXPECT_EQ(agent.bytes, 2u);
+  // One spin of 200 us after the first byte, then asleep for ~200 ms.
+  EXPECT_LE(idle.sleeps(), 3u);
+  EXPECT_LT(cpu, 20ms) << "spun past the spin time";
+}
+
 TEST(AgentRunner, DoesNotIdleAfterWork) {
   Pipe p;
   SystemClock clock;

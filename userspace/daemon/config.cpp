@@ -152,6 +152,7 @@ void load_toml(const std::filesystem::path& file, Config& cfg) {
     cfg.datapath = *d;
   }
   r.boolean("busy_poll", cfg.busy_poll);
+  r.integer("idle_spin_us", cfg.idle_spin_us, 0u, Config::kMaxIdleSpinUs);
   std::string s;
   r.str("run_dir", s);
   if (!s.empty()) cfg.run_dir = s;

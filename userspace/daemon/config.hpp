@@ -22,6 +22,12 @@ struct Config {
   transport::Datapath datapath = transport::Datapath::automatic;
   fastpath::AttachMode attach_mode = fastpath::AttachMode::automatic;
   bool busy_poll = false;  // spin instead of sleeping: lowest latency, one core
+  /// After a duty cycle that did work, keep polling (no sleep) this many
+  /// microseconds before sleeping: an answer that comes back within it costs
+  /// no wakeup. An idle daemon does no work, so it does not spin.
+  std::uint32_t idle_spin_us = kDefaultIdleSpinUs;
+  static constexpr std::uint32_t kDefaultIdleSpinUs = 50;
+  static constexpr std::uint32_t kMaxIdleSpinUs = 10'000;
   std::uint32_t max_peers = LOCABUS_MAX_PEERS_DEFAULT;
   /// In-kernel duplicate broadcast NAK suppression interval, 0 = off.
   std::uint32_t nak_dedup_us = LOCABUS_NAK_DEDUP_US_DEFAULT;

@@ -151,7 +151,8 @@ Daemon::Daemon(const Config& cfg)
     idle_ = std::make_unique<engine::BusySpinIdle>();
   } else {
     auto b = std::make_unique<engine::BlockingIdle>(
-        clock_, std::vector<int>{dp_.transport->wait_fd(), server_->wait_fd(), signal_fd_.get()});
+        clock_, std::vector<int>{dp_.transport->wait_fd(), server_->wait_fd(), signal_fd_.get()},
+        std::chrono::microseconds(cfg_.idle_spin_us));
     blocking_ = b.get();
     idle_ = std::move(b);
   }
@@ -312,6 +313,7 @@ nlohmann::json Daemon::status() const {
   j["datapath"] = transport::to_string(dp_.got);
   j["datapath_detail"] = dp_.why;
   j["busy_poll"] = cfg_.busy_poll;
+  j["idle_spin_us"] = cfg_.idle_spin_us;
   j["idle_strategy"] = idle_->name();
   j["uptime_s"] = std::chrono::duration<double>(clock_.now() - started_).count();
   j["api_socket"] = cfg_.socket_path().string();

@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   std::string config_file, config_optional, iface, node_id, datapath, run_dir, api_socket, api_group,
       api_mode, log_level, attach_mode;
   bool busy_poll = false;
-  std::optional<std::uint32_t> nak_dedup_us;
+  std::optional<std::uint32_t> nak_dedup_us, idle_spin_us;
   app.add_option("-c,--config", config_file, "TOML config file (dist/locabusd.toml documents every key)")
       ->check(CLI::ExistingFile);
   app.add_option("--config-optional", config_optional, "Like --config, but a missing file is not an error");
@@ -62,6 +62,12 @@ int main(int argc, char** argv) {
                  "(0 = off; default 2000)")
       ->check(CLI::Range(0u, locabus::fastpath::kMaxNakDedupUs));
   app.add_flag("--busy-poll", busy_poll, "Spin instead of sleeping when idle (lowest latency, burns a core)");
+  app.add_option("--idle-spin-us", idle_spin_us,
+                 "After work, keep polling this many microseconds before sleeping (0 = sleep at once; "
+                 "default " +
+                     std::to_string(locabus::daemon::Config::kDefaultIdleSpinUs) +
+                     "): answers within it cost no wakeup; an idle daemon does not spin")
+      ->check(CLI::Range(0u, locabus::daemon::Config::kMaxIdleSpinUs));
   app.add_option("--run-dir", run_dir,
                  "Directory for the pid file and the API socket (default /run/locabus)");
   app.add_option("--api-socket", api_socket, "API socket path (default RUN_DIR/locabusd.sock)");
@@ -90,6 +96,7 @@ int main(int argc, char** argv) {
     if (!attach_mode.empty()) cfg.attach_mode = *locabus::fastpath::parse_attach_mode(attach_mode);
     if (nak_dedup_us) cfg.nak_dedup_us = *nak_dedup_us;
     if (busy_poll) cfg.busy_poll = true;
+    if (idle_spin_us) cfg.idle_spin_us = *idle_spin_us;
     if (!run_dir.empty()) cfg.run_dir = run_dir;
     if (!api_socket.empty()) cfg.api_socket = api_socket;
     if (!api_group.empty()) cfg.api_group = api_group;

@@ -22,8 +22,8 @@ void BusySpinIdle::idle(std::optional<Nanos>) {
 
 void YieldIdle::idle(std::optional<Nanos>) { sched_yield(); }
 
-BlockingIdle::BlockingIdle(const Clock& clock, std::vector<int> fds)
-    : clock_(clock), fds_(std::move(fds)), wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+BlockingIdle::BlockingIdle(const Clock& clock, std::vector<int> fds, Nanos spin)
+    : clock_(clock), fds_(std::move(fds)), wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)), spin_(spin) {
   if (!wake_fd_) throw Error("create the idle strategy's eventfd", errno, "check the process's fd limit");
   fds_.erase(std::remove(fds_.begin(), fds_.end(), -1), fds_.end());
 }
@@ -34,7 +34,23 @@ void BlockingIdle::wake() noexcept {
   [[maybe_unused]] const ssize_t n = ::write(wake_fd_.get(), &one, sizeof one);
 }
 
+void BlockingIdle::reset() noexcept {
+  if (spin_.count() > 0) {
+    last_work_ = clock_.now();
+    spinning_ = true;
+  }
+}
+
 void BlockingIdle::idle(std::optional<Nanos> deadline) {
+  if (spinning_) {
+    if (clock_.now() - last_work_ < spin_) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+      return;
+    }
+    spinning_ = false;
+  }
   int timeout_ms = -1;
   if (deadline) {
     const Nanos left = *deadline - clock_.now();

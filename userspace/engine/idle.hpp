@@ -47,8 +47,9 @@ class BlockingIdle final : public IdleStrategy {
  public:
   /// `fds` are watched for POLLIN (e.g. the AF_XDP socket); -1 entries are
   /// ignored. `clock` converts deadlines to timeouts.
-  BlockingIdle(const Clock& clock, std::vector<int> fds);
+  BlockingIdle(const Clock& clock, std::vector<int> fds, Nanos spin = Nanos{0});
   void idle(std::optional<Nanos> deadline) override;
+  void reset() noexcept override;
   std::string_view name() const noexcept override { return "blocking"; }
   /// Makes the current (or next) idle() return at once. Thread-safe.
   void wake() noexcept;
@@ -60,6 +61,9 @@ class BlockingIdle final : public IdleStrategy {
   std::vector<int> fds_;
   UniqueFd wake_fd_;  // eventfd
   std::uint64_t sleeps_ = 0;
+  Nanos spin_{0};          // keep polling this long after the last work
+  Nanos last_work_{0};     // clock_.now() at the last reset()
+  bool spinning_ = false;  // last_work_ is recent enough to spin
 };
 
 /// Runs an agent until stopped: do_work(), and idle when it did nothing.
