@@ -73,6 +73,17 @@ std::string dest_name(std::uint16_t node) {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+/// Unix time in seconds of a steady-clock instant (namespaces share the
+/// clock: locabus-bench compares these across processes).
+double unix_time(Clock::time_point t) {
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  return now - seconds_since(t);
+}
+json unix_time_or_null(const std::optional<Clock::time_point>& t) {
+  return t ? json(unix_time(*t)) : json(nullptr);
+}
+
 // ---- the numbered payload ----------------------------------------------------------
 
 // Bytes 0..7: the sequence number, little-endian; then a pattern derived from
@@ -152,6 +163,8 @@ class Receiver {
             {"broadcast", broadcasts_},
             {"seconds", secs},
             {"total_seconds", total_seconds},
+            {"started_at", unix_time_or_null(first_)},
+            {"finished_at", first_ ? json(unix_time(last_)) : json(nullptr)},
             {"rate", secs > 0 ? received_ / secs : 0.0},
             {"mbytes_per_s", secs > 0 ? bytes_ / secs / 1e6 : 0.0},
             {"errors", errors_},
@@ -399,6 +412,8 @@ int run(const Options& o) {
                         {"sent", sent},
                         {"bytes", sent_bytes},
                         {"seconds", secs},
+                        {"started_at", unix_time(start)},
+                        {"finished_at", unix_time(send_finished.value_or(Clock::now()))},
                         {"rate", secs > 0 ? sent / secs : 0.0},
                         {"mbytes_per_s", secs > 0 ? sent_bytes / secs / 1e6 : 0.0},
                         {"failed", failed}}

@@ -207,6 +207,14 @@ std::optional<std::uint64_t> check_sequenced(std::span<const std::byte> p) {
   return seq;
 }
 
+/// Unix time in seconds of a steady-clock instant (namespaces share the
+/// clock: locabus-bench compares these across processes).
+double unix_time(Clock::time_point t) {
+  const auto now = Clock::now();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() -
+         std::chrono::duration<double>(now - t).count();
+}
+
 std::chrono::milliseconds to_ms(double seconds) {
   return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
 }
@@ -288,7 +296,13 @@ int run_send(const MsgOptions& o) {
     settled = Clock::now() < until;
   }
   if (o.target.json) {
-    json j{{"to", node}, {"sent", o.count}, {"bytes", buf.size()}, {"seconds", secs}, {"failed", failed}};
+    json j{{"to", node},
+           {"sent", o.count},
+           {"bytes", buf.size()},
+           {"seconds", secs},
+           {"failed", failed},
+           {"started_at", unix_time(start)},
+           {"finished_at", unix_time(start) + secs}};
     if (o.settle) j["settled"] = settled;
     std::cout << j.dump() << "\n";
   } else {
@@ -318,12 +332,14 @@ int run_recv(const MsgOptions& o) {
   };
   std::map<std::uint16_t, FromNode> from;
   std::optional<Clock::time_point> first;
+  Clock::time_point last{};
   auto last_report = Clock::now();
   json messages = json::array();
   while (got < o.count) {
     auto m = ep.receive(to_ms(o.timeout_s));
     if (!m) break;
-    if (!first) first = Clock::now();
+    last = Clock::now();
+    if (!first) first = last;
     ++got;
     if (o.sequence) {
       auto seq = check_sequenced(m->data);
@@ -361,6 +377,8 @@ int run_recv(const MsgOptions& o) {
   const bool ok = got == o.count && bad == 0 && out_of_order == 0;
   if (o.target.json) {
     json j{{"received", got}, {"expected", o.count}, {"seconds", secs}, {"ok", ok}};
+    j["started_at"] = first ? json(unix_time(*first)) : json(nullptr);
+    j["finished_at"] = first ? json(unix_time(last)) : json(nullptr);
     if (o.sequence) {
       j["corrupt"] = bad;
       j["out_of_order"] = out_of_order;
