@@ -105,7 +105,10 @@ class Receiver {
  public:
   explicit Receiver(const Options& o) : o_(o) {}
 
-  void on(const Datagram& d) {
+  /// A Datagram or a DatagramView (lent by the library: the receive loop
+  /// reads in place, no copy and no allocation per datagram).
+  template <class D>
+  void on(const D& d) {
     if (!first_) first_ = Clock::now();
     last_ = Clock::now();
     ++received_;
@@ -183,7 +186,8 @@ class Receiver {
     if (errors_ <= 5 && !o_.quiet) std::cerr << "locabus-cat: " << what << "\n";
   }
 
-  void check(const Datagram& d) {
+  template <class D>
+  void check(const D& d) {
     const auto from = fmt::format("node {} port {}", d.node, d.port);
     if (d.data.size() < kSeqBytes)
       return error(fmt::format("from {}: a {}-byte datagram has no sequence number", from, d.data.size()));
@@ -370,7 +374,7 @@ int run(const Options& o) {
     poll_events();
 
     if (o.receiving()) {
-      while (auto d = s.receive(std::chrono::milliseconds(0))) {
+      while (auto d = s.receive_view(std::chrono::milliseconds(0))) {
         rx.on(*d);
         if (rx.done()) break;
       }
