@@ -20,6 +20,9 @@ packages=(
   shellcheck
   # formatting
   clang-format
+  # benchmark peers (locabus-bench)
+  openmpi-bin libopenmpi-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  gnuplot-nox python3
 )
 
 if [[ $(id -u) -ne 0 ]]; then
