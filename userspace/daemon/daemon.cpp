@@ -228,6 +228,7 @@ int Daemon::run() {
 
   std::uint32_t cycles = 0;
   const transport::LinkFaults* faults = dp_.faults();
+  std::uint64_t client_records = server_->client_records();
   for (;;) {
     const int work = do_work();
     if ((work == 0 || (++cycles & 255) == 0) && handle_signals()) break;
@@ -239,7 +240,12 @@ int Daemon::run() {
       break;
     }
     if (work > 0) {
-      idle_->reset();
+      // Only work with applications (records from or to a client) arms the
+      // idle spin: their answer is likely within it. Timers and heartbeats
+      // do not, so a daemon without application traffic never spins.
+      const std::uint64_t now_records = server_->client_records();
+      if (now_records != client_records) idle_->reset();
+      client_records = now_records;
     } else {
       idle_->idle(next_deadline());
     }

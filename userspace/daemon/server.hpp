@@ -50,6 +50,11 @@ class ApiServer {
   void stop_accepting() { clients_->stop_accepting(); }
 
   std::size_t client_count() const noexcept { return clients_->client_count(); }
+  /// Records taken from and written to clients' rings so far: what tells the
+  /// idle strategy that an application is active (worth a spin).
+  std::uint64_t client_records() const noexcept {
+    return clients_->stats().records_in + clients_->stats().records_out;
+  }
   /// The client host's, the router's and every service's counter groups.
   void counters(CounterGroups& out) const {
     clients_->counters(out);

@@ -21,7 +21,9 @@ class IdleStrategy {
   /// Called after a duty cycle that did no work. `deadline` is the agent's
   /// next timer (nullopt: none); the strategy must return by then.
   virtual void idle(std::optional<Nanos> deadline) = 0;
-  /// Called after a duty cycle that did work (resets any back-off).
+  /// Called after a duty cycle that did work (resets any back-off; arms
+  /// BlockingIdle's spin). The daemon calls it only for work with
+  /// applications, so timers and heartbeats alone never make it spin.
   virtual void reset() noexcept {}
   virtual std::string_view name() const noexcept = 0;
 };
