@@ -166,6 +166,7 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
   std::condition_variable wd_cv_;
   std::thread watchdog_;
   bool wd_stop_ = false;
+  bool wd_idle_ = false;  // the watchdog waits with no deadline: the next call must wake it
   std::optional<Clock::time_point> wd_since_;
   std::string wd_name_;
   std::uint64_t wd_seq_ = 0;
@@ -645,7 +646,10 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
     wd_since_ = Clock::now();
     wd_name_ = name;
     ++wd_seq_;
-    wd_cv_.notify_all();
+    // Only a watchdog with nothing to time needs waking; one already timing
+    // an earlier call looks at the current one when that wait ends. So a
+    // stream of short calls does not wake it (a thread switch) every call.
+    if (wd_idle_) wd_cv_.notify_one();
   }
   void watch_end() {
     std::lock_guard lk(wd_mu_);
@@ -656,12 +660,16 @@ struct __attribute__((visibility("hidden"))) Space::Impl : std::enable_shared_fr
     std::uint64_t warned = 0;  // the call (wd_seq_) last warned about: once per call
     while (!wd_stop_) {
       if (!wd_since_ || warned == wd_seq_) {
+        wd_idle_ = true;
         wd_cv_.wait(lk);
+        wd_idle_ = false;
         continue;
       }
       const auto seq = wd_seq_;
       const auto at = *wd_since_ + opt.short_warn;
-      wd_cv_.wait_until(lk, at, [&] { return wd_stop_ || !wd_since_ || wd_seq_ != seq; });
+      // Calls starting and ending meanwhile do not wake this wait (see
+      // watch_begin); at its end the call running then, if any, is timed.
+      wd_cv_.wait_until(lk, at, [&] { return wd_stop_; });
       if (wd_stop_ || !wd_since_ || wd_seq_ != seq || Clock::now() < at) continue;
       warned = seq;
       const auto ran = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - *wd_since_);
