@@ -36,12 +36,18 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/measure.hpp"
+
 #include "bench.grpc.pb.h"
 
 namespace {
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
+using locabus::bench::Cpu;
+using locabus::bench::latency_us;
+using locabus::bench::rounded;
+using locabus::bench::unix_now;
 namespace pb = locabus::bench;
 
 constexpr int kExitOk = 0;
@@ -69,37 +75,7 @@ void install_stop_handlers() {
 }
 
 /// CLOCK_REALTIME in seconds: comparable across the namespaces' processes.
-double unix_now() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
 double to_seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-/// This process's CPU time (every thread), from getrusage(RUSAGE_SELF).
-struct Cpu {
-  double user = 0, sys = 0;
-
-  static Cpu now() {
-    rusage ru{};
-    ::getrusage(RUSAGE_SELF, &ru);
-    auto s = [](const timeval& tv) {
-      return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
-    };
-    return {s(ru.ru_utime), s(ru.ru_stime)};
-  }
-};
-
-/// `v` rounded to `digits` decimals (JSON that reads well; far below what is measured).
-double rounded(double v, int digits) {
-  const double f = std::pow(10.0, digits);
-  return std::round(v * f) / f;
-}
-
-json cpu_json(const Cpu& before, const Cpu& after) {
-  return {{"user", rounded(after.user - before.user, 6)}, {"sys", rounded(after.sys - before.sys, 6)}};
-}
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -242,7 +218,7 @@ int run_server(const ServerOptions& o) {
          {"started_at", begin.at},
          {"finished_at", end.at},
          {"seconds", rounded(end.at - begin.at, 6)},
-         {"cpu_s", cpu_json(begin.cpu, end.cpu)},
+         {"cpu_s", (end.cpu - begin.cpu).json()},
          {"ok", error.empty()}};
   if (!error.empty()) j["error"] = error;
   std::cout << dump(j) << std::endl;
@@ -273,25 +249,6 @@ struct Worker {
 
 /// min, mean and percentiles (the sample at index ceil(q*n)-1 of the sorted
 /// samples) in microseconds; null without samples.
-json latency_json(std::vector<std::int64_t>& ns) {
-  if (ns.empty()) return nullptr;
-  std::sort(ns.begin(), ns.end());
-  const auto n = ns.size();
-  auto at = [&](double q) {
-    const auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(n)));
-    return rounded(static_cast<double>(ns[std::clamp<std::size_t>(rank, 1, n) - 1]) / 1000.0, 3);
-  };
-  double sum = 0;
-  for (const auto v : ns) sum += static_cast<double>(v);
-  return {{"min", rounded(static_cast<double>(ns.front()) / 1000.0, 3)},
-          {"mean", rounded(sum / static_cast<double>(n) / 1000.0, 3)},
-          {"p50", at(0.50)},
-          {"p90", at(0.90)},
-          {"p99", at(0.99)},
-          {"p999", at(0.999)},
-          {"max", rounded(static_cast<double>(ns.back()) / 1000.0, 3)}};
-}
-
 /// The payload a thread sends: call number `seq` in the first 8 bytes (as
 /// far as they go), then a pattern.
 void fill_payload(std::string& p, std::size_t size) {
@@ -355,8 +312,8 @@ class Client {
            {"mismatched", mismatched},
            {"seconds", rounded(seconds, 6)},
            {"calls_per_s", seconds > 0 ? rounded(static_cast<double>(issued) / seconds, 1) : 0.0},
-           {"latency_us", latency_json(all)},
-           {"cpu_s", cpu_json(cpu_start_, cpu_end)},
+           {"latency_us", latency_us(all)},
+           {"cpu_s", (cpu_end - cpu_start_).json()},
            {"started_at", started_at_},
            {"finished_at", started_at_ + seconds},
            {"ok", error.empty() && (o_.count == 0 || issued == o_.count)}};

@@ -36,8 +36,14 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/measure.hpp"
+
 namespace {
 
+using locabus::bench::Cpu;
+using locabus::bench::latency_us;
+using locabus::bench::rounded;
+using locabus::bench::unix_now;
 using nlohmann::json;
 
 constexpr int kExitOk = 0;
@@ -52,33 +58,7 @@ struct Options {
 };
 
 /// CLOCK_REALTIME in seconds: comparable across the namespaces' processes.
-double unix_now() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-/// This process's CPU time (every thread), from getrusage(RUSAGE_SELF).
-struct Cpu {
-  double user = 0, sys = 0;
-
-  static Cpu now() {
-    rusage ru{};
-    ::getrusage(RUSAGE_SELF, &ru);
-    auto s = [](const timeval& tv) {
-      return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
-    };
-    return {s(ru.ru_utime), s(ru.ru_stime)};
-  }
-};
-
-/// `v` rounded to `digits` decimals (JSON that reads well; far below what is measured).
-double rounded(double v, int digits) {
-  const double f = std::pow(10.0, digits);
-  return std::round(v * f) / f;
-}
-
-json cpu_json(double user, double sys) { return {{"user", rounded(user, 6)}, {"sys", rounded(sys, 6)}}; }
+json cpu_json(double user, double sys) { return Cpu{user, sys}.json(); }
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 

@@ -77,10 +77,16 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/measure.hpp"
+
 namespace {
 
 using json = nlohmann::ordered_json;
 using Clock = std::chrono::steady_clock;
+using locabus::bench::Cpu;
+using locabus::bench::latency_us;
+using locabus::bench::rounded;
+using locabus::bench::unix_now;
 
 constexpr int kExitOk = 0;
 constexpr int kExitFailure = 1;
@@ -144,12 +150,6 @@ struct Options {
 
 // ---- time, CPU, statistics ----------------------------------------------------------
 
-double realtime_now() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
 std::int64_t ns_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count();
 }
@@ -166,48 +166,14 @@ int to_ms(double seconds) {
   return static_cast<int>(std::clamp(std::ceil(seconds * 1000), 1.0, static_cast<double>(INT_MAX)));
 }
 
-/// getrusage(RUSAGE_SELF) (all threads) at construction; cpu_s() is what was used since.
+/// CPU time (all threads) at construction; cpu_s() is what was used since.
 class CpuMark {
  public:
-  CpuMark() { ::getrusage(RUSAGE_SELF, &start_); }
-  json cpu_s() const {
-    rusage now{};
-    ::getrusage(RUSAGE_SELF, &now);
-    auto secs = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
-    auto round_us = [](double s) { return std::round(s * 1e6) / 1e6; };
-    return json{{"user", round_us(secs(now.ru_utime) - secs(start_.ru_utime))},
-                {"sys", round_us(secs(now.ru_stime) - secs(start_.ru_stime))}};
-  }
+  json cpu_s() const { return (Cpu::now() - start_).json(); }
 
  private:
-  rusage start_{};
+  Cpu start_ = Cpu::now();
 };
-
-/// min, mean, p50, p90, p99, p999, max in microseconds; a percentile is the sample at index
-/// ceil(q*n)-1 of the sorted samples. Sorts `ns`.
-json percentiles_us(std::vector<std::int64_t>& ns) {
-  if (ns.empty()) {
-    json none;
-    for (const char* k : {"min", "mean", "p50", "p90", "p99", "p999", "max"}) none[k] = nullptr;
-    return none;
-  }
-  std::sort(ns.begin(), ns.end());
-  const std::size_t n = ns.size();
-  auto us = [](double v) { return v / 1000.0; };
-  auto at = [&](std::size_t per_mille) {
-    const std::size_t rank = (per_mille * n + 999) / 1000;  // ceil(q*n), exact in integers
-    return us(static_cast<double>(ns[std::max<std::size_t>(rank, 1) - 1]));
-  };
-  long double sum = 0;
-  for (const std::int64_t v : ns) sum += v;
-  return json{{"min", us(static_cast<double>(ns.front()))},
-              {"mean", std::round(static_cast<double>(sum / n)) / 1000.0},
-              {"p50", at(500)},
-              {"p90", at(900)},
-              {"p99", at(990)},
-              {"p999", at(999)},
-              {"max", us(static_cast<double>(ns.back()))}};
-}
 
 json per_second(double amount, double seconds) {
   return seconds > 0 ? json(std::round(amount / seconds * 1000) / 1000) : json(nullptr);
@@ -459,7 +425,7 @@ json pingpong_server_tcp(const Options& o) {
   Clock::time_point first{}, last{};
   while (read_exact(link, buf.data(), size)) {
     if (count == 0) {
-      started_at = realtime_now();
+      started_at = unix_now();
       first = Clock::now();
     }
     write_all(link, buf.data(), size);
@@ -517,7 +483,7 @@ json pingpong_server_udp(const Options& o) {
       break;
     }
     if (count == 0) {
-      started_at = realtime_now();
+      started_at = unix_now();
       first = Clock::now();
       client = address_text(from);
     }
@@ -552,7 +518,7 @@ json pingpong_result(const Options& o, std::vector<std::int64_t>& samples, std::
               {"warmup", o.warmup},
               {"seconds", secs},
               {"rate", per_second(static_cast<double>(done), secs)},
-              {"rtt_us", percentiles_us(samples)},
+              {"rtt_us", latency_us(samples)},
               {"started_at", started_at},
               {"finished_at", started_at + secs},
               {"cpu_s", cpu.cpu_s()}};
@@ -594,7 +560,7 @@ json pingpong_client_tcp(const Options& o) {
   std::vector<std::int64_t> samples;
   samples.reserve(o.count);
   const CpuMark cpu;
-  const double started_at = realtime_now();
+  const double started_at = unix_now();
   const auto start = Clock::now();
   auto t1 = start;
   for (std::uint64_t i = 0; i < o.count; ++i) {
@@ -724,7 +690,7 @@ json pingpong_client_udp(const Options& o) {
   samples.reserve(o.count);
   std::uint64_t lost = 0;
   const CpuMark cpu;
-  const double started_at = realtime_now();
+  const double started_at = unix_now();
   const auto start = Clock::now();
   for (std::uint64_t i = 0; i < o.count; ++i) {
     if (const auto rtt = pp.round_trip())
@@ -800,7 +766,7 @@ json stream_server(const Options& o) {
                       "sides have the same --size and --count?)",
                       c.peer, got, total));
     if (got == 0) {
-      started_at = realtime_now();
+      started_at = unix_now();
       first = Clock::now();
     }
     checker.feed(buf.data(), got, static_cast<std::size_t>(n));
@@ -856,7 +822,7 @@ json stream_client(const Options& o) {
   fill_pattern(msg);
   const std::size_t head = std::min(kHeadBytes, o.size);
   const CpuMark cpu;
-  const double started_at = realtime_now();
+  const double started_at = unix_now();
   const auto start = Clock::now();
   for (std::uint64_t i = 0; i < o.count; ++i) {
     store_le(msg.data(), i, head);
@@ -1046,7 +1012,7 @@ class RpcServer {
     }
     if (frames > 0) {
       if (calls_ == 0) {
-        started_at_ = realtime_now();
+        started_at_ = unix_now();
         first_ = Clock::now();
       }
       calls_ += frames;
@@ -1129,7 +1095,7 @@ class RpcClient {
     if (o_.warmup > 0) phase(o_.warmup, std::nullopt, false);
     samples_.reserve(o_.count > 0 ? o_.count : 1 << 20);
     const CpuMark cpu;
-    const double started_at = realtime_now();
+    const double started_at = unix_now();
     const auto start = Clock::now();
     const std::uint64_t issued = o_.count > 0 ? phase(o_.count, std::nullopt, true)
                                               : phase(0, start + to_duration(o_.duration_s), true);
@@ -1142,7 +1108,7 @@ class RpcClient {
                 {"calls", issued},
                 {"completed", completed},
                 {"calls_per_s", per_second(static_cast<double>(completed), secs)},
-                {"latency_us", percentiles_us(samples_)},
+                {"latency_us", latency_us(samples_)},
                 {"inflight", o_.inflight},
                 {"size", o_.size},
                 {"warmup", o_.warmup},
