@@ -126,6 +126,10 @@ TEST(BlockingIdle, SpinsOnlyForTheSpinTimeAfterWork) {
   idle.idle(clock.now() + 1ms);
   EXPECT_EQ(idle.sleeps(), 1u);
   clock.advance_by(1us);
+  EXPECT_TRUE(idle.spinning());
+  idle.idle(std::nullopt);  // the spin is over: one more cycle to prepare, no sleep yet
+  EXPECT_EQ(idle.sleeps(), 1u);
+  EXPECT_FALSE(idle.spinning());
   ASSERT_EQ(::write(p.fds[1], "x", 1), 1);  // readable: the sleep ends at once
   idle.idle(std::nullopt);
   EXPECT_EQ(idle.sleeps(), 2u) << "did not sleep after the spin time";

@@ -426,6 +426,7 @@ constexpr std::chrono::milliseconds kSlice{100};
 struct PingOptions {
   MsgOptions msg;
   std::uint64_t max_failures = 10;
+  std::uint64_t warmup = 0;  // round trips before the measured --count, not in the times
 };
 
 // Echoes every message back to its sender (unchanged, same protocol) until
@@ -557,9 +558,10 @@ int run_ping(const PingOptions& po) {
   std::uint64_t sent = 0, answered = 0, timed_out = 0, send_failed = 0, failed = 0, late = 0, corrupt = 0,
                 unexpected = 0;
   const auto timeout = to_ms(o.timeout_s);
-  const auto start = Clock::now();
+  auto start = Clock::now();
   auto last_report = start;
   std::uint64_t last_answered = 0;
+  const std::uint64_t total = o.count + po.warmup;
   std::int64_t window_ns = 0;
   std::string first_failure;
   auto note_failure = [&](const std::string& what) {
@@ -567,7 +569,8 @@ int run_ping(const PingOptions& po) {
     if (first_failure.empty()) first_failure = what;
     std::cerr << "locabusctl: " << what << "\n";
   };
-  for (std::uint64_t i = 0; i < o.count && !g_stop && failed < po.max_failures; ++i) {
+  for (std::uint64_t i = 0; i < total && !g_stop && failed < po.max_failures; ++i) {
+    if (i == po.warmup) start = Clock::now();  // the measured round trips begin
     fill_sequenced(buf, i);
     const auto t0 = Clock::now();
     const auto st = ep.send(node, buf, timeout);
@@ -606,9 +609,11 @@ int run_ping(const PingOptions& po) {
         } else {
           const std::int64_t ns =
               std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
-          rtts.push_back(ns);
-          window_ns += ns;
-          ++answered;
+          if (i >= po.warmup) {  // the warm-up's round trips are not measured
+            rtts.push_back(ns);
+            window_ns += ns;
+            ++answered;
+          }
           done = true;
         }
       }
@@ -625,7 +630,7 @@ int run_ping(const PingOptions& po) {
     }
     if (!o.target.json && Clock::now() - last_report > std::chrono::seconds(1)) {
       const auto n = answered - last_answered;
-      std::cerr << fmt::format("  {}/{} round trips, {} failed, mean {} over the last {}\n", i + 1, o.count,
+      std::cerr << fmt::format("  {}/{} round trips, {} failed, mean {} over the last {}\n", i + 1, total,
                                failed, n ? us_text(window_ns / static_cast<std::int64_t>(n) / 1000) : "-", n);
       last_report = Clock::now();
       last_answered = answered;
@@ -650,6 +655,7 @@ int run_ping(const PingOptions& po) {
            {"proto", o.proto},
            {"size", o.size},
            {"count", o.count},
+           {"warmup", po.warmup},
            {"sent", sent},
            {"answered", answered},
            {"failed", failed},
@@ -684,7 +690,7 @@ int run_ping(const PingOptions& po) {
     std::string why;
     if (interrupted)
       why = fmt::format("interrupted after {} of {} round trip(s)", sent, o.count);
-    else if (failed >= po.max_failures && sent < o.count)
+    else if (failed >= po.max_failures && sent < total)
       why = fmt::format("gave up after {} failed round trip(s) (--max-failures)", failed);
     else
       why = fmt::format("{} of {} round trip(s) failed ({} timed out, {} message(s) reported failed)", failed,
@@ -896,6 +902,9 @@ void register_daemon_commands(CLI::App& app) {
                    "Seconds to wait for each echo (a round trip slower than that fails), and for the peer");
   ping->add_option("--max-failures", pg->max_failures, "Stop after this many failed round trips (default 10)")
       ->check(CLI::PositiveNumber);
+  ping->add_option("--warmup", pg->warmup,
+                   "Round trips before the --count measured ones, on the same endpoint; not in the times, "
+                   "the rate or the counts (default 0)");
   ping->add_flag("!--no-wait", pg->msg.wait_peer, "Do not wait for the node to be a live member first");
   ping->callback([pg] {
     if (const int rc = run_ping(*pg)) throw CLI::RuntimeError(rc);

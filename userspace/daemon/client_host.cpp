@@ -499,7 +499,8 @@ int ClientHost::pump_to_engine(Client& c) {
   if (!r) throw ClientFault(std::string(api::describe(r.error)));
   if (!bad_record.empty()) throw ClientFault(bad_record);
   if (r.wake_producer) c.bell.ring();
-  if (r.records == 0 && !c.send_blocked && !in.prepare_sleep()) return 1;  // arrived meanwhile: go again
+  if (r.records == 0 && !c.send_blocked && arm_sleep_ && !in.prepare_sleep())
+    return 1;  // arrived meanwhile: go again
   return static_cast<int>(r.records);
 }
 
@@ -671,7 +672,8 @@ void ClientHost::listen_again() {
   }
 }
 
-int ClientHost::do_work() {
+int ClientHost::do_work(bool arm_sleep) {
+  arm_sleep_ = arm_sleep;
   int work = 0;
   listen_again();
   for (auto& [id, cp] : clients_) {

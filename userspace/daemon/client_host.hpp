@@ -116,7 +116,10 @@ class ClientHost {
   ClientHost& operator=(const ClientHost&) = delete;
 
   /// Moves records between the rings and the services. Never blocks.
-  int do_work();
+  /// `arm_sleep` false: the daemon will not sleep after this cycle (it
+  /// spins), so empty rings are not marked as watched by a sleeper and
+  /// clients write without ringing the doorbell.
+  int do_work(bool arm_sleep = true);
   /// After the router's pass: publishes the rings that got records, closes
   /// the clients dropped during the pass.
   int finish_pass();
@@ -180,6 +183,7 @@ class ClientHost {
   std::size_t refused_count_ = 0;
   std::optional<engine::Nanos> accept_paused_until_;  // out of fds: listening again then
   ApiCounters counters_;
+  bool arm_sleep_ = true;  // do_work()'s argument
 };
 
 }  // namespace locabus::daemon

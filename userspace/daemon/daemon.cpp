@@ -191,7 +191,8 @@ int Daemon::do_work() {
     server_->on_event(e);
   }));
   server_->after_events();
-  work += server_->do_work();
+  // While the idle strategy spins, clients need not be told to ring.
+  work += server_->do_work(!blocking_ || !blocking_->spinning());
   return work;
 }
 
@@ -231,7 +232,10 @@ int Daemon::run() {
   std::uint64_t client_records = server_->client_records();
   for (;;) {
     const int work = do_work();
-    if ((work == 0 || (++cycles & 255) == 0) && handle_signals()) break;
+    // Signals are read before sleeping (not at every cycle of a spin) and
+    // every 256 busy cycles.
+    const bool may_sleep = work == 0 && (!blocking_ || !blocking_->spinning());
+    if ((may_sleep || (++cycles & 255) == 0) && handle_signals()) break;
     if (faults && !faults->fatal().empty()) {
       // The interface is gone for good (a link that is merely down is not
       // fatal: frames are dropped until it is up again).

@@ -21,9 +21,9 @@ ApiServer::ApiServer(const Config& cfg, engine::Engine& engine, const engine::Cl
 // Clients go first: closing them refuses what waited for them through the router.
 ApiServer::~ApiServer() { clients_.reset(); }
 
-int ApiServer::do_work() {
+int ApiServer::do_work(bool arm_sleep) {
   int work = loop_.dispatch();
-  work += clients_->do_work();
+  work += clients_->do_work(arm_sleep);
   work += router_->do_work();
   work += clients_->finish_pass();
   return work;

@@ -37,7 +37,9 @@ class ApiServer {
 
   /// One pass: ready fds, the clients' rings, the engine's messages, the
   /// services' work. Never blocks. Returns the work done.
-  int do_work();
+  /// `arm_sleep`: tell clients whose rings are empty that the daemon is
+  /// going to sleep (they then ring its doorbell); false while it spins.
+  int do_work(bool arm_sleep = true);
   std::optional<engine::Nanos> next_deadline() const;
 
   /// An engine event (poll_events), then after_events() once per batch.

@@ -50,6 +50,7 @@ void BlockingIdle::idle(std::optional<Nanos> deadline) {
       return;
     }
     spinning_ = false;
+    return;  // one more duty cycle, in which the caller prepares to sleep
   }
   int timeout_ms = -1;
   if (deadline) {

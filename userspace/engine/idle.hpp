@@ -55,6 +55,11 @@ class BlockingIdle final : public IdleStrategy {
   std::string_view name() const noexcept override { return "blocking"; }
   /// Makes the current (or next) idle() return at once. Thread-safe.
   void wake() noexcept;
+  /// Within a spin: the caller need not arrange to be woken (e.g. tell
+  /// producers it sleeps) before the next idle(), which will not sleep. When
+  /// the spin time runs out idle() returns once more without sleeping, so
+  /// the caller sees spinning() false and arranges it before the real sleep.
+  bool spinning() const noexcept { return spinning_; }
   /// How many idle() calls actually slept (for tests and metrics).
   std::uint64_t sleeps() const noexcept { return sleeps_; }
 
