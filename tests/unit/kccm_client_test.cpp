@@ -746,6 +746,14 @@ TEST(KccmSpace, ShortHandlersRunInTheListenerAndAnswerByRef) {
   ASSERT_TRUE(rep);
   EXPECT_EQ(log.count("short handler sum has run for"), 1U);
 
+  // A slow call that starts while the watchdog still times an earlier, fast
+  // one (it is not woken per call): it is timed when that wait ends, and
+  // warned about once.
+  d.invoke(15, "sum", "x");
+  d.invoke(16, "sum", "slow");
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(d.next());
+  EXPECT_EQ(log.count("short handler sum has run for"), 2U);
+
   // reset(): Unregister, waits for the ack.
   auto done = std::async(std::launch::async, [&] { registration.reset(); });
   auto un = d.next();
