@@ -414,6 +414,43 @@ int locabus_kccm_next_event(locabus_kccm* k, struct locabus_event* out);
 /* "ok", "no_such_handler", "deadline_exceeded"... */
 const char* locabus_kccm_status_name(int status);
 
+/* ---------------------------------------------------------------------
+ * LocaMonitor (docs/MONITOR.md): every daemon keeps the whole cluster's
+ * load table. These read the local daemon's copy: one request on its
+ * control socket, no network round trip.
+ * ------------------------------------------------------------------- */
+enum locabus_node_state {
+  LOCABUS_NODE_ALIVE = 0, /* a record within the monitor's stale time */
+  LOCABUS_NODE_STALE = 1, /* silent too long, or it died or left */
+};
+
+/* One node's row, a summary of what docs/API.md's "monitor" request gives. */
+struct locabus_node_load {
+  uint16_t node;
+  uint8_t state;           /* enum locabus_node_state */
+  uint8_t self;            /* 1: the node of the daemon asked */
+  uint32_t cpus;           /* online CPUs */
+  uint64_t age_ms;         /* since its last record arrived */
+  double cpu_busy_percent; /* over its last sampling interval */
+  double load1, load5, load15;
+  uint64_t mem_total, mem_available;             /* bytes */
+  uint64_t swap_total, swap_free;                /* bytes */
+  double net_rx_bytes_per_s, net_tx_bytes_per_s; /* all interfaces but loopback */
+  uint32_t processes;
+  uint32_t procs_running;
+  char hostname[64]; /* NUL-terminated, cut to 63 bytes */
+};
+
+/* Copies up to `max` rows of the cluster table (by node id) into `rows`;
+ * *count gets the number of rows the table has (more than `max` means
+ * some were left out). socket_path NULL: the default. 0, -ENOTSUP when
+ * the daemon runs without the monitor, or -errno. */
+int locabus_monitor_nodes(const char* socket_path, struct locabus_node_load* rows, size_t max, size_t* count);
+/* The least-loaded alive node by docs/MONITOR.md's rule (lowest load1 per
+ * CPU in steps of 0.05, then most available memory, then lowest id) into
+ * *node. 0, -ENOENT when no node is alive, -ENOTSUP, or -errno. */
+int locabus_monitor_least_loaded(const char* socket_path, uint16_t* node);
+
 #ifdef __cplusplus
 }
 #endif

@@ -415,7 +415,11 @@ void ClientHost::handle_request(Client& c, const nlohmann::json& req) {
   if (op == "status") return reply(c, {{"ok", true}, {"status", introspection_.status()}});
   if (op == "peers") return reply(c, {{"ok", true}, {"peers", introspection_.peers()}});
   if (op == "counters") return reply(c, {{"ok", true}, {"counters", introspection_.counters()}});
-  if (op != "open") return fail(EINVAL, "unknown request '" + op + "'", "see docs/API.md for the requests");
+  if (op != "open") {
+    // Requests of the services (e.g. "monitor").
+    if (auto answer = router_.control(op, req, c.id)) return reply(c, *answer);
+    return fail(EINVAL, "unknown request '" + op + "'", "see docs/API.md for the requests");
+  }
 
   const std::int64_t version = int_field(req, "version", 0);
   if (version != api::kProtocolVersion)

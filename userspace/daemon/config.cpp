@@ -41,6 +41,49 @@ void Config::validate() const {
   engine::EngineConfig e = engine;
   if (node_id) e.node_id = *node_id;
   e.validate();
+  monitor.validate();
+  if (!metrics_address.empty() && !parse_host_port(metrics_address))
+    throw Error("locabusd: metrics_address '" + metrics_address + "' is not HOST:PORT", EINVAL,
+                "use e.g. 0.0.0.0:9477, 127.0.0.1:9477 or [::]:9477, or leave it empty for no exporter");
+}
+
+void MonitorConfig::validate() const {
+  auto range = [](const char* key, std::uint32_t v, std::uint32_t lo, std::uint32_t hi) {
+    if (v < lo || v > hi)
+      throw Error(fmt::format("locabusd: monitor.{} {} is outside {}..{}", key, v, lo, hi), EINVAL,
+                  "see dist/locabusd.toml, [monitor]");
+  };
+  range("sample_ms", sample_ms, 100, 60'000);
+  range("broadcast_ms", broadcast_ms, 100, 600'000);
+  range("stale_ms", stale_ms, 300, 3'600'000);
+  range("remove_ms", remove_ms, 600, 86'400'000);
+  if (!(sample_ms <= broadcast_ms && broadcast_ms < stale_ms && stale_ms < remove_ms))
+    throw Error(
+        fmt::format("locabusd: monitor times must grow: sample_ms {} <= broadcast_ms {} < stale_ms {} < "
+                    "remove_ms {}",
+                    sample_ms, broadcast_ms, stale_ms, remove_ms),
+        EINVAL, "a node must be heard from more often than it is declared stale");
+}
+
+std::optional<std::pair<std::string, std::uint16_t>> parse_host_port(const std::string& text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) return std::nullopt;
+  std::string host = text.substr(0, colon);
+  const std::string port = text.substr(colon + 1);
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') return std::nullopt;
+    host = host.substr(1, host.size() - 2);
+  } else if (host.find(':') != std::string::npos) {
+    return std::nullopt;  // an IPv6 address needs brackets
+  }
+  if (port.size() > 5) return std::nullopt;
+  unsigned v = 0;
+  for (const char c : port) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (v > 65535) return std::nullopt;
+  return std::pair{host, static_cast<std::uint16_t>(v)};
 }
 
 std::optional<mode_t> parse_mode(const std::string& text) {
@@ -179,6 +222,7 @@ void load_toml(const std::filesystem::path& file, Config& cfg) {
         "remove it",
         file.string());
   r.str("log_level", cfg.log_level);
+  r.str("metrics_address", cfg.metrics_address);
 
   if (const toml::table* x = r.table("xdp")) {
     Reader xr(*x, "xdp.", file.string());
@@ -221,6 +265,17 @@ void load_toml(const std::filesystem::path& file, Config& cfg) {
     er.integer("rx_batch", e.rx_batch, 1, 1024);
     er.integer("tx_batch", e.tx_batch, 1, 1024);
     er.finish();
+  }
+  if (const toml::table* t = r.table("monitor")) {
+    Reader mr(*t, "monitor.", file.string());
+    auto& m = cfg.monitor;
+    mr.boolean("enabled", m.enabled);
+    mr.integer("sample_ms", m.sample_ms, 100, 60'000);
+    mr.integer("broadcast_ms", m.broadcast_ms, 100, 600'000);
+    mr.integer("stale_ms", m.stale_ms, 300, 3'600'000);
+    mr.integer("remove_ms", m.remove_ms, 600, 86'400'000);
+    mr.boolean("files", m.files);
+    mr.finish();
   }
   r.finish();
 }

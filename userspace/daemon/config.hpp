@@ -9,12 +9,25 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "engine/config.hpp"
 #include "fastpath/fastpath.hpp"
 #include "transport/datapath.hpp"
 
 namespace locabus::daemon {
+
+/// LocaMonitor (docs/MONITOR.md): sampling, spreading and forgetting.
+struct MonitorConfig {
+  bool enabled = true;
+  std::uint32_t sample_ms = 1000;     // how often the node samples itself
+  std::uint32_t broadcast_ms = 5000;  // longest time between two broadcasts of its record
+  std::uint32_t stale_ms = 15000;     // a node silent this long is stale
+  std::uint32_t remove_ms = 60000;    // a node silent this long leaves the table
+  bool files = true;                  // write <run_dir>/monitor/<node> files
+  /// Throws Error naming the bad setting (ranges, and sample <= broadcast < stale < remove).
+  void validate() const;
+};
 
 struct Config {
   std::string iface;
@@ -44,6 +57,10 @@ struct Config {
 
   std::string log_level = "info";
   engine::EngineConfig engine;
+  MonitorConfig monitor;
+  /// Where the Prometheus exporter listens ("HOST:PORT", "[V6]:PORT"; port 0
+  /// picks one): GET /metrics. Empty: no exporter.
+  std::string metrics_address;
 
   std::filesystem::path socket_path() const;
   /// Throws Error naming the bad setting.
@@ -53,6 +70,9 @@ struct Config {
 /// Reads a TOML file into `cfg` (keys absent from the file keep their value).
 /// Unknown keys are errors, so a typo never goes unnoticed. Throws Error.
 void load_toml(const std::filesystem::path& file, Config& cfg);
+
+/// Splits "HOST:PORT" or "[V6]:PORT" (host without brackets); nullopt when invalid.
+std::optional<std::pair<std::string, std::uint16_t>> parse_host_port(const std::string& text);
 
 /// Parses "0660" style octal permissions; nullopt when invalid.
 std::optional<mode_t> parse_mode(const std::string& text);

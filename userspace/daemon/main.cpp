@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // locabusd: the Locabus daemon for one network interface.
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -44,7 +45,9 @@ int main(int argc, char** argv) {
 
   std::string config_file, config_optional, iface, node_id, datapath, run_dir, api_socket, api_group,
       api_mode, log_level, attach_mode;
-  bool busy_poll = false;
+  std::optional<std::string> metrics_address;
+  std::optional<std::uint32_t> monitor_sample_ms;
+  bool busy_poll = false, no_monitor = false;
   std::optional<std::uint32_t> nak_dedup_us, idle_spin_us;
   app.add_option("-c,--config", config_file, "TOML config file (dist/locabusd.toml documents every key)")
       ->check(CLI::ExistingFile);
@@ -73,6 +76,13 @@ int main(int argc, char** argv) {
   app.add_option("--api-socket", api_socket, "API socket path (default RUN_DIR/locabusd.sock)");
   app.add_option("--api-group", api_group, "Group whose members may use the API (root always may)");
   app.add_option("--api-mode", api_mode, "Permissions of the API socket, octal (default 0660)");
+  app.add_option("--metrics-address", metrics_address,
+                 "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 0.0.0.0:9477; \"\" = off, "
+                 "the default)");
+  app.add_option("--monitor-sample-ms", monitor_sample_ms,
+                 "LocaMonitor: sample this node every this many milliseconds (default 1000)")
+      ->check(CLI::Range(100u, 60'000u));
+  app.add_flag("--no-monitor", no_monitor, "Turn LocaMonitor off (no statistics sampled, sent or kept)");
   app.add_option("-l,--log-level", log_level, "trace, debug, info (default), warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   app.footer(
@@ -106,6 +116,12 @@ int main(int argc, char** argv) {
       cfg.api_mode = *m;
     }
     if (!log_level.empty()) cfg.log_level = log_level;
+    if (metrics_address) cfg.metrics_address = *metrics_address;
+    if (monitor_sample_ms) {
+      cfg.monitor.sample_ms = *monitor_sample_ms;
+      cfg.monitor.broadcast_ms = std::max(cfg.monitor.broadcast_ms, cfg.monitor.sample_ms);
+    }
+    if (no_monitor) cfg.monitor.enabled = false;
     cfg.validate();
     setup_logging(cfg.log_level);
     locabus::fastpath::install_library_logging();

@@ -241,6 +241,23 @@ void Router::after_events() {
 
 // ---- counters -----------------------------------------------------------------------
 
+std::size_t Router::client_count() const noexcept { return clients_ ? clients_->client_count() : 0; }
+
+std::optional<nlohmann::json> Router::control(const std::string& op, const nlohmann::json& request,
+                                              ClientId client) {
+  for (const auto& s : services_)
+    if (auto reply = s->control(op, request, client)) return reply;
+  return std::nullopt;
+}
+
+void Router::status(nlohmann::json& out) const {
+  for (const auto& s : services_) s->status(out);
+}
+
+void Router::exposition(bool cluster, std::string& out) const {
+  for (const auto& s : services_) s->exposition(cluster, out);
+}
+
 void Router::counters(CounterGroups& out) const {
   static constexpr CounterField kParked{"parked_streams", "broadcast streams parked now", CounterKind::gauge};
   out.emplace_back("api.router", "the router: engine messages to services by protocol id")

@@ -67,12 +67,21 @@ class Router final : public ServiceHost {
 
   /// Its groups ("api.router", "api.router.flow") and every service's.
   void counters(CounterGroups& out) const;
+  /// A control request no one else answers: the first service's reply, or nullopt.
+  std::optional<nlohmann::json> control(const std::string& op, const nlohmann::json& request,
+                                        ClientId client);
+  /// Every service's part of locabusctl status.
+  void status(nlohmann::json& out) const;
+  /// Every service's extra Prometheus families (Service::exposition).
+  void exposition(bool cluster, std::string& out) const;
   const FlowControl& flow() const noexcept { return flow_; }
 
   // ServiceHost
   const engine::Clock& clock() const noexcept override { return clock_; }
   std::uint16_t node_id() const noexcept override { return engine_.node_id(); }
   std::uint32_t ring_bytes() const noexcept override { return static_cast<std::uint32_t>(cfg_.ring_bytes); }
+  const engine::Engine& engine() const noexcept override { return engine_; }
+  std::size_t client_count() const noexcept override;
   engine::SendStatus can_send(std::uint16_t node, StreamKey key, std::size_t messages) override;
   engine::SendResult send(std::uint16_t node, StreamKey key, std::span<const std::byte> payload,
                           Origin origin) override;

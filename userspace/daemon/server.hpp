@@ -62,6 +62,11 @@ class ApiServer {
     clients_->counters(out);
     router_->counters(out);
   }
+  /// Every service's part of locabusctl status ("monitor": {...}).
+  void status(nlohmann::json& out) const { router_->status(out); }
+  /// The services' Prometheus families beyond the counter registry: this
+  /// node's (cluster false) or every node's the services know (cluster true).
+  void exposition(bool cluster, std::string& out) const { router_->exposition(cluster, out); }
   /// Those groups as locabusctl counters --json shows them ("api",
   /// "locasock", "endpoints", ...).
   nlohmann::json counters_json() const {

@@ -98,6 +98,11 @@ class ServiceHost {
   virtual ~ServiceHost() = default;
   virtual const engine::Clock& clock() const noexcept = 0;
   virtual std::uint16_t node_id() const noexcept = 0;
+  /// The engine, read-only: its counters and members, for services that
+  /// report on the node (the monitor).
+  virtual const engine::Engine& engine() const noexcept = 0;
+  /// Applications attached to the daemon now.
+  virtual std::size_t client_count() const noexcept = 0;
   virtual std::uint32_t ring_bytes() const noexcept = 0;
 
   // ---- to other nodes
@@ -213,6 +218,28 @@ class Service {
   /// Its counter groups (locabusctl counters, the Prometheus exposition):
   /// by convention one group named after the service.
   virtual void counters(CounterGroups& out) const = 0;
+
+  // ---- the control socket and the exporter
+  /// A control request whose "op" the client host does not answer itself
+  /// (e.g. "monitor"): the whole reply ({"ok": true, ...}, or ok false with
+  /// errno, error and hint), or nullopt when the op is not this service's.
+  virtual std::optional<nlohmann::json> control(const std::string& op, const nlohmann::json& request,
+                                                ClientId client) {
+    (void)op;
+    (void)request;
+    (void)client;
+    return std::nullopt;
+  }
+  /// Adds the service's part to locabusctl status (one key, its name).
+  virtual void status(nlohmann::json& out) const { (void)out; }
+  /// Appends Prometheus text-exposition families beyond its counters (the
+  /// registry renders those): about this node (cluster false) or about every
+  /// node it knows (cluster true, /metrics?scope=cluster). Family names must
+  /// not collide with the registry's (locabus_<group>_...).
+  virtual void exposition(bool cluster, std::string& out) const {
+    (void)cluster;
+    (void)out;
+  }
 };
 
 }  // namespace locabus::daemon
