@@ -99,6 +99,58 @@ TEST_F(ConfigFile, NakDedupDefaultsTo2msAndZeroTurnsItOff) {
   EXPECT_NE(error_of("nak_dedup_us = 10\n").find("nak_dedup_us: unknown key"), std::string::npos);
 }
 
+TEST_F(ConfigFile, MonitorAndMetricsKeys) {
+  const Config d = load("");
+  EXPECT_TRUE(d.monitor.enabled);
+  EXPECT_EQ(d.monitor.sample_ms, 1000u);
+  EXPECT_EQ(d.monitor.broadcast_ms, 5000u);
+  EXPECT_TRUE(d.metrics_address.empty()) << "no exporter unless asked for";
+  const Config c = load(R"(
+iface = "eth1"
+metrics_address = "[::1]:9477"
+[monitor]
+enabled = false
+sample_ms = 200
+broadcast_ms = 1000
+stale_ms = 3000
+remove_ms = 9000
+files = false
+)");
+  EXPECT_FALSE(c.monitor.enabled);
+  EXPECT_EQ(c.monitor.sample_ms, 200u);
+  EXPECT_EQ(c.monitor.broadcast_ms, 1000u);
+  EXPECT_EQ(c.monitor.stale_ms, 3000u);
+  EXPECT_EQ(c.monitor.remove_ms, 9000u);
+  EXPECT_FALSE(c.monitor.files);
+  EXPECT_EQ(c.metrics_address, "[::1]:9477");
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_NE(error_of("[monitor]\nsample_ms = 50\n").find("monitor.sample_ms: 50 is outside 100..60000"),
+            std::string::npos);
+  EXPECT_NE(error_of("[monitor]\nsampel_ms = 500\n").find("monitor.sampel_ms: unknown key"),
+            std::string::npos);
+}
+
+TEST(Config, MonitorTimesMustGrowAndTheMetricsAddressMustParse) {
+  Config c;
+  c.iface = "eth0";
+  c.monitor.stale_ms = c.monitor.broadcast_ms;  // a node would be stale between two broadcasts
+  EXPECT_THROW(c.validate(), Error);
+  c.monitor = {};
+  c.monitor.sample_ms = 6000;  // samples rarer than broadcasts
+  EXPECT_THROW(c.validate(), Error);
+  c.monitor = {};
+  for (const char* bad : {"9477", ":9477", "host:", "host:65536", "::1:9477", "h:12ab"}) {
+    c.metrics_address = bad;
+    EXPECT_THROW(c.validate(), Error) << bad;
+  }
+  for (const char* good : {"0.0.0.0:9477", "127.0.0.1:0", "[::]:9477", "localhost:80"}) {
+    c.metrics_address = good;
+    EXPECT_NO_THROW(c.validate()) << good;
+  }
+  EXPECT_EQ(parse_host_port("[::1]:9477")->first, "::1");
+  EXPECT_EQ(parse_host_port("10.0.0.1:9477")->second, 9477);
+}
+
 TEST_F(ConfigFile, NodeIdAsInteger) { EXPECT_EQ(load("node_id = 513\n").node_id, 513); }
 
 TEST_F(ConfigFile, UnknownKeysAreErrorsThatNameTheKey) {
