@@ -166,19 +166,29 @@ std::string node_exposition(std::span<const NodeView> rows) {
       "node_load15", "15m load average.", "gauge", [](const NodeView& r) { return r.stats.load15_milli; },
       true);
 
-  LOCABUS_NODE_GAUGE_("node_memory_MemTotal_bytes", "Memory information field MemTotal_bytes.",
+  // node_exporter's meminfo names are /proc/meminfo's (node_memory_MemTotal_bytes);
+  // promtool's linter rejects their camelCase, so they are served in
+  // snake_case (docs/METRICS.md maps them).
+  LOCABUS_NODE_GAUGE_("node_memory_mem_total_bytes",
+                      "/proc/meminfo MemTotal, bytes (node_exporter: node_memory_MemTotal_bytes).",
                       r.stats.mem_total);
-  LOCABUS_NODE_GAUGE_("node_memory_MemFree_bytes", "Memory information field MemFree_bytes.",
+  LOCABUS_NODE_GAUGE_("node_memory_mem_free_bytes",
+                      "/proc/meminfo MemFree, bytes (node_exporter: node_memory_MemFree_bytes).",
                       r.stats.mem_free);
-  LOCABUS_NODE_GAUGE_("node_memory_MemAvailable_bytes", "Memory information field MemAvailable_bytes.",
+  LOCABUS_NODE_GAUGE_("node_memory_mem_available_bytes",
+                      "/proc/meminfo MemAvailable, bytes (node_exporter: node_memory_MemAvailable_bytes).",
                       r.stats.mem_available);
-  LOCABUS_NODE_GAUGE_("node_memory_Buffers_bytes", "Memory information field Buffers_bytes.",
+  LOCABUS_NODE_GAUGE_("node_memory_buffers_bytes",
+                      "/proc/meminfo Buffers, bytes (node_exporter: node_memory_Buffers_bytes).",
                       r.stats.mem_buffers);
-  LOCABUS_NODE_GAUGE_("node_memory_Cached_bytes", "Memory information field Cached_bytes.",
+  LOCABUS_NODE_GAUGE_("node_memory_cached_bytes",
+                      "/proc/meminfo Cached, bytes (node_exporter: node_memory_Cached_bytes).",
                       r.stats.mem_cached);
-  LOCABUS_NODE_GAUGE_("node_memory_SwapTotal_bytes", "Memory information field SwapTotal_bytes.",
+  LOCABUS_NODE_GAUGE_("node_memory_swap_total_bytes",
+                      "/proc/meminfo SwapTotal, bytes (node_exporter: node_memory_SwapTotal_bytes).",
                       r.stats.swap_total);
-  LOCABUS_NODE_GAUGE_("node_memory_SwapFree_bytes", "Memory information field SwapFree_bytes.",
+  LOCABUS_NODE_GAUGE_("node_memory_swap_free_bytes",
+                      "/proc/meminfo SwapFree, bytes (node_exporter: node_memory_SwapFree_bytes).",
                       r.stats.swap_free);
 
   const auto disk = [&](string_view name, string_view help, auto value, bool milli) {
