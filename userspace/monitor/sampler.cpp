@@ -131,7 +131,8 @@ bool skipped_fstype(string_view t) noexcept {
       "proc",    "sysfs",       "cgroup",  "cgroup2",    "devpts",  "devtmpfs",  "tmpfs",      "ramfs",
       "bpf",     "tracefs",     "debugfs", "securityfs", "mqueue",  "hugetlbfs", "pstore",     "configfs",
       "fusectl", "binfmt_misc", "autofs",  "nsfs",       "overlay", "squashfs",  "rpc_pipefs", "nfs",
-      "nfs4",    "cifs",        "smb3",    "ceph",       "9p",      "efivarfs",  "selinuxfs",  "nfsd"};
+      "nfs4",    "cifs",        "smb3",    "ceph",       "9p",      "efivarfs",  "selinuxfs",  "nfsd",
+      "fuse",    "smbfs",       "afs",     "lustre",     "gpfs",    "glusterfs", "beegfs",     "davfs"};
   if (t.starts_with("fuse.")) return true;
   return std::find(std::begin(kSkip), std::end(kSkip), t) != std::end(kSkip);
 }
