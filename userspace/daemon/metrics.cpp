@@ -301,7 +301,6 @@ std::size_t MetricsExporter::serve(const Renderer& render) {
       try {
         t = render(s.scope);
       } catch (...) {
-        m.count(m.failures);
         s.answer.set_exception(std::current_exception());
         continue;
       }
