@@ -187,7 +187,8 @@ else
   bad "promtool check metrics (cluster): $(head -c 600 "$work/promtool-cluster.txt")"
 fi
 check "cluster scope: node_load1 for nodes 1..$nodes" "$(seq -s ' ' "$nodes")" \
-  "$(grep -oE '^node_load1\{node="[0-9]+"' "$work/cluster.txt" | grep -oE '[0-9]+' | sort -n | tr '\n' ' ' | sed 's/ $//')"
+  "$(grep -oE '^node_load1\{node="[0-9]+"' "$work/cluster.txt" | grep -oE '"[0-9]+"' | tr -d '"' | sort -n | tr '\n' ' ' |
+    sed 's/ $//')"
 grep -q '^locabus_engine_' "$work/cluster.txt" && bad "the cluster scope has this node's registry counters" ||
   ok "the cluster scope has no registry counters (those are per node)"
 check "unknown scope: 400" 400 "$(fetch "$ns1" "http://${ips[0]}:$mport/metrics?scope=all" "$work/400.txt" | cut -d' ' -f1)"
@@ -263,7 +264,7 @@ deadline=$((SECONDS + 40))
 while :; do
   kill -0 "$prom_pid" 2>/dev/null || fatal "prometheus exited: $(tail -n 5 "$work/prometheus.log")"
   up=0
-  if [[ $(fetch "$ns1" "$api/targets?state=active" "$work/targets.json" | cut -d' ' -f1) == 200 ]]; then
+  if [[ $(fetch "$ns1" "$api/targets?state=active" "$work/targets.json" 2>/dev/null | cut -d' ' -f1) == 200 ]]; then
     up=$(jq '[.data.activeTargets[] | select(.health == "up")] | length' "$work/targets.json")
   fi
   ((up == want)) && break
@@ -305,8 +306,54 @@ done
 check "$q_cpu: one value per node" "$expect" "$cpu"
 check "$q_load: one value per node" "$expect" "$load"
 jq -r '.data.result[] | "  node \(.metric.node): idle CPU \(.value[1]) s/s"' "$work/q-cpu.json"
+# All modes together: about the machine's CPU count per second (every node
+# here is this machine); jitter between sampling and scraping stays well
+# within 3 times that.
+q_all='sum by (node) (rate(node_cpu_seconds_total{job="locabus"}[10s]))'
+check "$q_all: one value per node" "$expect" "$(query_nodes "$q_all" "$work/q-all.json")"
+cpus=$(getconf _NPROCESSORS_ONLN)
+check "$q_all: each node's CPU seconds per second within (0, 3 x $cpus]" "$nodes" \
+  "$(jq --argjson c "$cpus" '[.data.result[] | .value[1] | tonumber | select(. > 0 and . <= 3 * $c)] | length' \
+    "$work/q-all.json")"
+jq -r '.data.result[] | "  node \(.metric.node): all modes \(.value[1]) s/s"' "$work/q-all.json"
 check "rates of a locabus counter per node (locabus_engine_tx_frames_total)" "$expect" \
   "$(query_nodes 'sum by (node) (rate(locabus_engine_tx_frames_total{job="locabus"}[10s]))' "$work/q-tx.json")"
+
+section "every dashboard expression evaluates, with a value, in prometheus"
+if [[ -f $dashboard ]]; then
+  if out=$(ip netns exec "$ns1" python3 - "$dashboard" "$api" <<'EOF'
+import json, sys, urllib.parse, urllib.request
+dash, api = json.load(open(sys.argv[1])), sys.argv[2]
+exprs = []
+def walk(o):
+    if isinstance(o, dict):
+        if isinstance(o.get("expr"), str):
+            exprs.append(o["expr"])
+        for v in o.values():
+            walk(v)
+    elif isinstance(o, list):
+        for v in o:
+            walk(v)
+walk(dash)
+bad = []
+for e in exprs:
+    q = e.replace("$__rate_interval", "10s").replace("$node", ".+")
+    try:
+        r = json.load(urllib.request.urlopen(api + "/query?query=" + urllib.parse.quote(q), timeout=5))
+        if r.get("status") != "success" or not r["data"]["result"]:
+            bad.append(f"{e} -> {r.get('status')}, {len(r.get('data', {}).get('result', []))} series")
+    except Exception as x:
+        bad.append(f"{e} -> {x}")
+print("\n".join(bad) if bad else f"{len(exprs)} expressions", end="")
+sys.exit(1 if bad or not exprs else 0)
+EOF
+  ); then
+    ok "dashboard: $out evaluate with a value"
+  else
+    bad "dashboard expressions without a value or with an error:"
+    echo "$out"
+  fi
+fi
 
 section "the cost of a scrape on node 1 (rendered on the daemon's thread)"
 "$tool" exec --name "$name" 1 locabusctl status --json | jq -c '.metrics.last_render_us' |
