@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/counters.hpp"
+#include "monitor/text.hpp"
 
 namespace locabus::monitor {
 namespace {
@@ -35,7 +36,12 @@ void append_milli(std::string& out, std::uint64_t v) {
   out += static_cast<char>('0' + f % 10);
 }
 
+/// Escaped as the text format wants; bytes that are not UTF-8 (a peer's
+/// record, a mount point) become U+FFFD, since Prometheus refuses the whole
+/// scrape over one label value that is not valid UTF-8.
 void append_escaped(std::string& out, string_view s, bool quote) {
+  std::string fixed;
+  if (!valid_utf8(s)) s = fixed = to_valid_utf8(s);
   for (const char c : s) {
     if (c == '\\')
       out += "\\\\";
