@@ -989,5 +989,46 @@ TEST(MonitorReview, HostilePeerCannotGrowTheTable) {
   EXPECT_LE(t.memory_bytes(), 3 * (kMaxParts * (kMaxPartLen + 64) + (64u << 10)));
 }
 
+TEST(MonitorReview, SignificantChangeWhenATotalDropsToZero) {
+  NodeStats last = full_node(1, 1, 1);
+  NodeStats now = last;
+  EXPECT_FALSE(significant_change(last, now));
+  // swapoff: 1 GiB of 8 GiB was used, now there is no swap at all.
+  now.swap_total = now.swap_free = 0;
+  EXPECT_TRUE(significant_change(last, now));
+  EXPECT_TRUE(significant_change(now, last)) << "swapon the other way";
+  // /proc/meminfo unreadable in this sample: every memory field 0.
+  now = last;
+  now.mem_total = now.mem_available = 0;
+  EXPECT_TRUE(significant_change(last, now));
+  EXPECT_TRUE(significant_change(now, last));
+  // Both 0 all along: nothing moved.
+  last.swap_total = last.swap_free = last.mem_total = last.mem_available = 0;
+  now = last;
+  EXPECT_FALSE(significant_change(last, now));
+  // Nothing at all (a sampler that read nothing), and cpus 0: no division by zero.
+  EXPECT_FALSE(significant_change(NodeStats{}, NodeStats{}));
+}
+
+TEST(MonitorReview, LeastLoadedIgnoresRowOrder) {
+  std::vector<NodeView> rows(40);
+  std::mt19937 rng(15);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    rows[i].node = static_cast<std::uint16_t>(1000 - i * 7);
+    rows[i].state = i % 5 == 0 ? NodeState::stale : NodeState::alive;
+    rows[i].stats.cpus = static_cast<std::uint32_t>(rng() % 3);  // 0 counts as 1
+    rows[i].stats.load1_milli = rng() % 2 ? UINT32_MAX : static_cast<std::uint32_t>(rng() % 200);
+    rows[i].stats.mem_available = rng() % 2 ? UINT64_MAX : rng() % 3;
+  }
+  const auto want = least_loaded(rows);
+  ASSERT_TRUE(want);
+  for (int i = 0; i < 100; ++i) {
+    std::shuffle(rows.begin(), rows.end(), rng);
+    ASSERT_EQ(least_loaded(rows), want);
+  }
+  for (auto& r : rows) r.state = NodeState::stale;
+  EXPECT_FALSE(least_loaded(rows));
+}
+
 }  // namespace
 }  // namespace locabus::monitor

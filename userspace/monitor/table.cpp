@@ -189,16 +189,17 @@ bool significant_change(const NodeStats& last_sent, const NodeStats& now) {
     const u128 b = static_cast<u128>(last_sent.load1_milli) * cpus_of(now);
     if (absdiff(a, b) * 4 >= static_cast<u128>(1000) * cpus_of(now) * cpus_of(last_sent)) return true;
   }
-  // Available memory by >= 5 % of the total.
-  if (now.mem_total > 0 && static_cast<u128>(absdiff(now.mem_available, last_sent.mem_available)) * 20 >=
-                               static_cast<u128>(now.mem_total))
+  // Available memory by >= 5 % of the total. The larger of the two totals:
+  // a total that went to 0 (meminfo unreadable) is a change, not a skip.
+  if (const auto mem_total = std::max(now.mem_total, last_sent.mem_total);
+      mem_total > 0 && static_cast<u128>(absdiff(now.mem_available, last_sent.mem_available)) * 20 >=
+                           static_cast<u128>(mem_total))
     return true;
-  // Used swap by >= 5 % of the swap.
-  if (now.swap_total > 0) {
+  // Used swap by >= 5 % of the swap (the larger total again: swapoff).
+  if (const auto swap_total = std::max(now.swap_total, last_sent.swap_total); swap_total > 0) {
     const auto used_now = now.swap_total - std::min(now.swap_free, now.swap_total);
     const auto used_last = last_sent.swap_total - std::min(last_sent.swap_free, last_sent.swap_total);
-    if (static_cast<u128>(absdiff(used_now, used_last)) * 20 >= static_cast<u128>(now.swap_total))
-      return true;
+    if (static_cast<u128>(absdiff(used_now, used_last)) * 20 >= static_cast<u128>(swap_total)) return true;
   }
   // A disk, filesystem or interface came or went.
   auto disk_name = [](const DiskStats& d) -> std::string_view { return d.device; };
