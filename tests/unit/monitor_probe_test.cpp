@@ -704,6 +704,11 @@ TEST(MonitorReview, ExpositionLabelValuesAreValidUtf8) {
   rows[1].stats.filesystems[0] = {"/mnt/caf\xe9", "/dev/\xed\xa0\x80", "\xc0\xaf", 1, 1, 1, 1, 1};
   rows[2].stats.nets[1].device = "eth\x80";
   rows[2].stats.nets[0].device = "d\xc3\xa9j\xc3\xa0";  // valid: kept
+  // Two names that differ only in bytes that are not UTF-8 are one label value once made valid:
+  // rendered once, or the scrape has a duplicate series.
+  rows[2].stats.nets.push_back({"eth\x81", 5, 5, 5, 5, 5, 5, 5, 5});
+  rows[2].stats.disks.push_back({"sd\xff", 1, 1, 1, 1, 1});
+  rows[2].stats.disks.push_back({"sd\xfe", 2, 2, 2, 2, 2});
   const std::string text = node_exposition(rows);
   EXPECT_TRUE(valid_utf8(text)) << "Prometheus refuses a scrape whose label values are not UTF-8";
   const auto fams = parse_strict(text);
