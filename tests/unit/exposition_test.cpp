@@ -65,7 +65,8 @@ std::uint16_t port_of(const std::string& address) {
   return static_cast<std::uint16_t>(std::stoul(address.substr(address.rfind(':') + 1)));
 }
 
-HttpReply http_get(std::uint16_t port, const std::string& target, std::chrono::seconds timeout = 10s) {
+HttpReply http_request(std::uint16_t port, const std::string& method, const std::string& target,
+                       std::chrono::seconds timeout = 10s) {
   HttpReply r;
   UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!s) return r;
@@ -76,7 +77,8 @@ HttpReply http_get(std::uint16_t port, const std::string& target, std::chrono::s
   a.sin_port = htons(port);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::connect(s.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) return r;
-  const std::string req = "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  std::string req = method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+  req += method == "POST" ? "Content-Length: 0\r\n\r\n" : "\r\n";
   if (::send(s.get(), req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) return r;
   std::string raw;
   char buf[4096];
@@ -102,6 +104,10 @@ HttpReply http_get(std::uint16_t port, const std::string& target, std::chrono::s
   }
   r.body = raw.substr(head_end + 4);
   return r;
+}
+
+HttpReply http_get(std::uint16_t port, const std::string& target, std::chrono::seconds timeout = 10s) {
+  return http_request(port, "GET", target, timeout);
 }
 
 // ---- the daemon's loop, faked -------------------------------------------------------
@@ -179,7 +185,7 @@ TEST(MetricsExporter, ServesBothScopesFromTheLoopWithTheExpositionContentType) {
   EXPECT_FALSE(e.pending());
 }
 
-TEST(MetricsExporter, UnknownScopeIs400AndUnknownPathIs404AndTheIndexLinksBoth) {
+TEST(MetricsExporter, UnknownScopeIs400UnknownPathIs404PostIs405AndTheIndexLinksBoth) {
   MetricsExporter e("127.0.0.1:0");
   FakeLoop loop(e, fake_text);
   const auto port = port_of(e.address());
@@ -201,8 +207,13 @@ TEST(MetricsExporter, UnknownScopeIs400AndUnknownPathIs404AndTheIndexLinksBoth) 
   EXPECT_NE(index.body.find("href=\"/metrics\""), std::string::npos);
   EXPECT_NE(index.body.find("href=\"/metrics?scope=cluster\""), std::string::npos);
 
+  const HttpReply post = http_request(port, "POST", "/metrics");
+  EXPECT_EQ(post.status, 405);
+  EXPECT_EQ(post.header("allow"), "GET, HEAD");
+  EXPECT_NE(post.body.find("GET only"), std::string::npos) << post.body;
+
   EXPECT_TRUE(loop.rendered().empty()) << "a refused request reached the daemon";
-  EXPECT_EQ(e.counters().bad_requests, 2u);
+  EXPECT_EQ(e.counters().bad_requests, 3u);
 }
 
 TEST(MetricsExporter, ARendererThatNeverAnswersGives503WithinTheTimeout) {

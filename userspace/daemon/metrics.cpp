@@ -241,16 +241,22 @@ MetricsExporter::MetricsExporter(const std::string& address, MetricsOptions opti
   s.Get("/", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(kIndex, "text/html; charset=utf-8");
   });
-  s.set_error_handler(
-      httplib::Server::HandlerWithResponse([&m](const httplib::Request& req, httplib::Response& res) {
-        if (res.status != 404 || !res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-        m.count(m.bad_requests);
-        res.set_content(fmt::format("no page {} here: metrics are at /metrics (this node) and "
-                                    "/metrics?scope=cluster (every node)\n",
-                                    req.path),
-                        kTextType);
-        return httplib::Server::HandlerResponse::Handled;
-      }));
+  s.set_error_handler(httplib::Server::HandlerWithResponse([&m](const httplib::Request& req,
+                                                                httplib::Response& res) {
+    if (res.status != 404 || !res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    m.count(m.bad_requests);
+    if ((req.path == "/" || req.path == "/metrics") && req.method != "GET" && req.method != "HEAD") {
+      res.status = 405;
+      res.set_header("Allow", "GET, HEAD");
+      res.set_content(fmt::format("{} {}: the exporter answers GET only\n", req.method, req.path), kTextType);
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    res.set_content(fmt::format("no page {} here: metrics are at /metrics (this node) and "
+                                "/metrics?scope=cluster (every node)\n",
+                                req.path),
+                    kTextType);
+    return httplib::Server::HandlerResponse::Handled;
+  }));
 
   int bound = port;
   if (port == 0) {
