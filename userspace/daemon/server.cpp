@@ -17,8 +17,10 @@ ApiServer::ApiServer(const Config& cfg, engine::Engine& engine, const engine::Cl
   router_->add(std::make_unique<EndpointService>(*router_));
   // Registered also when off: it answers "monitor" with ENOTSUP and takes
   // the records other nodes broadcast.
-  router_->add(
-      std::make_unique<MonitorService>(*router_, cfg.monitor, cfg.run_dir, std::move(hooks.monitor_sample)));
+  auto monitor =
+      std::make_unique<MonitorService>(*router_, cfg.monitor, cfg.run_dir, std::move(hooks.monitor_sample));
+  monitor_ = monitor.get();
+  router_->add(std::move(monitor));
   clients_ = std::make_unique<ClientHost>(cfg, loop_, clock, introspection, *router_);
   router_->attach(*clients_);
 }

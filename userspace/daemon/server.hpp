@@ -23,6 +23,7 @@
 namespace locabus::daemon {
 
 class Introspection;
+class MonitorService;
 
 /// What a test (the simulation) puts in place of the real thing.
 struct ServerHooks {
@@ -75,6 +76,8 @@ class ApiServer {
   /// The services' Prometheus families beyond the counter registry: this
   /// node's (cluster false) or every node's the services know (cluster true).
   void exposition(bool cluster, std::string& out) const { router_->exposition(cluster, out); }
+  /// LocaMonitor's service (its table, for tests and the exporter).
+  const MonitorService& monitor() const noexcept { return *monitor_; }
   /// Those groups as locabusctl counters --json shows them ("api",
   /// "locasock", "endpoints", ...).
   nlohmann::json counters_json() const {
@@ -87,6 +90,7 @@ class ApiServer {
   EventLoop loop_;
   std::unique_ptr<Router> router_;
   std::unique_ptr<ClientHost> clients_;
+  MonitorService* monitor_ = nullptr;  // owned by the router
 };
 
 }  // namespace locabus::daemon
