@@ -15,8 +15,9 @@ namespace locabus::sim::testing {
 
 // ---- TempDir ------------------------------------------------------------------------
 
-TempDir::TempDir(const std::string& prefix) {
-  std::string templ = (std::filesystem::temp_directory_path() / (prefix + "XXXXXX")).string();
+TempDir::TempDir(const std::string& prefix, const std::filesystem::path& base) {
+  std::string templ =
+      ((base.empty() ? std::filesystem::temp_directory_path() : base) / (prefix + "XXXXXX")).string();
   if (!::mkdtemp(templ.data())) throw std::system_error(errno, std::generic_category(), "mkdtemp " + templ);
   path_ = templ;
 }
@@ -114,7 +115,9 @@ daemon::ServerHooks DaemonSim::hooks(std::size_t index) {
 }
 
 DaemonSim::DaemonSim(std::uint64_t seed, const DaemonSimOptions& options)
-    : options_(options), cluster_(seed, options.nodes, options.engine, options.link) {
+    : options_(options),
+      dir_("locabus-dsim-", options.run_base),
+      cluster_(seed, options.nodes, options.engine, options.link) {
   // The servers log every open and close at info: keep test output for failures.
   spdlog::set_level(spdlog::level::warn);
   for (std::size_t i = 0; i < options_.nodes; ++i) {

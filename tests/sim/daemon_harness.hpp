@@ -63,7 +63,8 @@ namespace locabus::sim::testing {
 /// everything in it when this goes (also when a test fails).
 class TempDir {
  public:
-  explicit TempDir(const std::string& prefix = "locabus-dsim-");
+  /// Under `base` (empty: the system's temporary directory).
+  explicit TempDir(const std::string& prefix = "locabus-dsim-", const std::filesystem::path& base = {});
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
@@ -83,6 +84,11 @@ struct DaemonSimOptions {
   std::uint32_t endpoint_window = 1024;
   /// Simulated time per driver step.
   engine::Nanos quantum = std::chrono::microseconds(50);
+  /// Where the nodes' run directories go (empty: the system's temporary
+  /// directory). A test writing many files points it at a tmpfs (/dev/shm),
+  /// as a daemon's /run is: on a disk file system every rename over a file
+  /// starts writeback.
+  std::filesystem::path run_base;
   /// LocaMonitor on every node (the daemon's defaults unless set).
   daemon::MonitorConfig monitor;
   /// Node `index`'s LocaMonitor sample at simulated time `now`, run on the

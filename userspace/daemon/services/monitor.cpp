@@ -167,6 +167,7 @@ void MonitorService::take_sample(engine::Nanos now, engine::Nanos slot) {
     }
   }
   table_.set_local(s, epoch_, seq_, now);
+  table_changed();
   if (pending_) try_send(now);
   write_row(host_.node_id(), now);
 }
@@ -217,7 +218,7 @@ int MonitorService::do_work() {
   } else if (pending_ && try_send(now)) {
     ++work;
   }
-  if (const auto e = table_.next_expiry(); e && now >= *e) {
+  if (const auto e = next_expiry(); e && now >= *e) {
     expire(now);
     ++work;
   }
@@ -228,8 +229,16 @@ std::optional<engine::Nanos> MonitorService::next_deadline() const {
   if (!cfg_.enabled) return std::nullopt;
   engine::Nanos next = next_sample_;
   if (pending_) next = std::min(next, retry_at_);
-  if (const auto e = table_.next_expiry()) next = std::min(next, *e);
+  if (const auto e = next_expiry()) next = std::min(next, *e);
   return next;
+}
+
+std::optional<engine::Nanos> MonitorService::next_expiry() const {
+  if (!expiry_known_) {
+    expiry_ = table_.next_expiry();
+    expiry_known_ = true;
+  }
+  return expiry_;
 }
 
 // ---- the table ------------------------------------------------------------------------
@@ -243,6 +252,7 @@ void MonitorService::write_row(std::uint16_t node, engine::Nanos now) {
 }
 
 void MonitorService::expire(engine::Nanos now) {
+  table_changed();
   for (const std::uint16_t node : table_.expire(now)) write_row(node, now);
 }
 
@@ -259,6 +269,7 @@ void MonitorService::on_message(const Inbound& m) {
   ++counters_.parts_received;
   const engine::Nanos now = host_.clock().now();
   std::string error;
+  table_changed();
   switch (table_.apply(m.node, m.payload, now, &error)) {
     case monitor::Applied::complete:
       ++counters_.records_completed;
@@ -292,6 +303,7 @@ void MonitorService::on_event(const engine::Event& e) {
     case EventKind::left: {
       const engine::Nanos now = host_.clock().now();
       table_.mark_stale(e.node, now);
+      table_changed();
       write_row(e.node, now);
       break;
     }

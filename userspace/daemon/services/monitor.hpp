@@ -117,6 +117,9 @@ class MonitorService final : public Service {
   void write_row(std::uint16_t node, engine::Nanos now);
   std::uint64_t unix_ms() const noexcept;
   void warn_once(unsigned kind, const std::string& message);
+  /// Table::next_expiry() walks every row: it is asked again only after the table changed.
+  std::optional<engine::Nanos> next_expiry() const;
+  void table_changed() noexcept { expiry_known_ = false; }
 
   ServiceHost& host_;
   MonitorConfig cfg_;
@@ -142,6 +145,9 @@ class MonitorService final : public Service {
   };
   std::unordered_map<std::uint16_t, PeerSums> peer_last_;
   std::uint64_t retransmits_ = 0, delivered_ = 0;
+
+  mutable std::optional<engine::Nanos> expiry_;
+  mutable bool expiry_known_ = false;
 
   unsigned warned_ = 0;  // log lines already written, a bit per kind
   MonitorServiceCounters counters_;
