@@ -328,6 +328,82 @@ std::uint64_t counter(DaemonSim& sim, std::size_t i, const char* name) {
   return sim.call([&] { return sim.server(i).counters_json()["monitor"][name].get<std::uint64_t>(); });
 }
 
+// ---- the file writer on its own ------------------------------------------------------------
+
+TEST(MonitorFiles, KeyValuesAreOneKeyPerLineWithCleanNamesAndValues) {
+  monitor::NodeView row;
+  row.node = 9;
+  row.stats.hostname = "evil\nstate=alive";
+  row.stats.cpus = 2;
+  row.stats.load1_milli = 1500;
+  row.stats.cpu_permille = {125, 0, 0, 875, 0, 0, 0, 0};
+  row.stats.nets = {{"eth-0", 1, 2, 0, 0, 0, 0, 0, 0},
+                    {"eth_0", 3, 4, 0, 0, 0, 0, 0, 0},
+                    {"Wlan0", 5, 6, 0, 0, 0, 0, 0, 0}};
+  const std::string text = monitor::key_values(row, 1234);
+  std::map<std::string, std::string> kv;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    const auto eq = line.find('=');
+    ASSERT_NE(eq, std::string::npos) << line;
+    ASSERT_TRUE(kv.emplace(line.substr(0, eq), line.substr(eq + 1)).second) << "twice: " << line;
+  }
+  EXPECT_EQ(kv.at("hostname"), "evil?state=alive");
+  EXPECT_EQ(kv.at("state"), "alive");
+  EXPECT_EQ(kv.at("updated_at_ms"), "1234");
+  EXPECT_EQ(kv.at("net_eth_0_rx_bytes"), "1");
+  EXPECT_EQ(kv.at("net_eth_0_2_tx_bytes"), "4");
+  EXPECT_EQ(kv.at("net_wlan0_rx_bytes"), "5");
+  EXPECT_EQ(kv.at("load1"), "1.500");
+  EXPECT_EQ(kv.at("cpu_busy_percent"), "12.5");
+  EXPECT_EQ(kv.at("cpu_user_percent"), "12.5");
+  EXPECT_EQ(kv.at("cpu_idle_percent"), "87.5");
+  EXPECT_EQ(kv.at("load_per_cpu"), "0.750");
+  EXPECT_EQ(kv.size(), 37u + 3u * 2u + 10u);  // fixed keys, 3 interfaces, the Locabus fields
+}
+
+TEST(MonitorFiles, TheWriterCleansUpAfterAKilledDaemonAndCountsItsErrorsOnce) {
+  testing::TempDir tmp("locabus-monfiles-");
+  const auto dir = tmp.path() / "monitor";
+  std::filesystem::create_directory(dir);
+  for (const char* name : {"7", ".7.tmp", "README"}) std::ofstream(dir / name) << "x\n";
+  monitor::NodeView row;
+  row.node = 3;
+  {
+    int told = 0;
+    monitor::FileWriter w(dir, [&](monitor::FileError, const std::string&) { ++told; });
+    EXPECT_FALSE(std::filesystem::exists(dir / "7"));       // a node file of an earlier daemon
+    EXPECT_FALSE(std::filesystem::exists(dir / ".7.tmp"));  // its temporary file
+    EXPECT_TRUE(std::filesystem::exists(dir / "README"));   // not ours
+    ASSERT_TRUE(w.write(row, 1));
+    EXPECT_EQ(read_file(dir / "3").at("node"), "3");
+    EXPECT_FALSE(std::filesystem::exists(dir / ".3.tmp"));
+    EXPECT_EQ(w.files(), 1u);
+    w.remove(3);
+    EXPECT_FALSE(std::filesystem::exists(dir / "3"));
+    ASSERT_TRUE(w.write(row, 2));
+    EXPECT_EQ(w.written(), 2u);
+    EXPECT_EQ(w.errors(), 0u);
+    EXPECT_EQ(told, 0);
+  }
+  // Its files went with it; the directory stays because README is not its.
+  EXPECT_FALSE(std::filesystem::exists(dir / "3"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "README"));
+
+  int told = 0;
+  std::string said;
+  monitor::FileWriter broken(tmp.path() / "missing" / "monitor",
+                             [&](monitor::FileError kind, const std::string& m) {
+                               ++told;
+                               said = std::string(monitor::to_string(kind)) + ": " + m;
+                             });
+  EXPECT_FALSE(broken.write(row, 1));
+  EXPECT_FALSE(broken.write(row, 2));
+  EXPECT_EQ(broken.errors(), 3u);  // the directory, then each file
+  EXPECT_EQ(told, 1);              // once per kind
+  EXPECT_NE(said.find("mkdir: cannot create"), std::string::npos) << said;
+}
+
 // ---- a) convergence, files, the control request -----------------------------------------
 
 daemon::MonitorConfig fast_monitor() {
