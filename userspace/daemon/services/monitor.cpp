@@ -183,17 +183,26 @@ bool MonitorService::try_send(engine::Nanos now) {
     retry_at_ = now + kRetry;
     return false;
   }
+  std::size_t sent = 0;
   for (const auto& part : p.parts) {
     const engine::SendResult r = host_.broadcast(kKey, part);
     if (!r) {
-      // can_broadcast said yes in this same cycle, so this is not expected;
-      // the next record replaces the partial one everywhere.
-      warn_once(kSendFailed,
-                fmt::format("broadcasting a record part failed ({}); the next record replaces it",
-                            engine::to_string(r.status)));
+      // can_broadcast said yes in this same cycle, so this is not expected.
+      // Nothing sent: the record waits as if blocked; some parts sent: the
+      // receivers drop the incomplete record when the next one starts.
+      warn_once(kSendFailed, fmt::format("broadcasting part {} of a record failed ({}); {}", sent,
+                                         engine::to_string(r.status),
+                                         sent == 0 ? "it is tried again" : "the next record replaces it"));
       break;
     }
     ++counters_.parts_sent;
+    ++sent;
+  }
+  if (sent == 0) {
+    if (!p.counted_blocked) ++counters_.send_blocked;
+    p.counted_blocked = true;
+    retry_at_ = now + kRetry;
+    return false;
   }
   ++counters_.records_sent;
   last_sent_ = std::move(p.stats);
