@@ -412,7 +412,10 @@ TEST(MetricsText, RegistryMonitorAndBuildInfoFamiliesNeverCollide) {
   CounterGroups groups;
   std::string services_local, services_cluster;
   {
-    ApiServer server(cfg, cluster.node(0), cluster.net().clock(), introspection);
+    ServerHooks hooks;
+    hooks.monitor_sample = [] { return full_row(1, true).stats; };
+    ApiServer server(cfg, cluster.node(0), cluster.net().clock(), introspection, hooks);
+    server.do_work();  // LocaMonitor's first sample: this node's row
     cluster.node(0).counters(groups);
     cluster.net().transport(cluster.port_of(0)).counters(groups);
     groups.push_back(fastpath::counter_group(fastpath::CounterValues{}));
@@ -424,6 +427,13 @@ TEST(MetricsText, RegistryMonitorAndBuildInfoFamiliesNeverCollide) {
     server.exposition(true, services_cluster);
   }
   std::filesystem::remove_all(dir);
+
+  ASSERT_NE(services_local.find("\nlocabus_node_up{node=\"1\"} 1\n"), std::string::npos)
+      << "LocaMonitor's row is not in the services' local exposition:\n"
+      << services_local;
+  ASSERT_NE(services_cluster.find("\nnode_load1{node=\"1\"} 1.500\n"), std::string::npos) << services_cluster;
+  ASSERT_TRUE(
+      std::any_of(groups.begin(), groups.end(), [](const CounterGroup& g) { return g.name == "monitor"; }));
 
   // The rule that keeps them apart: the monitor's families are node_* and
   // locabus_node_*, so no registry group may be "node" or "node.<x>", and
