@@ -141,6 +141,7 @@ for k in $(seq "$nodes"); do
   check "node $k: metrics enabled, bound address, URL" \
     "true 0.0.0.0:$mport http://0.0.0.0:$mport/metrics" \
     "$(jq -r '.metrics | "\(.enabled) \(.address) \(.url)"' <<<"$st")"
+  check "node $k: the services' parts of the status (monitor enabled)" true "$(jq -r '.monitor.enabled' <<<"$st")"
 done
 
 section "LocaMonitor's table complete on node 1 (bounded: 30 s)"
