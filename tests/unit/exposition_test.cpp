@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <future>
@@ -290,6 +291,27 @@ TEST(MetricsExporter, PortZeroBindsARealPortAndReportsIt) {
   EXPECT_GT(port, 0);
   EXPECT_EQ(e.url(), "http://" + a + "/metrics");
   EXPECT_EQ(http_get(port, "/").status, 200);
+}
+
+TEST(MetricsExporter, AnIpv6AddressIsBoundAndReportedInBrackets) {
+  {
+    UniqueFd probe(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_addr = in6addr_loopback;
+    if (!probe || ::bind(probe.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
+      GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  MetricsExporter e("[::1]:0");
+  const std::string a = e.address();
+  ASSERT_EQ(a.rfind("[::1]:", 0), 0u) << a;
+  EXPECT_EQ(e.url(), "http://" + a + "/metrics");
+  UniqueFd s(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 to{};
+  to.sin6_family = AF_INET6;
+  to.sin6_addr = in6addr_loopback;
+  to.sin6_port = htons(port_of(a));
+  EXPECT_EQ(::connect(s.get(), reinterpret_cast<const sockaddr*>(&to), sizeof to), 0) << std::strerror(errno);
 }
 
 TEST(MetricsExporter, ATakenPortIsAnErrorNamingTheAddress) {
