@@ -1,2 +1,463 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 #include "monitor/table.hpp"
+
+#include <algorithm>
+#include <set>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace locabus::monitor {
+
+namespace {
+
+using u128 = unsigned __int128;
+
+std::uint64_t absdiff(std::uint64_t a, std::uint64_t b) noexcept { return a > b ? a - b : b - a; }
+u128 absdiff(u128 a, u128 b) noexcept { return a > b ? a - b : b - a; }
+
+// A counter's increase; one that went backwards (a reset) gives 0.
+std::uint64_t increase(std::uint64_t now, std::uint64_t before) noexcept {
+  return now >= before ? now - before : 0;
+}
+
+/// CPU busy share in thousandths (what cpu_busy_percent() is, without floating point).
+std::int64_t busy_permille(const NodeStats& s) noexcept {
+  std::int64_t total = 0;
+  for (auto p : s.cpu_permille) total += p;
+  if (total == 0) return 0;
+  const std::int64_t idle = s.cpu_permille[static_cast<std::size_t>(CpuMode::idle)] +
+                            s.cpu_permille[static_cast<std::size_t>(CpuMode::iowait)];
+  return std::clamp<std::int64_t>(1000 - idle, 0, 1000);
+}
+
+std::uint64_t cpus_of(const NodeStats& s) noexcept { return std::max<std::uint32_t>(s.cpus, 1); }
+
+/// The least-loaded rule's load bucket: floor(load1 per CPU / 0.05), exact.
+std::uint64_t load_bucket(const NodeStats& s) noexcept { return s.load1_milli / (50 * cpus_of(s)); }
+
+Rates rates_between(const NodeStats& before, const NodeStats& now) {
+  Rates r;
+  if (now.sampled_at_ms <= before.sampled_at_ms) return r;
+  const double seconds = static_cast<double>(now.sampled_at_ms - before.sampled_at_ms) / 1000.0;
+  std::uint64_t rx = 0, tx = 0, rxp = 0, txp = 0, rd = 0, wr = 0;
+  for (const auto& n : now.nets) {
+    if (n.device == "lo") continue;
+    auto it = std::find_if(before.nets.begin(), before.nets.end(),
+                           [&](const NetStats& b) { return b.device == n.device; });
+    if (it == before.nets.end()) continue;  // new interface: no baseline yet
+    rx += increase(n.rx_bytes, it->rx_bytes);
+    tx += increase(n.tx_bytes, it->tx_bytes);
+    rxp += increase(n.rx_packets, it->rx_packets);
+    txp += increase(n.tx_packets, it->tx_packets);
+  }
+  for (const auto& d : now.disks) {
+    auto it = std::find_if(before.disks.begin(), before.disks.end(),
+                           [&](const DiskStats& b) { return b.device == d.device; });
+    if (it == before.disks.end()) continue;
+    rd += increase(d.read_bytes, it->read_bytes);
+    wr += increase(d.written_bytes, it->written_bytes);
+  }
+  r.net_rx_bytes_per_s = static_cast<double>(rx) / seconds;
+  r.net_tx_bytes_per_s = static_cast<double>(tx) / seconds;
+  r.net_rx_packets_per_s = static_cast<double>(rxp) / seconds;
+  r.net_tx_packets_per_s = static_cast<double>(txp) / seconds;
+  r.disk_read_bytes_per_s = static_cast<double>(rd) / seconds;
+  r.disk_write_bytes_per_s = static_cast<double>(wr) / seconds;
+  return r;
+}
+
+// Heap bytes a string holds (0 while it is in its small-string buffer).
+std::size_t heap_bytes(const std::string& s) noexcept {
+  const char* p = s.data();
+  const char* self = reinterpret_cast<const char*>(&s);
+  if (p >= self && p < self + sizeof(s)) return 0;
+  return s.capacity() + 1;
+}
+
+std::size_t heap_bytes(const NodeStats& s) noexcept {
+  std::size_t n = heap_bytes(s.hostname);
+  n += s.disks.capacity() * sizeof(DiskStats);
+  for (const auto& d : s.disks) n += heap_bytes(d.device);
+  n += s.filesystems.capacity() * sizeof(FilesystemStats);
+  for (const auto& f : s.filesystems)
+    n += heap_bytes(f.mountpoint) + heap_bytes(f.device) + heap_bytes(f.fstype);
+  n += s.nets.capacity() * sizeof(NetStats);
+  for (const auto& d : s.nets) n += heap_bytes(d.device);
+  return n;
+}
+
+// A std::map node: the value and the tree links (three pointers and a colour).
+template <class Value>
+constexpr std::size_t kMapNodeBytes = sizeof(Value) + 4 * sizeof(void*);
+
+template <class T, class Key>
+std::set<std::string_view> names(const std::vector<T>& v, Key key) {
+  std::set<std::string_view> out;
+  for (const auto& x : v) out.insert(key(x));
+  return out;
+}
+
+}  // namespace
+
+const char* to_string(NodeState s) noexcept {
+  switch (s) {
+    case NodeState::alive: return "alive";
+    case NodeState::stale: return "stale";
+  }
+  return "unknown";
+}
+
+const char* to_string(Applied a) noexcept {
+  switch (a) {
+    case Applied::complete: return "complete";
+    case Applied::partial: return "partial";
+    case Applied::old: return "old";
+    case Applied::malformed: return "malformed";
+    case Applied::full: return "full";
+  }
+  return "unknown";
+}
+
+std::optional<std::uint16_t> least_loaded(std::span<const NodeView> rows) {
+  const NodeView* best = nullptr;
+  for (const auto& v : rows) {
+    if (v.state != NodeState::alive) continue;
+    if (!best) {
+      best = &v;
+      continue;
+    }
+    const auto b = load_bucket(v.stats), bb = load_bucket(best->stats);
+    if (b != bb) {
+      if (b < bb) best = &v;
+    } else if (v.stats.mem_available != best->stats.mem_available) {
+      if (v.stats.mem_available > best->stats.mem_available) best = &v;
+    } else if (v.node < best->node) {
+      best = &v;
+    }
+  }
+  if (!best) return std::nullopt;
+  return best->node;
+}
+
+bool significant_change(const NodeStats& last_sent, const NodeStats& now) {
+  // CPU busy by >= 10 points.
+  if (absdiff(static_cast<std::uint64_t>(busy_permille(now)),
+              static_cast<std::uint64_t>(busy_permille(last_sent))) >= 100)
+    return true;
+  // load1 per CPU by >= 0.25: |a/ca - b/cb| >= 250 (thousandths), cross-multiplied.
+  {
+    const u128 a = static_cast<u128>(now.load1_milli) * cpus_of(last_sent);
+    const u128 b = static_cast<u128>(last_sent.load1_milli) * cpus_of(now);
+    if (absdiff(a, b) * 4 >= static_cast<u128>(1000) * cpus_of(now) * cpus_of(last_sent)) return true;
+  }
+  // Available memory by >= 5 % of the total.
+  if (now.mem_total > 0 && static_cast<u128>(absdiff(now.mem_available, last_sent.mem_available)) * 20 >=
+                               static_cast<u128>(now.mem_total))
+    return true;
+  // Used swap by >= 5 % of the swap.
+  if (now.swap_total > 0) {
+    const auto used_now = now.swap_total - std::min(now.swap_free, now.swap_total);
+    const auto used_last = last_sent.swap_total - std::min(last_sent.swap_free, last_sent.swap_total);
+    if (static_cast<u128>(absdiff(used_now, used_last)) * 20 >= static_cast<u128>(now.swap_total))
+      return true;
+  }
+  // A disk, filesystem or interface came or went.
+  auto disk_name = [](const DiskStats& d) -> std::string_view { return d.device; };
+  auto fs_name = [](const FilesystemStats& f) -> std::string_view { return f.mountpoint; };
+  auto net_name = [](const NetStats& n) -> std::string_view { return n.device; };
+  if (names(now.disks, disk_name) != names(last_sent.disks, disk_name) ||
+      names(now.filesystems, fs_name) != names(last_sent.filesystems, fs_name) ||
+      names(now.nets, net_name) != names(last_sent.nets, net_name))
+    return true;
+  // A filesystem's use ((size - free) / size) by >= 5 points: |ua/sa - ub/sb| >= 1/20, cross-multiplied.
+  for (const auto& f : now.filesystems) {
+    auto it = std::find_if(last_sent.filesystems.begin(), last_sent.filesystems.end(),
+                           [&](const FilesystemStats& o) { return o.mountpoint == f.mountpoint; });
+    if (it == last_sent.filesystems.end()) continue;
+    const u128 sa = f.size_bytes, sb = it->size_bytes;
+    const u128 ua = f.size_bytes - std::min(f.free_bytes, f.size_bytes);
+    const u128 ub = it->size_bytes - std::min(it->free_bytes, it->size_bytes);
+    if (sa == 0 && sb == 0) continue;
+    if (sa == 0 || sb == 0) return true;  // it became empty or got a size: 100 points
+    if (absdiff(ua * sb, ub * sa) * 20 >= sa * sb) return true;
+  }
+  return false;
+}
+
+Table::Table(std::uint16_t self, TableLimits limits) : self_(self), limits_(limits) {}
+
+void Table::commit(Row& r, std::uint16_t node, const RecordHeader& h, Nanos now, NodeStats stats) {
+  stats.sampled_at_ms = h.sampled_at_ms;
+  if (r.view.epoch != 0 && r.view.epoch == h.epoch) {
+    r.view.rates = rates_between(r.view.stats, stats);
+    r.previous = std::move(r.view.stats);
+    r.has_previous = true;
+  } else {  // a first record, or a restarted node: nothing to take rates against
+    r.view.rates = {};
+    r.previous = {};
+    r.has_previous = false;
+  }
+  r.view.node = node;
+  r.view.self = node == self_;
+  r.view.state = NodeState::alive;
+  r.view.epoch = h.epoch;
+  r.view.seq = h.seq;
+  r.view.stats = std::move(stats);
+  r.heard = now;
+  r.stale_since = {};
+}
+
+void Table::set_local(const NodeStats& s, std::uint32_t epoch, std::uint32_t seq, Nanos now) {
+  RecordHeader h;
+  h.epoch = epoch;
+  h.seq = seq;
+  h.sampled_at_ms = s.sampled_at_ms;
+  commit(rows_[self_], self_, h, now, s);
+}
+
+Applied Table::apply(std::uint16_t node, std::span<const std::byte> payload, Nanos now, std::string* error) {
+  auto part = parse_part(payload, error);
+  if (!part) return Applied::malformed;
+  const RecordHeader& h = part->header;
+  if (node == self_) {
+    if (error)
+      *error =
+          fmt::format("a LocaMonitor part that says it is from this node ({}): its row is set locally", node);
+    return Applied::old;
+  }
+  auto it = rows_.find(node);
+  if (it == rows_.end()) {
+    if (rows_.size() >= limits_.max_nodes) {
+      if (error)
+        *error = fmt::format("the LocaMonitor table holds its limit of {} nodes; node {} is left out",
+                             limits_.max_nodes, node);
+      return Applied::full;
+    }
+    it = rows_.emplace(node, Row{}).first;
+    it->second.view.node = node;
+    it->second.heard = now;  // a row without a complete record yet goes after remove_after
+  }
+  Row& r = it->second;
+  if (r.view.epoch != 0 && h.epoch == r.view.epoch && h.seq <= r.view.seq) {
+    if (error)
+      *error = fmt::format("LocaMonitor part of seq {} from node {}: it already has seq {} of that epoch",
+                           h.seq, node, r.view.seq);
+    return Applied::old;
+  }
+  const bool pending = r.pending_parts != 0;
+  if (!pending || h.epoch != r.pending_epoch || h.seq > r.pending_seq) {
+    // A newer record (or a restarted node's): the older pending one is dropped.
+    std::vector<std::vector<std::byte>>(h.parts).swap(r.pending);
+    r.pending_epoch = h.epoch;
+    r.pending_seq = h.seq;
+    r.pending_parts = h.parts;
+  } else if (h.seq < r.pending_seq) {
+    if (error)
+      *error = fmt::format("LocaMonitor part of seq {} from node {}: seq {} is being assembled", h.seq, node,
+                           r.pending_seq);
+    return Applied::old;
+  } else if (h.parts != r.pending_parts) {
+    if (error)
+      *error = fmt::format(
+          "LocaMonitor part {} of seq {} from node {} says {} parts, its record's other parts say {}", h.part,
+          h.seq, node, h.parts, r.pending_parts);
+    return Applied::malformed;
+  }
+  auto& slot = r.pending[h.part];
+  if (!slot.empty()) {
+    if (error)
+      *error = fmt::format("LocaMonitor part {} of seq {} from node {} arrived twice", h.part, h.seq, node);
+    return Applied::old;
+  }
+  slot.assign(payload.begin(), payload.end());
+  if (r.view.epoch == 0) r.heard = now;
+  if (std::any_of(r.pending.begin(), r.pending.end(), [](const auto& p) { return p.empty(); }))
+    return Applied::partial;
+
+  NodeStats stats;
+  std::string why;
+  bool ok = true;
+  for (const auto& p : r.pending) {
+    auto parsed = parse_part(p);  // stored parts parsed once already
+    if (!decode_sections(parsed->sections, stats, &why)) {
+      ok = false;
+      break;
+    }
+  }
+  std::vector<std::vector<std::byte>>().swap(r.pending);
+  r.pending_parts = 0;
+  r.pending_epoch = r.pending_seq = 0;
+  if (!ok) {
+    if (error) *error = fmt::format("LocaMonitor record seq {} from node {}: {}", h.seq, node, why);
+    return Applied::malformed;
+  }
+  commit(r, node, h, now, std::move(stats));
+  return Applied::complete;
+}
+
+void Table::mark_stale(std::uint16_t node, Nanos now) {
+  auto it = rows_.find(node);
+  if (it == rows_.end() || node == self_ || it->second.view.epoch == 0) return;
+  Row& r = it->second;
+  if (r.view.state == NodeState::alive) {
+    r.view.state = NodeState::stale;
+    r.stale_since = now;
+  }
+}
+
+std::vector<std::uint16_t> Table::expire(Nanos now) {
+  std::vector<std::uint16_t> changed;
+  for (auto it = rows_.begin(); it != rows_.end();) {
+    Row& r = it->second;
+    if (it->first == self_) {
+      ++it;
+      continue;
+    }
+    const Nanos silent = now - r.heard;
+    if (silent >= limits_.remove_after) {
+      if (r.view.epoch != 0) changed.push_back(it->first);  // a row never complete was never shown
+      it = rows_.erase(it);
+      continue;
+    }
+    if (r.view.epoch != 0 && r.view.state == NodeState::alive && silent >= limits_.stale_after) {
+      r.view.state = NodeState::stale;
+      r.stale_since = now;
+      changed.push_back(it->first);
+    }
+    ++it;
+  }
+  return changed;
+}
+
+std::optional<Nanos> Table::next_expiry() const {
+  std::optional<Nanos> next;
+  auto consider = [&](Nanos t) {
+    if (!next || t < *next) next = t;
+  };
+  for (const auto& [node, r] : rows_) {
+    if (node == self_) continue;
+    consider(r.heard + limits_.remove_after);
+    if (r.view.epoch != 0 && r.view.state == NodeState::alive) consider(r.heard + limits_.stale_after);
+  }
+  return next;
+}
+
+std::vector<NodeView> Table::rows(Nanos now) const {
+  std::vector<NodeView> out;
+  out.reserve(rows_.size());
+  for (const auto& [node, r] : rows_) {
+    if (r.view.epoch == 0) continue;
+    out.push_back(r.view);
+    out.back().age = std::max(Nanos{0}, now - r.heard);
+  }
+  return out;
+}
+
+std::optional<NodeView> Table::row(std::uint16_t node, Nanos now) const {
+  auto it = rows_.find(node);
+  if (it == rows_.end() || it->second.view.epoch == 0) return std::nullopt;
+  NodeView v = it->second.view;
+  v.age = std::max(Nanos{0}, now - it->second.heard);
+  return v;
+}
+
+std::optional<std::uint16_t> Table::least_loaded(Nanos now) const {
+  const auto all = rows(now);
+  return monitor::least_loaded(all);
+}
+
+std::size_t Table::memory_bytes() const {
+  std::size_t n = sizeof(*this);
+  for (const auto& [node, r] : rows_) {
+    n += kMapNodeBytes<std::pair<const std::uint16_t, Row>>;
+    n += heap_bytes(r.view.stats) + heap_bytes(r.previous);
+    n += r.pending.capacity() * sizeof(std::vector<std::byte>);
+    for (const auto& p : r.pending) n += p.capacity();
+  }
+  return n;
+}
+
+nlohmann::json to_json(const NodeView& v) {
+  using nlohmann::json;
+  const NodeStats& s = v.stats;
+  json cpu_percent = json::object(), cpu_seconds = json::object();
+  for (std::size_t i = 0; i < kCpuModes; ++i) {
+    const std::string name(kCpuModeNames[i]);
+    cpu_percent[name] = s.cpu_permille[i] / 10.0;
+    cpu_seconds[name] = static_cast<double>(s.cpu_ms[i]) / 1000.0;
+  }
+  json disks = json::array(), filesystems = json::array(), nets = json::array();
+  for (const auto& d : s.disks)
+    disks.push_back({{"device", d.device},
+                     {"reads_completed", d.reads_completed},
+                     {"writes_completed", d.writes_completed},
+                     {"read_bytes", d.read_bytes},
+                     {"written_bytes", d.written_bytes},
+                     {"io_time_ms", d.io_time_ms}});
+  for (const auto& f : s.filesystems)
+    filesystems.push_back({{"mountpoint", f.mountpoint},
+                           {"device", f.device},
+                           {"fstype", f.fstype},
+                           {"size_bytes", f.size_bytes},
+                           {"free_bytes", f.free_bytes},
+                           {"avail_bytes", f.avail_bytes},
+                           {"files", f.files},
+                           {"files_free", f.files_free}});
+  for (const auto& n : s.nets)
+    nets.push_back({{"device", n.device},
+                    {"rx_bytes", n.rx_bytes},
+                    {"tx_bytes", n.tx_bytes},
+                    {"rx_packets", n.rx_packets},
+                    {"tx_packets", n.tx_packets},
+                    {"rx_errs", n.rx_errs},
+                    {"tx_errs", n.tx_errs},
+                    {"rx_drop", n.rx_drop},
+                    {"tx_drop", n.tx_drop}});
+  json locabus = json::object();
+  for (const auto& f : LocabusCounters::kFields) locabus[std::string(f.field.name)] = s.locabus.*f.member;
+  for (const auto& f : LocabusGauges::kFields)
+    locabus[std::string(f.field.name)] = s.locabus_gauges.*f.member;
+  return json{
+      {"node", v.node},
+      {"self", v.self},
+      {"state", to_string(v.state)},
+      {"age_ms", std::chrono::duration_cast<std::chrono::milliseconds>(v.age).count()},
+      {"epoch", v.epoch},
+      {"seq", v.seq},
+      {"sampled_at_ms", s.sampled_at_ms},
+      {"hostname", s.hostname},
+      {"cpus", s.cpus},
+      {"cpu_busy_percent", s.cpu_busy_percent()},
+      {"cpu_percent", std::move(cpu_percent)},
+      {"cpu_seconds", std::move(cpu_seconds)},
+      {"load", json::array({s.load1_milli / 1000.0, s.load5_milli / 1000.0, s.load15_milli / 1000.0})},
+      {"load_per_cpu", s.load_per_cpu()},
+      {"memory",
+       {{"total", s.mem_total},
+        {"free", s.mem_free},
+        {"available", s.mem_available},
+        {"buffers", s.mem_buffers},
+        {"cached", s.mem_cached}}},
+      {"swap", {{"total", s.swap_total}, {"free", s.swap_free}}},
+      {"processes", s.processes},
+      {"threads", s.threads},
+      {"procs_running", s.procs_running},
+      {"procs_blocked", s.procs_blocked},
+      {"boot_time_s", s.boot_time_s},
+      {"rates",
+       {{"net_rx_bytes_per_s", v.rates.net_rx_bytes_per_s},
+        {"net_tx_bytes_per_s", v.rates.net_tx_bytes_per_s},
+        {"net_rx_packets_per_s", v.rates.net_rx_packets_per_s},
+        {"net_tx_packets_per_s", v.rates.net_tx_packets_per_s},
+        {"disk_read_bytes_per_s", v.rates.disk_read_bytes_per_s},
+        {"disk_write_bytes_per_s", v.rates.disk_write_bytes_per_s}}},
+      {"disks", std::move(disks)},
+      {"filesystems", std::move(filesystems)},
+      {"nets", std::move(nets)},
+      {"locabus", std::move(locabus)},
+  };
+}
+
+}  // namespace locabus::monitor
