@@ -24,7 +24,9 @@
 
 #include "common/counters.hpp"
 #include "monitor/exposition.hpp"
+#include "monitor/record.hpp"
 #include "monitor/sampler.hpp"
+#include "monitor/text.hpp"
 
 namespace locabus::monitor {
 namespace {
@@ -689,6 +691,111 @@ TEST(MonitorExposition, PromtoolAcceptsIt) {
   const auto [status, output] = check("all.txt", text);
   EXPECT_EQ(status, 0) << "promtool check metrics:\n" << output;
   EXPECT_EQ(output, "");
+}
+
+// ---------------------------------------------------------------------------
+// The review's attacks: bytes that are not UTF-8, names cut inside a
+// character, and machines with thousands of mounts, disks and interfaces.
+
+TEST(MonitorReview, ExpositionLabelValuesAreValidUtf8) {
+  auto rows = three_nodes();
+  rows[0].stats.hostname = "h\xff\xfe\"\\\n";
+  rows[1].stats.disks[0].device = "sd\xc3";
+  rows[1].stats.filesystems[0] = {"/mnt/caf\xe9", "/dev/\xed\xa0\x80", "\xc0\xaf", 1, 1, 1, 1, 1};
+  rows[2].stats.nets[1].device = "eth\x80";
+  rows[2].stats.nets[0].device = "d\xc3\xa9j\xc3\xa0";  // valid: kept
+  // Two names that differ only in bytes that are not UTF-8 are one label value once made valid:
+  // rendered once, or the scrape has a duplicate series.
+  rows[2].stats.nets.push_back({"eth\x81", 5, 5, 5, 5, 5, 5, 5, 5});
+  rows[2].stats.disks.push_back({"sd\xff", 1, 1, 1, 1, 1});
+  rows[2].stats.disks.push_back({"sd\xfe", 2, 2, 2, 2, 2});
+  const std::string text = node_exposition(rows);
+  EXPECT_TRUE(valid_utf8(text)) << "Prometheus refuses a scrape whose label values are not UTF-8";
+  const auto fams = parse_strict(text);
+  EXPECT_NE(
+      find(fams.at("locabus_node_info"), {{"node", "1"}, {"hostname", "h\xEF\xBF\xBD\xEF\xBF\xBD\"\\\n"}}),
+      nullptr);
+  EXPECT_NE(find(fams.at("node_disk_read_bytes_total"), {{"node", "2"}, {"device", "sd\xEF\xBF\xBD"}}),
+            nullptr);
+  EXPECT_NE(
+      find(fams.at("node_network_receive_bytes_total"), {{"node", "7"}, {"device", "d\xc3\xa9j\xc3\xa0"}}),
+      nullptr);
+  if (::access("/usr/bin/promtool", X_OK) == 0) {
+    TempDir dir;
+    write(dir.path() / "m.txt", text);
+    const std::string cmd =
+        "/usr/bin/promtool check metrics < '" + (dir.path() / "m.txt").string() + "' 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string output;
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, p) != nullptr) output += buf;
+    const int status = ::pclose(p);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
+  }
+}
+
+TEST(MonitorReview, SampledNamesAreValidUtf8AndCutBetweenCharacters) {
+  Tree t;
+  // sethostname() takes any bytes; kMaxName cuts through a two-byte character.
+  write(t.proc / "sys" / "kernel" / "hostname", std::string(kMaxName - 1, 'a') + "\xc3\xa9\n");
+  const fs::path latin1 = t.dir.path() / "caf\xe9";  // a mount point that is not UTF-8
+  std::string accents;
+  for (int i = 0; i < 60; ++i) accents += "\xc3\xa9";  // 120 bytes of 'é'
+  const fs::path long_point = t.dir.path() / accents;
+  fs::create_directories(latin1);
+  fs::create_directories(long_point);
+  write(t.proc / "self" / "mounts",
+        "/dev/sdy1 " + latin1.string() + " ext4 rw 0 0\n/dev/sdy2 " + long_point.string() + " xfs rw 0 0\n");
+  Sampler s(t.options());
+  const NodeStats n = s.sample();
+  EXPECT_EQ(s.last_error(), "");
+  EXPECT_EQ(n.hostname, std::string(kMaxName - 1, 'a')) << "not a lone lead byte";
+  ASSERT_EQ(n.filesystems.size(), 2u);
+  for (const auto& f : n.filesystems) {
+    EXPECT_TRUE(valid_utf8(f.mountpoint)) << f.mountpoint;
+    EXPECT_LE(f.mountpoint.size(), kMaxName);
+  }
+  EXPECT_NE(n.filesystems[0].mountpoint.find("caf\xEF\xBF\xBD"), std::string::npos);
+  EXPECT_GE(n.filesystems[1].mountpoint.size(), kMaxName - 1);
+}
+
+TEST(MonitorReview, ThousandsOfDevicesStillMakeARecord) {
+  // A Kubernetes node: thousands of bind mounts; a SAN host: thousands of
+  // disks; thousands of veth interfaces. What is sampled must fit a record
+  // (encode_record throws past kMaxParts parts), so devices beyond a bound
+  // are left out, and said so.
+  Tree t;
+  std::string mounts, disks, nets = "Inter-| Receive | Transmit\n face |bytes packets|bytes packets\n";
+  const std::string pad(40, 'p');
+  for (int i = 0; i < 1500; ++i) {
+    const fs::path p = t.dir.path() / "m" / (pad + std::to_string(i));
+    fs::create_directories(p);
+    mounts += "/dev/mapper/" + pad + std::to_string(i) + " " + p.string() + " ext4 rw 0 0\n";
+  }
+  for (int i = 0; i < 3000; ++i) {
+    disks += "253 " + std::to_string(i) + " dm-" + pad + pad + std::to_string(i) + " 1 0 2 0 3 0 4 0 0 5 0\n";
+    nets += " veth" + std::to_string(100000 + i) + "ab: 1 2 0 0 0 0 0 0 3 4 0 0 0 0 0 0\n";
+  }
+  write(t.proc / "self" / "mounts", mounts);
+  write(t.proc / "diskstats", disks);
+  write(t.proc / "net" / "dev", nets);
+  Sampler s(t.options());
+  const auto t0 = std::chrono::steady_clock::now();
+  const NodeStats n = s.sample();
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("a sample of 1500 mounts, 3000 disks and 3000 interfaces: %.1f ms; %zu/%zu/%zu kept\n", ms,
+              n.filesystems.size(), n.disks.size(), n.nets.size());
+  std::vector<std::vector<std::byte>> parts;
+  ASSERT_NO_THROW(parts = encode_record(n, 1, 1));
+  EXPECT_LE(parts.size(), kMaxParts);
+  EXPECT_GE(n.filesystems.size(), 256u);
+  EXPECT_LT(n.filesystems.size(), 1500u);
+  EXPECT_GE(n.disks.size(), 256u);
+  EXPECT_GE(n.nets.size(), 256u);
+  for (const char* what : {"filesystems", "disks", "interfaces"})
+    EXPECT_NE(s.last_error().find(what), std::string::npos) << what << ": " << s.last_error();
+  EXPECT_LT(ms, 1000.0);
 }
 
 }  // namespace

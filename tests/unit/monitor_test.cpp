@@ -6,10 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <numeric>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -17,6 +20,7 @@
 #include "monitor/record.hpp"
 #include "monitor/stats.hpp"
 #include "monitor/table.hpp"
+#include "monitor/text.hpp"
 
 namespace locabus::monitor {
 namespace {
@@ -755,6 +759,275 @@ TEST(MonitorTable, Json) {
   for (const char* key :
        {"sampled_at_ms", "cpus", "processes", "threads", "procs_running", "procs_blocked", "boot_time_s"})
     EXPECT_TRUE(j[key].is_number_unsigned()) << key;
+}
+
+// ---------------------------------------------------------------------------
+// Hostile or buggy peers (the review's attacks).
+
+/// True if `s` is well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF).
+bool is_utf8(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = 0;
+    std::uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    if (c >= 0xC2 && c <= 0xDF) {
+      n = 1;
+      cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 2;
+      cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + n >= s.size()) return false;
+    for (std::size_t k = 1; k <= n; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += n + 1;
+  }
+  return true;
+}
+
+// Bytes a peer (or /proc/mounts, or sethostname()) may carry that are not UTF-8.
+const std::string kBad[] = {"\xff", "caf\xe9", "a\xc3", "\xed\xa0\x80", "\xc0\xaf", "\xf5\x80\x80\x80"};
+
+TEST(MonitorReview, Utf8Helpers) {
+  // Against the test's own checker, on every short byte string of a few
+  // interesting bytes and on random ones.
+  const unsigned char interesting[] = {0x00, 0x41, 0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0,
+                                       0xA0, 0xED, 0x9F, 0xEF, 0xF0, 0x90, 0xF4, 0x8F, 0xF5, 0xFF};
+  std::mt19937 rng(15);
+  for (int i = 0; i < 200'000; ++i) {
+    std::string s(rng() % 6, '\0');
+    for (auto& c : s) c = static_cast<char>(i % 2 ? interesting[rng() % std::size(interesting)] : rng());
+    ASSERT_EQ(valid_utf8(s), is_utf8(s)) << testing::PrintToString(s);
+    const std::string fixed = to_valid_utf8(s);
+    ASSERT_TRUE(is_utf8(fixed)) << testing::PrintToString(s);
+    if (is_utf8(s)) {
+      ASSERT_EQ(fixed, s);
+    }
+    ASSERT_LE(fixed.size(), 3 * s.size());
+    for (std::size_t max = 0; max <= fixed.size(); ++max) {
+      const auto p = utf8_prefix(fixed, max);
+      ASSERT_TRUE(is_utf8(p));
+      ASSERT_LE(p.size(), max);
+      ASSERT_GT(p.size() + 4, std::min(max, fixed.size()));  // at most one character short
+      ASSERT_EQ(fixed.substr(0, p.size()), p);
+    }
+  }
+  EXPECT_EQ(to_valid_utf8("a\xff\xc3\xa9\xed\xa0\x80"),
+            "a\xEF\xBF\xBD\xc3\xa9\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(utf8_prefix("ab\xe2\x82\xac", 4), "ab");
+  EXPECT_EQ(utf8_prefix("ab\xe2\x82\xac", 5), "ab\xe2\x82\xac");
+}
+
+TEST(MonitorReview, JsonOfInvalidUtf8DumpsValidUtf8) {
+  NodeView v;
+  v.node = 3;
+  v.epoch = 1;
+  v.stats = full_node(2, 2, 2);
+  v.stats.hostname = "h\xff\xfeost";
+  v.stats.disks[0].device = "sd\xc3";
+  v.stats.filesystems[0].mountpoint = "/mnt/caf\xe9";
+  v.stats.filesystems[1].device = "/dev/\xed\xa0\x80";
+  v.stats.filesystems[1].fstype = "\xc0\xaf";
+  v.stats.nets[0].device = "eth\x80";
+  v.stats.nets[1].device = "d\xc3\xa9j\xc3\xa0";  // valid UTF-8: kept as it is
+  std::string text;
+  ASSERT_NO_THROW(text = to_json(v).dump()) << "the daemon's \"monitor\" reply would throw";
+  EXPECT_TRUE(is_utf8(text));
+  const auto j = nlohmann::json::parse(text);
+  EXPECT_EQ(j["hostname"], "h\xEF\xBF\xBD\xEF\xBF\xBDost");  // each bad byte one U+FFFD
+  EXPECT_EQ(j["disks"][0]["device"], "sd\xEF\xBF\xBD");
+  EXPECT_EQ(j["filesystems"][0]["mountpoint"], "/mnt/caf\xEF\xBF\xBD");
+  EXPECT_EQ(j["nets"][1]["device"], "d\xc3\xa9j\xc3\xa0");
+  EXPECT_EQ(j["disks"][1]["device"], v.stats.disks[1].device);
+}
+
+TEST(MonitorReview, PeerStringsAreValidUtf8InTheTable) {
+  Table t(1, kLimits);
+  NodeStats s = full_node(1, 1, 1);
+  for (const auto& bad : kBad) {
+    ASSERT_TRUE(is_utf8("ok \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"));
+    ASSERT_FALSE(is_utf8(bad)) << bad;
+  }
+  static std::uint32_t seq = 0;
+  for (const auto& bad : kBad) {
+    s.hostname = bad;
+    s.disks[0].device = bad;
+    s.filesystems[0].mountpoint = bad + bad;
+    s.filesystems[0].device = bad;
+    s.filesystems[0].fstype = bad;
+    s.nets[0].device = "x" + bad;
+    ASSERT_EQ(Feed{t}.all(2, encode_record(s, 7, ++seq), 1s), Applied::complete);
+    const auto row = t.row(2, 1s);
+    ASSERT_TRUE(row);
+    const auto& r = row->stats;
+    for (const std::string* str : {&r.hostname, &r.disks[0].device, &r.filesystems[0].mountpoint,
+                                   &r.filesystems[0].device, &r.filesystems[0].fstype, &r.nets[0].device})
+      EXPECT_TRUE(is_utf8(*str)) << "from " << bad;
+    EXPECT_NO_THROW((void)to_json(*row).dump());
+  }
+  // The node's own sample (set_local: the simulation's hook bypasses the sampler) too.
+  s.hostname = "me\xff";
+  t.set_local(s, 9, 1, 1s);
+  EXPECT_EQ(t.row(1, 1s)->stats.hostname, "me\xEF\xBF\xBD");
+}
+
+TEST(MonitorReview, RatesDoNotWrapOnHugeIncreases) {
+  Table t(1, kLimits);
+  Feed f{t};
+  NodeStats a = full_node(0, 0, 0);
+  a.sampled_at_ms = 1000;
+  a.nets = {NetStats{"eth0", 0, 0, 0, 0}, NetStats{"eth1", 0, 0, 0, 0}};
+  a.disks = {DiskStats{"sda", 0, 0, 0, 0, 0}, DiskStats{"sdb", 0, 0, 0, 0, 0}};
+  NodeStats b = a;
+  b.sampled_at_ms = 2000;
+  for (auto& n : b.nets) n.rx_bytes = n.tx_bytes = n.rx_packets = n.tx_packets = 1ULL << 63;
+  for (auto& d : b.disks) d.read_bytes = d.written_bytes = 1ULL << 63;
+  f.all(2, encode_record(a, 7, 1), 1s);
+  f.all(2, encode_record(b, 7, 2), 2s);
+  const auto r = t.row(2, 2s)->rates;
+  const double want = 2.0 * 9223372036854775808.0;  // 2^64 in 1 s: not 0 (a u64 sum wraps)
+  for (double v : {r.net_rx_bytes_per_s, r.net_tx_bytes_per_s, r.net_rx_packets_per_s, r.net_tx_packets_per_s,
+                   r.disk_read_bytes_per_s, r.disk_write_bytes_per_s}) {
+    EXPECT_DOUBLE_EQ(v, want);
+  }
+  EXPECT_NO_THROW((void)to_json(*t.row(2, 2s)).dump());
+}
+
+TEST(MonitorReview, DuplicateDevicesCountedOnceInRates) {
+  // A record is not trusted to name each device once: the rates use the first
+  // of each name (as the exposition renders only the first).
+  Table t(1, kLimits);
+  Feed f{t};
+  NodeStats a = full_node(0, 0, 0);
+  a.sampled_at_ms = 1000;
+  a.nets = {NetStats{"eth0", 100}, NetStats{"eth0", 100}};
+  a.disks = {DiskStats{"sda", 0, 0, 100}, DiskStats{"sda", 0, 0, 100}};
+  NodeStats b = a;
+  b.sampled_at_ms = 2000;
+  b.nets = {NetStats{"eth0", 1100}, NetStats{"eth0", 1100}};
+  b.disks = {DiskStats{"sda", 0, 0, 600}, DiskStats{"sda", 0, 0, 600}};
+  f.all(2, encode_record(a, 7, 1), 1s);
+  f.all(2, encode_record(b, 7, 2), 2s);
+  const auto r = t.row(2, 2s)->rates;
+  EXPECT_DOUBLE_EQ(r.net_rx_bytes_per_s, 1000.0);
+  EXPECT_DOUBLE_EQ(r.disk_read_bytes_per_s, 500.0);
+}
+
+// The most devices a record of kMaxParts parts can carry: disk sections with
+// empty names (45 bytes), each with a name no earlier record had.
+NodeStats many_disks(std::uint64_t ms, std::size_t n, std::size_t offset) {
+  NodeStats s;
+  s.sampled_at_ms = ms;
+  s.disks.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) s.disks.push_back(DiskStats{std::to_string(i + offset), 1, 1, 1, 1, 1});
+  return s;
+}
+
+TEST(MonitorReview, RatesOfAHugeRecordAreNotQuadratic) {
+  Table t(1, kLimits);
+  Feed f{t};
+  // ~8,000 devices: as many as 255 parts of small disk sections hold.
+  const std::size_t n = 7000;
+  const Parts p1 = encode_record(many_disks(1000, n, 0), 7, 1);
+  const Parts p2 = encode_record(many_disks(2000, n, n), 7, 2);  // every name new: each lookup misses
+  ASSERT_LE(p1.size(), kMaxParts);
+  f.all(2, p1, 1s);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) {
+    Table u(1, kLimits);
+    Feed g{u};
+    g.all(2, p1, 1s);
+    g.all(2, p2, 2s);
+  }
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("3 x two records of %zu disks each: %.1f ms\n", n, ms);
+  // Linear work is a few ms; comparing every name with every other (61 M
+  // string comparisons a record) took ~300 ms per record.
+  EXPECT_LT(ms, 150.0);
+}
+
+TEST(MonitorReview, HostilePeerCannotGrowTheTable) {
+  // One peer: epochs flapping between two values (two daemons with one node
+  // id), seqs interleaved, parts repeated with other contents, parts counts
+  // that disagree, each part as large as a broadcast message. Pending parts
+  // are of one record at a time, so the row stays under one record's bytes.
+  Table t(1, kLimits);
+  std::mt19937 rng(15);
+  Bytes payload(kMaxPartLen);
+  for (int i = 0; i < 50'000; ++i) {
+    std::fill(payload.begin(), payload.end(), std::byte{0});
+    payload[0] = std::byte{kRecordVersion};
+    const std::uint8_t parts = static_cast<std::uint8_t>(1 + rng() % 255);
+    put_be(payload, 2, rng() % parts, 1);
+    put_be(payload, 3, parts, 1);
+    put_be(payload, 4, 1 + rng() % 2, 4);     // epoch 1 or 2
+    put_be(payload, 8, 1 + rng() % 1000, 4);  // seq
+    put_be(payload, 12, rng(), 8);
+    const std::size_t len = rng() % (kMaxPartLen - kRecordHeaderLen + 1);
+    put_be(payload, 20, len, 2);
+    for (std::size_t k = kRecordHeaderLen; k < kRecordHeaderLen + len; ++k)
+      payload[k] = static_cast<std::byte>(rng());
+    (void)t.apply(static_cast<std::uint16_t>(2 + rng() % 3), payload, Nanos(i), nullptr);
+    if (const auto row = t.row(2, Nanos(i))) (void)to_json(*row).dump();
+  }
+  EXPECT_LE(t.size(), 3u);
+  EXPECT_LE(t.memory_bytes(), 3 * (kMaxParts * (kMaxPartLen + 64) + (64u << 10)));
+}
+
+TEST(MonitorReview, SignificantChangeWhenATotalDropsToZero) {
+  NodeStats last = full_node(1, 1, 1);
+  NodeStats now = last;
+  EXPECT_FALSE(significant_change(last, now));
+  // swapoff: 1 GiB of 8 GiB was used, now there is no swap at all.
+  now.swap_total = now.swap_free = 0;
+  EXPECT_TRUE(significant_change(last, now));
+  EXPECT_TRUE(significant_change(now, last)) << "swapon the other way";
+  // /proc/meminfo unreadable in this sample: every memory field 0.
+  now = last;
+  now.mem_total = now.mem_available = 0;
+  EXPECT_TRUE(significant_change(last, now));
+  EXPECT_TRUE(significant_change(now, last));
+  // Both 0 all along: nothing moved.
+  last.swap_total = last.swap_free = last.mem_total = last.mem_available = 0;
+  now = last;
+  EXPECT_FALSE(significant_change(last, now));
+  // Nothing at all (a sampler that read nothing), and cpus 0: no division by zero.
+  EXPECT_FALSE(significant_change(NodeStats{}, NodeStats{}));
+}
+
+TEST(MonitorReview, LeastLoadedIgnoresRowOrder) {
+  std::vector<NodeView> rows(40);
+  std::mt19937 rng(15);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    rows[i].node = static_cast<std::uint16_t>(1000 - i * 7);
+    rows[i].state = i % 5 == 0 ? NodeState::stale : NodeState::alive;
+    rows[i].stats.cpus = static_cast<std::uint32_t>(rng() % 3);  // 0 counts as 1
+    rows[i].stats.load1_milli = rng() % 2 ? UINT32_MAX : static_cast<std::uint32_t>(rng() % 200);
+    rows[i].stats.mem_available = rng() % 2 ? UINT64_MAX : rng() % 3;
+  }
+  const auto want = least_loaded(rows);
+  ASSERT_TRUE(want);
+  for (int i = 0; i < 100; ++i) {
+    std::shuffle(rows.begin(), rows.end(), rng);
+    ASSERT_EQ(least_loaded(rows), want);
+  }
+  for (auto& r : rows) r.state = NodeState::stale;
+  EXPECT_FALSE(least_loaded(rows));
 }
 
 }  // namespace

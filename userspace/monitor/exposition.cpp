@@ -8,11 +8,13 @@
 #include <charconv>
 #include <initializer_list>
 #include <stdexcept>
+#include <string>
 #include <string_view>
 #include <unordered_set>
 #include <vector>
 
 #include "common/counters.hpp"
+#include "monitor/text.hpp"
 
 namespace locabus::monitor {
 namespace {
@@ -35,7 +37,12 @@ void append_milli(std::string& out, std::uint64_t v) {
   out += static_cast<char>('0' + f % 10);
 }
 
+/// Escaped as the text format wants; bytes that are not UTF-8 (a peer's
+/// record, a mount point) become U+FFFD, since Prometheus refuses the whole
+/// scrape over one label value that is not valid UTF-8.
 void append_escaped(std::string& out, string_view s, bool quote) {
+  std::string fixed;
+  if (!valid_utf8(s)) s = fixed = to_valid_utf8(s);
   for (const char c : s) {
     if (c == '\\')
       out += "\\\\";
@@ -49,16 +56,21 @@ void append_escaped(std::string& out, string_view s, bool quote) {
 }
 
 /// Which devices, interfaces and mount points of a row are rendered: the
-/// first of each name (a record from another node is not trusted to have
-/// no duplicates, and a duplicate series would make the scrape fail).
+/// first of each name as rendered, i.e. made valid UTF-8 (a record from
+/// another node is not trusted to have no duplicates, two names differing
+/// only in bytes that are not UTF-8 render alike, and a duplicate series
+/// would make the scrape fail).
 struct RowKeep {
   std::vector<bool> disks, nets, filesystems;
   explicit RowKeep(const NodeStats& s) {
-    std::unordered_set<string_view> seen;
+    std::unordered_set<std::string> seen;
     const auto mark = [&seen](std::vector<bool>& keep, const auto& items, auto key) {
       seen.clear();
       keep.reserve(items.size());
-      for (const auto& i : items) keep.push_back(seen.insert(key(i)).second);
+      for (const auto& i : items) {
+        const string_view k = key(i);
+        keep.push_back(seen.insert(valid_utf8(k) ? std::string(k) : to_valid_utf8(k)).second);
+      }
     };
     mark(disks, s.disks, [](const DiskStats& d) { return string_view(d.device); });
     mark(nets, s.nets, [](const NetStats& n) { return string_view(n.device); });

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "monitor/text.hpp"
+
 namespace locabus::monitor {
 
 namespace {
@@ -50,10 +52,13 @@ class Reader {
   std::uint16_t u16() { return static_cast<std::uint16_t>(be(2)); }
   std::uint32_t u32() { return static_cast<std::uint32_t>(be(4)); }
   std::uint64_t u64() { return be(8); }
+  /// u8 length + bytes. A peer's bytes may be anything: what is not UTF-8
+  /// becomes U+FFFD, so that every string in a table can go into JSON and
+  /// Prometheus labels.
   std::string str() {
     const std::size_t n = u8();
     if (!ok_ || left() < n) return fail(), std::string{};
-    std::string s(reinterpret_cast<const char*>(in_.data() + pos_), n);
+    std::string s = to_valid_utf8(std::string_view(reinterpret_cast<const char*>(in_.data() + pos_), n));
     pos_ += n;
     return s;
   }

@@ -17,9 +17,12 @@
 #include <exception>
 #include <memory>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include "common/unique_fd.hpp"
+#include "monitor/record.hpp"
+#include "monitor/text.hpp"
 
 namespace locabus::monitor {
 namespace {
@@ -105,8 +108,32 @@ bool starts_with_digit_after(string_view s, string_view prefix) noexcept {
          s[prefix.size()] <= '9';
 }
 
-/// Strings in a record are at most kMaxName bytes: cut here, at sampling.
-std::string cut(string_view s) { return std::string(s.substr(0, kMaxName)); }
+/// Strings in a record are valid UTF-8 of at most kMaxName bytes: made so
+/// here, at sampling (bytes that are not UTF-8 become U+FFFD; the cut falls
+/// between characters).
+std::string cut(string_view s) {
+  if (s.size() <= kMaxName && valid_utf8(s)) return std::string(s);
+  const std::string valid = to_valid_utf8(s);
+  return std::string(utf8_prefix(valid, kMaxName));
+}
+
+/// At most this many disks, filesystems and interfaces are sampled (the
+/// first ones; the rest are left out and named in last_error()): with
+/// names of kMaxName bytes, 512 of each take 40 + 86 + 52 parts, so a
+/// sample always fits a record's kMaxParts, and a machine with thousands
+/// of mounts is not statvfs()ed thousands of times a second.
+constexpr std::size_t kMaxDevices = 512;
+/// Parts that kMaxDevices sections of `section_len` bytes (at most) take.
+constexpr std::size_t parts_for(std::size_t section_len) {
+  const std::size_t per_part = (kMaxPartLen - kRecordHeaderLen) / section_len;
+  return (kMaxDevices + per_part - 1) / per_part;
+}
+static_assert(1 /* system, cpu, memory, locabus */ +
+                      parts_for(kSectionHeaderLen + 1 + kMaxName + 5 * 8) /* disks */ +
+                      parts_for(kSectionHeaderLen + 3 * (1 + kMaxName) + 5 * 8) /* filesystems */ +
+                      parts_for(kSectionHeaderLen + 1 + kMaxName + 8 * 8) /* interfaces */
+                  <= kMaxParts,
+              "a sample of kMaxDevices of each kind must fit a record");
 
 /// /proc/self/mounts escapes ' ', '\t', '\n' and '\\' as \ooo.
 std::string unescape_mount(string_view s) {
@@ -157,6 +184,16 @@ NodeStats Sampler::sample() {
     error_ += what;
     error_ += ": ";
     error_ += std::strerror(err);
+  };
+  const auto left_out = [this](std::size_t n, const char* what) {
+    if (n == 0) return;
+    if (!error_.empty()) error_ += "; ";
+    error_ += std::to_string(n);
+    error_ += ' ';
+    error_ += what;
+    error_ += " beyond the first ";
+    error_ += std::to_string(kMaxDevices);
+    error_ += " left out (a record carries at most that many)";
   };
   try {
     timespec ts{};
@@ -278,6 +315,7 @@ NodeStats Sampler::sample() {
     if (read(o_.proc / "diskstats")) {
       const std::filesystem::path block = o_.sys / "class" / "block";
       std::string sysname;
+      std::size_t skipped = 0;
       Cursor c(buf);
       while (!c.done()) {
         string_view l = c.line();
@@ -293,6 +331,10 @@ NodeStats Sampler::sample() {
         sysname.assign(dev);
         std::replace(sysname.begin(), sysname.end(), '/', '!');
         if (::access((block / sysname / "partition").c_str(), F_OK) == 0) continue;
+        if (s.disks.size() >= kMaxDevices) {
+          ++skipped;
+          continue;
+        }
         std::array<std::uint64_t, 10> f{};
         for (auto& v : f) v = to_u64(Cursor::field(l));
         DiskStats d;
@@ -304,10 +346,12 @@ NodeStats Sampler::sample() {
         d.io_time_ms = f[9];
         s.disks.push_back(std::move(d));
       }
+      left_out(skipped, "disks");
     }
 
     // /proc/net/dev: two header lines, then "  eth0: rx(8 columns) tx(8 columns)".
     if (read(o_.proc / "net" / "dev")) {
+      std::size_t skipped = 0;
       Cursor c(buf);
       while (!c.done()) {
         string_view l = c.line();
@@ -316,6 +360,10 @@ NodeStats Sampler::sample() {
         string_view name = l.substr(0, colon);
         name = Cursor::field(name);
         if (name.empty()) continue;
+        if (s.nets.size() >= kMaxDevices) {
+          ++skipped;
+          continue;
+        }
         l.remove_prefix(colon + 1);
         std::array<std::uint64_t, 12> f{};
         for (auto& v : f) v = to_u64(Cursor::field(l));
@@ -331,12 +379,16 @@ NodeStats Sampler::sample() {
         n.tx_drop = f[11];
         s.nets.push_back(std::move(n));
       }
+      left_out(skipped, "interfaces");
     }
 
     // proc/self/mounts: local filesystems, each mount point once (the last
     // mount over a point is the one visible there).
     if (o_.filesystems && read(o_.proc / "self" / "mounts")) {
-      std::vector<std::string> seen;  // full mount points, parallel to s.filesystems
+      // Full mount points -> index in s.filesystems (a hash: thousands of
+      // mount lines are not compared with each other).
+      std::unordered_map<std::string, std::size_t> seen;
+      std::size_t skipped = 0;
       Cursor c(buf);
       while (!c.done()) {
         string_view l = c.line();
@@ -346,6 +398,11 @@ NodeStats Sampler::sample() {
         if (type.empty() || skipped_fstype(type)) continue;
         std::string point = unescape_mount(mnt);
         if (skipped_mountpoint(point)) continue;
+        const auto it = seen.find(point);
+        if (it == seen.end() && s.filesystems.size() >= kMaxDevices) {  // before statvfs(): no cost
+          ++skipped;
+          continue;
+        }
         struct statvfs v {};
         if (::statvfs(point.c_str(), &v) != 0) {
           fail("statvfs " + point, errno);
@@ -361,14 +418,14 @@ NodeStats Sampler::sample() {
         f.avail_bytes = static_cast<std::uint64_t>(v.f_bavail) * unit;
         f.files = v.f_files;
         f.files_free = v.f_ffree;
-        const auto it = std::find(seen.begin(), seen.end(), point);
         if (it != seen.end()) {
-          s.filesystems[static_cast<std::size_t>(it - seen.begin())] = std::move(f);
+          s.filesystems[it->second] = std::move(f);
         } else {
-          seen.push_back(std::move(point));
+          seen.emplace(std::move(point), s.filesystems.size());
           s.filesystems.push_back(std::move(f));
         }
       }
+      left_out(skipped, "filesystems");
     }
 
     // Processes: the numeric directories of proc.

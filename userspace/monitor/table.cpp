@@ -4,9 +4,12 @@
 #include <algorithm>
 #include <set>
 #include <string_view>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "monitor/text.hpp"
 
 namespace locabus::monitor {
 
@@ -37,27 +40,46 @@ std::uint64_t cpus_of(const NodeStats& s) noexcept { return std::max<std::uint32
 /// The least-loaded rule's load bucket: floor(load1 per CPU / 0.05), exact.
 std::uint64_t load_bucket(const NodeStats& s) noexcept { return s.load1_milli / (50 * cpus_of(s)); }
 
+/// The first item of each name (a record is not trusted to name each
+/// device once; the exposition too renders the first of each name).
+template <class T>
+std::unordered_map<std::string_view, const T*> first_by_device(const std::vector<T>& v) {
+  std::unordered_map<std::string_view, const T*> out;
+  out.reserve(v.size());
+  for (const auto& x : v) out.emplace(x.device, &x);
+  return out;
+}
+
 Rates rates_between(const NodeStats& before, const NodeStats& now) {
   Rates r;
   if (now.sampled_at_ms <= before.sampled_at_ms) return r;
   const double seconds = static_cast<double>(now.sampled_at_ms - before.sampled_at_ms) / 1000.0;
-  std::uint64_t rx = 0, tx = 0, rxp = 0, txp = 0, rd = 0, wr = 0;
-  for (const auto& n : now.nets) {
-    if (n.device == "lo") continue;
-    auto it = std::find_if(before.nets.begin(), before.nets.end(),
-                           [&](const NetStats& b) { return b.device == n.device; });
-    if (it == before.nets.end()) continue;  // new interface: no baseline yet
-    rx += increase(n.rx_bytes, it->rx_bytes);
-    tx += increase(n.tx_bytes, it->tx_bytes);
-    rxp += increase(n.rx_packets, it->rx_packets);
-    txp += increase(n.tx_packets, it->tx_packets);
+  // Sums of u64 increases over up to a record's ~8,000 devices: 128 bits do not wrap.
+  u128 rx = 0, tx = 0, rxp = 0, txp = 0, rd = 0, wr = 0;
+  // Lookups by name, not a scan of the other record per device: a peer's
+  // record of thousands of devices costs linear time.
+  {
+    const auto was = first_by_device(before.nets);
+    const auto is = first_by_device(now.nets);
+    for (const auto& [name, n] : is) {
+      if (name == "lo") continue;
+      const auto it = was.find(name);
+      if (it == was.end()) continue;  // new interface: no baseline yet
+      rx += increase(n->rx_bytes, it->second->rx_bytes);
+      tx += increase(n->tx_bytes, it->second->tx_bytes);
+      rxp += increase(n->rx_packets, it->second->rx_packets);
+      txp += increase(n->tx_packets, it->second->tx_packets);
+    }
   }
-  for (const auto& d : now.disks) {
-    auto it = std::find_if(before.disks.begin(), before.disks.end(),
-                           [&](const DiskStats& b) { return b.device == d.device; });
-    if (it == before.disks.end()) continue;
-    rd += increase(d.read_bytes, it->read_bytes);
-    wr += increase(d.written_bytes, it->written_bytes);
+  {
+    const auto was = first_by_device(before.disks);
+    const auto is = first_by_device(now.disks);
+    for (const auto& [name, d] : is) {
+      const auto it = was.find(name);
+      if (it == was.end()) continue;
+      rd += increase(d->read_bytes, it->second->read_bytes);
+      wr += increase(d->written_bytes, it->second->written_bytes);
+    }
   }
   r.net_rx_bytes_per_s = static_cast<double>(rx) / seconds;
   r.net_tx_bytes_per_s = static_cast<double>(tx) / seconds;
@@ -66,6 +88,21 @@ Rates rates_between(const NodeStats& before, const NodeStats& now) {
   r.disk_read_bytes_per_s = static_cast<double>(rd) / seconds;
   r.disk_write_bytes_per_s = static_cast<double>(wr) / seconds;
   return r;
+}
+
+/// Every string of a sample as valid UTF-8 (what is not becomes U+FFFD).
+void make_valid_utf8(NodeStats& s) {
+  const auto fix = [](std::string& str) {
+    if (!valid_utf8(str)) str = to_valid_utf8(str);
+  };
+  fix(s.hostname);
+  for (auto& d : s.disks) fix(d.device);
+  for (auto& f : s.filesystems) {
+    fix(f.mountpoint);
+    fix(f.device);
+    fix(f.fstype);
+  }
+  for (auto& n : s.nets) fix(n.device);
 }
 
 // Heap bytes a string holds (0 while it is in its small-string buffer).
@@ -152,16 +189,17 @@ bool significant_change(const NodeStats& last_sent, const NodeStats& now) {
     const u128 b = static_cast<u128>(last_sent.load1_milli) * cpus_of(now);
     if (absdiff(a, b) * 4 >= static_cast<u128>(1000) * cpus_of(now) * cpus_of(last_sent)) return true;
   }
-  // Available memory by >= 5 % of the total.
-  if (now.mem_total > 0 && static_cast<u128>(absdiff(now.mem_available, last_sent.mem_available)) * 20 >=
-                               static_cast<u128>(now.mem_total))
+  // Available memory by >= 5 % of the total. The larger of the two totals:
+  // a total that went to 0 (meminfo unreadable) is a change, not a skip.
+  if (const auto mem_total = std::max(now.mem_total, last_sent.mem_total);
+      mem_total > 0 && static_cast<u128>(absdiff(now.mem_available, last_sent.mem_available)) * 20 >=
+                           static_cast<u128>(mem_total))
     return true;
-  // Used swap by >= 5 % of the swap.
-  if (now.swap_total > 0) {
+  // Used swap by >= 5 % of the swap (the larger total again: swapoff).
+  if (const auto swap_total = std::max(now.swap_total, last_sent.swap_total); swap_total > 0) {
     const auto used_now = now.swap_total - std::min(now.swap_free, now.swap_total);
     const auto used_last = last_sent.swap_total - std::min(last_sent.swap_free, last_sent.swap_total);
-    if (static_cast<u128>(absdiff(used_now, used_last)) * 20 >= static_cast<u128>(now.swap_total))
-      return true;
+    if (static_cast<u128>(absdiff(used_now, used_last)) * 20 >= static_cast<u128>(swap_total)) return true;
   }
   // A disk, filesystem or interface came or went.
   auto disk_name = [](const DiskStats& d) -> std::string_view { return d.device; };
@@ -172,10 +210,13 @@ bool significant_change(const NodeStats& last_sent, const NodeStats& now) {
       names(now.nets, net_name) != names(last_sent.nets, net_name))
     return true;
   // A filesystem's use ((size - free) / size) by >= 5 points: |ua/sa - ub/sb| >= 1/20, cross-multiplied.
+  std::unordered_map<std::string_view, const FilesystemStats*> sent;
+  sent.reserve(last_sent.filesystems.size());
+  for (const auto& f : last_sent.filesystems) sent.emplace(f.mountpoint, &f);
   for (const auto& f : now.filesystems) {
-    auto it = std::find_if(last_sent.filesystems.begin(), last_sent.filesystems.end(),
-                           [&](const FilesystemStats& o) { return o.mountpoint == f.mountpoint; });
-    if (it == last_sent.filesystems.end()) continue;
+    const auto found = sent.find(f.mountpoint);
+    if (found == sent.end()) continue;
+    const FilesystemStats* it = found->second;
     const u128 sa = f.size_bytes, sb = it->size_bytes;
     const u128 ua = f.size_bytes - std::min(f.free_bytes, f.size_bytes);
     const u128 ub = it->size_bytes - std::min(it->free_bytes, it->size_bytes);
@@ -214,7 +255,9 @@ void Table::set_local(const NodeStats& s, std::uint32_t epoch, std::uint32_t seq
   h.epoch = epoch;
   h.seq = seq;
   h.sampled_at_ms = s.sampled_at_ms;
-  commit(rows_[self_], self_, h, now, s);
+  NodeStats copy = s;
+  make_valid_utf8(copy);  // the sampler's are; a caller's own (the simulation's hook) may not be
+  commit(rows_[self_], self_, h, now, std::move(copy));
 }
 
 Applied Table::apply(std::uint16_t node, std::span<const std::byte> payload, Nanos now, std::string* error) {
@@ -381,6 +424,9 @@ std::size_t Table::memory_bytes() const {
 
 nlohmann::json to_json(const NodeView& v) {
   using nlohmann::json;
+  // Strings as valid UTF-8 (json::dump throws on anything else): a table's
+  // are already, a NodeView made elsewhere may not be.
+  const auto text = [](const std::string& str) { return valid_utf8(str) ? str : to_valid_utf8(str); };
   const NodeStats& s = v.stats;
   json cpu_percent = json::object(), cpu_seconds = json::object();
   for (std::size_t i = 0; i < kCpuModes; ++i) {
@@ -390,23 +436,23 @@ nlohmann::json to_json(const NodeView& v) {
   }
   json disks = json::array(), filesystems = json::array(), nets = json::array();
   for (const auto& d : s.disks)
-    disks.push_back({{"device", d.device},
+    disks.push_back({{"device", text(d.device)},
                      {"reads_completed", d.reads_completed},
                      {"writes_completed", d.writes_completed},
                      {"read_bytes", d.read_bytes},
                      {"written_bytes", d.written_bytes},
                      {"io_time_ms", d.io_time_ms}});
   for (const auto& f : s.filesystems)
-    filesystems.push_back({{"mountpoint", f.mountpoint},
-                           {"device", f.device},
-                           {"fstype", f.fstype},
+    filesystems.push_back({{"mountpoint", text(f.mountpoint)},
+                           {"device", text(f.device)},
+                           {"fstype", text(f.fstype)},
                            {"size_bytes", f.size_bytes},
                            {"free_bytes", f.free_bytes},
                            {"avail_bytes", f.avail_bytes},
                            {"files", f.files},
                            {"files_free", f.files_free}});
   for (const auto& n : s.nets)
-    nets.push_back({{"device", n.device},
+    nets.push_back({{"device", text(n.device)},
                     {"rx_bytes", n.rx_bytes},
                     {"tx_bytes", n.tx_bytes},
                     {"rx_packets", n.rx_packets},
@@ -427,7 +473,7 @@ nlohmann::json to_json(const NodeView& v) {
       {"epoch", v.epoch},
       {"seq", v.seq},
       {"sampled_at_ms", s.sampled_at_ms},
-      {"hostname", s.hostname},
+      {"hostname", text(s.hostname)},
       {"cpus", s.cpus},
       {"cpu_busy_percent", s.cpu_busy_percent()},
       {"cpu_percent", std::move(cpu_percent)},
