@@ -123,7 +123,11 @@ std::vector<std::string> row_cells(const NodeLoad& n, std::optional<std::uint16_
   mark += n.self ? '*' : ' ';
   mark += least && *least == n.node ? '>' : ' ';
   std::string host(n.hostname);
-  if (host.size() > kHostWidth) host = host.substr(0, kHostWidth - 1) + "~";
+  if (host.size() > kHostWidth) {
+    std::size_t cut = kHostWidth - 1;  // between UTF-8 characters
+    while (cut > 0 && (static_cast<unsigned char>(host[cut]) & 0xC0) == 0x80) --cut;
+    host = host.substr(0, cut) + "~";
+  }
   const double mem_used = static_cast<double>(n.mem_total - std::min(n.mem_available, n.mem_total));
   const double swap_used = static_cast<double>(n.swap_total - std::min(n.swap_free, n.swap_total));
   return {mark,

@@ -139,7 +139,10 @@ inline NodeLoad node_load(const json& row, std::size_t index) {
   n.procs_running =
       static_cast<std::uint32_t>(r.count("procs_running", std::numeric_limits<std::uint32_t>::max()));
   const std::string host = r.text("hostname");
-  const std::size_t len = std::min(host.size(), sizeof n.hostname - 1);
+  std::size_t len = std::min(host.size(), sizeof n.hostname - 1);
+  // Cut between UTF-8 characters (the daemon sends valid UTF-8), not inside one.
+  if (len < host.size())
+    while (len > 0 && (static_cast<unsigned char>(host[len]) & 0xC0) == 0x80) --len;
   std::memcpy(n.hostname, host.data(), len);
   n.hostname[len] = '\0';
   return n;
