@@ -15,8 +15,9 @@ namespace locabus::sim::testing {
 
 // ---- TempDir ------------------------------------------------------------------------
 
-TempDir::TempDir(const std::string& prefix) {
-  std::string templ = (std::filesystem::temp_directory_path() / (prefix + "XXXXXX")).string();
+TempDir::TempDir(const std::string& prefix, const std::filesystem::path& base) {
+  std::string templ =
+      ((base.empty() ? std::filesystem::temp_directory_path() : base) / (prefix + "XXXXXX")).string();
   if (!::mkdtemp(templ.data())) throw std::system_error(errno, std::generic_category(), "mkdtemp " + templ);
   path_ = templ;
 }
@@ -77,6 +78,18 @@ class SimIntrospection final : public daemon::Introspection {
   std::string socket_;
 };
 
+// What a node samples when the test gives no function: a small fixed machine.
+monitor::NodeStats default_sample(std::size_t index, const engine::Clock& clock) {
+  monitor::NodeStats s;
+  s.sampled_at_ms =
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(clock.wall()).count());
+  s.hostname = "sim" + std::to_string(index + 1);
+  s.cpus = 1;
+  s.mem_total = 1ull << 30;
+  s.mem_free = s.mem_available = 1ull << 29;
+  return s;
+}
+
 // Daemon cycles per node and step while it reports work: the daemon is
 // fast compared with the network, but a client that streams always has
 // work, so this is bounded.
@@ -92,8 +105,19 @@ struct DaemonSim::Node {
   std::vector<SimCluster::TimedEvent> events;
 };
 
+daemon::ServerHooks DaemonSim::hooks(std::size_t index) {
+  daemon::ServerHooks h;
+  h.monitor_sample = [this, index] {
+    return options_.monitor_sample ? options_.monitor_sample(index, now())
+                                   : default_sample(index, cluster_.net().clock());
+  };
+  return h;
+}
+
 DaemonSim::DaemonSim(std::uint64_t seed, const DaemonSimOptions& options)
-    : options_(options), cluster_(seed, options.nodes, options.engine, options.link) {
+    : options_(options),
+      dir_("locabus-dsim-", options.run_base),
+      cluster_(seed, options.nodes, options.engine, options.link) {
   // The servers log every open and close at info: keep test output for failures.
   spdlog::set_level(spdlog::level::warn);
   for (std::size_t i = 0; i < options_.nodes; ++i) {
@@ -106,11 +130,13 @@ DaemonSim::DaemonSim(std::uint64_t seed, const DaemonSimOptions& options)
     n->cfg.endpoint_window = options_.endpoint_window;
     n->cfg.engine = options_.engine;
     n->cfg.log_level = "warn";
+    n->cfg.monitor = options_.monitor;
     n->cfg.validate();
     std::filesystem::create_directories(n->cfg.run_dir);
     engine::Engine& e = cluster_.node(i);
     n->introspection = std::make_unique<SimIntrospection>(e, n->cfg.socket_path().string());
-    n->server = std::make_unique<daemon::ApiServer>(n->cfg, e, cluster_.net().clock(), *n->introspection);
+    n->server =
+        std::make_unique<daemon::ApiServer>(n->cfg, e, cluster_.net().clock(), *n->introspection, hooks(i));
     nodes_.push_back(std::move(n));
   }
   driver_ = std::thread([this] { drive(); });
@@ -137,13 +163,15 @@ void DaemonSim::restart(std::size_t index) {
   cluster_.restart(index);
   engine::Engine& e = cluster_.node(index);
   n.introspection = std::make_unique<SimIntrospection>(e, n.cfg.socket_path().string());
-  n.server = std::make_unique<daemon::ApiServer>(n.cfg, e, cluster_.net().clock(), *n.introspection);
+  n.server =
+      std::make_unique<daemon::ApiServer>(n.cfg, e, cluster_.net().clock(), *n.introspection, hooks(index));
 }
 
 std::string DaemonSim::socket(std::size_t index) const {
   return nodes_.at(index)->cfg.socket_path().string();
 }
 daemon::ApiServer& DaemonSim::server(std::size_t index) { return *nodes_.at(index)->server; }
+std::filesystem::path DaemonSim::run_dir(std::size_t index) const { return nodes_.at(index)->cfg.run_dir; }
 const std::vector<SimCluster::TimedEvent>& DaemonSim::events(std::size_t index) const {
   return nodes_.at(index)->events;
 }

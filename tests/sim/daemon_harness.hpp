@@ -54,6 +54,7 @@
 #include "daemon/config.hpp"
 #include "daemon/daemon.hpp"
 #include "daemon/server.hpp"
+#include "monitor/stats.hpp"
 #include "sim/sim_cluster.hpp"
 
 namespace locabus::sim::testing {
@@ -62,7 +63,8 @@ namespace locabus::sim::testing {
 /// everything in it when this goes (also when a test fails).
 class TempDir {
  public:
-  explicit TempDir(const std::string& prefix = "locabus-dsim-");
+  /// Under `base` (empty: the system's temporary directory).
+  explicit TempDir(const std::string& prefix = "locabus-dsim-", const std::filesystem::path& base = {});
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
@@ -82,6 +84,17 @@ struct DaemonSimOptions {
   std::uint32_t endpoint_window = 1024;
   /// Simulated time per driver step.
   engine::Nanos quantum = std::chrono::microseconds(50);
+  /// Where the nodes' run directories go (empty: the system's temporary
+  /// directory). A test writing many files points it at a tmpfs (/dev/shm),
+  /// as a daemon's /run is: on a disk file system every rename over a file
+  /// starts writeback.
+  std::filesystem::path run_base;
+  /// LocaMonitor on every node (the daemon's defaults unless set).
+  daemon::MonitorConfig monitor;
+  /// Node `index`'s LocaMonitor sample at simulated time `now`, run on the
+  /// driver thread (ServerHooks::monitor_sample). Empty: a fixed synthetic
+  /// sample per node; the simulation never reads this machine's /proc.
+  std::function<monitor::NodeStats(std::size_t index, engine::Nanos now)> monitor_sample;
 };
 
 /// 1-5 % loss (by seed), some reordering and duplication, on every link:
@@ -133,6 +146,8 @@ class DaemonSim {
 
   // ---- for functions run by call() (the driver thread) ------------------------------
   SimCluster& cluster() noexcept { return cluster_; }
+  /// Node `index`'s run directory (<run_dir>/monitor holds its monitor files).
+  std::filesystem::path run_dir(std::size_t index) const;
   SimNetwork& net() noexcept { return cluster_.net(); }
   engine::Nanos now() const noexcept { return cluster_.now(); }
   daemon::ApiServer& server(std::size_t index);
@@ -160,6 +175,7 @@ class DaemonSim {
 
  private:
   struct Node;
+  daemon::ServerHooks hooks(std::size_t index);
   void post(std::function<void()> task);
   void drive();
   int cycle(Node& n);

@@ -4,16 +4,23 @@
 #include "daemon/services/endpoints.hpp"
 #include "daemon/services/kccm.hpp"
 #include "daemon/services/locasock.hpp"
+#include "daemon/services/monitor.hpp"
 
 namespace locabus::daemon {
 
 ApiServer::ApiServer(const Config& cfg, engine::Engine& engine, const engine::Clock& clock,
-                     const Introspection& introspection)
+                     const Introspection& introspection, ServerHooks hooks)
     : router_(std::make_unique<Router>(cfg, engine, clock, loop_)) {
   // The services: each owns its protocol ids and the clients that open it.
   router_->add(std::make_unique<LocasockService>(*router_));
   router_->add(std::make_unique<KccmService>(*router_));
   router_->add(std::make_unique<EndpointService>(*router_));
+  // Registered also when off: it answers "monitor" with ENOTSUP and takes
+  // the records other nodes broadcast.
+  auto monitor =
+      std::make_unique<MonitorService>(*router_, cfg.monitor, cfg.run_dir, std::move(hooks.monitor_sample));
+  monitor_ = monitor.get();
+  router_->add(std::move(monitor));
   clients_ = std::make_unique<ClientHost>(cfg, loop_, clock, introspection, *router_);
   router_->attach(*clients_);
 }

@@ -2,11 +2,12 @@
 // The daemon's rooms put together (docs/ARCHITECTURE.md, "The daemon's
 // rooms"): the loop's fd set, the client host (local API: clients, rings,
 // back-pressure), the router (engine <-> services, per-endpoint flow
-// control) and the services (application endpoints, Locasock, KCCM). The daemon
+// control) and the services (application endpoints, Locasock, KCCM, LocaMonitor). The daemon
 // drives it as one duty cycle and knows services only through the seam in
 // service.hpp.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -17,16 +18,24 @@
 #include "daemon/loop.hpp"
 #include "daemon/router.hpp"
 #include "engine/engine.hpp"
+#include "monitor/stats.hpp"
 
 namespace locabus::daemon {
 
 class Introspection;
+class MonitorService;
+
+/// What a test (the simulation) puts in place of the real thing.
+struct ServerHooks {
+  /// LocaMonitor's sample of this node; empty: monitor::Sampler over /proc and /sys.
+  std::function<monitor::NodeStats()> monitor_sample;
+};
 
 class ApiServer {
  public:
   /// Opens the API socket (ClientHost) and starts the services. Throws Error.
   ApiServer(const Config& cfg, engine::Engine& engine, const engine::Clock& clock,
-            const Introspection& introspection);
+            const Introspection& introspection, ServerHooks hooks = {});
   ~ApiServer();
   ApiServer(const ApiServer&) = delete;
   ApiServer& operator=(const ApiServer&) = delete;
@@ -67,6 +76,8 @@ class ApiServer {
   /// The services' Prometheus families beyond the counter registry: this
   /// node's (cluster false) or every node's the services know (cluster true).
   void exposition(bool cluster, std::string& out) const { router_->exposition(cluster, out); }
+  /// LocaMonitor's service (its table, for tests and the exporter).
+  const MonitorService& monitor() const noexcept { return *monitor_; }
   /// Those groups as locabusctl counters --json shows them ("api",
   /// "locasock", "endpoints", ...).
   nlohmann::json counters_json() const {
@@ -79,6 +90,7 @@ class ApiServer {
   EventLoop loop_;
   std::unique_ptr<Router> router_;
   std::unique_ptr<ClientHost> clients_;
+  MonitorService* monitor_ = nullptr;  // owned by the router
 };
 
 }  // namespace locabus::daemon
