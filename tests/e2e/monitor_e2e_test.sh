@@ -212,12 +212,12 @@ pid4=$(jq -r '.nodes[] | select(.node == 4) | .pid' "/run/locabus-cluster/$name/
 killed=$(elapsed_ms)
 kill -KILL "$pid4"
 bound=$((stale_ms + slack_ms))
-declare -A stale_after
+declare -A stale_after=()
 while ((${#stale_after[@]} < 3)); do
   for k in 1 2 3; do
     [[ -n ${stale_after[$k]:-} ]] && continue
     st=$(mon "$k" --json | jq -r '.nodes[] | select(.node == 4) | .state')
-    [[ $st == stale ]] && stale_after[$k]=$(($(elapsed_ms) - killed))
+    if [[ $st == stale ]]; then stale_after[$k]=$(($(elapsed_ms) - killed)); fi
   done
   (($(elapsed_ms) - killed <= bound)) || fail "node 4 is not stale everywhere ${bound} ms after the kill (stale on: ${!stale_after[*]})"
   sleep 0.1
