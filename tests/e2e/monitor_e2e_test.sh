@@ -152,30 +152,36 @@ for k in 1 2 3 4; do
   [[ $j == '["least_loaded"]' ]] || fail "node $k: --least-loaded --json has keys $j"
 done
 
-note "run-dir files: <run_dir>/monitor/<node> for the 4 nodes on every node, sourced by a shell"
+note "run-dir files: <run_dir>/monitor/<node> for the 4 nodes on every node, read by a shell"
 for k in 1 2 3 4; do
   dir="$(run_dir "$k")/monitor"
+  files=$(find "$dir" -maxdepth 1 -type f -name '[0-9]*' -printf '%f\n' | sort -n | tr '\n' ' ')
+  [[ $files == "1 2 3 4 " ]] || fail "node $k's $dir has node files $files, expected 1 2 3 4"
+  # As docs/MONITOR.md shows: grep over every node's file.
+  alive_files=$(grep -lx 'state=alive' "$dir"/* | wc -l)
+  ((alive_files == 4)) || fail "grep finds state=alive in $alive_files of node $k's files, expected 4"
+  now_ms=$(($(date +%s%N) / 1000000))
   for j in 1 2 3 4; do
     f="$dir/$j"
-    [[ -f $f ]] || fail "node $k has no $f (it has: $(find "$dir" -maxdepth 1 -printf '%f ' 2>&1))"
     bad=$(grep -vnE '^[a-z0-9_]+=' "$f" || true)
     [[ -z $bad ]] || fail "$f has lines that are not key=value: $bad"
-    # Sourced in a subshell, as a script would.
-    # shellcheck disable=SC1090
-    vals=$( (set -e; . "$f"; echo "${node:-} ${state:-} ${cpus:-} ${self:-}") ) || fail "$f cannot be sourced"
-    read -r fnode fstate fcpus fself <<<"$vals"
-    [[ $fnode == "$j" && $fstate == alive && $fcpus =~ ^[1-9][0-9]*$ ]] ||
-      fail "$f says node=$fnode state=$fstate cpus=$fcpus, expected node=$j state=alive cpus>=1"
+    # Read into variables the way a script would (without evaluating the
+    # values: a hostname comes from another node).
+    declare -A kv=()
+    while IFS='=' read -r key value; do kv[$key]=$value; done <"$f"
+    [[ ${kv[node]:-} == "$j" && ${kv[state]:-} == alive && ${kv[cpus]:-} =~ ^[1-9][0-9]*$ ]] ||
+      fail "$f says node=${kv[node]:-} state=${kv[state]:-} cpus=${kv[cpus]:-}, expected node=$j state=alive cpus>=1"
     want_self=0
     ((j == k)) && want_self=1
-    [[ $fself == "$want_self" || ($want_self == 1 && $fself == true) || ($want_self == 0 && $fself == false) ]] ||
-      fail "$f says self=$fself on node $k"
-    for key in load1 mem_available_bytes updated_at_ms hostname; do
-      grep -q "^$key=" "$f" || fail "$f has no $key="
+    [[ ${kv[self]:-} == "$want_self" ]] || fail "$f says self=${kv[self]:-} on node $k, expected $want_self"
+    for key in hostname epoch seq load5 load15 mem_total_bytes mem_available_bytes processes net_rx_bytes_per_s; do
+      [[ -n ${kv[$key]:-} ]] || fail "$f has no $key="
     done
+    [[ ${kv[load1]:-} =~ ^[0-9]+\.[0-9]{3}$ ]] || fail "$f: load1=${kv[load1]:-} is not a load with three decimals"
+    age=$((now_ms - ${kv[updated_at_ms]:-0}))
+    ((age >= -1000 && age <= 5000)) || fail "$f was written ${age} ms ago (updated_at_ms=${kv[updated_at_ms]:-}), expected within 5 s"
+    unset kv
   done
-  stray=$(find "$dir" -maxdepth 1 -type f ! -name '[0-9]*' -printf '%f ' | head -c 200)
-  [[ -z $stray ]] || note "  (node $k: other files in $dir: $stray)"
 done
 note "  e.g. $(run_dir 1)/monitor/2: $(grep -E '^(node|state|cpus|load1)=' "$(run_dir 1)/monitor/2" | tr '\n' ' ')"
 
