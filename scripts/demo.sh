@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Locabus demo: a 4-node virtual cluster (network namespaces on one bridge,
 # a real locabusd with the XDP fast path in each), membership, messages
-# between nodes, a 10,000-message stream, a broadcast reaching every node
+# between nodes, LocaMonitor's cluster load table (locabusctl monitor, the
+# run-dir files), a 10,000-message stream, a broadcast reaching every node
 # (a line of text, then 8,192 numbered 1 KB datagrams), remote calls (KCCM:
 # node.info on every node, a handler in a process on node 2), a node killed
 # and restarted, then everything torn down. It checks what it shows and exits
@@ -18,7 +19,7 @@ while (($#)); do
   case "$1" in
     --no-build) build=0 ;;
     --bin-dir) bin_dir=$2; shift ;;
-    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -76,7 +77,19 @@ done
 run on 1 locabusctl peers
 run on 1 locabusctl status
 
-step "3. Messages: node 2 listens, nodes 1 and 3 send to it"
+step "3. LocaMonitor: every node samples its load, broadcasts it and keeps the whole cluster's table"
+for _ in $(seq 150); do
+  [[ $(on 1 locabusctl monitor --json | jq '[.nodes[] | select(.state == "alive")] | length') == 4 ]] && break
+  sleep 0.2
+done
+run on 1 locabusctl monitor
+run on 1 locabusctl monitor --least-loaded | tee "$work/least.txt" || true
+run_dir1=$(jq -r '.nodes[] | select(.node == 1) | .run_dir' "/run/locabus-cluster/$name/state.json")
+echo "the same table as files on every node, one per node (the paper's /proc analogue), for shell scripts:"
+run head -n 12 "$run_dir1/monitor/2" || true
+on 1 locabusctl monitor --json >"$work/monitor.json" || true
+
+step "4. Messages: node 2 listens, nodes 1 and 3 send to it"
 on 2 locabusctl msg recv --count 3 --timeout 10 >"$work/recv.txt" &
 bg+=($!)
 sleep 0.3
@@ -87,7 +100,7 @@ wait "${bg[-1]}" || true
 echo "node 2 received:"
 sed 's/^/  /' "$work/recv.txt"
 
-step "4. A stream: 10,000 numbered 1 KB messages from node 3 to node 4, checked for order and duplicates"
+step "5. A stream: 10,000 numbered 1 KB messages from node 3 to node 4, checked for order and duplicates"
 on 4 locabusctl msg recv --sequence --count 10000 --timeout 20 --json >"$work/stream.json" &
 bg+=($!)
 sleep 0.3
@@ -95,7 +108,7 @@ run on 3 locabusctl msg send --to 4 --sequence --count 10000 --size 1024
 wait "${bg[-1]}" || true
 jq -c . "$work/stream.json"
 
-step "5. Broadcast: one frame reaches every node (Locasock datagrams to port 7000 on all nodes)"
+step "6. Broadcast: one frame reaches every node (Locasock datagrams to port 7000 on all nodes)"
 wait_bound() { # node port: until a socket is bound on that node
   for _ in $(seq 100); do
     on "$1" locabusctl counters --json | jq -e '.locasock.sockets > 0' >/dev/null && return 0
@@ -129,7 +142,7 @@ for p in "${stream_pids[@]}"; do wait "$p" || true; done
 for k in 2 3 4; do printf '  node %s: %s\n' "$k" "$(jq -c '{ok, received, errors, total_seconds}' "$work/bcast$k.json")"; done
 on 1 locabusctl counters --json | jq -c '.engine | {bcast_sent, bcast_retransmits, bcast_polls_sent, bcast_acks_received, bcast_naks_received}'
 
-step "6. Remote calls (KCCM): node 1 calls the built-in node.info on every node, then a handler in a process on node 2"
+step "7. Remote calls (KCCM): node 1 calls the built-in node.info on every node, then a handler in a process on node 2"
 run on 1 locabus-call --node all node.info | tee "$work/info.txt" || true
 printf '%s$ locabus-call --serve upper   %s# on node 2, in the background: a handler that upper-cases its argument\n' \
   "$dim" "$reset"
@@ -146,7 +159,7 @@ on 1 locabus-call --node 2 upper "anyone there?" 2>"$work/gone.err" && gone_rc=0
 echo "once that process stopped, a call says why it failed (exit status $gone_rc):"
 sed 's/^/  /' "$work/gone.err"
 
-step "7. Node 4's daemon is killed (SIGKILL); node 1 notices, then sees it restart"
+step "8. Node 4's daemon is killed (SIGKILL); node 1 notices, then sees it restart"
 on 1 locabusctl events --node 4 --until restarted --timeout 20 >"$work/events.txt" &
 bg+=($!)
 sleep 0.3
@@ -157,13 +170,13 @@ wait "${bg[-1]}" || true
 echo "node 1 saw:"
 sed 's/^/  /' "$work/events.txt"
 
-step "8. Delivered or told: a message for a protocol nobody opened on node 2 comes back"
+step "9. Delivered or told: a message for a protocol nobody opened on node 2 comes back"
 on 1 locabusctl msg send --proto 30 --to 2 --settle --timeout 10 --json "anyone there?" \
   >"$work/refused.json" 2>"$work/refused.err" || true
 sed 's/^/  /' "$work/refused.err"
 jq -c . "$work/refused.json"
 
-step "9. The counters behind it (node 3, the unicast stream's sender)"
+step "10. The counters behind it (node 3, the unicast stream's sender)"
 on 3 locabusctl counters --json >"$work/counters.json"
 jq '{engine: {tx_frames: .engine.tx_frames, data_sent: .engine.peers_total.data_sent,
       retransmits: .engine.peers_total.retransmits}, xdp: (.xdp // {} | {redirected, ack_consumed}),
@@ -175,6 +188,9 @@ check() { # name expected actual
   if [[ "$2" == "$3" ]]; then printf '%sok%s   %s = %s\n' "$green" "$reset" "$1" "$3"
   else printf '%sFAIL%s %s: expected %s, got %s\n' "$red" "$reset" "$1" "$2" "$3"; fail=1; fi
 }
+check "nodes alive in node 1's LocaMonitor table" "1 2 3 4" "$(jq -r '[.nodes[] | select(.state == "alive") | .node] | join(" ")' "$work/monitor.json")"
+check "the least-loaded node is one of them" yes "$(grep -qx '[1-4]' "$work/least.txt" && echo yes || echo no)"
+check "node 1's run-dir file for node 2" "node=2" "$(grep -sx 'node=2' "$run_dir1/monitor/2" || true)"
 check "messages node 2 received" 3 "$(grep -c '^node ' "$work/recv.txt")"
 check "first message" "node 1: hello from node 1" "$(head -1 "$work/recv.txt")"
 check "stream complete and in order" true "$(jq -r .ok "$work/stream.json")"

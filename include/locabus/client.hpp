@@ -279,4 +279,26 @@ class Socket {
   std::unique_ptr<Impl> impl_;
 };
 
+/// LocaMonitor (docs/API.md, "LocaMonitor"): every daemon keeps the whole
+/// cluster's load table; these read the local daemon's copy with one request
+/// on its control socket (no network round trip). `socket_path` empty:
+/// $LOCABUS_SOCKET, else /run/locabus/locabusd.sock. They throw ClientError
+/// with the daemon's error and what to do: ENOTSUP when the daemon runs
+/// without the monitor (--no-monitor), ENOENT/ECONNREFUSED when no daemon
+/// answers, EPROTO when a reply lacks a field (the message names it).
+using NodeLoad = locabus_node_load;
+
+/// Every row of the table, by node id (a summary of each node; the full rows
+/// are in monitor_json()).
+std::vector<NodeLoad> monitor_nodes(const std::string& socket_path = {});
+
+/// The least-loaded alive node by the documented rule (lowest load1 per CPU
+/// in steps of 0.05, then most available memory, then lowest node id);
+/// nullopt when no node is alive.
+std::optional<std::uint16_t> least_loaded(const std::string& socket_path = {});
+
+/// The daemon's "monitor" object as it sent it (JSON text): self node,
+/// times, least_loaded, the rule, and "nodes" with every field of each row.
+std::string monitor_json(const std::string& socket_path = {});
+
 }  // namespace locabus

@@ -24,13 +24,25 @@ done
 export PKG_CONFIG_PATH=$libdir/pkgconfig
 # shellcheck disable=SC2046
 cc -std=c11 -Wall -Werror -o "$work/hello_c" "$here/examples/hello_c.c" $(pkg-config --cflags --libs locabus)
-ldd "$work/hello_c" | grep -q "$libdir/liblocabus.so" || LD_LIBRARY_PATH=$libdir ldd "$work/hello_c" | grep -q liblocabus
+# (ldd's output taken whole, not piped into grep -q: with pipefail, grep quitting early made ldd's
+# SIGPIPE fail the test now and then)
+deps=$(ldd "$work/hello_c")
+grep -q "$libdir/liblocabus.so" <<<"$deps" || { deps=$(LD_LIBRARY_PATH=$libdir ldd "$work/hello_c") && grep -q liblocabus <<<"$deps"; }
 # Without a daemon it must fail with a clear message, not crash.
 if out=$(LOCABUS_SOCKET=$work/none.sock LD_LIBRARY_PATH=$libdir "$work/hello_c" 2 2>&1); then
   echo "install_test: hello_c succeeded without a daemon" >&2
   exit 1
 fi
 grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear error: $out" >&2; exit 1; }
+
+# LocaMonitor in C (examples/least_loaded_c.c): without a daemon, a clear error.
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Werror -pedantic -o "$work/least_loaded_c" "$here/examples/least_loaded_c.c" $(pkg-config --cflags --libs locabus)
+if out=$(LOCABUS_SOCKET=$work/none.sock LD_LIBRARY_PATH=$libdir "$work/least_loaded_c" 2>&1); then
+  echo "install_test: least_loaded_c succeeded without a daemon" >&2
+  exit 1
+fi
+grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear LocaMonitor error: $out" >&2; exit 1; }
 
 # KCCM in C (C11 against the installed header): without a daemon, a clear error.
 cat >"$work/kccm_c.c" <<'C'
@@ -75,6 +87,22 @@ int main() {
   }
 }
 CPP
+cat >"$work/app/monitor.cpp" <<'CPP'
+#include <locabus/client.hpp>
+#include <iostream>
+int main() {
+  try {
+    const auto least = locabus::least_loaded();
+    for (const locabus::NodeLoad& n : locabus::monitor_nodes())
+      std::cout << n.node << (least && *least == n.node ? " least loaded\n" : "\n");
+    std::cout << locabus::monitor_json() << "\n";
+    return 0;
+  } catch (const locabus::ClientError& e) {
+    std::cerr << e.what() << "\n";
+    return 1;
+  }
+}
+CPP
 cat >"$work/app/CMakeLists.txt" <<'CMAKE'
 cmake_minimum_required(VERSION 3.25)
 project(app CXX)
@@ -86,6 +114,8 @@ add_executable(locasock_echo locasock_echo.cpp)
 target_link_libraries(locasock_echo PRIVATE locabus::locabus)
 add_executable(kccm kccm.cpp)
 target_link_libraries(kccm PRIVATE locabus::locabus)
+add_executable(monitor monitor.cpp)
+target_link_libraries(monitor PRIVATE locabus::locabus)
 CMAKE
 cmake -S "$work/app" -B "$work/app/build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" >"$work/cmake.log" ||
   { cat "$work/cmake.log"; exit 1; }
@@ -115,11 +145,23 @@ if out=$(LOCABUS_SOCKET=$work/none.sock "$work/app/build/kccm" 2>&1); then
   exit 1
 fi
 grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear KCCM error: $out" >&2; exit 1; }
+if out=$(LOCABUS_SOCKET=$work/none.sock "$work/app/build/monitor" 2>&1); then
+  echo "install_test: monitor succeeded without a daemon" >&2
+  exit 1
+fi
+grep -q "is locabusd running" <<<"$out" || { echo "install_test: unclear LocaMonitor error: $out" >&2; exit 1; }
 for sym in locabus_kccm_open locabus_kccm_call locabus_kccm_call_all locabus_kccm_register locabus_kccm_recv \
   locabus_kccm_status_name '_ZN7locabus4kccm5Space4openEtRKNS0_12SpaceOptionsE' \
   '_ZN7locabus4kccm12Registration5resetEv'; do
   grep -q "LOCABUS_0.4 *$sym" <<<"$dynsyms" ||
     { echo "install_test: $sym is not exported as LOCABUS_0.4" >&2; exit 1; }
+done
+for sym in locabus_monitor_nodes locabus_monitor_least_loaded \
+  '_ZN7locabus13monitor_nodesERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE' \
+  '_ZN7locabus12least_loadedERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE' \
+  '_ZN7locabus12monitor_jsonERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE'; do
+  grep -q "LOCABUS_0.5 *$sym" <<<"$dynsyms" ||
+    { echo "install_test: $sym is not exported as LOCABUS_0.5" >&2; exit 1; }
 done
 # The KCCM internals stay private (the version script exports locabus::kccm::*).
 if grep -q "kccm_internal\|Space4Impl" <<<"$dynsyms"; then

@@ -333,7 +333,7 @@ std::uint64_t counter(DaemonSim& sim, std::size_t i, const char* name) {
 TEST(MonitorFiles, KeyValuesAreOneKeyPerLineWithCleanNamesAndValues) {
   monitor::NodeView row;
   row.node = 9;
-  row.stats.hostname = "evil\nstate=alive";
+  row.stats.hostname = "evil\nstate=alive;$(reboot) 'x`\"n1.ex-am_ple";
   row.stats.cpus = 2;
   row.stats.load1_milli = 1500;
   row.stats.cpu_permille = {125, 0, 0, 875, 0, 0, 0, 0};
@@ -348,7 +348,8 @@ TEST(MonitorFiles, KeyValuesAreOneKeyPerLineWithCleanNamesAndValues) {
     ASSERT_NE(eq, std::string::npos) << line;
     ASSERT_TRUE(kv.emplace(line.substr(0, eq), line.substr(eq + 1)).second) << "twice: " << line;
   }
-  EXPECT_EQ(kv.at("hostname"), "evil?state=alive");
+  // Another node chose it: nothing a shell would act on gets through.
+  EXPECT_EQ(kv.at("hostname"), "evil_state_alive___reboot___x__n1.ex-am_ple");
   EXPECT_EQ(kv.at("state"), "alive");
   EXPECT_EQ(kv.at("updated_at_ms"), "1234");
   EXPECT_EQ(kv.at("net_eth_0_rx_bytes"), "1");

@@ -28,6 +28,7 @@ void register_stats_command(CLI::App& app);
 void register_frame_commands(CLI::App& app);
 void register_chaos_commands(CLI::App& app);
 void register_daemon_commands(CLI::App& app);
+void register_monitor_command(CLI::App& app);
 
 /// Parses a node id option (decimal or 0x hex, < 0xFFFF) or throws CLI::ValidationError.
 std::uint16_t node_id_option(const std::string& text, const std::string& option);

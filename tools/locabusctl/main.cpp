@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   locabus::ctl::register_frame_commands(app);
   locabus::ctl::register_chaos_commands(app);
   locabus::ctl::register_daemon_commands(app);
+  locabus::ctl::register_monitor_command(app);
 
   try {
     app.parse(argc, argv);

@@ -38,11 +38,16 @@ std::string key_part(std::string_view name) {
   return out;
 }
 
-// A value on one line: control characters (a newline above all) become '?'.
-std::string one_line(std::string_view s) {
+// A value a shell may read with `. file` or `eval`: another node chose it
+// (its hostname), so anything beyond a hostname's letters, digits, '.', '-'
+// and '_' becomes '_' (no quote, space, '$', ';' or newline gets through).
+std::string shell_safe(std::string_view s) {
   std::string out(s);
-  for (char& ch : out)
-    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
+  for (char& ch : out) {
+    const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                    ch == '.' || ch == '-' || ch == '_';
+    if (!ok) ch = '_';
+  }
   return out;
 }
 
@@ -82,7 +87,7 @@ std::string key_values(const NodeView& row, std::uint64_t updated_at_ms) {
   kv("age_ms", std::chrono::duration_cast<std::chrono::milliseconds>(row.age).count());
   kv("epoch", row.epoch);
   kv("seq", row.seq);
-  kv("hostname", one_line(s.hostname));
+  kv("hostname", shell_safe(s.hostname));
   kv("cpus", s.cpus);
   kv("cpu_busy_percent", fixed(s.cpu_busy_percent(), 1));
   for (std::size_t m = 0; m < kCpuModes; ++m)
