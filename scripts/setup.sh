@@ -12,10 +12,14 @@ packages=(
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libtomlplusplus-dev
   # readiness notification for systemd (sd_notify)
   libsystemd-dev
+  # locabusd's Prometheus exporter (cpp-httplib; plain HTTP, CPPHTTPLIB_OPENSSL_SUPPORT not defined)
+  libcpp-httplib-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # namespaces, veth, ping and jq for the demo and the end-to-end tests
   iproute2 iputils-ping util-linux jq
+  # the Prometheus end-to-end test: a real server and promtool (check metrics, check config)
+  prometheus
   # linting the shell scripts (locabus-cluster)
   shellcheck
   # formatting

@@ -147,11 +147,19 @@ Daemon::Daemon(const Config& cfg)
 
   server_ = std::make_unique<ApiServer>(cfg_, *engine_, clock_, *this);
 
+  if (!cfg_.metrics_address.empty()) {
+    metrics_ = std::make_unique<MetricsExporter>(cfg_.metrics_address);
+    spdlog::info("metrics: serving {} (this node; {}?scope=cluster: every node)", metrics_->url(),
+                 metrics_->url());
+  }
+
   if (cfg_.busy_poll) {
     idle_ = std::make_unique<engine::BusySpinIdle>();
   } else {
     auto b = std::make_unique<engine::BlockingIdle>(
-        clock_, std::vector<int>{dp_.transport->wait_fd(), server_->wait_fd(), signal_fd_.get()},
+        clock_,
+        std::vector<int>{dp_.transport->wait_fd(), server_->wait_fd(), signal_fd_.get(),
+                         metrics_ ? metrics_->wait_fd() : -1},
         std::chrono::microseconds(cfg_.idle_spin_us));
     blocking_ = b.get();
     idle_ = std::move(b);
@@ -173,6 +181,7 @@ Daemon::Daemon(const Config& cfg)
 
 Daemon::~Daemon() {
   try {
+    metrics_.reset();  // its scrapes render from the server and the engine
     server_.reset();
     engine_.reset();
     dp_.transport.reset();
@@ -193,6 +202,9 @@ int Daemon::do_work() {
   server_->after_events();
   // While the idle strategy spins, clients need not be told to ring.
   work += server_->do_work(!blocking_ || !blocking_->spinning());
+  // Scrapes waiting for the daemon: rendered here, on its thread.
+  if (metrics_ && metrics_->pending())
+    work += static_cast<int>(metrics_->serve([this](MetricsScope s) { return metrics_text(s); }));
   return work;
 }
 
@@ -264,6 +276,7 @@ void Daemon::shutdown() {
   else
     spdlog::info("{}: shutting down: closing connections", stop_reason_);
   notify_systemd("STOPPING=1\nSTATUS=closing connections");
+  metrics_.reset();  // scrapes now get 503 ("shutting down") rather than wait
   server_->stop_accepting();
   engine_->leave();  // without a link the transport drops what it says
   // Without a link nobody can answer: do not wait for them.
@@ -340,6 +353,14 @@ nlohmann::json Daemon::status() const {
                 {"mode", fastpath::to_string(dp_.fastpath->mode())},
                 {"pin_dir", dp_.fastpath->pin_dir().string()}};
   }
+  // No exporter: enabled false and empty strings (consumers need not test for null).
+  j["metrics"] = {{"enabled", metrics_ != nullptr},
+                  {"address", metrics_ ? metrics_->address() : std::string()},
+                  {"url", metrics_ ? metrics_->url() : std::string()}};
+  if (metrics_)
+    j["metrics"]["last_render_us"] = {{"local", metrics_->last_render_us(MetricsScope::local)},
+                                      {"cluster", metrics_->last_render_us(MetricsScope::cluster)}};
+  server_->status(j);  // the services' parts ("monitor")
   return j;
 }
 
@@ -393,7 +414,23 @@ CounterGroups Daemon::counter_groups() const {
                                               CounterKind::counter};
     g.emplace_back("", "the daemon").add(kIdleSleeps, blocking_->sleeps());
   }
+  if (metrics_)
+    g.emplace_back("metrics", "the Prometheus exporter (docs/METRICS.md)").add(metrics_->counters());
   return g;
+}
+
+std::string Daemon::metrics_text(MetricsScope scope) const {
+  std::string out;
+  if (scope == MetricsScope::local) {
+    out = prometheus_text(counter_groups(), {{"node", std::to_string(node_id_)}});
+    server_->exposition(false, out);
+    out += build_info_text(node_id_, kVersion);
+  } else {
+    server_->exposition(true, out);
+    if (out.empty())
+      out = "# no cluster table on this daemon (LocaMonitor is off: started with --no-monitor?)\n";
+  }
+  return out;
 }
 
 nlohmann::json Daemon::counters() const {

@@ -15,6 +15,7 @@
 
 #include "common/unique_fd.hpp"
 #include "daemon/config.hpp"
+#include "daemon/metrics.hpp"
 #include "engine/agent.hpp"
 #include "engine/clock.hpp"
 #include "engine/engine.hpp"
@@ -79,8 +80,12 @@ class Daemon final : public engine::Agent, public Introspection {
  private:
   bool handle_signals();  // true when asked to stop
   void shutdown();
-  /// Every counter group: engine, transport, XDP, API, Locasock.
+  /// Every counter group: engine, transport, XDP, API, the services, the exporter.
   CounterGroups counter_groups() const;
+  /// A scrape's text (docs/METRICS.md): this node's counter registry, the
+  /// services' families about this node and locabus_build_info (local), or
+  /// the services' families about every node they know (cluster).
+  std::string metrics_text(MetricsScope scope) const;
 
   // In construction order: the interface is ours before anything touches it.
   Config cfg_;
@@ -92,6 +97,7 @@ class Daemon final : public engine::Agent, public Introspection {
   transport::OpenedDatapath dp_;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<ApiServer> server_;
+  std::unique_ptr<MetricsExporter> metrics_;  // metrics_address set; renders on this thread
   std::unique_ptr<engine::IdleStrategy> idle_;
   engine::BlockingIdle* blocking_ = nullptr;  // idle_ when it blocks
   std::filesystem::path pid_file_;
