@@ -2,7 +2,7 @@
 // The Prometheus exporter (daemon/metrics.hpp) against a fake renderer: a
 // thread that plays the daemon's loop (polls wait_fd(), calls serve()).
 // Scrapes over real TCP on 127.0.0.1 with a minimal HTTP/1.1 client (no
-// httplib client: Debian builds that one with OpenSSL). And the names the
+// httplib client: nothing here needs more than these few bytes). And the names the
 // daemon serves: the counter registry's, the monitor's and
 // locabus_build_info never share a family.
 #include <arpa/inet.h>
