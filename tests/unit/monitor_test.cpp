@@ -642,9 +642,48 @@ TEST(MonitorRules, LeastLoaded) {
   idle.load1_milli = 0;
   t.set_local(busy, 1, 1, 0s);
   Feed{t}.all(2, encode_record(idle, 7, 1), 0s);
-  EXPECT_EQ(t.least_loaded(1s), 2);
+  EXPECT_EQ(t.least_loaded(), 2);
   t.mark_stale(2, 1s);
-  EXPECT_EQ(t.least_loaded(1s), 1);
+  EXPECT_EQ(t.least_loaded(), 1);
+}
+
+// count() and least_loaded() walk the rows in place (the gauges and the
+// least_loaded_only request, at every scrape): they must say what rows() says.
+TEST(MonitorTable, CountAndLeastLoadedInPlaceMatchRows) {
+  Table t(1, kLimits);
+  NodeStats self = at(1);
+  self.load1_milli = 16'000;
+  t.set_local(self, 1, 1, 0s);
+  for (std::uint16_t node = 2; node <= 40; ++node) {
+    NodeStats s = at(1);
+    s.load1_milli = 1000u * (node % 7);
+    s.mem_available = 1000u * node;
+    Feed{t}.all(node, encode_record(s, node, 1), 0s);
+  }
+  // A node with only some parts of its first record: in size(), not in rows().
+  NodeStats big = at(1);
+  for (int i = 0; i < 400; ++i)
+    big.filesystems.push_back(FilesystemStats{"/m" + std::to_string(i), "d", "x"});
+  const Parts parts = encode_record(big, 9, 1);
+  ASSERT_GT(parts.size(), 1u);
+  EXPECT_EQ(t.apply(50, parts[0], 0s), Applied::partial);
+  for (std::uint16_t node = 2; node <= 40; node += 3) t.mark_stale(node, 1s);
+  const auto check = [&](Nanos now) {
+    const auto rows = t.rows(now);
+    std::size_t stale = 0, alive = 0;
+    for (const auto& r : rows) (r.state == NodeState::stale ? stale : alive) += 1;
+    EXPECT_EQ(t.count(NodeState::stale), stale);
+    EXPECT_EQ(t.count(NodeState::alive), alive);
+    EXPECT_EQ(t.least_loaded(), least_loaded(rows));
+  };
+  check(1s);
+  EXPECT_EQ(t.count(NodeState::stale), 13u);
+  EXPECT_EQ(t.count(NodeState::alive), 27u);  // self and 26 others; node 50 is not shown
+  EXPECT_EQ(t.size(), 41u);
+  t.expire(20s);  // every other node silent past stale_after
+  check(20s);
+  EXPECT_EQ(t.count(NodeState::stale), 39u);
+  EXPECT_EQ(t.least_loaded(), 1);
 }
 
 TEST(MonitorRules, SignificantChangeThresholds) {

@@ -42,8 +42,11 @@ struct MetricsCounters {
 struct MetricsOptions {
   /// How long a scrape waits for the daemon to render it (then 503).
   std::chrono::milliseconds answer_timeout{5000};
-  /// Reading a request, writing an answer, and waiting for a connection's
-  /// request: a slow or silent client holds a worker at most this long.
+  /// Each read and write of a connection, and waiting for its request: a
+  /// silent client holds a worker at most this long. cpp-httplib 0.11 has no
+  /// deadline for a whole request, so a client that sends a byte now and
+  /// then holds a worker (and the exporter's shutdown) as long as it goes on:
+  /// let only Prometheus reach metrics_address.
   std::chrono::seconds io_timeout{3};
   /// HTTP worker threads (connections served at once; more wait their turn).
   std::size_t threads = 2;

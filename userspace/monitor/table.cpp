@@ -157,23 +157,23 @@ const char* to_string(Applied a) noexcept {
   return "unknown";
 }
 
+namespace {
+
+/// The least-loaded rule's order: whether alive row `v` beats `best`.
+bool less_loaded(const NodeView& v, const NodeView& best) {
+  const auto b = load_bucket(v.stats), bb = load_bucket(best.stats);
+  if (b != bb) return b < bb;
+  if (v.stats.mem_available != best.stats.mem_available)
+    return v.stats.mem_available > best.stats.mem_available;
+  return v.node < best.node;
+}
+
+}  // namespace
+
 std::optional<std::uint16_t> least_loaded(std::span<const NodeView> rows) {
   const NodeView* best = nullptr;
-  for (const auto& v : rows) {
-    if (v.state != NodeState::alive) continue;
-    if (!best) {
-      best = &v;
-      continue;
-    }
-    const auto b = load_bucket(v.stats), bb = load_bucket(best->stats);
-    if (b != bb) {
-      if (b < bb) best = &v;
-    } else if (v.stats.mem_available != best->stats.mem_available) {
-      if (v.stats.mem_available > best->stats.mem_available) best = &v;
-    } else if (v.node < best->node) {
-      best = &v;
-    }
-  }
+  for (const auto& v : rows)
+    if (v.state == NodeState::alive && (!best || less_loaded(v, *best))) best = &v;
   if (!best) return std::nullopt;
   return best->node;
 }
@@ -406,9 +406,20 @@ std::optional<NodeView> Table::row(std::uint16_t node, Nanos now) const {
   return v;
 }
 
-std::optional<std::uint16_t> Table::least_loaded(Nanos now) const {
-  const auto all = rows(now);
-  return monitor::least_loaded(all);
+std::optional<std::uint16_t> Table::least_loaded() const {
+  // The rows in place, not copied (the age does not enter the rule).
+  const NodeView* best = nullptr;
+  for (const auto& [node, r] : rows_)
+    if (r.view.epoch != 0 && r.view.state == NodeState::alive && (!best || less_loaded(r.view, *best)))
+      best = &r.view;
+  if (!best) return std::nullopt;
+  return best->node;
+}
+
+std::size_t Table::count(NodeState state) const noexcept {
+  std::size_t n = 0;
+  for (const auto& [node, r] : rows_) n += r.view.epoch != 0 && r.view.state == state;
+  return n;
 }
 
 std::size_t Table::memory_bytes() const {

@@ -100,7 +100,10 @@ class Table {
 
   std::vector<NodeView> rows(Nanos now) const;  // by node id
   std::optional<NodeView> row(std::uint16_t node, Nanos now) const;
-  std::optional<std::uint16_t> least_loaded(Nanos now) const;
+  /// least_loaded() over rows() without copying them.
+  std::optional<std::uint16_t> least_loaded() const;
+  /// Rows shown by rows() in `state`, without copying them (for the gauges).
+  std::size_t count(NodeState state) const noexcept;
   std::size_t size() const noexcept { return rows_.size(); }
   /// Bytes the table holds (rows, their strings and devices, partial records): for the scale bound.
   std::size_t memory_bytes() const;

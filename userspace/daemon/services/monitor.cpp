@@ -348,7 +348,7 @@ std::optional<nlohmann::json> MonitorService::control(const std::string& op, con
                       {"least_loaded", nullptr},     {"rule", kRule}};
   std::optional<std::uint16_t> least;
   if (only) {
-    least = table_.least_loaded(now);
+    least = table_.least_loaded();
   } else {
     const std::vector<monitor::NodeView> rows = table_.rows(now);
     least = monitor::least_loaded(rows);
@@ -404,8 +404,7 @@ void MonitorService::counters(CounterGroups& out) const {
   }
   MonitorServiceGauges g;
   g.nodes = table_.size();
-  for (const monitor::NodeView& row : table_.rows(host_.clock().now()))
-    g.stale_nodes += row.state == monitor::NodeState::stale;
+  g.stale_nodes = table_.count(monitor::NodeState::stale);  // in place: a scrape copies no row
   g.table_bytes = table_.memory_bytes();
   out.emplace_back("monitor",
                    "LocaMonitor: samples, records broadcast and received, the table, run-dir files "
