@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -259,6 +260,70 @@ TEST(MetricsExporter, DestructionWhileAScrapeWaitsAnswersItAndReturnsPromptly) {
   const HttpReply r = reply.get();
   EXPECT_EQ(r.status, 503);
   EXPECT_NE(r.body.find("shutting down"), std::string::npos) << r.body;
+}
+
+// A client that sends its request a byte at a time, forever (each byte
+// within httplib's read timeout), until the server closes the connection.
+// Returns how long the connection lived, or nullopt if it outlived `limit`.
+std::optional<std::chrono::milliseconds> dribble(std::uint16_t port, std::chrono::milliseconds every,
+                                                 std::chrono::milliseconds limit,
+                                                 std::atomic<bool>* connected) {
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (!s || ::connect(s.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) return std::nullopt;
+  if (connected) connected->store(true);
+  const auto start = Clock::now();
+  const std::string req = "GET /metrics HTTP/1.1\r\nX-Slow: ";
+  for (std::size_t i = 0; Clock::now() - start < limit; ++i) {
+    const char c = i < req.size() ? req[i] : 'a';
+    if (::send(s.get(), &c, 1, MSG_NOSIGNAL) != 1) break;  // the server shut the connection
+    pollfd p{s.get(), POLLIN | POLLRDHUP, 0};
+    if (::poll(&p, 1, static_cast<int>(every.count())) > 0) break;  // closed (or answered)
+  }
+  const auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+  if (lived >= limit) return std::nullopt;
+  return lived;
+}
+
+TEST(MetricsExporter, AClientThatDribblesItsRequestIsCutAtTheConnectionDeadline) {
+  MetricsOptions o;
+  o.threads = 1;  // the one worker it would hold
+  o.connection_deadline = 1000ms;
+  MetricsExporter e("127.0.0.1:0", o);
+  FakeLoop loop(e, fake_text);
+  const auto port = port_of(e.address());
+  auto slow = std::async(std::launch::async, [port] { return dribble(port, 200ms, 10s, nullptr); });
+  std::this_thread::sleep_for(300ms);
+  // Behind it, a scrape waits for the only worker: answered once the slow
+  // connection is cut, not after it gives up.
+  const auto start = Clock::now();
+  const HttpReply r = http_get(port, "/metrics", 10s);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_LT(Clock::now() - start, 2500ms) << "the scrape waited beyond the slow connection's deadline";
+  const auto lived = slow.get();
+  ASSERT_TRUE(lived.has_value()) << "the dribbling connection was never cut";
+  EXPECT_GE(*lived, 900ms) << "cut before its deadline";
+  EXPECT_LT(*lived, 2000ms) << "cut long after its deadline of 1 s";
+}
+
+TEST(MetricsExporter, DestructionCutsADribblingClientPromptly) {
+  MetricsOptions o;
+  o.connection_deadline = 60'000ms;  // far away: only the exporter's stop may cut it
+  auto e = std::make_unique<MetricsExporter>("127.0.0.1:0", o);
+  const auto port = port_of(e->address());
+  std::atomic<bool> connected{false};
+  auto slow =
+      std::async(std::launch::async, [port, &connected] { return dribble(port, 200ms, 20s, &connected); });
+  while (!connected.load()) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(500ms);
+  const auto start = Clock::now();
+  e.reset();
+  EXPECT_LT(Clock::now() - start, 1500ms) << "the exporter's stop waited for a dribbling client";
+  const auto lived = slow.get();
+  EXPECT_TRUE(lived.has_value()) << "the dribbling connection outlived the exporter";
 }
 
 TEST(MetricsExporter, ManyScrapesAtOnceAreAllAnswered) {

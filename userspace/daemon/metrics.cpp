@@ -1,17 +1,25 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 #include "daemon/metrics.hpp"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <exception>
 #include <future>
+#include <list>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 // Without CPPHTTPLIB_OPENSSL_SUPPORT: plain HTTP, no TLS.
@@ -92,6 +100,149 @@ std::string bind_hint(int err) {
 std::string with_brackets(const std::string& host) {
   return host.find(':') != std::string::npos ? "[" + host + "]" : host;
 }
+
+/// Sockets of this process connected on local TCP port `port` (not
+/// listening), by inode: what the exporter accepted.
+std::vector<std::pair<int, ino_t>> exporter_connections(int port) {
+  std::vector<std::pair<int, ino_t>> out;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return out;
+  const int own = ::dirfd(dir);
+  while (const dirent* e = ::readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd == own) continue;
+    struct stat st {};
+    if (::fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage a{};
+    socklen_t len = sizeof a;
+    if (::getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&a), &len) != 0) continue;
+    int local = -1;
+    if (a.ss_family == AF_INET) local = ntohs(reinterpret_cast<const sockaddr_in*>(&a)->sin_port);
+    if (a.ss_family == AF_INET6) local = ntohs(reinterpret_cast<const sockaddr_in6*>(&a)->sin6_port);
+    if (local != port) continue;
+    int listening = 0;
+    socklen_t ll = sizeof listening;
+    if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) != 0 || listening)
+      continue;
+    out.emplace_back(static_cast<int>(fd), st.st_ino);
+  }
+  ::closedir(dir);
+  return out;
+}
+
+/// The exporter's workers: httplib's thread pool, plus a deadline per
+/// connection. httplib accepts a connection and enqueues its task at once,
+/// on its one listening thread; enqueue() finds that new socket (the
+/// exporter's port, an inode not seen yet) and keeps a duplicate of it, so
+/// that a watchdog can shut it down when the connection outlives
+/// `deadline`, and shutdown() can cut every connection at once. The watchdog
+/// sleeps while no connection runs: an idle exporter costs nothing.
+class DeadlinePool final : public httplib::TaskQueue {
+ public:
+  DeadlinePool(std::size_t threads, int port, std::chrono::milliseconds deadline)
+      : port_(port), deadline_(deadline) {
+    for (std::size_t i = 0; i < threads; ++i) workers_.emplace_back([this] { work(); });
+    watchdog_ = std::thread([this] { watch(); });
+  }
+  ~DeadlinePool() override { shutdown(); }
+  DeadlinePool(const DeadlinePool&) = delete;
+  DeadlinePool& operator=(const DeadlinePool&) = delete;
+
+  void enqueue(std::function<void()> fn) override {
+    Job job;
+    job.fn = std::move(fn);
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [fd, ino] : exporter_connections(port_)) {
+        if (known_.count(ino)) continue;
+        UniqueFd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+        if (!dup) continue;  // out of fds: this connection has no deadline
+        known_.insert(ino);
+        job.sockets.emplace_back(ino, std::move(dup));
+      }
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_all();
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_ && workers_.empty()) return;
+      stopping_ = true;
+      // What runs or waits may finish for a moment (a scrape waiting for
+      // the daemon is answered 503 then); the watchdog cuts the rest.
+      stop_by_ = std::chrono::steady_clock::now() + kStopGrace;
+      for (auto& job : running_) job.deadline = std::min(job.deadline, stop_by_);
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+    if (watchdog_.joinable()) watchdog_.join();
+  }
+
+ private:
+  struct Job {
+    std::function<void()> fn;
+    std::vector<std::pair<ino_t, UniqueFd>> sockets;  // duplicates of its connection
+    std::chrono::steady_clock::time_point deadline{};
+    bool cut = false;
+  };
+
+  void work() {
+    for (;;) {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stopping, nothing left
+      running_.splice(running_.end(), jobs_, jobs_.begin());
+      auto it = std::prev(running_.end());
+      it->deadline = std::min(std::chrono::steady_clock::now() + deadline_, stop_by_);
+      lock.unlock();
+      cv_.notify_all();  // the watchdog: a new deadline
+      it->fn();          // serves the connection and closes httplib's socket
+      lock.lock();
+      for (const auto& [ino, sock] : it->sockets) known_.erase(ino);
+      running_.erase(it);  // closes the duplicates: the socket goes
+      lock.unlock();
+      cv_.notify_all();  // the watchdog: one deadline less (and perhaps the last)
+    }
+  }
+
+  void watch() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      auto next = std::chrono::steady_clock::time_point::max();
+      const auto now = std::chrono::steady_clock::now();
+      for (auto& job : running_) {
+        if (job.cut) continue;
+        if (job.deadline <= now) {
+          job.cut = true;  // the worker's read or write fails at once
+          for (auto& [ino, sock] : job.sockets) ::shutdown(sock.get(), SHUT_RDWR);
+        } else {
+          next = std::min(next, job.deadline);
+        }
+      }
+      if (stopping_ && running_.empty() && jobs_.empty()) return;
+      if (next == std::chrono::steady_clock::time_point::max())
+        cv_.wait(lock);
+      else
+        cv_.wait_until(lock, next);
+    }
+  }
+
+  const int port_;
+  const std::chrono::milliseconds deadline_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::list<Job> jobs_, running_;  // guarded by mu_
+  std::set<ino_t> known_;          // sockets of queued and running jobs, guarded by mu_
+  bool stopping_ = false;          // guarded by mu_
+  static constexpr std::chrono::milliseconds kStopGrace{500};
+  std::chrono::steady_clock::time_point stop_by_ = std::chrono::steady_clock::time_point::max();  // mu_
+  std::vector<std::thread> workers_;
+  std::thread watchdog_;
+};
 
 }  // namespace
 
@@ -196,6 +347,7 @@ struct MetricsExporter::Impl {
 
   std::atomic<bool>& pending;
   MetricsOptions options;
+  int port = 0;  // as bound, before the server thread starts
   UniqueFd event_fd;
   httplib::Server server;
   std::thread thread;
@@ -224,8 +376,11 @@ MetricsExporter::MetricsExporter(const std::string& address, MetricsOptions opti
 
   httplib::Server& s = m.server;
   const std::size_t threads = options.threads ? options.threads : 1;
-  // httplib owns the queue (a unique_ptr in listen_after_bind()).
-  s.new_task_queue = [threads] { return std::make_unique<httplib::ThreadPool>(threads).release(); };
+  // httplib owns the queue (a unique_ptr in listen_after_bind()); it is
+  // made there, after the bind below, so the port is known by then.
+  s.new_task_queue = [threads, &m] {
+    return std::make_unique<DeadlinePool>(threads, m.port, m.options.connection_deadline).release();
+  };
   s.set_socket_options(exporter_socket_options);
   const auto io = static_cast<time_t>(options.io_timeout.count());
   s.set_read_timeout(io, 0);
@@ -269,6 +424,7 @@ MetricsExporter::MetricsExporter(const std::string& address, MetricsOptions opti
     throw Error(fmt::format("metrics: bind {}", address), err ? err : EADDRNOTAVAIL, bind_hint(err));
   }
   address_ = with_brackets(host) + ":" + std::to_string(bound);
+  m.port = bound;
 
   m.thread = std::thread([&m] {
     m.server.listen_after_bind();

@@ -42,12 +42,14 @@ struct MetricsCounters {
 struct MetricsOptions {
   /// How long a scrape waits for the daemon to render it (then 503).
   std::chrono::milliseconds answer_timeout{5000};
-  /// Each read and write of a connection, and waiting for its request: a
-  /// silent client holds a worker at most this long. cpp-httplib 0.11 has no
-  /// deadline for a whole request, so a client that sends a byte now and
-  /// then holds a worker (and the exporter's shutdown) as long as it goes on:
-  /// let only Prometheus reach metrics_address.
+  /// Each read and write of a connection, and waiting for its request.
   std::chrono::seconds io_timeout{3};
+  /// The longest a connection may take, whole: cpp-httplib 0.11 bounds each
+  /// read only, so a client that sends a byte now and then would hold a
+  /// worker (and the exporter's shutdown) for as long as it goes on. The
+  /// exporter's workers shut such a connection's socket down at this
+  /// deadline, and every connection's at once when the exporter stops.
+  std::chrono::milliseconds connection_deadline{10'000};
   /// HTTP worker threads (connections served at once; more wait their turn).
   std::size_t threads = 2;
 };
