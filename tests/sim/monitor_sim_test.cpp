@@ -530,6 +530,27 @@ TEST(MonitorSim, EveryTableHoldsWhatEveryNodeLastBroadcastAndTheFilesAndTheReque
       const auto bad = ask(sim, i, {{"op", "monitor"}, {"least_loaded_only", 1}});
       EXPECT_EQ(bad.value("ok", true), false);
       EXPECT_EQ(bad.value("errno", 0), EINVAL);
+      // The summary: the same rows without the per-device lists.
+      const auto summary = ask(sim, i, {{"op", "monitor"}, {"devices", false}});
+      ASSERT_TRUE(summary.value("ok", false)) << summary.dump();
+      const auto& rows = summary.at("monitor").at("nodes");
+      ASSERT_EQ(rows.size(), 4u);
+      for (std::size_t j = 0; j < 4; ++j) {
+        auto full = m.at("nodes")[j];
+        for (const char* key : {"disks", "filesystems", "nets", "cpu_seconds"}) {
+          EXPECT_FALSE(rows[j].contains(key)) << key;
+          full.erase(key);
+        }
+        full.erase("age_ms");  // time passed between the two requests
+        auto brief = rows[j];
+        brief.erase("age_ms");
+        // Simulated time went on: a newer sample may have come in between.
+        if (brief.at("sampled_at_ms") == full.at("sampled_at_ms") && brief.at("seq") == full.at("seq"))
+          EXPECT_EQ(brief, full) << "the summary differs beyond the lists it leaves out";
+        else
+          EXPECT_EQ(brief.at("node"), full.at("node"));
+      }
+      EXPECT_EQ(ask(sim, i, {{"op", "monitor"}, {"devices", "no"}}).value("errno", 0), EINVAL);
     }
 
     // Status and the exporter's families.

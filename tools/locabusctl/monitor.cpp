@@ -51,12 +51,13 @@ struct MonitorOptions {
 
 // The daemon's "monitor" object. Throws Error with the daemon's reason and
 // hint (monitor off: ENOTSUP), or saying what to do.
-json fetch(const MonitorOptions& o, bool least_loaded_only) {
+json fetch(const MonitorOptions& o, bool least_loaded_only, bool devices = true) {
   const std::filesystem::path path =
       o.socket.empty() ? api::default_socket_path() : std::filesystem::path(o.socket);
   UniqueFd fd = api::connect_control(path);
   json req{{"op", "monitor"}};
   if (least_loaded_only) req["least_loaded_only"] = true;
+  if (!devices) req["devices"] = false;  // the table shows no per-device lists
   json reply;
   try {
     reply = api::request(fd.get(), req);
@@ -200,7 +201,7 @@ Frame frame_of(const json& m) {
 }
 
 int run_once(const MonitorOptions& o) {
-  const json m = fetch(o, false);
+  const json m = fetch(o, false, o.json);
   if (o.json) {
     std::cout << m.dump(2) << "\n";
     return 0;
@@ -425,7 +426,7 @@ WatchEnd watch_loop(const MonitorOptions& o, bool tty, const SignalGuard& signal
     std::optional<Frame> f;
     std::string error;
     try {
-      const json m = fetch(o, false);
+      const json m = fetch(o, false, o.json);
       if (o.json) {
         write_all(m.dump() + "\n");
       } else {

@@ -47,7 +47,8 @@ json ask_monitor(const std::string& socket_path, json req) {
 }  // namespace
 
 std::vector<NodeLoad> monitor_nodes(const std::string& socket_path) {
-  return monitor_rows::nodes(ask_monitor(socket_path, {{"op", "monitor"}}));
+  // The rows' summary only (no per-device lists): what a NodeLoad holds.
+  return monitor_rows::nodes(ask_monitor(socket_path, {{"op", "monitor"}, {"devices", false}}));
 }
 
 std::optional<std::uint16_t> least_loaded(const std::string& socket_path) {

@@ -332,14 +332,15 @@ std::optional<nlohmann::json> MonitorService::control(const std::string& op, con
                           {"errno", ENOTSUP},
                           {"error", "LocaMonitor is off on this daemon"},
                           {"hint", "start locabusd without --no-monitor ([monitor] enabled = true)"}};
-  bool only = false;
-  if (request.contains("least_loaded_only")) {
-    if (!request["least_loaded_only"].is_boolean())
+  bool only = false, devices = true;
+  for (auto [key, out] : {std::pair<const char*, bool*>{"least_loaded_only", &only}, {"devices", &devices}}) {
+    if (!request.contains(key)) continue;
+    if (!request[key].is_boolean())
       return nlohmann::json{{"ok", false},
                             {"errno", EINVAL},
-                            {"error", "request field 'least_loaded_only' must be true or false"},
+                            {"error", fmt::format("request field '{}' must be true or false", key)},
                             {"hint", "see docs/API.md, \"monitor\""}};
-    only = request["least_loaded_only"].get<bool>();
+    *out = request[key].get<bool>();
   }
   const engine::Nanos now = host_.clock().now();
   nlohmann::json m = {{"node", host_.node_id()},     {"enabled", true},
@@ -353,7 +354,12 @@ std::optional<nlohmann::json> MonitorService::control(const std::string& op, con
     const std::vector<monitor::NodeView> rows = table_.rows(now);
     least = monitor::least_loaded(rows);
     nlohmann::json nodes = nlohmann::json::array();
-    for (const monitor::NodeView& row : rows) nodes.push_back(monitor::to_json(row));
+    for (const monitor::NodeView& row : rows) {
+      nlohmann::json j = monitor::to_json(row);
+      if (!devices)  // a summary: about a third of the size, for tables of thousands of nodes
+        for (const char* key : {"disks", "filesystems", "nets", "cpu_seconds"}) j.erase(key);
+      nodes.push_back(std::move(j));
+    }
     m["nodes"] = std::move(nodes);
   }
   if (least) m["least_loaded"] = *least;
@@ -369,7 +375,9 @@ std::optional<nlohmann::json> MonitorService::control(const std::string& op, con
           {"error",
            fmt::format("the table ({} rows, {} bytes as JSON) is larger than a control message ({} bytes)",
                        table_.size(), bytes, api::kMaxControlMessage)},
-          {"hint", fmt::format("ask with least_loaded_only, or read the files in {}", files_dir_.string())}};
+          {"hint",
+           fmt::format("ask with devices false (a summary) or least_loaded_only, or read the files in {}",
+                       files_dir_.string())}};
   }
   return reply;
 }
