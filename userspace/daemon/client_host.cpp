@@ -272,8 +272,13 @@ void ClientHost::accept_clients() {
       }
       continue;
     }
-    const int sndbuf = 1 << 20;
-    ::setsockopt(c->sock.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    // A control reply is one message, up to api::kMaxControlMessage: the
+    // send buffer must hold it whole. SO_SNDBUF is capped by
+    // net.core.wmem_max (208 KiB on a default kernel); the daemon has
+    // CAP_NET_ADMIN, so it forces the size past that cap.
+    const int sndbuf = static_cast<int>(api::kMaxControlMessage) + (64 << 10);
+    if (::setsockopt(c->sock.get(), SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) != 0)
+      ::setsockopt(c->sock.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     try {
       watch_socket(*c);
     } catch (const Error& e) {

@@ -365,7 +365,8 @@ std::optional<nlohmann::json> MonitorService::control(const std::string& op, con
   if (least) m["least_loaded"] = *least;
   nlohmann::json reply{{"ok", true}, {"monitor", std::move(m)}};
   // One control message carries the reply: a table too large for it is
-  // told, not cut (about 1.4 KB a row: some 700 nodes of small machines).
+  // told, not cut (a small machine's row is about 2 KB in full, 1 KB as a
+  // summary: some 500 or 1,000 nodes).
   if (!only) {
     const std::size_t bytes = reply.dump().size();
     if (bytes > api::kMaxControlMessage)
