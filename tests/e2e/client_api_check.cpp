@@ -75,12 +75,19 @@ int bcast_lost(std::uint16_t peer, int before, std::uint64_t lost) {
   }
   check(got == before && wrong == 0, "received " + std::to_string(got) + " in order");
   std::fflush(stdout);
+  // The stream carries every protocol of the node, LocaMonitor's records
+  // too: at least the `lost` messages of the application are named (the
+  // script bounds the rest by what the sender's monitor sent meanwhile).
+  std::uint64_t told = 0;
   auto expect = [&](const std::optional<locabus::Event>& e, const char* who) {
-    check(e && e->node == peer && e->failure == LOCABUS_FAIL_RELEASED && e->count == lost && e->epoch != 0,
+    check(e && e->node == peer && e->failure == LOCABUS_FAIL_RELEASED && e->count >= lost && e->epoch != 0 &&
+              (told == 0 || e->count == told),
           std::string(who) + " told: " + (e ? e->to_string() : std::string("nothing within the time")));
+    if (e && told == 0) told = e->count;
   };
   expect(next_loss(ep, std::chrono::seconds(60)), "the endpoint");
   expect(next_loss(sock, std::chrono::seconds(5)), "the socket");
+  std::printf("lost %llu\n", static_cast<unsigned long long>(told));
   // Delivery goes on after the gap, and nothing of the gap arrives.
   auto m = ep.receive(std::chrono::seconds(30));
   check(m && m->broadcast && m->node == peer && m->text() == "after",
