@@ -148,12 +148,21 @@ printf '%s$ locabus-call --serve upper   %s# on node 2, in the background: a han
   "$dim" "$reset"
 on 2 locabus-call --serve upper --json >"$work/serve.json" 2>"$work/serve.err" &
 bg+=($!)
+# Its JSON line says it is ready. Wait for the pid in it: jq 1.6's -e exits 0
+# on a file still empty, which once let the call below overtake the handler.
+serve_pid=""
 for _ in $(seq 100); do
-  jq -e .serving "$work/serve.json" >/dev/null 2>&1 && break
+  serve_pid=$(jq -r '.pid // empty' "$work/serve.json" 2>/dev/null) || serve_pid=""
+  [[ $serve_pid =~ ^[0-9]+$ ]] && break
   sleep 0.1
 done
-run on 3 locabus-call --node 2 upper "hello from node 3" | tee "$work/upper.txt" || true
-kill "$(jq .pid "$work/serve.json")" 2>/dev/null || true # SIGTERM: it unregisters and exits
+if [[ $serve_pid =~ ^[0-9]+$ ]]; then
+  run on 3 locabus-call --node 2 upper "hello from node 3" | tee "$work/upper.txt" || true
+  kill "$serve_pid" 2>/dev/null || true # SIGTERM: it unregisters and exits
+else
+  echo "demo.sh: locabus-call --serve on node 2 did not start in 10 s: $(cat "$work/serve.err")" >&2
+  kill "${bg[-1]}" 2>/dev/null || true
+fi
 wait "${bg[-1]}" || true
 on 1 locabus-call --node 2 upper "anyone there?" 2>"$work/gone.err" && gone_rc=0 || gone_rc=$?
 echo "once that process stopped, a call says why it failed (exit status $gone_rc):"
