@@ -19,6 +19,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=tests/e2e/lib.sh
+source "$here/tests/e2e/lib.sh"
 scenario=${1:?usage: daemon_e2e.sh SCENARIO --bin-dir DIR}
 shift
 bin_dir=""
@@ -133,7 +135,7 @@ stream() { # count timeout
   bg_pids+=("$rp")
   # the receiver's endpoint must exist before the first message arrives
   local deadline=$((SECONDS + 10))
-  until on 2 "$ctl" counters --json | jq -e '.api.endpoints | length > 0' >/dev/null; do
+  until on 2 "$ctl" counters --json | jqe '.api.endpoints | length > 0' >/dev/null; do
     ((SECONDS < deadline)) || fail "the receiver did not open its endpoint"
     sleep 0.1
   done
@@ -146,7 +148,7 @@ stream() { # count timeout
   wait "$sp" || fail "sender failed: $(cat "$work/send.json")"
   wait "$rp" || fail "receiver failed: $(cat "$work/recv.json" "$work/recv.err")"
   t1=$(date +%s.%N)
-  jq -e '.ok and .received == .expected and .corrupt == 0 and .out_of_order == 0' "$work/recv.json" >/dev/null ||
+  jqe '.ok and .received == .expected and .corrupt == 0 and .out_of_order == 0' "$work/recv.json" >/dev/null ||
     fail "stream incomplete: $(cat "$work/recv.json")"
   stream_secs=$(jq '.seconds * 1000 | round / 1000' "$work/recv.json")
   stream_rate=$(awk -v n="$count" -v s="$stream_secs" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
@@ -169,7 +171,7 @@ bcast_stream() { # n count timeout
   # every receiver's socket must be bound before the first datagram
   local deadline=$((SECONDS + 20))
   for ((k = 2; k <= n; k++)); do
-    until on "$k" "$ctl" counters --json | jq -e '.locasock.sockets > 0' >/dev/null; do
+    until on "$k" "$ctl" counters --json | jqe '.locasock.sockets > 0' >/dev/null; do
       ((SECONDS < deadline)) || fail "the receiver on node $k did not bind port 7000"
       sleep 0.1
     done
@@ -180,7 +182,7 @@ bcast_stream() { # n count timeout
     >"$work/send.json" 2>"$work/send.err" || fail "sender failed: $(cat "$work/send.json" "$work/send.err")"
   for ((k = 2; k <= n; k++)); do
     wait "${rps[k]}" || fail "node $k: $(cat "$work/recv$k.json"; tail -n 5 "$work/recv$k.err")"
-    jq -e --argjson c "$count" '.ok and .received == $c and .errors == 0 and .broadcast == $c' "$work/recv$k.json" \
+    jqe --argjson c "$count" '.ok and .received == $c and .errors == 0 and .broadcast == $c' "$work/recv$k.json" \
       >/dev/null || fail "node $k: $(cat "$work/recv$k.json")"
   done
   t1=$(date +%s.%N)
@@ -219,7 +221,7 @@ flap_stream() { # count rate after outage
   local rp=$!
   bg_pids+=("$rp")
   local deadline=$((SECONDS + 10))
-  until on 2 "$ctl" counters --json | jq -e '.api.endpoints | length > 0' >/dev/null; do
+  until on 2 "$ctl" counters --json | jqe '.api.endpoints | length > 0' >/dev/null; do
     ((SECONDS < deadline)) || fail "the receiver did not open its endpoint"
     sleep 0.1
   done
@@ -254,17 +256,17 @@ check_link_faults() { # datapath
   local dp=$1 t log
   t=$(on 2 "$ctl" counters --json | jq -c .transport)
   note "node 2's transport: $(jq -c 'with_entries(select(.key | test("link|drops|errors|kick")))' <<<"$t")"
-  jq -e '.link_downs == 1 and (.link_down | not)' <<<"$t" >/dev/null || fail "one outage expected: $t"
-  jq -e '.tx_link_down_drops >= 1 and .tx_link_down_drops <= 1000' <<<"$t" >/dev/null ||
+  jqe '.link_downs == 1 and (.link_down | not)' <<<"$t" >/dev/null || fail "one outage expected: $t"
+  jqe '.tx_link_down_drops >= 1 and .tx_link_down_drops <= 1000' <<<"$t" >/dev/null ||
     fail "frames dropped while the link was down not in [1, 1000]: $t"
-  jq -e '.tx_no_device_drops == 0 and .tx_error_drops == 0 and .rx_errors == 0' <<<"$t" >/dev/null ||
+  jqe '.tx_no_device_drops == 0 and .tx_error_drops == 0 and .rx_errors == 0' <<<"$t" >/dev/null ||
     fail "faults of another kind: $t"
   if [[ $dp == packet ]]; then
-    jq -e '.rx_link_down == 1' <<<"$t" >/dev/null || fail "the socket reports a link going down once: $t"
+    jqe '.rx_link_down == 1' <<<"$t" >/dev/null || fail "the socket reports a link going down once: $t"
   else
     # kicks answered ENETDOWN: one per send and per duty cycle while frames
     # wait on the ring, the retry timer backing off to 200 ms: tens a second
-    jq -e '.tx_kick_down >= 1 and .tx_kick_down <= 500' <<<"$t" >/dev/null ||
+    jqe '.tx_kick_down >= 1 and .tx_kick_down <= 500' <<<"$t" >/dev/null ||
       fail "kicks answered ENETDOWN not in [1, 500]: $t"
   fi
   log="/run/locabus-cluster/$name/node2/locabusd.log"
@@ -280,7 +282,7 @@ watch_events() { # k
   local k=$1 deadline=$((SECONDS + 10))
   on "$k" "$ctl" events --json >"$work/events$k.json" 2>"$work/events$k.err" &
   bg_pids+=("$!")
-  until on "$k" "$ctl" counters --json | jq -e '[.api.endpoints[] | select(.proto == 0 and .events)] | length > 0' \
+  until on "$k" "$ctl" counters --json | jqe '[.api.endpoints[] | select(.proto == 0 and .events)] | length > 0' \
     >/dev/null; do
     ((SECONDS < deadline)) || fail "the event monitor on node $k did not open: $(cat "$work/events$k.err")"
     sleep 0.1
@@ -308,7 +310,7 @@ no_send_failed_logged() { # k
 # Waits until node k has an endpoint open on protocol proto.
 wait_endpoint() { # k proto
   local deadline=$((SECONDS + 10))
-  until on "$1" "$ctl" counters --json | jq -e --argjson p "$2" '[.api.endpoints[] | select(.proto == $p)] | length > 0' \
+  until on "$1" "$ctl" counters --json | jqe --argjson p "$2" '[.api.endpoints[] | select(.proto == $p)] | length > 0' \
     >/dev/null; do
     ((SECONDS < deadline)) || fail "no endpoint for protocol $2 opened on node $1"
     sleep 0.1
@@ -333,11 +335,11 @@ oneway() { # from to count proto timeout [quiet]
   on "$from" "$ctl" msg send --proto "$proto" --to "$to" --sequence --count "$count" --size 1024 \
     --timeout "$timeout" --json >"$work/oneway-send.json" 2>"$work/oneway-send.err" ||
     fail "node $from could not send $count messages: $(cat "$work/oneway-send.json" "$work/oneway-send.err")"
-  jq -e '.failed == 0' "$work/oneway-send.json" >/dev/null || fail "send_failed: $(cat "$work/oneway-send.json")"
+  jqe '.failed == 0' "$work/oneway-send.json" >/dev/null || fail "send_failed: $(cat "$work/oneway-send.json")"
   wait "$rp" || fail "node $to: $(cat "$work/oneway-recv.json" "$work/oneway-recv.err")"
   t1=$(date +%s.%N)
   oneway_secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
-  jq -e --argjson c "$count" '.ok and .received == $c and .corrupt == 0 and .out_of_order == 0' \
+  jqe --argjson c "$count" '.ok and .received == $c and .corrupt == 0 and .out_of_order == 0' \
     "$work/oneway-recv.json" >/dev/null || fail "node $to: $(cat "$work/oneway-recv.json")"
   [[ -n $quiet ]] || note "$count messages node $from -> node $to in order, exactly once, in $oneway_secs s"
 }
@@ -374,13 +376,13 @@ start_server() { # k handlers [more locabus-call options]
   on "$k" "$call" --serve "$handlers" --json "$@" >"$serve_out.json" 2>"$serve_out.err" &
   bg_pids+=("$!")
   serve_pid=""
-  # (jq -e exits 0 on an empty file: wait for the pid itself)
+  # (jq 1.6 -e exits 0 on an empty file: wait for the pid itself)
   until [[ $serve_pid =~ ^[0-9]+$ ]]; do
     ((SECONDS < deadline)) || fail "locabus-call --serve on node $k did not start: $(cat "$serve_out.err")"
     sleep 0.05
     serve_pid=$(jq -r '.pid // empty' "$serve_out.json" 2>/dev/null) || serve_pid=""
   done
-  jq -e --argjson k "$k" '.node == $k and .space == 0' "$serve_out.json" >/dev/null ||
+  jqe --argjson k "$k" '.node == $k and .space == 0' "$serve_out.json" >/dev/null ||
     fail "the server on node $k: $(cat "$serve_out.json")"
 }
 
@@ -452,7 +454,7 @@ case "$scenario" in
     for k in 1 2; do
       st=$("$cluster" chaos --name "$name" "$k" --status --json)
       note "chaos on node $k: $(jq -c '.stats // .' <<<"$st")"
-      jq -e '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos dropped nothing on node $k: $st"
+      jqe '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos dropped nothing on node $k: $st"
     done
     note "sender (node 1) over the lossy stream: $(jq -c "$sender_view" <<<"$sd")"
     note "receiver (node 2) over the lossy stream: $(jq -c "$receiver_view" <<<"$rd")"
@@ -461,7 +463,7 @@ case "$scenario" in
     bound=$(awk 'BEGIN { printf "%.3f", 1.15 / (1 - 0.11) }')
     note "lossless $clean_rate messages/s, lossy $lossy_rate messages/s: $ratio of lossless (bound >= 0.25);" \
       "$fpm data frames per delivered message (bound <= $bound)"
-    jq -e '.retransmits > 0' <<<"$sd" >/dev/null || fail "no retransmissions through 10 % loss?"
+    jqe '.retransmits > 0' <<<"$sd" >/dev/null || fail "no retransmissions through 10 % loss?"
     awk -v r="$ratio" 'BEGIN { exit !(r >= 0.25) }' ||
       fail "the lossy stream ran at $ratio of the lossless one ($lossy_rate vs $clean_rate messages/s), below 0.25:" \
         "$(jq -c "$sender_view" <<<"$sd")"
@@ -489,7 +491,7 @@ case "$scenario" in
     new_epoch=$(on 2 "$ctl" status --json | jq .epoch)
     [[ $new_epoch != "$old_epoch" ]] || fail "the epoch did not change"
     wait_discovered 3 15
-    jq -e --argjson e "$new_epoch" '.[] | select(.node == 2) | .epoch == $e' <<<"$(on 1 "$ctl" peers --json)" >/dev/null ||
+    jqe --argjson e "$new_epoch" '.[] | select(.node == 2) | .epoch == $e' <<<"$(on 1 "$ctl" peers --json)" >/dev/null ||
       fail "node 1 does not list node 2's new epoch"
     stream 1000 20
     ;;
@@ -498,13 +500,13 @@ case "$scenario" in
     wait_discovered 2 15
     pin_dir=$(on 1 "$ctl" status --json | jq -r .xdp.pin_dir)
     [[ -d $pin_dir ]] || fail "pin dir $pin_dir missing while running"
-    on 1 ip -j link show dev eth0 | jq -e '.[0].xdp' >/dev/null || fail "no XDP program while running"
+    on 1 ip -j link show dev eth0 | jqe '.[0].xdp' >/dev/null || fail "no XDP program while running"
     on 2 "$ctl" events --until left --node 1 --timeout 20 --json >"$work/events.json" &
     ep=$!
     bg_pids+=("$ep")
     sleep 0.3
     "$cluster" stop --name "$name" 1 --signal TERM
-    if on 1 ip -j link show dev eth0 | jq -e '.[0].xdp' >/dev/null; then fail "XDP still attached after SIGTERM"; fi
+    if on 1 ip -j link show dev eth0 | jqe '.[0].xdp' >/dev/null; then fail "XDP still attached after SIGTERM"; fi
     [[ ! -e $pin_dir ]] || fail "pins left behind: $(ls "$pin_dir")"
     [[ ! -e $(sock 1) ]] || fail "API socket left behind"
     grep -q "XDP detached" "/run/locabus-cluster/$name/node1/locabusd.log" || fail "no detach in the log"
@@ -527,7 +529,7 @@ case "$scenario" in
     fi
     grep -q "not authorized" <<<"$out" || fail "refusal unclear: $out"
     grep -q "refused pid" "/run/locabus-cluster/$name/node1/locabusd.log" || fail "refusal not logged"
-    "$ctl" status --socket "$(sock 1)" --json | jq -e .node_id >/dev/null || fail "root was refused"
+    "$ctl" status --socket "$(sock 1)" --json | jqe .node_id >/dev/null || fail "root was refused"
     "$cluster" down "$name" -q
     # Default 0660 root-only socket: the kernel refuses connect() already.
     up 1
@@ -545,7 +547,7 @@ case "$scenario" in
     sleep 0.5
     on 1 "$bin_dir/examples/hello_c" 2 "hello from C" || fail "the C example failed"
     wait "$rp" || fail "nothing arrived: $(cat "$work/recv.json")"
-    jq -e '.messages[0].text == "hello from C" and .messages[0].from == 1' "$work/recv.json" >/dev/null ||
+    jqe '.messages[0].text == "hello from C" and .messages[0].from == 1' "$work/recv.json" >/dev/null ||
       fail "wrong message: $(cat "$work/recv.json")"
     ;;
   slow-client)
@@ -592,7 +594,7 @@ case "$scenario" in
     sp20=$!
     bg_pids+=("$sp20")
     deadline=$((SECONDS + 20))
-    until on 2 "$ctl" counters --json | jq -e '.api.endpoints[] | select(.proto == 20) | .received >= 2000' >/dev/null; do
+    until on 2 "$ctl" counters --json | jqe '.api.endpoints[] | select(.proto == 20) | .received >= 2000' >/dev/null; do
       ((SECONDS < deadline)) || fail "the stream to protocol 20 did not start: $(cat "$work/send20.err")"
       sleep 0.05
     done
@@ -615,9 +617,9 @@ case "$scenario" in
     # Node 1 sent no more than node 2 took for it: nothing waits in between.
     (($(jq .received <<<"$ep20") == sent20)) ||
       fail "node 1 sent $sent20 messages to protocol 20, node 2 took $(jq .received <<<"$ep20")"
-    jq -e --argjson w "$window" '.api.router.flow.blocked > 0 and .api.router.flow.unconfirmed <= $w' <<<"$c1" \
+    jqe --argjson w "$window" '.api.router.flow.blocked > 0 and .api.router.flow.unconfirmed <= $w' <<<"$c1" \
       >/dev/null || fail "node 1's sender to the stopped reader is not held back by credit: $(jq -c .api.router.flow <<<"$c1")"
-    jq -e '.api.router.flow.over_credit == 0 and .api.router.flow.refused_messages == 0' <<<"$c2" >/dev/null ||
+    jqe '.api.router.flow.over_credit == 0 and .api.router.flow.refused_messages == 0' <<<"$c2" >/dev/null ||
       fail "node 2 refused messages: $(jq -c .api.router.flow <<<"$c2")"
     kill -0 "$sp20" 2>/dev/null || fail "the sender to the stopped reader exited: $(cat "$work/send20.json" "$work/send20.err")"
 
@@ -652,10 +654,10 @@ case "$scenario" in
     kill -CONT "$stuck"
     t0=$SECONDS
     wait "$stuck_rp" || fail "the stopped reader after SIGCONT: $(cat "$work/stuck.json"; tail -n 5 "$work/stuck.err")"
-    jq -e --argjson c "$n20" '.ok and .received == $c and .corrupt == 0 and .out_of_order == 0 and .missing == 0' \
+    jqe --argjson c "$n20" '.ok and .received == $c and .corrupt == 0 and .out_of_order == 0 and .missing == 0' \
       "$work/stuck.json" >/dev/null || fail "the stopped reader after SIGCONT: $(cat "$work/stuck.json")"
     wait "$sp20" || fail "the sender to the stopped reader: $(cat "$work/send20.json"; tail -n 5 "$work/send20.err")"
-    jq -e '.failed == 0 and .settled' "$work/send20.json" >/dev/null ||
+    jqe '.failed == 0 and .settled' "$work/send20.json" >/dev/null ||
       fail "the sender to the stopped reader: $(cat "$work/send20.json")"
     note "after SIGCONT the reader got all $n20 messages in order, the sender none failed, in $((SECONDS - t0)) s"
     ((SECONDS - t0 <= 30)) || fail "$n20 messages took $((SECONDS - t0)) s after SIGCONT"
@@ -682,7 +684,7 @@ case "$scenario" in
       sender=$!
       bg_pids+=("$sender")
       deadline=$((SECONDS + 20))
-      until on 2 "$ctl" counters --json | jq -e --argjson p "$proto" \
+      until on 2 "$ctl" counters --json | jqe --argjson p "$proto" \
         '.api.endpoints[] | select(.proto == $p) | .received >= 1000' >/dev/null; do
         ((SECONDS < deadline)) || fail "the stream to protocol $proto did not start"
         sleep 0.05
@@ -696,7 +698,7 @@ case "$scenario" in
       kill -KILL "$victim"
       wait "$sender" || true # exits 1 when messages failed: judged by its JSON
       [[ -s $work/sendv.json ]] || fail "the sender to the killed receiver: $(tail -n 5 "$work/sendv.err")"
-      jq -e '.settled' "$work/sendv.json" >/dev/null || fail "the sender did not settle: $(cat "$work/sendv.json")"
+      jqe '.settled' "$work/sendv.json" >/dev/null || fail "the sender did not settle: $(cat "$work/sendv.json")"
       read_v=$(grep -c '^node 1: ' "$work/victim.out" || true)
       failed_v=$(jq .failed "$work/sendv.json")
       # "messages A..B to node 2 failed: why" (or "message A ..."): per reason
@@ -708,9 +710,9 @@ case "$scenario" in
       lost=$((nv - read_v - failed_v))
       note "killed receiver (protocol $proto${at_kill:+, stopped first: $at_kill}): $nv sent, $read_v read," \
         "$failed_v reported failed $by_kind, $lost neither (bound: a ring, $ring_msgs)"
-      jq -e --argjson f "$failed_v" '([to_entries[] | select(.key != "lowest") | .value] | add // 0) == $f' \
+      jqe --argjson f "$failed_v" '([to_entries[] | select(.key != "lowest") | .value] | add // 0) == $f' \
         <<<"$by_kind" >/dev/null || fail "the send_failed events do not add up to the $failed_v failed"
-      jq -e 'del(.lowest) | keys - ["endpoint_closed", "no_endpoint"] == []' <<<"$by_kind" >/dev/null ||
+      jqe 'del(.lowest) | keys - ["endpoint_closed", "no_endpoint"] == []' <<<"$by_kind" >/dev/null ||
         fail "failures of another kind: $by_kind"
       ((read_v == nv || failed_v > 0)) || fail "the killed receiver read $read_v of $nv and its sender heard of no failure"
       ((lost >= 0)) || fail "$read_v read + $failed_v failed is more than the $nv sent"
@@ -719,12 +721,12 @@ case "$scenario" in
         # Exactly: the failed ones are the tail after what reached the ring
         # (received - backlog), the backlog among them as endpoint_closed.
         handed=$(jq '.received - .backlog' <<<"$at_kill")
-        jq -e --argjson h "$handed" --argjson n "$nv" --argjson b "$(jq .backlog <<<"$at_kill")" \
+        jqe --argjson h "$handed" --argjson n "$nv" --argjson b "$(jq .backlog <<<"$at_kill")" \
           '.lowest == $h and .endpoint_closed == $b and .endpoint_closed + .no_endpoint == $n - $h' <<<"$by_kind" \
           >/dev/null || fail "failures $by_kind, expected messages $handed.. failed, $(jq .backlog <<<"$at_kill") of them" \
           "endpoint_closed"
       fi
-      on 2 "$ctl" counters --json | jq -e --argjson p "$proto" '[.api.endpoints[] | select(.proto == $p)] | length == 0' \
+      on 2 "$ctl" counters --json | jqe --argjson p "$proto" '[.api.endpoints[] | select(.proto == $p)] | length == 0' \
         >/dev/null || fail "node 2 still lists the killed receiver"
     done
     [[ $(on 2 "$ctl" status --json | jq .pid) == "$pid2" ]] || fail "node 2's daemon is not the one that ran before"
@@ -750,14 +752,14 @@ case "$scenario" in
         >"$work/b.json" 2>"$work/b.err" &
       rp=$!
       bg_pids+=("$rp")
-      until on 2 "$ctl" counters --json | jq -e --argjson p "$1" '[.api.endpoints[] | select(.port == $p)] | length > 0' \
+      until on 2 "$ctl" counters --json | jqe --argjson p "$1" '[.api.endpoints[] | select(.port == $p)] | length > 0' \
         >/dev/null; do sleep 0.1; done
       t0=$(date +%s.%N)
       on 1 "$cat" --to 2 --dport "$1" --generate "$nb" --size 1024 --timeout 60 --json >"$work/bs.json" 2>"$work/bs.err" ||
         fail "the sender to port $1: $(cat "$work/bs.json"; tail -n 5 "$work/bs.err")"
       wait "$rp" || fail "port $1: $(cat "$work/b.json"; tail -n 5 "$work/b.err")"
       t1=$(date +%s.%N)
-      jq -e --argjson c "$nb" '.ok and .received == $c and .errors == 0' "$work/b.json" >/dev/null ||
+      jqe --argjson c "$nb" '.ok and .received == $c and .errors == 0' "$work/b.json" >/dev/null ||
         fail "port $1: $(cat "$work/b.json")"
       sock_secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     }
@@ -769,7 +771,7 @@ case "$scenario" in
       --size 1024 --timeout 120 --json >"$work/a.json" 2>"$work/a.err" &
     arp=$!
     bg_pids+=("$arp")
-    until on 2 "$ctl" counters --json | jq -e '[.api.endpoints[] | select(.port == 7400)] | length > 0' >/dev/null; do
+    until on 2 "$ctl" counters --json | jqe '[.api.endpoints[] | select(.port == 7400)] | length > 0' >/dev/null; do
       sleep 0.1
     done
     stuck=$(cat "$work/stuck.pid")
@@ -778,7 +780,7 @@ case "$scenario" in
     asp=$!
     bg_pids+=("$asp")
     deadline=$((SECONDS + 20))
-    until on 2 "$ctl" counters --json | jq -e '.api.endpoints[] | select(.port == 7400) | .received >= 2000' >/dev/null; do
+    until on 2 "$ctl" counters --json | jqe '.api.endpoints[] | select(.port == 7400) | .received >= 2000' >/dev/null; do
       ((SECONDS < deadline)) || fail "the stream to port 7400 did not start: $(tail -n 5 "$work/as.err")"
       sleep 0.05
     done
@@ -790,7 +792,7 @@ case "$scenario" in
     (($(jq .received <<<"$epa") < na)) || fail "the stream to port 7400 ended before its reader was stopped"
     (($(jq .backlog <<<"$epa") <= window)) || fail "node 2 holds $(jq .backlog <<<"$epa") datagrams for the" \
       "stopped socket, above endpoint_window $window"
-    on 1 "$ctl" counters --json | jq -e '.api.router.flow.blocked > 0' >/dev/null ||
+    on 1 "$ctl" counters --json | jqe '.api.router.flow.blocked > 0' >/dev/null ||
       fail "node 1's sender to the stopped socket was never held back"
     sock_stream 7401
     bound=$(awk -v b="$base_secs" 'BEGIN { printf "%.3f", 2 * b + 1 }')
@@ -804,12 +806,12 @@ case "$scenario" in
     kill -CONT "$stuck"
     t0=$SECONDS
     wait "$arp" || fail "the stopped socket after SIGCONT: $(cat "$work/a.json"; tail -n 5 "$work/a.err")"
-    jq -e --argjson c "$na" '.ok and .received == $c and .errors == 0' "$work/a.json" >/dev/null ||
+    jqe --argjson c "$na" '.ok and .received == $c and .errors == 0' "$work/a.json" >/dev/null ||
       fail "the stopped socket after SIGCONT: $(cat "$work/a.json")"
     wait "$asp" || fail "the sender to the stopped socket: $(cat "$work/as.json"; tail -n 5 "$work/as.err")"
-    jq -e '.failed == 0' "$work/as.json" >/dev/null || fail "the sender to the stopped socket: $(cat "$work/as.json")"
+    jqe '.failed == 0' "$work/as.json" >/dev/null || fail "the sender to the stopped socket: $(cat "$work/as.json")"
     note "after SIGCONT port 7400 got all $na datagrams in order in $((SECONDS - t0)) s, none failed"
-    on 2 "$ctl" counters --json | jq -e '.locasock.incomplete == 0' >/dev/null ||
+    on 2 "$ctl" counters --json | jqe '.locasock.incomplete == 0' >/dev/null ||
       fail "node 2 expired datagrams: $(on 2 "$ctl" counters --json | jq -c .locasock)"
     ;;
   client-api)
@@ -846,7 +848,7 @@ case "$scenario" in
     on 2 "$ctl" events --until broadcast_lost --timeout 90 --json >"$work/events.json" 2>"$work/events.err" &
     mp=$!
     bg_pids+=("$mp")
-    until on 2 "$ctl" counters --json | jq -e '.api.endpoints | length >= 3' >/dev/null; do
+    until on 2 "$ctl" counters --json | jqe '.api.endpoints | length >= 3' >/dev/null; do
       ((SECONDS < deadline)) || fail "the monitor did not open"
       sleep 0.1
     done
@@ -859,18 +861,18 @@ case "$scenario" in
     # Node 1's stream also carries its LocaMonitor records (one message per
     # part): those sent from the cut on may be lost too, so the count is
     # between 1000 and 1000 + the parts node 1's monitor sent meanwhile.
-    parts0=$(on 1 "$ctl" counters --json | jq -e .monitor.parts_sent) || fail "no monitor counters on node 1"
+    parts0=$(on 1 "$ctl" counters --json | jqe .monitor.parts_sent) || fail "no monitor counters on node 1"
     "$cluster" chaos --name "$name" 1 --drop 100 >/dev/null
     "$cluster" chaos --name "$name" 2 --drop 100 >/dev/null
     on 1 "$chk" bcast-send 1000 || fail "node 1 could not broadcast during the cut"
     # Dead to each other (dead_after 4 s): node 1 frees what node 2 never got.
     deadline=$((SECONDS + 20))
-    until on 1 "$ctl" peers --json | jq -e '.[] | select(.node == 2) | .state == "dead"' >/dev/null &&
-      on 2 "$ctl" peers --json | jq -e '.[] | select(.node == 1) | .state == "dead"' >/dev/null; do
+    until on 1 "$ctl" peers --json | jqe '.[] | select(.node == 2) | .state == "dead"' >/dev/null &&
+      on 2 "$ctl" peers --json | jqe '.[] | select(.node == 1) | .state == "dead"' >/dev/null; do
       ((SECONDS < deadline)) || fail "the cut nodes did not declare each other dead"
       sleep 0.2
     done
-    on 1 "$ctl" counters --json | jq -e '.engine.broadcast.held == 0' >/dev/null ||
+    on 1 "$ctl" counters --json | jqe '.engine.broadcast.held == 0' >/dev/null ||
       fail "node 1 still holds broadcasts: $(on 1 "$ctl" counters --json | jq -c .engine.broadcast)"
     "$cluster" chaos --name "$name" 1 --off >/dev/null
     "$cluster" chaos --name "$name" 2 --off >/dev/null
@@ -878,7 +880,7 @@ case "$scenario" in
     on 1 "$chk" bcast-send 1 after || fail "node 1 could not broadcast after the cut"
     wait "$cp" || fail "client_api_check: $(cat "$work/check.txt")"
     wait "$mp" || fail "locabusctl events saw no broadcast_lost: $(cat "$work/events.json" "$work/events.err")"
-    parts1=$(on 1 "$ctl" counters --json | jq -e .monitor.parts_sent) || fail "no monitor counters on node 1"
+    parts1=$(on 1 "$ctl" counters --json | jqe .monitor.parts_sent) || fail "no monitor counters on node 1"
     lost=$(sed -n 's/^lost \([0-9]*\)$/\1/p' "$work/check.txt")
     [[ -n $lost ]] || fail "client_api_check printed no count: $(cat "$work/check.txt")"
     ((lost >= 1000 && lost <= 1000 + parts1 - parts0)) ||
@@ -886,7 +888,7 @@ case "$scenario" in
     jq -s -e --argjson n "$lost" \
       'last | .kind == "broadcast_lost" and .node == 1 and .count == $n and .failure == "released"' \
       "$work/events.json" >/dev/null || fail "locabusctl events: $(cat "$work/events.json")"
-    on 2 "$ctl" peers --json | jq -e --argjson n "$lost" '.[] | select(.node == 1) | .counters.bcast_skipped == $n' \
+    on 2 "$ctl" peers --json | jqe --argjson n "$lost" '.[] | select(.node == 1) | .counters.bcast_skipped == $n' \
       >/dev/null ||
       fail "bcast_skipped is not the $lost reported: $(on 2 "$ctl" peers --json | jq -c '.[] | select(.node == 1)')"
     note "lost $lost = 1000 of the application + $((lost - 1000)) of node 1's monitor (it sent $((parts1 - parts0)) parts meanwhile)"
@@ -903,7 +905,7 @@ case "$scenario" in
       out=$("$ctl" request --socket "$(sock 1)" "$req" 2>&1) && fail "request $req was accepted: $out"
       note "$req -> $out"
     done
-    "$ctl" status --socket "$(sock 1)" --json | jq -e .node_id >/dev/null || fail "the daemon stopped serving"
+    "$ctl" status --socket "$(sock 1)" --json | jqe .node_id >/dev/null || fail "the daemon stopped serving"
     ;;
   locasock)
     # The socket API between 3 nodes (socket_api_check), locabus-cat, and a
@@ -927,13 +929,13 @@ case "$scenario" in
     for k in 2 3; do
       wait "${sps[k]}" || fail "the server on node $k: $(grep -v '^ok' "$work/serve$k.txt")"
     done
-    on 2 "$ctl" counters --json | jq -e '.locasock.no_port >= 2 and .api.router.flow.refusals_sent >= 1' >/dev/null ||
+    on 2 "$ctl" counters --json | jqe '.locasock.no_port >= 2 and .api.router.flow.refusals_sent >= 1' >/dev/null ||
       fail "the datagram to an unbound port was not counted: $(on 2 "$ctl" counters --json | jq -c .locasock)"
     # locabus-cat: lines, then binary blocks, from node 1 to node 3
     on 3 "$cat" --port 7300 --listen --count 2 --timeout 10 --json >"$work/lines.json" 2>"$work/lines.err" &
     lp=$!
     bg_pids+=("$lp")
-    until on 3 "$ctl" counters --json | jq -e '.locasock.sockets > 0' >/dev/null; do sleep 0.1; done
+    until on 3 "$ctl" counters --json | jqe '.locasock.sockets > 0' >/dev/null; do sleep 0.1; done
     printf 'first line\nsecond line\n' | on 1 "$cat" --to 3 --dport 7300 || fail "locabus-cat could not send lines"
     wait "$lp" || fail "lines did not arrive: $(cat "$work/lines.json" "$work/lines.err")"
     jq -s -e '.[0].text == "first line" and .[1].text == "second line" and .[0].node == 1 and (.[0].broadcast | not)' \
@@ -942,7 +944,7 @@ case "$scenario" in
     on 3 "$cat" --port 7301 --listen --raw --count 4 --timeout 10 >"$work/blob.out" 2>"$work/blob.err" &
     lp=$!
     bg_pids+=("$lp")
-    until on 3 "$ctl" counters --json | jq -e '.locasock.sockets > 0' >/dev/null; do sleep 0.1; done
+    until on 3 "$ctl" counters --json | jqe '.locasock.sockets > 0' >/dev/null; do sleep 0.1; done
     on 1 "$cat" --to 3 --dport 7301 --chunk 65536 <"$work/blob" || fail "locabus-cat could not send blocks"
     wait "$lp" || fail "blocks did not arrive: $(cat "$work/blob.err")"
     cmp -s "$work/blob" "$work/blob.out" || fail "200,000 bytes in 4 datagrams came out different"
@@ -968,10 +970,10 @@ case "$scenario" in
     bcast_stream 8 65536 900
     st=$("$cluster" chaos --name "$name" 1 --status --json)
     note "chaos on node 1: $(jq -c . <<<"$st")"
-    jq -e '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos dropped nothing: $st"
+    jqe '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos dropped nothing: $st"
     c=$(on 1 "$ctl" counters --json)
     note "node 1's broadcast stream: $(jq -c '.engine | with_entries(select(.key | startswith("bcast_")))' <<<"$c")"
-    jq -e '.engine.bcast_retransmits > 0' <<<"$c" >/dev/null || fail "no broadcast repair through 5% loss?"
+    jqe '.engine.bcast_retransmits > 0' <<<"$c" >/dev/null || fail "no broadcast repair through 5% loss?"
     ;;
   link-flap-xdp | link-flap-packet)
     # Node 2's eth0 goes down for 5 s in the middle of a stream from node 1.
@@ -983,8 +985,8 @@ case "$scenario" in
     [[ $(datapath_of 2) == "$dp" ]] || fail "node 2 runs $(datapath_of 2), not $dp"
     wait_discovered 2 15
     flap_stream 20000 2000 2 5
-    jq -e '.failed == 0 and .settled' "$work/send.json" >/dev/null || fail "messages failed: $(cat "$work/send.json")"
-    jq -e '.ok and .received == 20000 and .missing == 0 and .backwards == 0 and .corrupt == 0' "$work/recv.json" \
+    jqe '.failed == 0 and .settled' "$work/send.json" >/dev/null || fail "messages failed: $(cat "$work/send.json")"
+    jqe '.ok and .received == 20000 and .missing == 0 and .backwards == 0 and .corrupt == 0' "$work/recv.json" \
       >/dev/null || fail "the stream did not complete in order: $(cat "$work/recv.json")"
     kinds=$(jq -rs 'map(.kind) | join(" ")' "$work/events.json")
     [[ $kinds == *suspect*alive* && $kinds != *dead* ]] || fail "node 1 saw node 2: $kinds (suspect, then alive)"
@@ -997,10 +999,10 @@ case "$scenario" in
     up 2 --datapath "$dp"
     wait_discovered 2 15
     flap_stream 20000 2000 2 5
-    jq -e '.settled and .failed > 0' "$work/send.json" >/dev/null ||
+    jqe '.settled and .failed > 0' "$work/send.json" >/dev/null ||
       fail "a 5 s outage with dead_after 4 s, yet: $(cat "$work/send.json")"
     failed=$(jq .failed "$work/send.json")
-    jq -e --argjson f "$failed" \
+    jqe --argjson f "$failed" \
       '.backwards == 0 and .corrupt == 0 and .missing <= $f and .received + .missing == 20000 and .received > 0' \
       "$work/recv.json" >/dev/null ||
       fail "messages lost without a send_failed, or out of order ($failed reported failed): $(cat "$work/recv.json")"
@@ -1025,7 +1027,7 @@ case "$scenario" in
         fail "unclear refusal: $out"
     done
     note "MTU 1400: $(head -n 2 <<<"$out" | cut -c 25- | tr '\n' ' ')"
-    on 1 ip -j link show dev eth0 | jq -e '.[0].xdp | not' >/dev/null || fail "XDP left attached"
+    on 1 ip -j link show dev eth0 | jqe '.[0].xdp | not' >/dev/null || fail "XDP left attached"
     "$cluster" down "$name" -q
     # At run time (AF_PACKET: the kernel refuses with EMSGSIZE): the sender's
     # MTU lowered under a stream of 1 KB messages drops their frames, counted
@@ -1036,7 +1038,7 @@ case "$scenario" in
     on 2 "$ctl" msg recv --sequence --count 2000 --timeout 20 --json >"$work/recv.json" 2>"$work/recv.err" &
     rp=$!
     bg_pids+=("$rp")
-    until on 2 "$ctl" counters --json | jq -e '.api.endpoints | length > 0' >/dev/null; do sleep 0.1; done
+    until on 2 "$ctl" counters --json | jqe '.api.endpoints | length > 0' >/dev/null; do sleep 0.1; done
     on 1 "$ctl" msg send --to 2 --sequence --count 2000 --size 1024 --settle --timeout 30 --json >"$work/send.json" &
     sp=$!
     bg_pids+=("$sp")
@@ -1046,7 +1048,7 @@ case "$scenario" in
     ((drops > 0)) || fail "no frame counted as longer than the MTU"
     wait "$sp" || fail "the sender: $(cat "$work/send.json")"
     wait "$rp" || fail "the receiver: $(cat "$work/recv.json" "$work/recv.err")"
-    jq -e '.ok and .missing == 0' "$work/recv.json" >/dev/null || fail "stream incomplete: $(cat "$work/recv.json")"
+    jqe '.ok and .missing == 0' "$work/recv.json" >/dev/null || fail "stream incomplete: $(cat "$work/recv.json")"
     log="/run/locabus-cluster/$name/node1/locabusd.log"
     [[ $(grep -c "longer than the MTU" "$log") == 1 ]] || fail "EMSGSIZE not logged once: $(grep -c MTU "$log")"
     note "$drops frames longer than MTU 1000 dropped in 2 s; restored, 2000 messages arrived in order"
@@ -1091,7 +1093,7 @@ case "$scenario" in
     rp=$!
     bg_pids+=("$rp")
     deadline=$((SECONDS + 10))
-    until on 1 "$ctl" counters --json | jq -e '.api.endpoints | length > 0' >/dev/null; do
+    until on 1 "$ctl" counters --json | jqe '.api.endpoints | length > 0' >/dev/null; do
       ((SECONDS < deadline)) || fail "the receiver did not open its endpoint"
       sleep 0.1
     done
@@ -1120,7 +1122,7 @@ case "$scenario" in
     done
     wait "$rp" || fail "receiver failed: $(cat "$work/recv.json" "$work/recv.err")"
     t1=$(date +%s.%N)
-    jq -e --argjson n "$n" --argjson each "$each" '.ok and .received == .expected and .corrupt == 0 and
+    jqe --argjson n "$n" --argjson each "$each" '.ok and .received == .expected and .corrupt == 0 and
         .out_of_order == 0 and (.senders | length) == $n - 1 and
         all(.senders[]; .received == $each and .out_of_order == 0 and .node >= 2 and .node <= $n)' \
       "$work/recv.json" >/dev/null || fail "incast incomplete: $(cat "$work/recv.json")"
@@ -1142,8 +1144,8 @@ case "$scenario" in
       congestion_events: (map(.congestion_events // 0) | add)}')
     note "all senders: $sums; retransmissions $(jq -r '.retransmits / .data_sent * 10000 | round / 100' <<<"$sums") %" \
       "of first transmissions (bound <= 10 %)"
-    jq -e --argjson t "$total" '.data_sent >= $t' <<<"$sums" >/dev/null || fail "fewer first transmissions than messages: $sums"
-    jq -e '.retransmits * 10 <= .data_sent' <<<"$sums" >/dev/null ||
+    jqe --argjson t "$total" '.data_sent >= $t' <<<"$sums" >/dev/null || fail "fewer first transmissions than messages: $sums"
+    jqe '.retransmits * 10 <= .data_sent' <<<"$sums" >/dev/null ||
       fail "retransmissions above 10 % of first transmissions: $sums"
     ;;
   # ---- issue 11 end to end: request/response, a stalled receiver, the failure
@@ -1170,10 +1172,10 @@ case "$scenario" in
     wait_endpoint 1 22
     on 2 "$ctl" msg ping --proto 22 --to 1 --count 100000 --size 64 --timeout 5 --json >"$work/ping.json" \
       2>"$work/ping.err" || fail "ping: $(cat "$work/ping.json" "$work/ping.err")"
-    jq -e '.ok and .answered == 100000 and .failed == 0 and .timed_out == 0 and .send_failed == 0 and .late == 0' \
+    jqe '.ok and .answered == 100000 and .failed == 0 and .timed_out == 0 and .send_failed == 0 and .late == 0' \
       "$work/ping.json" >/dev/null || fail "ping: $(cat "$work/ping.json")"
     wait "$echo_pid" || fail "echo: $(cat "$work/echo.json" "$work/echo.err")"
-    jq -e '.ok and .echoed == 100000 and .failed == 0 and .out_of_order == 0' "$work/echo.json" >/dev/null ||
+    jqe '.ok and .echoed == 100000 and .failed == 0 and .out_of_order == 0' "$work/echo.json" >/dev/null ||
       fail "echo: $(cat "$work/echo.json")"
     note "100,000 round trips of 64 bytes: $(jq -c '{seconds, rate: (.rate | floor), rtt_us}' "$work/ping.json")"
     note "idle for 30 s"
@@ -1185,9 +1187,9 @@ case "$scenario" in
       j=$((3 - k))
       pj=$(peer_of "$k" "$j")
       note "node $k -> node $j after the idle period: $(conn_summary "$k" "$j")"
-      jq -e '.connection == "established" and .state == "alive" and .queued == 0 and .in_flight == 0' <<<"$pj" \
+      jqe '.connection == "established" and .state == "alive" and .queued == 0 and .in_flight == 0' <<<"$pj" \
         >/dev/null || fail "node $k still has messages for node $j after 30 s idle: $pj"
-      jq -e '.counters.timeouts == 0' <<<"$pj" >/dev/null ||
+      jqe '.counters.timeouts == 0' <<<"$pj" >/dev/null ||
         fail "node $k had retransmission timeouts towards node $j: $(jq -c .counters <<<"$pj")"
     done
     oneway 2 1 200 21 30
@@ -1197,11 +1199,11 @@ case "$scenario" in
       j=$((3 - k))
       pj=$(peer_of "$k" "$j")
       note "node $k -> node $j at the end: $(conn_summary "$k" "$j")"
-      jq -e '.connection == "established" and .queued == 0 and .in_flight == 0 and .counters.timeouts == 0' \
+      jqe '.connection == "established" and .queued == 0 and .in_flight == 0 and .counters.timeouts == 0' \
         <<<"$pj" >/dev/null || fail "node $k -> node $j at the end: $pj"
       # A lossless veth: nothing is lost, so a retransmission can only be a
       # spurious tail-loss probe (a few at most, on a loaded machine).
-      jq -e '.counters.retransmits <= 4' <<<"$pj" >/dev/null ||
+      jqe '.counters.retransmits <= 4' <<<"$pj" >/dev/null ||
         fail "node $k retransmitted $(jq .counters.retransmits <<<"$pj") frames to node $j on a lossless link"
       no_events "$k" dead left restarted disconnected id_conflict
       no_send_failed_logged "$k"
@@ -1252,8 +1254,8 @@ case "$scenario" in
     # engine has nothing left queued for node 2 (all acknowledged), while
     # node 2 keeps what it took for the stopped reader.
     deadline=$((SECONDS + 30))
-    until on 1 "$ctl" counters --json | jq -e '.api.router.flow.blocked > 0' >/dev/null &&
-      peer_of 1 2 | jq -e '.queued == 0 and .in_flight == 0' >/dev/null; do
+    until on 1 "$ctl" counters --json | jqe '.api.router.flow.blocked > 0' >/dev/null &&
+      peer_of 1 2 | jqe '.queued == 0 and .in_flight == 0' >/dev/null; do
       ((SECONDS < deadline)) || fail "node 1's sender was not held back: $(on 1 "$ctl" counters --json |
         jq -c .api.router.flow), $(conn_summary 1 2)"
       sleep 0.2
@@ -1269,7 +1271,7 @@ case "$scenario" in
     while ((SECONDS - closed_at < 60)); do
       sleep 5
       pj=$(peer_of 1 2)
-      jq -e '.connection == "established" and .state == "alive"' <<<"$pj" >/dev/null ||
+      jqe '.connection == "established" and .state == "alive"' <<<"$pj" >/dev/null ||
         fail "node 1's connection to node 2 broke while the receiver was stopped: $pj"
       kill -0 "$sp" 2>/dev/null || fail "the sender exited while the receiver was stopped: $(cat "$work/send.json" \
         "$work/send.err")"
@@ -1279,7 +1281,7 @@ case "$scenario" in
     # The connection's window stays open (node 2 drains its engine) and the
     # sender's engine has nothing for node 2: the messages wait in node 1's
     # client ring, for credit.
-    jq -e '.window > 0 and .queued == 0' <<<"$after" >/dev/null ||
+    jqe '.window > 0 and .queued == 0' <<<"$after" >/dev/null ||
       fail "node 2's connection window closed or node 1 queued data for it: $(conn_summary 1 2)"
     ep2=$(on 2 "$ctl" counters --json | jq -c '.api.endpoints[] | select(.proto == 23) | {received, backlog}')
     [[ $ep2 == "$ep" ]] || fail "the stopped reader's stream moved while it was stopped: $ep then $ep2"
@@ -1297,9 +1299,9 @@ case "$scenario" in
     kill -CONT "$stalled"
     t0=$SECONDS
     wait "$sp" || fail "the sender failed: $(cat "$work/send.json" "$work/send.err")"
-    jq -e '.failed == 0' "$work/send.json" >/dev/null || fail "send_failed: $(cat "$work/send.json")"
+    jqe '.failed == 0' "$work/send.json" >/dev/null || fail "send_failed: $(cat "$work/send.json")"
     wait "$rp" || fail "the receiver: $(cat "$work/recv.json" "$work/recv.err")"
-    jq -e --argjson c "$count" '.ok and .received == $c and .corrupt == 0 and .out_of_order == 0' "$work/recv.json" \
+    jqe --argjson c "$count" '.ok and .received == $c and .corrupt == 0 and .out_of_order == 0' "$work/recv.json" \
       >/dev/null || fail "the stream after SIGCONT: $(cat "$work/recv.json")"
     note "after SIGCONT the stream of $count x 1 KB completed in order in $((SECONDS - t0)) s"
     # It resumes at once: the reader's first reads send credit, no timer
@@ -1310,7 +1312,7 @@ case "$scenario" in
     total=$(($(jq .counters.timeouts <<<"$final") - $(jq .counters.timeouts <<<"$before")))
     note "retransmission timeouts during the whole run: $total"
     ((total <= 5)) || fail "node 1 had $total retransmission timeouts in the run"
-    jq -e '.connection == "established" and .queued == 0' <<<"$final" >/dev/null ||
+    jqe '.connection == "established" and .queued == 0' <<<"$final" >/dev/null ||
       fail "node 1's connection after the stream: $final"
     no_events 1 dead left restarted disconnected id_conflict
     no_events 2 dead left restarted disconnected id_conflict
@@ -1350,14 +1352,14 @@ case "$scenario" in
     note "$streams streams of 20,000 x 1 KB through 10 % loss both ways in $((SECONDS - chaos_at)) s, each in order"
     kill -INT "$(cat "$work/ping.pid")"
     wait "$pinger" || true # interrupted: exit status 1 by design, the summary says how it went
-    jq -e '.interrupted and .answered > 0 and .failed == 0 and .timed_out == 0 and .send_failed == 0 and
+    jqe '.interrupted and .answered > 0 and .failed == 0 and .timed_out == 0 and .send_failed == 0 and
       .corrupt == 0 and .unexpected == 0' "$work/ping.json" >/dev/null ||
       fail "ping through 10 % loss: $(cat "$work/ping.json"; tail -n 5 "$work/ping.err")"
     note "$(jq .answered "$work/ping.json") round trips through the loss meanwhile:" \
       "$(jq -c '.rtt_us | {p50, p99, max}' "$work/ping.json")"
     for k in 1 2; do
       st=$("$cluster" chaos --name "$name" "$k" --status --json)
-      jq -e '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos on node $k dropped nothing: $st"
+      jqe '(.stats.dropped // .dropped // 0) > 0' <<<"$st" >/dev/null || fail "chaos on node $k dropped nothing: $st"
     done
     note "node 1 -> 2: $(conn_summary 1 2)"
     note "node 2 -> 1: $(conn_summary 2 1)"
@@ -1370,7 +1372,7 @@ case "$scenario" in
     # Selective repeat: about one retransmission per lost frame (10 % of the
     # DATA, plus lost repairs and probes), far from go-back-N's windows.
     c=$(peer_of 1 2)
-    jq -e '.counters.retransmits <= 0.25 * .counters.data_sent' <<<"$c" >/dev/null ||
+    jqe '.counters.retransmits <= 0.25 * .counters.data_sent' <<<"$c" >/dev/null ||
       fail "node 1 retransmitted $(jq .counters.retransmits <<<"$c") frames for $(jq .counters.data_sent <<<"$c")"
     ;;
   kccm)
@@ -1392,11 +1394,11 @@ case "$scenario" in
       [[ $call_out == $'node 1: hi\nnode 2: hi\nnode 3: hi\nnode 4: hi' ]] || fail "node $k: text lines: $call_out"
       # node.info here (the default node) and on node k from node 1
       call_on "$k" node.info
-      ((call_rc == 0)) && jq -e --argjson k "$k" '.node == $k and (.hostname | type) == "string" and .cpus >= 1 and
+      ((call_rc == 0)) && jqe --argjson k "$k" '.node == $k and (.hostname | type) == "string" and .cpus >= 1 and
         .uptime_s > 0 and .daemon_uptime_s >= 0 and (.version | type) == "string"' <<<"$call_out" >/dev/null ||
         fail "node $k: node.info: $call_out $call_err"
       call_on 1 --node "$k" --json node.info
-      jq -e --argjson k "$k" '.node == $k and .status == "ok" and (.data | fromjson | .node == $k)' \
+      jqe --argjson k "$k" '.node == $k and .status == "ok" and (.data | fromjson | .node == $k)' \
         <<<"$call_out" >/dev/null || fail "node 1 -> node $k: node.info: $call_out $call_err"
     done
     note "echo from every node to every node (--node all: 4 lines each, all ok); node.info names its node:" \
@@ -1412,19 +1414,19 @@ case "$scenario" in
         fail "node $k -> node 2 upper: exit $call_rc: $call_out $call_err"
     done
     call_on 3 --node 2 --json upper abc
-    jq -e '.node == 2 and .status == "ok" and .data == "ABC" and .ms < 1000' <<<"$call_out" >/dev/null ||
+    jqe '.node == 2 and .status == "ok" and .data == "ABC" and .ms < 1000' <<<"$call_out" >/dev/null ||
       fail "upper --json: $call_out"
     note "node 2's upper from nodes 1, 3, 4 and 2: $(jq -c . <<<"$call_out")"
     # 1,000 calls with 8 in flight, 64-byte arguments, from node 4 to the
     # client's handler: all answered and right, none slow
     call_on 4 --node 2 --count 1000 --inflight 8 --size 64 --json upper
-    jq -e '.ok and .succeeded == 1000 and .failed == 0 and .latency_us.max < 1000000' <<<"$call_out" >/dev/null ||
+    jqe '.ok and .succeeded == 1000 and .failed == 0 and .latency_us.max < 1000000' <<<"$call_out" >/dev/null ||
       fail "1,000 calls of upper: $call_out $call_err"
     note "1,000 calls node 4 -> node 2's upper: $(jq -c '{calls_per_s, latency_us: (.latency_us | {p50, p99, max})}' \
       <<<"$call_out")"
     # the same through the built-in echo, whose results locabus-call checks
     call_on 1 --node 3 --count 1000 --inflight 8 --size 64 --json echo
-    jq -e '.ok and .succeeded == 1000 and .mismatched == 0' <<<"$call_out" >/dev/null ||
+    jqe '.ok and .succeeded == 1000 and .mismatched == 0' <<<"$call_out" >/dev/null ||
       fail "1,000 echoes: $call_out $call_err"
 
     # Failures: exit status 10 + the status, and the cause on stderr.
@@ -1525,7 +1527,7 @@ case "$scenario" in
     ((call_rc == 15)) && [[ $call_out == $'node 1: x\nnode 2: x\nnode 3: no answer within 1 s (deadline_exceeded)' ]] ||
       fail "--node all with node 3 down: exit $call_rc (expected 15): $call_out $call_err"
     le "$call_secs" 2.0 || fail "--node all --timeout 1 took $call_secs s"
-    until on 1 "$ctl" peers --json | jq -e '.[] | select(.node == 3) | .state == "dead"' >/dev/null; do
+    until on 1 "$ctl" peers --json | jqe '.[] | select(.node == 3) | .state == "dead"' >/dev/null; do
       le "$(secs_between "$t_kill1" "$(date +%s.%N)")" "$bound" ||
         fail "node 1 did not declare node 3 dead within dead_after ($da s) + 2 s"
       sleep 0.1
@@ -1554,23 +1556,23 @@ case "$scenario" in
     # Every call ended (none hung), none by its deadline: each failure had
     # its cause before; and no call took longer than dead_after + 2 s (plus
     # the handler's 100 ms) to fail.
-    jq -e '.completed == .calls and (.interrupted | not) and .failures.deadline_exceeded == null' <<<"$s" >/dev/null ||
+    jqe '.completed == .calls and (.interrupted | not) and .failures.deadline_exceeded == null' <<<"$s" >/dev/null ||
       fail "calls unaccounted for or timed out: $s"
     le "$(jq .max_failed_ms <<<"$s")" "$(awk -v b="$bound" 'BEGIN { print b * 1000 + 100 }')" ||
       fail "a call took $(jq .max_failed_ms <<<"$s") ms to fail, over dead_after + 2 s: $s"
     # The causes: node 3 dead, restarted, or its handler not registered
     # again yet; no failure before the first kill.
-    jq -e '.failures | keys - ["node_dead", "node_restarted", "no_such_handler"] == []' <<<"$s" >/dev/null ||
+    jqe '.failures | keys - ["node_dead", "node_restarted", "no_such_handler"] == []' <<<"$s" >/dev/null ||
       fail "unexpected failure causes: $(jq -c .failures <<<"$s")"
     le "$t_kill1" "$(jq .first_failure_at <<<"$s")" || fail "a call failed before the kill: $s"
     # (1) node_dead: first reported within dead_after + 2 s of the first
     # kill, and only then (the second kill is a restart)
-    jq -e '.failures.node_dead.count >= 8' <<<"$s" >/dev/null || fail "(1) not every pending call failed node_dead: $s"
+    jqe '.failures.node_dead.count >= 8' <<<"$s" >/dev/null || fail "(1) not every pending call failed node_dead: $s"
     lag1=$(secs_between "$t_kill1" "$(jq .failures.node_dead.first_at <<<"$s")")
     le "$lag1" "$bound" || fail "(1) node_dead reported $lag1 s after the kill, over dead_after ($da s) + 2 s: $s"
     le "$(jq .failures.node_dead.last_at <<<"$s")" "$t_kill2" || fail "node_dead after the second kill: $s"
     # (2) node_restarted: within the same bound of the second kill
-    jq -e '.failures.node_restarted.count >= 8' <<<"$s" >/dev/null ||
+    jqe '.failures.node_restarted.count >= 8' <<<"$s" >/dev/null ||
       fail "(2) not every pending call failed node_restarted: $s"
     lag2=$(secs_between "$t_kill2" "$(jq .failures.node_restarted.first_at <<<"$s")")
     le 0 "$lag2" && le "$lag2" "$bound" ||
@@ -1579,7 +1581,7 @@ case "$scenario" in
     # two (at the rate before the kill: 8 x 100 ms calls at a time) and at
     # the end, starting soon after the handler is back.
     ((ok_mid >= 20)) || fail "(1) only $ok_mid calls succeeded between the restart and the second kill: $s"
-    jq -e '.ok_after_last_failure >= 100 and .last_failure_at < .first_ok_after_last_failure_at' <<<"$s" >/dev/null ||
+    jqe '.ok_after_last_failure >= 100 and .last_failure_at < .first_ok_after_last_failure_at' <<<"$s" >/dev/null ||
       fail "the caller did not recover after the second restart: $s"
     back=$(secs_between "$t_back2" "$(jq .first_ok_after_last_failure_at <<<"$s")")
     le "$back" 3 || fail "(2) calls succeeded again $back s after the handler was back, over 3 s: $s"

@@ -14,6 +14,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=tests/e2e/lib.sh
+source "$here/tests/e2e/lib.sh"
 bin_dir=${1:?usage: monitor_e2e_test.sh BUILD_DIR}
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -99,7 +101,7 @@ done
 note "the JSON object: the daemon's settings and every row's fields"
 for k in 1 2 3 4; do
   mon "$k" --json >"$work/m$k.json"
-  jq -e --argjson k "$k" --argjson s "$sample_ms" --argjson b "$broadcast_ms" --argjson st "$stale_ms" \
+  jqe --argjson k "$k" --argjson s "$sample_ms" --argjson b "$broadcast_ms" --argjson st "$stale_ms" \
     --argjson r "$remove_ms" '.node == $k and .enabled == true and .sample_ms == $s and .broadcast_ms == $b
       and .stale_ms == $st and .remove_ms == $r and (.rule | type == "string" and length > 10)
       and ([.nodes[].node] == [1, 2, 3, 4]) and ([.nodes[] | select(.self) | .node] == [$k])
@@ -239,7 +241,7 @@ for ((i = 0; i < 20; i++)); do
 done
 for k in 1 2 3; do
   mon "$k" --json >"$work/after$k.json"
-  jq -e '([.nodes[].node] == [1, 2, 3, 4]) and ([.nodes[] | select(.state == "alive") | .node] == [1, 2, 3])' \
+  jqe '([.nodes[].node] == [1, 2, 3, 4]) and ([.nodes[] | select(.state == "alive") | .node] == [1, 2, 3])' \
     "$work/after$k.json" >/dev/null || fail "node $k's table after the kill: $(jq -c '[.nodes[] | {node, state}]' "$work/after$k.json")"
   [[ $(jq -c .least_loaded "$work/after$k.json") == $(jq -c "$rule" "$work/after$k.json") ]] ||
     fail "node $k: least_loaded after the kill is not the rule's"
