@@ -10,16 +10,19 @@
 #
 #   scripts/demo.sh                       # as root: installs packages, builds, runs
 #   scripts/demo.sh --no-build --bin-dir build
+#   scripts/demo.sh --budget 170 ...      # gives up (and cleans up) after 170 s
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=1
 bin_dir="$here/build"
+budget=0
 while (($#)); do
   case "$1" in
     --no-build) build=0 ;;
     --bin-dir) bin_dir=$2; shift ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    --budget) budget=$2; shift ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -54,14 +57,47 @@ PATH="$here/tools/cluster:$(dirname "$ctl"):$(dirname "$cat_bin"):$(dirname "$ca
 name="demo$(printf '%04x' $(((RANDOM ^ $$) & 0xffff)))"
 work=$(mktemp -d)
 bg=()
+watchdog=""
 cleanup() {
   set +e
+  trap - EXIT TERM
   for p in "${bg[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   locabus-cluster down "$name" -q
   rm -rf "$work"
+  [[ -n $watchdog ]] && kill "$watchdog" 2>/dev/null
 }
 trap cleanup EXIT
+# With --budget (the test suite's run): a SIGTERM after that many seconds
+# runs the cleanup, before a harness's SIGKILL would leave the cluster
+# behind. The watchdog's output goes nowhere, so that it does not hold the
+# demo's stdout open.
+if ((budget > 0)); then
+  trap 'echo "demo.sh: ran out of its ${budget} s" >&2; exit 1' TERM
+  (
+    trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+    sleep "$budget" &
+    sp=$!
+    wait "$sp"
+    kill -TERM $$
+  ) >/dev/null 2>&1 &
+  watchdog=$!
+fi
 on() { local k=$1; shift; locabus-cluster exec --name "$name" "$k" "$@"; }
+# Waits (at most 10 s) until jq's filter $2 is true of node $1's counters.
+wait_counters() { # node filter what
+  for _ in $(seq 100); do
+    [[ $(on "$1" locabusctl counters --json | jq "$2") == true ]] && return 0
+    sleep 0.1
+  done
+  echo "demo.sh: node $1: $3 did not happen within 10 s" >&2
+  return 1
+}
+# Until node $1 has an endpoint on protocol $2 (16: locabusctl msg recv's).
+wait_endpoint() { wait_counters "$1" "[.api.endpoints[] | select(.proto == $2)] | length > 0" "an endpoint on protocol $2"; }
+# Until node $1 has a socket bound to port $2.
+wait_bound() { wait_counters "$1" "[.api.endpoints[] | select(.port == $2)] | length > 0" "a socket on port $2"; }
+# Until node $1 has an event monitor (locabusctl events) connected.
+wait_events() { wait_counters "$1" '[.api.endpoints[] | select(.proto == 0 and .events)] | length > 0' "an event monitor"; }
 
 step "1. Four nodes, each a network namespace with a locabusd (XDP fast path + AF_XDP)"
 run locabus-cluster up 4 --name "$name" --datapath auto
@@ -92,7 +128,7 @@ on 1 locabusctl monitor --json >"$work/monitor.json" || true
 step "4. Messages: node 2 listens, nodes 1 and 3 send to it"
 on 2 locabusctl msg recv --count 3 --timeout 10 >"$work/recv.txt" &
 bg+=($!)
-sleep 0.3
+wait_endpoint 2 16
 run on 1 locabusctl msg send --to 2 "hello from node 1"
 run on 3 locabusctl msg send --to 2 "hello from node 3"
 run on 1 locabusctl msg send --to 2 "and goodbye"
@@ -103,27 +139,19 @@ sed 's/^/  /' "$work/recv.txt"
 step "5. A stream: 10,000 numbered 1 KB messages from node 3 to node 4, checked for order and duplicates"
 on 4 locabusctl msg recv --sequence --count 10000 --timeout 20 --json >"$work/stream.json" &
 bg+=($!)
-sleep 0.3
+wait_endpoint 4 16
 run on 3 locabusctl msg send --to 4 --sequence --count 10000 --size 1024
 wait "${bg[-1]}" || true
 jq -c . "$work/stream.json"
 
 step "6. Broadcast: one frame reaches every node (Locasock datagrams to port 7000 on all nodes)"
-wait_bound() { # node port: until a socket is bound on that node
-  for _ in $(seq 100); do
-    on "$1" locabusctl counters --json | jq -e '.locasock.sockets > 0' >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "demo.sh: node $1 did not bind its port" >&2
-  return 1
-}
 hello_pids=()
 for k in 2 3 4; do
   on "$k" locabus-cat --port 7000 --listen --count 1 --timeout 10 >"$work/hello$k.txt" &
   bg+=($!)
   hello_pids+=($!)
 done
-for k in 2 3 4; do wait_bound "$k"; done
+for k in 2 3 4; do wait_bound "$k" 7000; done
 printf '%s$ echo "hello, cluster" | locabus-cat --broadcast --dport 7000%s\n' "$dim" "$reset"
 echo "hello, cluster" | on 1 locabus-cat --broadcast --dport 7000
 for p in "${hello_pids[@]}"; do wait "$p" || true; done
@@ -135,8 +163,7 @@ for k in 2 3 4; do
   bg+=($!)
   stream_pids+=($!)
 done
-sleep 0.5
-for k in 2 3 4; do wait_bound "$k"; done
+for k in 2 3 4; do wait_bound "$k" 7001; done
 run on 1 locabus-cat --broadcast --dport 7001 --generate 8192 --size 1024 --timeout 60 -q
 for p in "${stream_pids[@]}"; do wait "$p" || true; done
 for k in 2 3 4; do printf '  node %s: %s\n' "$k" "$(jq -c '{ok, received, errors, total_seconds}' "$work/bcast$k.json")"; done
@@ -169,11 +196,15 @@ echo "once that process stopped, a call says why it failed (exit status $gone_rc
 sed 's/^/  /' "$work/gone.err"
 
 step "8. Node 4's daemon is killed (SIGKILL); node 1 notices, then sees it restart"
-on 1 locabusctl events --node 4 --until restarted --timeout 20 >"$work/events.txt" &
+on 1 locabusctl events --node 4 --until restarted --timeout 30 >"$work/events.txt" &
 bg+=($!)
-sleep 0.3
+wait_events 1
 run locabus-cluster stop --name "$name" 4 --signal KILL
-sleep 4.5
+# Node 1's failure detector declares it dead within about 4 s (dead_after).
+for _ in $(seq 100); do
+  [[ $(on 1 locabusctl peers --json | jq '.[] | select(.node == 4) | .state') == '"dead"' ]] && break
+  sleep 0.1
+done
 run locabus-cluster start --name "$name" 4
 wait "${bg[-1]}" || true
 echo "node 1 saw:"

@@ -359,8 +359,8 @@ fi
 section "the cost of a scrape on node 1 (rendered on the daemon's thread)"
 "$tool" exec --name "$name" 1 locabusctl status --json | jq -c '.metrics.last_render_us' |
   sed 's/^/  last render, microseconds: /'
-ip netns exec "$ns1" bash -c "for _ in 1 2 3; do curl -s -o /dev/null -w '  local:   %{size_download} bytes in %{time_total} s\n' http://${ips[0]}:$mport/metrics;
-  curl -s -o /dev/null -w '  cluster: %{size_download} bytes in %{time_total} s\n' 'http://${ips[0]}:$mport/metrics?scope=cluster'; done" 2>/dev/null || true
+ip netns exec "$ns1" bash -c "for _ in 1 2 3; do curl -s --max-time 5 -o /dev/null -w '  local:   %{size_download} bytes in %{time_total} s\n' http://${ips[0]}:$mport/metrics;
+  curl -s --max-time 5 -o /dev/null -w '  cluster: %{size_download} bytes in %{time_total} s\n' 'http://${ips[0]}:$mport/metrics?scope=cluster'; done" 2>/dev/null || true
 
 section "result ($((SECONDS - started)) s)"
 if ((failures)); then
