@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/control.hpp"
+#include "client/monitor_rows.hpp"
 #include "daemon/services/monitor.hpp"
 #include "daemon_harness.hpp"
 #include "locabus/wire.hpp"
@@ -551,6 +552,39 @@ TEST(MonitorSim, EveryTableHoldsWhatEveryNodeLastBroadcastAndTheFilesAndTheReque
           EXPECT_EQ(brief.at("node"), full.at("node"));
       }
       EXPECT_EQ(ask(sim, i, {{"op", "monitor"}, {"devices", "no"}}).value("errno", 0), EINVAL);
+      // In pages of one row over one connection (liblocabus's and
+      // locabusctl's way, here with a limit so that 4 rows take 4 pages):
+      // the same rows, in order.
+      {
+        UniqueFd fd = api::connect_control(sim.socket(i));
+        std::vector<nlohmann::json> pages;
+        const auto page_ask = [&](const nlohmann::json& req) {
+          pages.push_back(api::request(fd.get(), req).at("monitor"));
+          return pages.back();
+        };
+        const auto joined = monitor_rows::fetch_pages(page_ask, {{"op", "monitor"}, {"limit", 1}});
+        ASSERT_EQ(pages.size(), 4u);
+        for (std::size_t j = 0; j < 4; ++j) {
+          ASSERT_EQ(pages[j].at("nodes").size(), 1u);
+          EXPECT_EQ(pages[j].value("next", -1), j + 1 < 4 ? DaemonSim::id_of(j + 1) : -1);
+          EXPECT_EQ(pages[j].at("least_loaded"), *least);
+        }
+        ASSERT_EQ(joined.at("nodes").size(), 4u);
+        for (std::size_t j = 0; j < 4; ++j) EXPECT_EQ(joined.at("nodes")[j].at("node"), DaemonSim::id_of(j));
+        EXPECT_FALSE(joined.contains("next"));
+      }
+      const auto beyond = ask(sim, i, {{"op", "monitor"}, {"from", 65535}});
+      ASSERT_TRUE(beyond.value("ok", false)) << beyond.dump();
+      EXPECT_EQ(beyond.at("monitor").at("nodes"), nlohmann::json::array());
+      EXPECT_FALSE(beyond.at("monitor").contains("next"));
+      for (const auto& bad_page :
+           {nlohmann::json{{"from", -1}}, nlohmann::json{{"from", 65536}}, nlohmann::json{{"from", "0"}},
+            nlohmann::json{{"limit", 0}}, nlohmann::json{{"limit", 1.5}}}) {
+        auto req = bad_page;
+        req["op"] = "monitor";
+        const auto refusal = ask(sim, i, req);
+        EXPECT_EQ(refusal.value("errno", 0), EINVAL) << req.dump() << " -> " << refusal.dump();
+      }
     }
 
     // Status and the exporter's families.

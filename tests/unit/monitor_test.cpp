@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -17,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "client/monitor_rows.hpp"
 #include "monitor/record.hpp"
 #include "monitor/stats.hpp"
 #include "monitor/table.hpp"
@@ -615,6 +618,124 @@ NodeView view(std::uint16_t node, std::uint32_t load1_milli, std::uint32_t cpus,
   v.stats.cpus = cpus;
   v.stats.mem_available = avail;
   return v;
+}
+
+// ---- paging the "monitor" control reply ---------------------------------------------
+
+std::vector<NodeView> rows_to_page() {
+  std::vector<NodeView> rows;
+  for (const std::uint16_t n : {1, 2, 5, 9, 10, 300, 65534}) {
+    NodeView v = view(n, 100u * n % 4000, 2, std::uint64_t{1} << 30);
+    v.stats.hostname = std::string(n % 7 * 10, 'h');
+    for (std::uint16_t d = 0; d < n % 5; ++d) v.stats.disks.push_back({"sd" + std::string(1, char('a' + d))});
+    rows.push_back(std::move(v));
+  }
+  return rows;
+}
+
+TEST(MonitorPaging, PagesCoverTheTableInOrderWithinTheirBounds) {
+  const auto rows = rows_to_page();
+  nlohmann::json all;
+  const Page whole = page(rows, 0, 65535, SIZE_MAX, true, all);
+  ASSERT_EQ(all.size(), rows.size());
+  EXPECT_FALSE(whole.next);
+  EXPECT_EQ(whole.rows, rows.size());
+  EXPECT_EQ(whole.bytes, all.dump().size());
+  for (std::size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(all[i], to_json(rows[i]));
+
+  // Every budget from nothing to more than the whole: greedy pages, each
+  // within the budget unless a single row is larger, together the table.
+  for (std::size_t budget = 1; budget <= whole.bytes + 2; budget += 1 + whole.bytes / 150) {
+    for (const std::size_t limit : {std::size_t{1}, std::size_t{3}, std::size_t{65535}}) {
+      nlohmann::json joined = nlohmann::json::array();
+      std::uint32_t from = 0;
+      std::size_t pages = 0;
+      for (;;) {
+        nlohmann::json nodes;
+        const Page p = page(rows, from, limit, budget, true, nodes);
+        ++pages;
+        ASSERT_GE(nodes.size(), 1u) << "a page while rows are left holds one";
+        EXPECT_EQ(p.rows, nodes.size());
+        EXPECT_EQ(p.bytes, nodes.dump().size());
+        EXPECT_LE(nodes.size(), limit);
+        if (nodes.size() > 1) {
+          EXPECT_LE(p.bytes, budget) << "budget " << budget;
+        }
+        if (p.next) {
+          // The row left out would not have fitted.
+          nlohmann::json with;
+          (void)page(rows, from, limit, SIZE_MAX, true, with);
+          EXPECT_TRUE(nodes.size() == limit || p.bytes + with[nodes.size()].dump().size() + 1 > budget);
+          EXPECT_GT(*p.next, from);
+        }
+        for (auto& r : nodes) joined.push_back(r);
+        if (!p.next) break;
+        from = *p.next;
+        ASSERT_LE(pages, rows.size());
+      }
+      EXPECT_EQ(joined, all) << "budget " << budget << ", limit " << limit;
+    }
+  }
+
+  // From an id between rows, beyond the last; a summary.
+  nlohmann::json nodes;
+  EXPECT_EQ(page(rows, 3, 2, SIZE_MAX, true, nodes).next, std::optional<std::uint16_t>(10));
+  EXPECT_EQ(nodes[0]["node"], 5);
+  EXPECT_FALSE(page(rows, 65535, 2, SIZE_MAX, true, nodes).next);
+  EXPECT_EQ(nodes, nlohmann::json::array());
+  const Page brief = page(rows, 0, 65535, SIZE_MAX, false, nodes);
+  EXPECT_LT(brief.bytes, whole.bytes);
+  for (const auto& r : nodes)
+    for (const char* key : {"disks", "filesystems", "nets", "cpu_seconds"})
+      EXPECT_FALSE(r.contains(key)) << key;
+}
+
+TEST(MonitorPaging, ClientJoinsThePagesAndRefusesOnesThatDoNotMoveOn) {
+  const auto rows = rows_to_page();
+  nlohmann::json all;
+  (void)page(rows, 0, 65535, SIZE_MAX, true, all);
+  // A daemon answering pages of 2 rows.
+  std::vector<nlohmann::json> asked;
+  const auto daemon = [&](const nlohmann::json& req) {
+    asked.push_back(req);
+    nlohmann::json m{{"node", 1}, {"least_loaded", asked.size()}};
+    const Page p = page(rows, req.at("from").get<std::uint32_t>(), 2, SIZE_MAX, true, m["nodes"]);
+    if (p.next) m["next"] = *p.next;
+    return m;
+  };
+  const nlohmann::json merged = monitor_rows::fetch_pages(daemon, {{"op", "monitor"}, {"devices", true}});
+  EXPECT_EQ(merged.at("nodes"), all);
+  EXPECT_FALSE(merged.contains("next"));
+  EXPECT_EQ(merged.at("least_loaded"), 4) << "the other fields come from the last page";
+  ASSERT_EQ(asked.size(), 4u);
+  for (std::size_t i = 0; i < asked.size(); ++i) {
+    EXPECT_EQ(asked[i].at("op"), "monitor");
+    EXPECT_EQ(asked[i].at("devices"), true);
+    EXPECT_EQ(asked[i].at("from"), std::vector<int>({0, 5, 10, 65534})[i]);
+  }
+
+  // A daemon that does not page answers the first request whole.
+  int calls = 0;
+  const auto old_daemon = [&](const nlohmann::json&) {
+    ++calls;
+    return nlohmann::json{{"nodes", all}};
+  };
+  EXPECT_EQ(monitor_rows::fetch_pages(old_daemon, {{"op", "monitor"}}).at("nodes"), all);
+  EXPECT_EQ(calls, 1);
+
+  // Replies that would loop or are not rows: EPROTO, not a hang.
+  const auto refused = [](const nlohmann::json& reply) {
+    try {
+      monitor_rows::fetch_pages([&](const nlohmann::json&) { return reply; }, {{"op", "monitor"}});
+    } catch (const ClientError& e) {
+      return e.code();
+    }
+    return 0;
+  };
+  EXPECT_EQ(refused({{"nodes", nlohmann::json::array()}, {"next", 0}}), EPROTO);
+  EXPECT_EQ(refused({{"nodes", nlohmann::json::array()}, {"next", "5"}}), EPROTO);
+  EXPECT_EQ(refused({{"nodes", nlohmann::json::array()}, {"next", 65536}}), EPROTO);
+  EXPECT_EQ(refused({{"nodes", nlohmann::json::object()}}), EPROTO);
 }
 
 TEST(MonitorRules, LeastLoaded) {

@@ -49,8 +49,9 @@ struct MonitorOptions {
 
 // ---- the request ------------------------------------------------------------------
 
-// The daemon's "monitor" object. Throws Error with the daemon's reason and
-// hint (monitor off: ENOTSUP), or saying what to do.
+// The daemon's "monitor" object: the whole table, asked for in pages over
+// one connection (or only the least-loaded node). Throws Error with the
+// daemon's reason and hint (monitor off: ENOTSUP), or saying what to do.
 json fetch(const MonitorOptions& o, bool least_loaded_only, bool devices = true) {
   const std::filesystem::path path =
       o.socket.empty() ? api::default_socket_path() : std::filesystem::path(o.socket);
@@ -58,20 +59,23 @@ json fetch(const MonitorOptions& o, bool least_loaded_only, bool devices = true)
   json req{{"op", "monitor"}};
   if (least_loaded_only) req["least_loaded_only"] = true;
   if (!devices) req["devices"] = false;  // the table shows no per-device lists
-  json reply;
-  try {
-    reply = api::request(fd.get(), req);
-  } catch (const Error& e) {
-    if (e.code() == EINVAL && std::string_view(e.what()).find("unknown request") != std::string_view::npos)
-      throw Error("locabusd at " + path.string() + " does not know the 'monitor' request", ENOTSUP,
-                  "it is older than LocaMonitor: run the locabusd that came with this locabusctl");
-    throw;
-  }
-  auto it = reply.find("monitor");
-  if (it == reply.end() || !it->is_object())
-    throw Error("locabusd's answer to 'monitor' has no \"monitor\" object", EPROTO,
-                "locabusctl and locabusd are of different versions: use the ones built together");
-  return std::move(*it);
+  const auto ask = [&](const json& r) {
+    json reply;
+    try {
+      reply = api::request(fd.get(), r);
+    } catch (const Error& e) {
+      if (e.code() == EINVAL && std::string_view(e.what()).find("unknown request") != std::string_view::npos)
+        throw Error("locabusd at " + path.string() + " does not know the 'monitor' request", ENOTSUP,
+                    "it is older than LocaMonitor: run the locabusd that came with this locabusctl");
+      throw;
+    }
+    auto it = reply.find("monitor");
+    if (it == reply.end() || !it->is_object())
+      throw Error("locabusd's answer to 'monitor' has no \"monitor\" object", EPROTO,
+                  "locabusctl and locabusd are of different versions: use the ones built together");
+    return std::move(*it);
+  };
+  return least_loaded_only ? ask(req) : monitor_rows::fetch_pages(ask, std::move(req));
 }
 
 // ---- rendering --------------------------------------------------------------------

@@ -26,19 +26,23 @@ using nlohmann::json;
   throw ClientError(e.what() + (e.hint().empty() ? "" : " (" + e.hint() + ")"), e.code());
 }
 
-// The daemon's "monitor" object for `req`.
-json ask_monitor(const std::string& socket_path, json req) {
+// The daemon's "monitor" object for `req`; the whole table in pages over
+// one connection when `paged`.
+json ask_monitor(const std::string& socket_path, json req, bool paged) {
   try {
     const std::filesystem::path path =
         socket_path.empty() ? api::default_socket_path() : std::filesystem::path(socket_path);
     UniqueFd fd = api::connect_control(path);
-    json reply = api::request(fd.get(), req);
-    auto it = reply.find("monitor");
-    if (it == reply.end() || !it->is_object())
-      throw ClientError(fmt::format("locabusd's answer to 'monitor' has no \"monitor\" object ({})",
-                                    monitor_rows::kVersionHint),
-                        EPROTO);
-    return std::move(*it);
+    const auto ask = [&](const json& r) {
+      json reply = api::request(fd.get(), r);
+      auto it = reply.find("monitor");
+      if (it == reply.end() || !it->is_object())
+        throw ClientError(fmt::format("locabusd's answer to 'monitor' has no \"monitor\" object ({})",
+                                      monitor_rows::kVersionHint),
+                          EPROTO);
+      return std::move(*it);
+    };
+    return paged ? monitor_rows::fetch_pages(ask, std::move(req)) : ask(req);
   } catch (const Error& e) {
     rethrow_client(e);
   }
@@ -48,16 +52,16 @@ json ask_monitor(const std::string& socket_path, json req) {
 
 std::vector<NodeLoad> monitor_nodes(const std::string& socket_path) {
   // The rows' summary only (no per-device lists): what a NodeLoad holds.
-  return monitor_rows::nodes(ask_monitor(socket_path, {{"op", "monitor"}, {"devices", false}}));
+  return monitor_rows::nodes(ask_monitor(socket_path, {{"op", "monitor"}, {"devices", false}}, true));
 }
 
 std::optional<std::uint16_t> least_loaded(const std::string& socket_path) {
   return monitor_rows::least_loaded(
-      ask_monitor(socket_path, {{"op", "monitor"}, {"least_loaded_only", true}}));
+      ask_monitor(socket_path, {{"op", "monitor"}, {"least_loaded_only", true}}, false));
 }
 
 std::string monitor_json(const std::string& socket_path) {
-  return ask_monitor(socket_path, {{"op", "monitor"}}).dump();
+  return ask_monitor(socket_path, {{"op", "monitor"}}, true).dump();
 }
 
 }  // namespace locabus

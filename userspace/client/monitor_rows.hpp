@@ -28,6 +28,43 @@ using nlohmann::json;
 inline constexpr const char* kVersionHint =
     "liblocabus and locabusd are of different versions? use the library that came with the daemon";
 
+// The whole "monitor" object for `req`, asked for in pages ("from" 0, then
+// each reply's "next": docs/API.md, "LocaMonitor") through `ask`, which sends
+// one request and returns its reply's "monitor" object. The rows of every
+// page come in one "nodes" array, the other fields from the last page. Each
+// page holds whole rows as they were when it was answered; a node that
+// joins meanwhile below the page reached shows up next time. A daemon that
+// does not page answers the first request whole (no "next").
+template <class Ask>
+json fetch_pages(Ask&& ask, json req) {
+  std::uint32_t from = 0;
+  json nodes = json::array(), last;
+  for (;;) {
+    req["from"] = from;
+    json m = ask(req);
+    if (auto it = m.find("nodes"); it != m.end()) {
+      if (!it->is_array())
+        throw ClientError(
+            fmt::format("locabusd's \"monitor\" reply: nodes is not an array ({})", kVersionHint), EPROTO);
+      for (auto& row : *it) nodes.push_back(std::move(row));
+    }
+    auto next = m.find("next");
+    if (next == m.end()) {
+      last = std::move(m);
+      break;
+    }
+    // A page always holds a row, so "next" moves on: at most 65,536 pages.
+    if (!next->is_number_unsigned() || next->get<std::uint64_t>() <= from ||
+        next->get<std::uint64_t>() > 65535)
+      throw ClientError(fmt::format("locabusd's \"monitor\" reply: next is {} after a page from {} ({})",
+                                    next->dump(), from, kVersionHint),
+                        EPROTO);
+    from = next->get<std::uint32_t>();
+  }
+  last["nodes"] = std::move(nodes);
+  return last;
+}
+
 // Reads one row's fields, naming what is missing or of the wrong type.
 class RowReader {
  public:

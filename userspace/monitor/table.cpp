@@ -517,4 +517,26 @@ nlohmann::json to_json(const NodeView& v) {
   };
 }
 
+Page page(std::span<const NodeView> rows, std::uint32_t from, std::size_t limit, std::size_t max_bytes,
+          bool devices, nlohmann::json& nodes) {
+  Page p;
+  nodes = nlohmann::json::array();
+  p.bytes = 2;  // []
+  auto it = std::find_if(rows.begin(), rows.end(), [&](const NodeView& v) { return v.node >= from; });
+  for (; it != rows.end(); ++it) {
+    nlohmann::json j = to_json(*it);
+    if (!devices)
+      for (const char* key : {"disks", "filesystems", "nets", "cpu_seconds"}) j.erase(key);
+    const std::size_t bytes = j.dump().size() + (p.rows == 0 ? 0 : 1);
+    if (p.rows > 0 && (p.rows >= limit || p.bytes + bytes > max_bytes)) {
+      p.next = it->node;
+      break;
+    }
+    p.bytes += bytes;
+    ++p.rows;
+    nodes.push_back(std::move(j));
+  }
+  return p;
+}
+
 }  // namespace locabus::monitor

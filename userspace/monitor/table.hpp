@@ -143,4 +143,18 @@ class Table {
 ///   tx_drop}], locabus {every LOCABUS_MONITOR_LOCABUS_* field}.
 nlohmann::json to_json(const NodeView& v);
 
+/// One page of rows for the "monitor" control request (docs/API.md,
+/// "LocaMonitor"), appended to the array `nodes`: the rows of node id >=
+/// `from`, in node order, at most `limit` of them and at most `max_bytes` of
+/// JSON (commas included), but never none while a row is left, so that
+/// paging always moves on. With `devices` false each row is a summary,
+/// without disks, filesystems, nets and cpu_seconds.
+struct Page {
+  std::size_t rows = 0;
+  std::size_t bytes = 0;              // of nodes.dump()
+  std::optional<std::uint16_t> next;  // the first node id left out, if any
+};
+Page page(std::span<const NodeView> rows, std::uint32_t from, std::size_t limit, std::size_t max_bytes,
+          bool devices, nlohmann::json& nodes);
+
 }  // namespace locabus::monitor

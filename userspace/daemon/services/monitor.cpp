@@ -3,8 +3,11 @@
 
 #include <cerrno>
 #include <chrono>
+#include <limits>
+#include <optional>
 #include <random>
 #include <stdexcept>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -332,55 +335,67 @@ std::optional<nlohmann::json> MonitorService::control(const std::string& op, con
                           {"errno", ENOTSUP},
                           {"error", "LocaMonitor is off on this daemon"},
                           {"hint", "start locabusd without --no-monitor ([monitor] enabled = true)"}};
+  const auto invalid = [](const std::string& what) {
+    return nlohmann::json{
+        {"ok", false}, {"errno", EINVAL}, {"error", what}, {"hint", "see docs/API.md, \"LocaMonitor\""}};
+  };
   bool only = false, devices = true;
   for (auto [key, out] : {std::pair<const char*, bool*>{"least_loaded_only", &only}, {"devices", &devices}}) {
     if (!request.contains(key)) continue;
     if (!request[key].is_boolean())
-      return nlohmann::json{{"ok", false},
-                            {"errno", EINVAL},
-                            {"error", fmt::format("request field '{}' must be true or false", key)},
-                            {"hint", "see docs/API.md, \"monitor\""}};
+      return invalid(fmt::format("request field '{}' must be true or false", key));
     *out = request[key].get<bool>();
   }
+  // Paging: "from" (the first node id wanted) and "limit" (rows at most).
+  // A paged reply is cut to fit a control message and says where to go on
+  // ("next"); without either, the whole table is one reply or refused.
+  std::optional<std::uint32_t> from, limit;
+  for (auto [key, out, lo] :
+       {std::tuple<const char*, std::optional<std::uint32_t>*, std::uint32_t>{"from", &from, 0},
+        {"limit", &limit, 1}}) {
+    if (!request.contains(key)) continue;
+    const auto& v = request[key];
+    if (!v.is_number_integer() || v.get<std::int64_t>() < lo || v.get<std::int64_t>() > 65535)
+      return invalid(fmt::format("request field '{}' must be an integer {}..65535", key, lo));
+    *out = static_cast<std::uint32_t>(v.get<std::int64_t>());
+  }
+  const bool paged = from || limit;
   const engine::Nanos now = host_.clock().now();
   nlohmann::json m = {{"node", host_.node_id()},     {"enabled", true},
                       {"sample_ms", cfg_.sample_ms}, {"broadcast_ms", cfg_.broadcast_ms},
                       {"stale_ms", cfg_.stale_ms},   {"remove_ms", cfg_.remove_ms},
                       {"least_loaded", nullptr},     {"rule", kRule}};
-  std::optional<std::uint16_t> least;
   if (only) {
-    least = table_.least_loaded();
-  } else {
-    const std::vector<monitor::NodeView> rows = table_.rows(now);
-    least = monitor::least_loaded(rows);
-    nlohmann::json nodes = nlohmann::json::array();
-    for (const monitor::NodeView& row : rows) {
-      nlohmann::json j = monitor::to_json(row);
-      if (!devices)  // a summary: about a third of the size, for tables of thousands of nodes
-        for (const char* key : {"disks", "filesystems", "nets", "cpu_seconds"}) j.erase(key);
-      nodes.push_back(std::move(j));
-    }
-    m["nodes"] = std::move(nodes);
+    if (auto least = table_.least_loaded()) m["least_loaded"] = *least;
+    return nlohmann::json{{"ok", true}, {"monitor", std::move(m)}};
   }
-  if (least) m["least_loaded"] = *least;
-  nlohmann::json reply{{"ok", true}, {"monitor", std::move(m)}};
-  // One control message carries the reply: a table too large for it is
-  // told, not cut (a small machine's row is about 2 KB in full, 1 KB as a
-  // summary: some 500 or 1,000 nodes).
-  if (!only) {
-    const std::size_t bytes = reply.dump().size();
-    if (bytes > api::kMaxControlMessage)
-      return nlohmann::json{
-          {"ok", false},
-          {"errno", EMSGSIZE},
-          {"error",
-           fmt::format("the table ({} rows, {} bytes as JSON) is larger than a control message ({} bytes)",
-                       table_.size(), bytes, api::kMaxControlMessage)},
-          {"hint",
-           fmt::format("ask with devices false (a summary) or least_loaded_only, or read the files in {}",
-                       files_dir_.string())}};
-  }
-  return reply;
+  const std::vector<monitor::NodeView> rows = table_.rows(now);
+  if (auto least = monitor::least_loaded(rows)) m["least_loaded"] = *least;
+  // What the reply holds besides the rows: {"ok":true,"monitor":{...,
+  // "nodes":[...],"next":65535}}.
+  const std::size_t envelope = nlohmann::json{{"ok", true}, {"monitor", m}}.dump().size() + 32;
+  const std::size_t room = api::kMaxControlMessage > envelope ? api::kMaxControlMessage - envelope : 0;
+  nlohmann::json nodes;
+  const monitor::Page page =
+      monitor::page(rows, from.value_or(0), paged ? limit.value_or(65535) : rows.size() + 1,
+                    paged ? room : std::numeric_limits<std::size_t>::max(), devices, nodes);
+  // Unpaged, a table too large for one control message is told, not cut (a
+  // small machine's row is about 2 KB in full, 1 KB as a summary: some 500
+  // or 1,000 nodes).
+  if (!paged && page.bytes > room)
+    return nlohmann::json{
+        {"ok", false},
+        {"errno", EMSGSIZE},
+        {"error",
+         fmt::format("the table ({} rows, {} bytes as JSON) is larger than a control message ({} bytes)",
+                     rows.size(), page.bytes + envelope, api::kMaxControlMessage)},
+        {"hint",
+         fmt::format("ask for it in pages (\"from\": 0, then each reply's \"next\"), as liblocabus and "
+                     "locabusctl do, or read the files in {}",
+                     files_dir_.string())}};
+  m["nodes"] = std::move(nodes);
+  if (page.next) m["next"] = *page.next;
+  return nlohmann::json{{"ok", true}, {"monitor", std::move(m)}};
 }
 
 void MonitorService::status(nlohmann::json& out) const {
