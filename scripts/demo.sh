@@ -60,17 +60,20 @@ bg=()
 watchdog=""
 cleanup() {
   set +e
-  trap - EXIT TERM
+  [[ -n $watchdog ]] && kill "$watchdog" 2>/dev/null
+  trap '' TERM
+  trap - EXIT
   for p in "${bg[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   locabus-cluster down "$name" -q
   rm -rf "$work"
-  [[ -n $watchdog ]] && kill "$watchdog" 2>/dev/null
 }
 trap cleanup EXIT
-# With --budget (the test suite's run): a SIGTERM after that many seconds
-# runs the cleanup, before a harness's SIGKILL would leave the cluster
-# behind. The watchdog's output goes nowhere, so that it does not hold the
-# demo's stdout open.
+# With --budget (the test suite's run): after that many seconds the
+# watchdog takes the cluster down itself (which also ends a command waiting
+# on it: bash runs a trap only once its foreground command returns), then
+# sends SIGTERM, whose trap runs the cleanup, all before a harness's SIGKILL
+# would leave the cluster behind. Its output goes nowhere, so that it does
+# not hold the demo's stdout open.
 if ((budget > 0)); then
   trap 'echo "demo.sh: ran out of its ${budget} s" >&2; exit 1' TERM
   (
@@ -78,6 +81,8 @@ if ((budget > 0)); then
     sleep "$budget" &
     sp=$!
     wait "$sp"
+    trap '' TERM
+    locabus-cluster down "$name" -q
     kill -TERM $$
   ) >/dev/null 2>&1 &
   watchdog=$!
@@ -85,7 +90,8 @@ fi
 on() { local k=$1; shift; locabus-cluster exec --name "$name" "$k" "$@"; }
 # Waits (at most 10 s) until jq's filter $2 is true of node $1's counters.
 wait_counters() { # node filter what
-  for _ in $(seq 100); do
+  local deadline=$((SECONDS + 10))
+  while ((SECONDS < deadline)); do
     [[ $(on "$1" locabusctl counters --json | jq "$2") == true ]] && return 0
     sleep 0.1
   done
@@ -201,7 +207,8 @@ bg+=($!)
 wait_events 1
 run locabus-cluster stop --name "$name" 4 --signal KILL
 # Node 1's failure detector declares it dead within about 4 s (dead_after).
-for _ in $(seq 100); do
+deadline=$((SECONDS + 10))
+while ((SECONDS < deadline)); do
   [[ $(on 1 locabusctl peers --json | jq '.[] | select(.node == 4) | .state') == '"dead"' ]] && break
   sleep 0.1
 done

@@ -297,8 +297,10 @@ std::vector<NodeLoad> monitor_nodes(const std::string& socket_path = {});
 /// nullopt when no node is alive.
 std::optional<std::uint16_t> least_loaded(const std::string& socket_path = {});
 
-/// The daemon's "monitor" object as it sent it (JSON text): self node,
-/// times, least_loaded, the rule, and "nodes" with every field of each row.
+/// The daemon's "monitor" object (JSON text): self node, times,
+/// least_loaded, the rule, and "nodes" with every field of each row. Read in
+/// pages (docs/API.md, "LocaMonitor"): the rows of every page joined, the
+/// other fields from the last one.
 std::string monitor_json(const std::string& socket_path = {});
 
 }  // namespace locabus

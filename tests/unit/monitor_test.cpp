@@ -644,8 +644,18 @@ TEST(MonitorPaging, PagesCoverTheTableInOrderWithinTheirBounds) {
   for (std::size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(all[i], to_json(rows[i]));
 
   // Every budget from nothing to more than the whole: greedy pages, each
-  // within the budget unless a single row is larger, together the table.
+  // within the budget unless a single row is larger, together the table (a
+  // row larger than the budget as a flagged summary).
   for (std::size_t budget = 1; budget <= whole.bytes + 2; budget += 1 + whole.bytes / 150) {
+    nlohmann::json expected = nlohmann::json::array();
+    for (const NodeView& v : rows) {
+      nlohmann::json j = to_json(v);
+      if (j.dump().size() > budget) {
+        for (const char* key : {"disks", "filesystems", "nets", "cpu_seconds"}) j.erase(key);
+        j["devices_omitted"] = true;
+      }
+      expected.push_back(std::move(j));
+    }
     for (const std::size_t limit : {std::size_t{1}, std::size_t{3}, std::size_t{65535}}) {
       nlohmann::json joined = nlohmann::json::array();
       std::uint32_t from = 0;
@@ -663,9 +673,8 @@ TEST(MonitorPaging, PagesCoverTheTableInOrderWithinTheirBounds) {
         }
         if (p.next) {
           // The row left out would not have fitted.
-          nlohmann::json with;
-          (void)page(rows, from, limit, SIZE_MAX, true, with);
-          EXPECT_TRUE(nodes.size() == limit || p.bytes + with[nodes.size()].dump().size() + 1 > budget);
+          EXPECT_TRUE(nodes.size() == limit ||
+                      p.bytes + expected[joined.size() + nodes.size()].dump().size() + 1 > budget);
           EXPECT_GT(*p.next, from);
         }
         for (auto& r : nodes) joined.push_back(r);
@@ -673,7 +682,7 @@ TEST(MonitorPaging, PagesCoverTheTableInOrderWithinTheirBounds) {
         from = *p.next;
         ASSERT_LE(pages, rows.size());
       }
-      EXPECT_EQ(joined, all) << "budget " << budget << ", limit " << limit;
+      EXPECT_EQ(joined, expected) << "budget " << budget << ", limit " << limit;
     }
   }
 
@@ -688,6 +697,37 @@ TEST(MonitorPaging, PagesCoverTheTableInOrderWithinTheirBounds) {
   for (const auto& r : nodes)
     for (const char* key : {"disks", "filesystems", "nets", "cpu_seconds"})
       EXPECT_FALSE(r.contains(key)) << key;
+}
+
+TEST(MonitorPaging, ARowTooLargeForAPageOnItsOwnComesAsAFlaggedSummary) {
+  auto rows = rows_to_page();
+  NodeView& big = rows[2];  // node 5
+  for (int d = 0; d < 400; ++d) big.stats.nets.push_back({std::string(kMaxName, char('a' + d % 26))});
+  const std::size_t big_bytes = to_json(big).dump().size();
+  const std::size_t budget = big_bytes / 2;
+  nlohmann::json joined = nlohmann::json::array();
+  std::uint32_t from = 0;
+  for (;;) {
+    nlohmann::json nodes;
+    const Page p = page(rows, from, 65535, budget, true, nodes);
+    EXPECT_LE(p.bytes, budget);
+    for (auto& r : nodes) joined.push_back(r);
+    if (!p.next) break;
+    from = *p.next;
+  }
+  ASSERT_EQ(joined.size(), rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (i == 2) {
+      EXPECT_EQ(joined[i].value("devices_omitted", false), true);
+      EXPECT_FALSE(joined[i].contains("nets"));
+      auto summary = to_json(big);
+      for (const char* key : {"disks", "filesystems", "nets", "cpu_seconds"}) summary.erase(key);
+      summary["devices_omitted"] = true;
+      EXPECT_EQ(joined[i], summary);
+    } else {
+      EXPECT_EQ(joined[i], to_json(rows[i])) << "row " << i;
+    }
+  }
 }
 
 TEST(MonitorPaging, ClientJoinsThePagesAndRefusesOnesThatDoNotMoveOn) {

@@ -525,9 +525,16 @@ Page page(std::span<const NodeView> rows, std::uint32_t from, std::size_t limit,
   auto it = std::find_if(rows.begin(), rows.end(), [&](const NodeView& v) { return v.node >= from; });
   for (; it != rows.end(); ++it) {
     nlohmann::json j = to_json(*it);
-    if (!devices)
+    std::size_t row_bytes = j.dump().size();
+    // A row too large for a page on its own (only a crafted record comes
+    // near: the sampler keeps 512 devices of a kind) goes as a summary,
+    // flagged, rather than making the whole table unreadable.
+    if (!devices || row_bytes > max_bytes) {
       for (const char* key : {"disks", "filesystems", "nets", "cpu_seconds"}) j.erase(key);
-    const std::size_t bytes = j.dump().size() + (p.rows == 0 ? 0 : 1);
+      if (devices) j["devices_omitted"] = true;
+      row_bytes = j.dump().size();
+    }
+    const std::size_t bytes = row_bytes + (p.rows == 0 ? 0 : 1);
     if (p.rows > 0 && (p.rows >= limit || p.bytes + bytes > max_bytes)) {
       p.next = it->node;
       break;

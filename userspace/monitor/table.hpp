@@ -148,7 +148,8 @@ nlohmann::json to_json(const NodeView& v);
 /// `from`, in node order, at most `limit` of them and at most `max_bytes` of
 /// JSON (commas included), but never none while a row is left, so that
 /// paging always moves on. With `devices` false each row is a summary,
-/// without disks, filesystems, nets and cpu_seconds.
+/// without disks, filesystems, nets and cpu_seconds; so is a row larger than
+/// `max_bytes` on its own, flagged "devices_omitted": true.
 struct Page {
   std::size_t rows = 0;
   std::size_t bytes = 0;              // of nodes.dump()
